@@ -1,0 +1,77 @@
+"""``create_app(settings)``: the FastAPI application, its lifespan and its error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from exporter.config import Settings, load_settings
+from exporter.db import create_engine
+from exporter.errors import ExporterError
+from exporter.metrics import Metrics
+from exporter.routes import exports, ops
+from exporter.streaming import ExportSlots
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.resolved_database_url, settings.db_pool_size)
+        app.state.engine = engine
+        app.state.metrics = Metrics(engine)
+        app.state.export_slots = ExportSlots(
+            settings.max_concurrent_exports, settings.retry_after_seconds
+        )
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="exporter",
+        summary="Stream big tables out as CSV, NDJSON and JSON: fast, safe, resumable.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(exports.router)
+    app.include_router(ops.router)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ExporterError)
+    async def exporter_error(_request: Request, exc: ExporterError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse(
+            {
+                "error": "invalid_parameter",
+                "message": f"{where}: {first.get('msg', 'invalid')}",
+                "parameter": where,
+                "errors": [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors],
+            },
+            status_code=422,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )

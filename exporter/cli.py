@@ -1,0 +1,156 @@
+"""The ``exporter`` command: serve, migrate, seed, export."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from exporter.config import Settings, load_settings
+from exporter.db import create_engine, migrate
+from exporter.errors import InvalidParameter
+from exporter.formats import FORMATS
+from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
+from exporter.streaming import export_chunks
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exporter", description="Stream big tables out as CSV, NDJSON and JSON."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service under uvicorn")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--log-level", default="info", help="uvicorn log level")
+
+    commands.add_parser("migrate", help="bring the database schema up to date")
+
+    seed = commands.add_parser(
+        "seed", help="migrate, then fill an empty database with deterministic users and files"
+    )
+    seed.add_argument("--users", type=int, default=1_000_000, help="users (default 1000000)")
+    seed.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    seed.add_argument("--images", type=int, default=20, help="avatar images (default 20)")
+    seed.add_argument(
+        "--large-file-mb", type=float, default=256, help="size of files/large-file.bin in MiB"
+    )
+    seed.add_argument(
+        "--reset", action="store_true", help="replace existing users instead of leaving them"
+    )
+
+    export = commands.add_parser("export", help="write an export without HTTP")
+    export.add_argument("--format", required=True, choices=sorted(FORMATS))
+    export.add_argument("--out", default="-", help="file to write, or - for stdout (default)")
+    for name in PARAMETERS:
+        export.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
+                            help=f"as the {name}= query parameter")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"exporter: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        return 0
+    if args.command == "seed":
+        asyncio.run(_seed(settings, args))
+        return 0
+    return _export(settings, args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "exporter.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> None:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _seed(settings: Settings, args: argparse.Namespace) -> None:
+    from seed import SeedPlan, seed_database
+
+    plan = SeedPlan(
+        users=args.users,
+        seed=args.seed,
+        images=args.images,
+        large_file_bytes=int(args.large_file_mb * 1024 * 1024),
+        reset=args.reset,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await seed_database(engine, settings.data_dir, plan)
+    finally:
+        await engine.dispose()
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    pairs = [(name, getattr(args, name)) for name in PARAMETERS if getattr(args, name) is not None]
+    try:
+        query = parse_export_query(pairs)
+    except InvalidParameter as exc:
+        print(f"exporter export: --{exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out == "-":
+        return asyncio.run(_write_export(settings, args.format, query, sys.stdout.buffer))
+    # Written aside and renamed, so that a failed export never looks like a complete file.
+    target = Path(args.out)
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        with partial.open("wb") as out:
+            status = asyncio.run(_write_export(settings, args.format, query, out))
+            out.flush()
+            os.fsync(out.fileno())
+        if status == 0:
+            partial.replace(target)
+        return status
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+async def _write_export(
+    settings: Settings, fmt: str, query: ExportQuery, out: BinaryIO
+) -> int:
+    engine = create_engine(settings.resolved_database_url)
+    encoder = FORMATS[fmt](query.fields, query.kinds())
+    try:
+        async for chunk in export_chunks(
+            engine, query, encoder,
+            batch_rows=settings.batch_rows, chunk_bytes=settings.chunk_bytes,
+        ):
+            out.write(chunk)
+    except Exception as exc:  # reported, not raised: the caller decides what a failure leaves
+        print(f"exporter export: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await engine.dispose()
+    return 0

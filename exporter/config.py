@@ -1,0 +1,79 @@
+"""Settings from ``EXPORTER_*`` environment variables, validated, each with its help text.
+
+Nothing here runs at import time: ``load_settings()`` is the factory, called by the CLI and
+by ``create_app``. The README's settings table is checked against ``Settings.model_fields``
+by ``tests/test_docs.py``, so a setting cannot exist without being documented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPORTER_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Where the SQLite database, files, images and job outputs live.",
+    )
+    database_url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy async URL. Unset: sqlite+aiosqlite:///<data_dir>/exporter.db. "
+            "For scale-out: postgresql+asyncpg://user@host/db."
+        ),
+    )
+    max_concurrent_exports: int = Field(
+        8, ge=1, description="Streams running at once; the next one gets 503 with Retry-After."
+    )
+    batch_rows: int = Field(
+        5000, ge=1, description="Rows fetched from the server-side cursor per batch."
+    )
+    chunk_bytes: int = Field(
+        256 * 1024, ge=1, description="Encoded bytes gathered before a chunk is sent."
+    )
+    gzip_level: int = Field(
+        6, ge=1, le=9, description="zlib level for gzip bodies (Accept-Encoding: gzip)."
+    )
+    retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After sent with 503 when every export slot is taken."
+    )
+    db_pool_size: int = Field(
+        10, ge=1, description="Database connections kept open (PostgreSQL); SQLite opens per use."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str | None) -> str | None:
+        if url is None or url == "":
+            return None
+        allowed = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+        if not url.startswith(allowed):
+            raise ValueError(
+                f"EXPORTER_DATABASE_URL={url!r} is not an async URL; "
+                f"it must start with one of {', '.join(allowed)}"
+            )
+        return url
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'exporter.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]

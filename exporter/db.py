@@ -1,0 +1,92 @@
+"""The async engine for SQLite (aiosqlite, the embedded default) and PostgreSQL (asyncpg).
+
+SQLite: WAL so readers never block the writer, per-connection pragmas in a connect event,
+and the driver's own implicit transactions turned off so that ``BEGIN`` is ours to send
+(SQLAlchemy's documented recipe); an export then reads one snapshot from one ``BEGIN``.
+PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
+
+
+def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_async_engine(url)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def backend_name(engine: AsyncEngine | AsyncConnection) -> str:
+    """'sqlite' or 'postgresql'."""
+    return engine.dialect.name
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside one read-only transaction: every read sees the same data."""
+    async with engine.connect() as conn:
+        if backend_name(engine) == "postgresql":
+            await conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        async with conn.begin():
+            yield conn
+
+
+def _alembic_config(connection: Any) -> Any:
+    from pathlib import Path
+
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.attributes["connection"] = connection
+    return config
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+
+
+async def downgrade_all(engine: AsyncEngine) -> None:
+    """Drop every table the migrations made (tests use it to start a database afresh)."""
+    from alembic import command
+
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.downgrade(_alembic_config(sync), "base"))

@@ -1,0 +1,77 @@
+"""Every error the service raises on purpose, and the HTTP answer each one becomes.
+
+    ExporterError                 500  base: carries status, code, message and details
+    ├── InvalidParameter          422  a query parameter, body field or option is wrong;
+    │                                  names the parameter, the bad value, what is valid
+    ├── NotFound                  404  no such resource
+    ├── ExportsBusy               503  every export slot is taken (with Retry-After)
+    └── DatabaseUnavailable       503  the database could not be reached before the
+                                       first byte was sent
+
+The body is always JSON: ``{"error": code, "message": ..., **details}``. A failure after
+the first byte of a stream cannot change the status any more; ``streaming.py`` aborts
+the connection instead, so that the client sees an incomplete body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class ExporterError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidParameter(ExporterError):
+    status = 422
+    code = "invalid_parameter"
+
+    def __init__(
+        self, parameter: str, value: object, reason: str, valid: Sequence[str] | None = None
+    ) -> None:
+        message = f"{parameter}={value!r}: {reason}"
+        if valid is not None:
+            message += f"; valid values: {', '.join(valid)}"
+        details: dict[str, Any] = {"parameter": parameter, "value": value}
+        if valid is not None:
+            details["valid"] = list(valid)
+        super().__init__(message, **details)
+
+
+class NotFound(ExporterError):
+    status = 404
+    code = "not_found"
+
+
+class ExportsBusy(ExporterError):
+    status = 503
+    code = "exports_busy"
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"all {limit} export slots are in use (EXPORTER_MAX_CONCURRENT_EXPORTS); "
+            f"retry in {retry_after} s",
+            limit=limit,
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class DatabaseUnavailable(ExporterError):
+    status = 503
+    code = "database_unavailable"

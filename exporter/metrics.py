@@ -1,0 +1,40 @@
+"""Prometheus metrics, one registry per app so that several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
+
+
+class Metrics:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.registry = CollectorRegistry()
+        self.exports_started = Counter(
+            "exporter_exports_started", "Exports started, by format.", ["format"],
+            registry=self.registry,
+        )
+        self.exports_finished = Counter(
+            "exporter_exports_finished",
+            "Exports ended, by format and outcome (completed, disconnected, failed).",
+            ["format", "outcome"], registry=self.registry,
+        )
+        self.export_rows = Counter(
+            "exporter_export_rows", "Rows encoded by exports, by format.", ["format"],
+            registry=self.registry,
+        )
+        self.export_bytes = Counter(
+            "exporter_export_bytes", "Uncompressed bytes encoded by exports, by format.",
+            ["format"], registry=self.registry,
+        )
+        self.exports_in_progress = Gauge(
+            "exporter_exports_in_progress", "Exports streaming now.", registry=self.registry
+        )
+        checked_out = Gauge(
+            "exporter_db_connections_checked_out",
+            "Database connections in use now (a leak shows here).", registry=self.registry,
+        )
+        pool = engine.sync_engine.pool
+        checked_out.set_function(
+            lambda: pool.checkedout() if isinstance(pool, QueuePool) else 0
+        )

@@ -1,0 +1,197 @@
+"""The users query: which fields, which rows, in id order, rendered the same on every backend.
+
+``parse_export_query`` turns raw parameters (from a URL or the command line) into an
+``ExportQuery`` or an ``InvalidParameter`` naming what was wrong. ``build_statement`` turns
+that into one ``SELECT`` whose money and timestamp columns are already text in their final
+form (``12.30``, ``2024-03-01T12:00:00Z``), rendered by the database, so SQLite and
+PostgreSQL hand the encoders identical values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, String, Text, cast, func, select, type_coerce
+
+from exporter.errors import InvalidParameter
+from exporter.models import PLANS, users
+
+
+class Kind(Enum):
+    """How a column is rendered; the encoders only need to tell these apart."""
+
+    INTEGER = "integer"
+    TEXT = "text"
+    BOOLEAN = "boolean"
+    MONEY = "money"  # text like "12.30" from the database; a JSON number
+    TIMESTAMP = "timestamp"  # text like "2024-03-01T12:00:00Z" from the database
+
+
+FIELDS: dict[str, Kind] = {
+    "id": Kind.INTEGER,
+    "email": Kind.TEXT,
+    "full_name": Kind.TEXT,
+    "country": Kind.TEXT,
+    "city": Kind.TEXT,
+    "plan": Kind.TEXT,
+    "is_active": Kind.BOOLEAN,
+    "lifetime_value": Kind.MONEY,
+    "created_at": Kind.TIMESTAMP,
+    "last_login_at": Kind.TIMESTAMP,
+    "bio": Kind.TEXT,
+    "avatar_image_id": Kind.INTEGER,
+}
+PARAMETERS = (
+    "fields", "country", "plan", "is_active", "created_from", "created_to", "after_id", "limit",
+)
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
+MAX_INTEGER = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ExportQuery:
+    fields: tuple[str, ...] = tuple(FIELDS)
+    countries: tuple[str, ...] = ()
+    plans: tuple[str, ...] = ()
+    is_active: bool | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    after_id: int | None = None
+    limit: int | None = None
+
+    def kinds(self) -> list[Kind]:
+        return [FIELDS[name] for name in self.fields]
+
+
+def parse_export_query(params: Iterable[tuple[str, str]]) -> ExportQuery:
+    """Validate raw ``(name, value)`` pairs; unknown or repeated names are errors too."""
+    values: dict[str, str] = {}
+    for name, value in params:
+        if name not in PARAMETERS:
+            raise InvalidParameter(name, value, "unknown query parameter", PARAMETERS)
+        if name in values:
+            raise InvalidParameter(name, value, "given more than once; use a comma list")
+        values[name] = value
+    return _build(values)
+
+
+def _build(values: Mapping[str, str]) -> ExportQuery:
+    query: dict[str, Any] = {}
+    if "fields" in values:
+        query["fields"] = _fields(values["fields"])
+    if "country" in values:
+        query["countries"] = _countries(values["country"])
+    if "plan" in values:
+        query["plans"] = _choices("plan", values["plan"], PLANS)
+    if "is_active" in values:
+        query["is_active"] = _boolean("is_active", values["is_active"])
+    for name in ("created_from", "created_to"):
+        if name in values:
+            query[name] = _timestamp(name, values[name])
+    for name in ("after_id", "limit"):
+        if name in values:
+            query[name] = _natural(name, values[name])
+    return ExportQuery(**query)
+
+
+def _items(name: str, raw: str) -> list[str]:
+    items = [item.strip() for item in raw.split(",")]
+    if not raw.strip() or any(not item for item in items):
+        raise InvalidParameter(name, raw, "expected a comma-separated list with no empty items")
+    return items
+
+
+def _fields(raw: str) -> tuple[str, ...]:
+    names = _items("fields", raw)
+    unknown = [name for name in names if name not in FIELDS]
+    if unknown:
+        raise InvalidParameter("fields", raw, f"unknown field {unknown[0]!r}", tuple(FIELDS))
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InvalidParameter("fields", raw, f"field {repeated[0]!r} is listed twice")
+    return tuple(names)
+
+
+def _countries(raw: str) -> tuple[str, ...]:
+    codes = _items("country", raw)
+    for code in codes:
+        if not COUNTRY_CODE.fullmatch(code):
+            raise InvalidParameter(
+                "country", raw, f"{code!r} is not an ISO 3166-1 alpha-2 code such as DE or FR"
+            )
+    return tuple(dict.fromkeys(code.upper() for code in codes))
+
+
+def _choices(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    items = _items(name, raw)
+    for item in items:
+        if item not in allowed:
+            raise InvalidParameter(name, raw, f"unknown value {item!r}", allowed)
+    return tuple(dict.fromkeys(items))
+
+
+def _boolean(name: str, raw: str) -> bool:
+    try:
+        return BOOLEANS[raw.strip().lower()]
+    except KeyError:
+        raise InvalidParameter(name, raw, "expected a boolean", ("true", "false")) from None
+
+
+def _timestamp(name: str, raw: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise InvalidParameter(
+            name, raw, "expected an ISO 8601 date or time, e.g. 2024-03-01 or 2024-03-01T12:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)  # documented: a time without an offset is UTC
+    return moment.astimezone(UTC)
+
+
+def _natural(name: str, raw: str) -> int:
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii() or int(text) > MAX_INTEGER:
+        raise InvalidParameter(name, raw, f"expected a whole number from 0 to {MAX_INTEGER}")
+    return int(text)
+
+
+def _rendered(name: str, dialect: str) -> ColumnElement[Any]:
+    column = users.c[name]
+    kind = FIELDS[name]
+    if kind is Kind.MONEY:
+        money = func.printf("%.2f", column) if dialect == "sqlite" else cast(column, Text)
+        return type_coerce(money, String).label(name)
+    if kind is Kind.TIMESTAMP:
+        if dialect == "sqlite":
+            stamp = func.strftime("%Y-%m-%dT%H:%M:%SZ", column)
+        else:
+            stamp = func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        return type_coerce(stamp, String).label(name)
+    return column
+
+
+def build_statement(query: ExportQuery, dialect: str) -> Select[Any]:
+    statement = select(*(_rendered(name, dialect) for name in query.fields))
+    if query.countries:
+        statement = statement.where(users.c.country.in_(query.countries))
+    if query.plans:
+        statement = statement.where(users.c.plan.in_(query.plans))
+    if query.is_active is not None:
+        statement = statement.where(users.c.is_active.is_(query.is_active))
+    if query.created_from is not None:
+        statement = statement.where(users.c.created_at >= query.created_from)
+    if query.created_to is not None:
+        statement = statement.where(users.c.created_at < query.created_to)
+    if query.after_id is not None:
+        statement = statement.where(users.c.id > query.after_id)
+    statement = statement.order_by(users.c.id)
+    if query.limit is not None:
+        statement = statement.limit(query.limit)
+    return statement

@@ -1,0 +1,52 @@
+"""``Annotated`` dependency aliases shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter.config import Settings
+from exporter.metrics import Metrics
+from exporter.queries import ExportQuery, parse_export_query
+from exporter.streaming import ExportSlots
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _engine(request: Request) -> AsyncEngine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def _slots(request: Request) -> ExportSlots:
+    return request.app.state.export_slots  # type: ignore[no-any-return]
+
+
+def _export_query(
+    request: Request,
+    # Declared for the OpenAPI page only: the values are read from the raw query string,
+    # so that unknown and repeated parameters are errors rather than silently ignored.
+    fields: Annotated[str | None, Query(description="Comma list of columns, in order.")] = None,
+    country: Annotated[str | None, Query(description="Comma list of ISO codes: DE,FR.")] = None,
+    plan: Annotated[str | None, Query(description="free, pro or enterprise; a comma list.")] = None,
+    is_active: Annotated[str | None, Query(description="true or false.")] = None,
+    created_from: Annotated[str | None, Query(description="ISO 8601, inclusive.")] = None,
+    created_to: Annotated[str | None, Query(description="ISO 8601, exclusive.")] = None,
+    after_id: Annotated[str | None, Query(description="Resume: only ids above this.")] = None,
+    limit: Annotated[str | None, Query(description="At most this many rows.")] = None,
+) -> ExportQuery:
+    return parse_export_query(request.query_params.multi_items())
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+EngineDep = Annotated[AsyncEngine, Depends(_engine)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+SlotsDep = Annotated[ExportSlots, Depends(_slots)]
+ExportQueryDep = Annotated[ExportQuery, Depends(_export_query)]

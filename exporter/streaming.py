@@ -1,0 +1,183 @@
+"""Batches -> encoded chunks -> (gzip) -> the response body, with its failure modes decided.
+
+- One snapshot, one server-side cursor: ``export_chunks`` opens its connection inside the
+  generator, so closing the generator (``aclose``) ends the query and returns the
+  connection, whoever closes it.
+- Between batches the loop gets control back (``await asyncio.sleep(0)``).
+- Before the first byte: ``prime`` runs the query up to its first chunk while the route can
+  still answer with a JSON error status.
+- After the first byte: an exception propagates to the server, which closes the connection
+  without the last chunk, so every client sees an incomplete body. Nothing is ever written
+  that would make a truncated export look complete.
+- Disconnects: Starlette cancels the body task but never closes the iterator, so
+  ``ExportResponse`` closes it itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from exporter.db import backend_name, snapshot
+from exporter.errors import ExportsBusy
+from exporter.formats import Encoder
+from exporter.queries import ExportQuery, build_statement
+
+log = logging.getLogger("exporter.streaming")
+
+ChunkStream = AsyncGenerator[bytes, None]
+GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's way of asking for a gzip header and trailer
+
+
+@dataclass
+class Progress:
+    """What one export has produced so far; ``on_batch`` lets metrics follow along."""
+
+    rows: int = 0
+    bytes: int = 0
+    on_batch: Callable[[int, int], None] | None = field(default=None, repr=False)
+
+    def add(self, rows: int, size: int) -> None:
+        self.rows += rows
+        self.bytes += size
+        if self.on_batch is not None:
+            self.on_batch(rows, size)
+
+
+async def export_chunks(
+    engine: AsyncEngine,
+    query: ExportQuery,
+    encoder: Encoder,
+    *,
+    batch_rows: int,
+    chunk_bytes: int,
+    progress: Progress | None = None,
+) -> ChunkStream:
+    """Encoded bytes of one export, in chunks of about ``chunk_bytes``.
+
+    The first chunk goes out as soon as the first batch is encoded, so that the client
+    sees bytes at once; after that, batches are gathered into larger chunks.
+    """
+    progress = progress or Progress()
+    statement = build_statement(query, backend_name(engine))
+    async with snapshot(engine) as conn:
+        result = await conn.stream(statement.execution_options(yield_per=batch_rows))
+        pending = [encoder.begin()]
+        pending_size = len(pending[0])
+        first = True
+        async for rows in result.partitions():
+            data = encoder.encode(rows)
+            progress.add(len(rows), len(data))
+            pending.append(data)
+            pending_size += len(data)
+            if first or pending_size >= chunk_bytes:
+                yield b"".join(pending)
+                pending.clear()
+                pending_size = 0
+                first = False
+            await asyncio.sleep(0)
+        pending.append(encoder.end())
+        yield b"".join(pending)
+
+
+async def gzip_chunks(chunks: ChunkStream, level: int) -> ChunkStream:
+    """gzip a stream, flushing each chunk so the client can decode as bytes arrive."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, GZIP_WINDOW)
+    async with aclosing(chunks) as source:
+        async for chunk in source:
+            out = compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            if out:
+                yield out
+    yield compressor.flush(zlib.Z_FINISH)
+
+
+async def observed(
+    chunks: ChunkStream, progress: Progress, on_end: Callable[[str], None]
+) -> ChunkStream:
+    """Pass chunks through; tell ``on_end`` how the export ended, and log an abort."""
+    outcome = "failed"
+    try:
+        async with aclosing(chunks) as source:
+            async for chunk in source:
+                yield chunk
+        outcome = "completed"
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome = "disconnected"
+        raise
+    except Exception:
+        log.exception(
+            "export failed after %d rows (%d bytes); aborting the response so that the "
+            "client sees an incomplete body", progress.rows, progress.bytes,
+        )
+        raise
+    finally:
+        on_end(outcome)
+
+
+class ExportSlots:
+    """At most ``limit`` exports at once; the next one is refused, not queued."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self.in_use = 0
+
+    def acquire(self) -> None:
+        if self.in_use >= self.limit:
+            raise ExportsBusy(self.limit, self.retry_after)
+        self.in_use += 1
+
+    def release(self) -> None:
+        self.in_use -= 1
+
+
+class PrimedStream:
+    """A stream whose first chunk was already produced, so that failures before it
+    could still become an error status. ``aclose`` closes the underlying stream."""
+
+    def __init__(self, first: bytes, rest: ChunkStream) -> None:
+        self.first = first
+        self.rest = rest
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        yield self.first
+        async for chunk in self.rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()
+
+
+async def prime(stream: ChunkStream) -> PrimedStream:
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = b""
+    except BaseException:
+        await stream.aclose()
+        raise
+    return PrimedStream(first, stream)
+
+
+class ExportResponse(StreamingResponse):
+    """A streaming response that always closes its stream: on completion, on failure and
+    on a client disconnect (where Starlette only cancels the task that iterates it)."""
+
+    body_iterator: PrimedStream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()

@@ -1,0 +1,1 @@
+"""Alembic migrations; ``exporter migrate`` runs them through ``exporter.db.migrate``."""

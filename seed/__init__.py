@@ -1,0 +1,136 @@
+"""The deterministic seeder behind ``exporter seed``: users, images and large files.
+
+SQLite gets batched ``executemany`` inserts inside one transaction; PostgreSQL gets
+``COPY`` through asyncpg's ``copy_records_to_table``. Both store the same values, so both
+export the same bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from exporter import models
+from exporter.db import backend_name, migrate
+from seed.files import SeedImage, write_images, write_large_file
+from seed.users import SeedUser, generate_users
+
+INSERT_BATCH = 20_000
+PROGRESS_EVERY = 100_000
+USER_COLUMNS = tuple(SeedUser._fields)
+IMAGE_COLUMNS = tuple(SeedImage._fields)
+LARGE_FILE_NAME = "large-file.bin"
+# SQLAlchemy's own SQLite DATETIME storage format, so its filters compare correctly.
+SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    users: int = 1_000_000
+    seed: int = 1
+    images: int = 20
+    large_file_bytes: int = 256 * 1024 * 1024
+    reset: bool = False
+
+
+def print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def seed_database(
+    engine: AsyncEngine, data_dir: Path, plan: SeedPlan, progress: Progress = print_progress
+) -> bool:
+    """Seed an empty database (or any, with ``reset``); return False if it was left alone."""
+    await migrate(engine)
+    async with engine.begin() as conn:
+        existing = (await conn.execute(select(func.count()).select_from(models.users))).scalar_one()
+        if existing and not plan.reset:
+            progress(f"database already holds {existing} users; not seeding (use --reset)")
+            return False
+
+    started = time.perf_counter()
+    written_images = write_images(data_dir / "images", plan.images, plan.seed)
+    digest = write_large_file(
+        data_dir / "files" / LARGE_FILE_NAME, plan.large_file_bytes, plan.seed
+    )
+    progress(
+        f"wrote {len(written_images)} images and {LARGE_FILE_NAME} "
+        f"({plan.large_file_bytes} bytes, sha256 {digest})"
+    )
+    rows = generate_users(plan.users, plan.seed, len(written_images))
+    async with engine.begin() as conn:
+        await _clear(conn)  # first, so that COPY runs inside this same transaction
+        if backend_name(engine) == "postgresql":
+            await _copy(conn, "images", IMAGE_COLUMNS, written_images)
+            await _copy(conn, "users", USER_COLUMNS, _reporting(rows, plan.users, progress))
+        else:
+            await _insert(conn, "images", IMAGE_COLUMNS, written_images)
+            await _insert(
+                conn, "users", USER_COLUMNS, map(_sqlite_row, _reporting(rows, plan.users, progress))
+            )
+    progress(f"seeded {plan.users} users in {time.perf_counter() - started:.1f} s")
+    return True
+
+
+async def _clear(conn: AsyncConnection) -> None:
+    if backend_name(conn) == "postgresql":
+        await conn.execute(text("TRUNCATE users, images"))
+    else:
+        await conn.execute(models.users.delete())
+        await conn.execute(models.images.delete())
+
+
+def _sqlite_row(user: SeedUser) -> tuple[Any, ...]:
+    last_login = user.last_login_at
+    return (
+        *user[:6],
+        int(user.is_active),
+        f"{user.lifetime_value:.2f}",
+        user.created_at.strftime(SQLITE_TIMESTAMP),
+        None if last_login is None else last_login.strftime(SQLITE_TIMESTAMP),
+        user.bio,
+        user.avatar_image_id,
+    )
+
+
+def _reporting(rows: Iterable[SeedUser], total: int, progress: Progress) -> Iterator[SeedUser]:
+    started = time.perf_counter()
+    for count, row in enumerate(rows, start=1):
+        yield row
+        if count % PROGRESS_EVERY == 0:
+            progress(f"  {count}/{total} users ({time.perf_counter() - started:.1f} s)")
+
+
+def _batches(rows: Iterable[Any]) -> Iterator[list[Any]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, INSERT_BATCH)):
+        yield batch
+
+
+async def _insert(
+    conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: Iterable[Any]
+) -> None:
+    statement = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    )
+    for batch in _batches(rows):
+        await conn.exec_driver_sql(statement, batch)
+
+
+async def _copy(
+    conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: Iterable[Any]
+) -> None:
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    for batch in _batches(rows):
+        await raw.copy_records_to_table(table, records=batch, columns=list(columns))

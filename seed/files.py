@@ -1,0 +1,81 @@
+"""Real, decodable images and large binary files, written under the data directory.
+
+Bytes depend only on the seed (and the Pillow/zlib build for the images), so a re-seed
+writes identical files and the recorded sha256 stays true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from pathlib import Path
+from typing import NamedTuple
+
+from PIL import Image, ImageDraw
+
+IMAGE_SIDE = 256
+WRITE_CHUNK = 1024 * 1024
+
+
+class SeedImage(NamedTuple):
+    id: int
+    filename: str
+    content_type: str
+    byte_size: int
+    sha256: str
+    storage_path: str
+
+
+def _draw(rng: random.Random) -> Image.Image:
+    background = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), background)  # type: ignore[arg-type]
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.randrange(IMAGE_SIDE), rng.randrange(IMAGE_SIDE)
+        x1, y1 = x0 + rng.randrange(8, 96), y0 + rng.randrange(8, 96)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        draw.ellipse((x0, y0, x1, y1), fill=colour)  # type: ignore[arg-type]
+    return image
+
+
+def write_images(images_dir: Path, count: int, seed: int) -> list[SeedImage]:
+    """Alternate PNG and JPEG avatars; return their rows for the ``images`` table."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"images-{seed}")
+    written = []
+    for image_id in range(1, count + 1):
+        is_png = image_id % 2 == 1
+        filename = f"avatar-{image_id:04d}.{'png' if is_png else 'jpg'}"
+        buffer = io.BytesIO()
+        _draw(rng).save(buffer, format="PNG" if is_png else "JPEG", quality=85)
+        data = buffer.getvalue()
+        (images_dir / filename).write_bytes(data)
+        written.append(
+            SeedImage(
+                id=image_id,
+                filename=filename,
+                content_type="image/png" if is_png else "image/jpeg",
+                byte_size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                storage_path=f"images/{filename}",
+            )
+        )
+    return written
+
+
+def write_large_file(path: Path, size: int, seed: int) -> str:
+    """Write ``size`` pseudo-random bytes aside, then rename; return their sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"large-{seed}")
+    digest = hashlib.sha256()
+    partial = path.with_name(path.name + ".part")
+    with partial.open("wb") as out:
+        remaining = size
+        while remaining:
+            block = rng.randbytes(min(WRITE_CHUNK, remaining))
+            digest.update(block)
+            out.write(block)
+            remaining -= len(block)
+    partial.replace(path)
+    return digest.hexdigest()
