@@ -1,0 +1,165 @@
+"""Shared fixtures: a small seeded database per backend, in-process and real-server clients.
+
+SQLite always runs. PostgreSQL runs when ``EXPORTER_TEST_DATABASE_URL`` names a scratch
+database (``.ci/run`` creates one); the fixtures drop and rebuild its tables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import insert
+
+from exporter.app import create_app
+from exporter.config import Settings, load_settings
+from exporter.db import create_engine, downgrade_all
+from exporter.models import users
+from seed import SeedPlan, seed_database
+
+PG_URL_VARIABLE = "EXPORTER_TEST_DATABASE_URL"
+SEEDED_USERS = 3000
+SEED = 7
+GOLDEN_AFTER_ID = 9000
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# Hand-made hostile rows, appended after the seeded ones; tests/test_exports.py spells out
+# the exact bytes every format must give for them.
+GOLDEN_ROWS = [
+    dict(id=9001, email="zoe@example.com", full_name='Zoë "Zee" O\'Brien, Jr.', country="DE",
+         city="München", plan="pro", is_active=True, lifetime_value=Decimal("12.30"),
+         created_at=at("2024-03-01T12:00:00"), last_login_at=at("2024-03-02T08:30:05"),
+         bio='Line one\r\nLine "two", with comma\tand tab', avatar_image_id=1),
+    dict(id=9002, email="wang@example.com", full_name="王伟 🚀", country="CN", city=None,
+         plan="free", is_active=False, lifetime_value=Decimal("0"),
+         created_at=at("2024-03-01T12:00:01"), last_login_at=None, bio=None,
+         avatar_image_id=None),
+    dict(id=9003, email="angstrom@example.com", full_name="Ångström", country="JP",
+         city="東京", plan="enterprise", is_active=True,
+         lifetime_value=Decimal("9999999999.99"), created_at=at("2025-12-31T23:59:59"),
+         last_login_at=at("2026-01-01T00:00:00"), bio="ends with LF\n", avatar_image_id=2),
+    dict(id=9004, email="pad@example.com", full_name=" padded ", country="US", city="Austin",
+         plan="pro", is_active=True, lifetime_value=Decimal("0.05"),
+         created_at=at("2024-03-01T11:59:59"), last_login_at=None, bio="",
+         avatar_image_id=None),
+]
+TOTAL_ROWS = SEEDED_USERS + len(GOLDEN_ROWS)
+
+
+@dataclass(frozen=True)
+class Database:
+    backend: str
+    url: str
+    data_dir: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a subprocess (``exporter serve`` / ``exporter export``)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+        env.update(EXPORTER_DATABASE_URL=self.url, EXPORTER_DATA_DIR=str(self.data_dir))
+        env.update(extra)
+        return env
+
+    def settings(self, **overrides: object) -> Settings:
+        return load_settings(database_url=self.url, data_dir=self.data_dir, **overrides)
+
+
+def postgres_url() -> str:
+    url = os.environ.get(PG_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"PostgreSQL tests need {PG_URL_VARIABLE} (set by .ci/run)")
+    return url
+
+
+async def build_database(backend: str, data_dir: Path, users_count: int, seed: int) -> Database:
+    url = (
+        postgres_url() if backend == "postgresql"
+        else f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
+    )
+    engine = create_engine(url)
+    try:
+        if backend == "postgresql":
+            await downgrade_all(engine)
+        plan = SeedPlan(users=users_count, seed=seed, images=4, large_file_bytes=64 * 1024)
+        await seed_database(engine, data_dir, plan, progress=lambda _message: None)
+        async with engine.begin() as conn:
+            await conn.execute(insert(users), GOLDEN_ROWS)
+    finally:
+        await engine.dispose()
+    return Database(backend, url, data_dir)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Database:
+    data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
+    return await build_database(request.param, data_dir, SEEDED_USERS, SEED)
+
+
+@pytest.fixture(scope="session")
+async def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Database:
+    """The SQLite twin of ``database``, for comparing backends."""
+    return await build_database(
+        "sqlite", tmp_path_factory.mktemp("data-sqlite-twin"), SEEDED_USERS, SEED
+    )
+
+
+@pytest.fixture(scope="session")
+async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """In-process client: fine for bodies and headers, blind to streaming (it buffers)."""
+    app = create_app(database.settings())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as c:
+            yield c
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(env: dict[str, str]) -> Iterator[str]:
+    """A real ``exporter serve`` under uvicorn on a loopback port; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise RuntimeError(f"exporter serve did not start:\n{output}")
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,265 @@
+"""The three streaming exports over HTTP (in-process), on every backend."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.queries import FIELDS
+from tests.conftest import GOLDEN_AFTER_ID, TOTAL_ROWS
+
+GOLDEN_CSV = (
+    "id,email,full_name,country,city,plan,is_active,lifetime_value,created_at,"
+    "last_login_at,bio,avatar_image_id\r\n"
+    '9001,zoe@example.com,"Zoë ""Zee"" O\'Brien, Jr.",DE,München,pro,true,12.30,'
+    '2024-03-01T12:00:00Z,2024-03-02T08:30:05Z,"Line one\r\nLine ""two"", with comma\tand tab",'
+    "1\r\n"
+    "9002,wang@example.com,王伟 🚀,CN,,free,false,0.00,2024-03-01T12:00:01Z,,,\r\n"
+    "9003,angstrom@example.com,Ångström,JP,東京,enterprise,true,9999999999.99,"
+    '2025-12-31T23:59:59Z,2026-01-01T00:00:00Z,"ends with LF\n",2\r\n'
+    "9004,pad@example.com, padded ,US,Austin,pro,true,0.05,2024-03-01T11:59:59Z,,,\r\n"
+).encode()
+
+GOLDEN_OBJECTS = [
+    '{"id":9001,"email":"zoe@example.com","full_name":"Zoë \\"Zee\\" O\'Brien, Jr.",'
+    '"country":"DE","city":"München","plan":"pro","is_active":true,"lifetime_value":12.30,'
+    '"created_at":"2024-03-01T12:00:00Z","last_login_at":"2024-03-02T08:30:05Z",'
+    '"bio":"Line one\\r\\nLine \\"two\\", with comma\\tand tab","avatar_image_id":1}',
+    '{"id":9002,"email":"wang@example.com","full_name":"王伟 🚀","country":"CN","city":null,'
+    '"plan":"free","is_active":false,"lifetime_value":0.00,"created_at":"2024-03-01T12:00:01Z",'
+    '"last_login_at":null,"bio":null,"avatar_image_id":null}',
+    '{"id":9003,"email":"angstrom@example.com","full_name":"Ångström","country":"JP",'
+    '"city":"東京","plan":"enterprise","is_active":true,"lifetime_value":9999999999.99,'
+    '"created_at":"2025-12-31T23:59:59Z","last_login_at":"2026-01-01T00:00:00Z",'
+    '"bio":"ends with LF\\n","avatar_image_id":2}',
+    '{"id":9004,"email":"pad@example.com","full_name":" padded ","country":"US",'
+    '"city":"Austin","plan":"pro","is_active":true,"lifetime_value":0.05,'
+    '"created_at":"2024-03-01T11:59:59Z","last_login_at":null,"bio":"",'
+    '"avatar_image_id":null}',
+]
+GOLDEN_NDJSON = "".join(line + "\n" for line in GOLDEN_OBJECTS).encode()
+GOLDEN_JSON = ("[\n" + ",\n".join(GOLDEN_OBJECTS) + "\n]\n").encode()
+
+
+async def body(client: httpx.AsyncClient, path: str, **headers: str) -> bytes:
+    response = await client.get(path, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+async def ndjson_rows(client: httpx.AsyncClient, query: str = "") -> list[dict[str, Any]]:
+    data = await body(client, f"/exports/users.ndjson{query}")
+    return [json.loads(line) for line in data.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("extension", "expected"),
+    [("csv", GOLDEN_CSV), ("ndjson", GOLDEN_NDJSON), ("json", GOLDEN_JSON)],
+)
+async def test_hostile_rows_export_as_the_golden_bytes(
+    client: httpx.AsyncClient, extension: str, expected: bytes
+) -> None:
+    assert await body(client, f"/exports/users.{extension}?after_id={GOLDEN_AFTER_ID}") == expected
+
+
+async def test_csv_export_quotes_commas_quotes_and_newlines_per_rfc_4180(
+    client: httpx.AsyncClient,
+) -> None:
+    data = await body(client, f"/exports/users.csv?after_id={GOLDEN_AFTER_ID}&fields=id,bio")
+    assert data == (
+        b'id,bio\r\n9001,"Line one\r\nLine ""two"", with comma\tand tab"\r\n'
+        b"9002,\r\n"
+        b'9003,"ends with LF\n"\r\n'
+        b"9004,\r\n"
+    )
+
+
+async def test_empty_results_are_still_valid_documents(client: httpx.AsyncClient) -> None:
+    assert await body(client, "/exports/users.csv?limit=0&fields=id,email") == b"id,email\r\n"
+    assert await body(client, "/exports/users.ndjson?limit=0") == b""
+    assert json.loads(await body(client, "/exports/users.json?limit=0")) == []
+
+
+async def test_the_three_formats_agree_row_by_row(client: httpx.AsyncClient) -> None:
+    csv_rows = list(csv.DictReader(io.StringIO(
+        (await body(client, "/exports/users.csv")).decode(), newline=""
+    )))
+    ndjson = await ndjson_rows(client)
+    array = json.loads(await body(client, "/exports/users.json"))
+    assert len(csv_rows) == len(ndjson) == len(array) == TOTAL_ROWS
+    assert ndjson == array
+
+    def as_csv(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    for csv_row, json_row in zip(csv_rows, ndjson, strict=True):
+        assert csv_row == {name: as_csv(value) for name, value in json_row.items()}
+
+
+async def test_rows_come_in_ascending_id_with_every_field(client: httpx.AsyncClient) -> None:
+    rows = await ndjson_rows(client)
+    ids = [row["id"] for row in rows]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(list(row) == list(FIELDS) for row in rows)
+
+
+async def test_fields_are_exported_in_the_order_asked(client: httpx.AsyncClient) -> None:
+    data = await body(client, "/exports/users.csv?fields=plan,id,email&limit=2")
+    header, first, _ = data.split(b"\r\n", 2)
+    assert header == b"plan,id,email"
+    assert first.split(b",")[1] == b"1"
+    rows = await ndjson_rows(client, "?fields=plan,id&limit=1")
+    assert list(rows[0]) == ["plan", "id"]
+
+
+FILTERS = [
+    ("?country=DE,fr", lambda r: r["country"] in ("DE", "FR")),
+    ("?plan=enterprise", lambda r: r["plan"] == "enterprise"),
+    ("?plan=free,pro&is_active=false", lambda r: r["plan"] != "enterprise" and not r["is_active"]),
+    ("?is_active=true", lambda r: r["is_active"]),
+    ("?created_from=2024-03-01T12:00:00Z", lambda r: r["created_at"] >= "2024-03-01T12:00:00Z"),
+    ("?created_to=2024-03-01T12:00:00Z", lambda r: r["created_at"] < "2024-03-01T12:00:00Z"),
+    (
+        "?created_from=2024-03-01T13:00:00%2B01:00&created_to=2024-03-01T12:00:01Z",
+        lambda r: r["created_at"] == "2024-03-01T12:00:00Z",
+    ),
+    ("?after_id=2990", lambda r: r["id"] > 2990),
+]
+
+
+@pytest.mark.parametrize(("query", "keep"), FILTERS, ids=[q for q, _ in FILTERS])
+async def test_filters_select_exactly_the_matching_rows(
+    client: httpx.AsyncClient, query: str, keep: Any
+) -> None:
+    everything = await ndjson_rows(client)
+    expected = [row for row in everything if keep(row)]
+    assert expected, "the seeded data should hold matching rows"
+    assert len(expected) < len(everything)
+    assert await ndjson_rows(client, query) == expected
+
+
+async def test_after_id_and_limit_resume_where_a_reader_stopped(
+    client: httpx.AsyncClient,
+) -> None:
+    everything = await ndjson_rows(client)
+    resumed: list[dict[str, Any]] = []
+    last_id = 0
+    while page := await ndjson_rows(client, f"?after_id={last_id}&limit=700"):
+        resumed.extend(page)
+        last_id = page[-1]["id"]
+    assert resumed == everything
+
+
+BAD_QUERIES = [
+    ("fields=id,password", "fields", "password"),
+    ("fields=id,,email", "fields", "empty"),
+    ("fields=id,id", "fields", "twice"),
+    ("fields=", "fields", "empty"),
+    ("country=Germany", "country", "Germany"),
+    ("plan=gold", "plan", "gold"),
+    ("is_active=maybe", "is_active", "maybe"),
+    ("created_from=yesterday", "created_from", "yesterday"),
+    ("created_to=2024-13-01", "created_to", "2024-13-01"),
+    ("after_id=-1", "after_id", "-1"),
+    ("after_id=1e3", "after_id", "1e3"),
+    ("limit=ten", "limit", "ten"),
+    ("limit=99999999999999999999", "limit", "99999999999999999999"),
+    ("limit=5&limit=6", "limit", "more than once"),
+    ("colour=red", "colour", "unknown query parameter"),
+]
+
+
+@pytest.mark.parametrize(("query", "parameter", "mentioned"), BAD_QUERIES)
+@pytest.mark.parametrize("extension", ["csv", "ndjson", "json"])
+async def test_bad_parameters_get_a_422_naming_the_parameter_and_value(
+    client: httpx.AsyncClient, extension: str, query: str, parameter: str, mentioned: str
+) -> None:
+    response = await client.get(f"/exports/users.{extension}?{query}")
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()
+    assert error["error"] == "invalid_parameter"
+    assert error["parameter"] == parameter
+    assert mentioned in error["message"]
+
+
+async def test_unknown_field_error_lists_the_valid_fields(client: httpx.AsyncClient) -> None:
+    error = (await client.get("/exports/users.csv?fields=nope")).json()
+    assert error["valid"] == list(FIELDS)
+
+
+async def test_unknown_export_format_is_404(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/exports/users.xml")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("extension", "media_type"),
+    [("csv", "text/csv; charset=utf-8"), ("ndjson", "application/x-ndjson"),
+     ("json", "application/json")],
+)
+async def test_exports_are_attachments_with_a_timestamped_filename(
+    client: httpx.AsyncClient, extension: str, media_type: str
+) -> None:
+    response = await client.get(f"/exports/users.{extension}?limit=1")
+    assert response.headers["content-type"] == media_type
+    disposition = response.headers["content-disposition"]
+    match = re.fullmatch(
+        r'attachment; filename="(users-\d{8}T\d{6}Z\.(\w+))"; filename\*=UTF-8\'\'(.+)', disposition
+    )
+    assert match, disposition
+    assert match.group(2) == extension and match.group(3) == match.group(1)
+    datetime.strptime(match.group(1)[6:22], "%Y%m%dT%H%M%SZ")
+    assert response.headers["vary"] == "Accept-Encoding"
+
+
+@pytest.mark.parametrize("extension", ["csv", "ndjson", "json"])
+async def test_gzip_is_sent_when_accepted_and_decodes_to_the_same_bytes(
+    client: httpx.AsyncClient, extension: str
+) -> None:
+    plain = await client.get(f"/exports/users.{extension}", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    zipped = await client.get(
+        f"/exports/users.{extension}", headers={"Accept-Encoding": "br;q=1.0, gzip;q=0.8"}
+    )
+    assert zipped.headers["content-encoding"] == "gzip"
+    # httpx decodes transparently; check the wire bytes ourselves too.
+    assert zipped.content == plain.content
+    raw = b"".join([chunk async for chunk in _raw(client, f"/exports/users.{extension}")])
+    assert gzip.decompress(raw) == plain.content
+    assert len(raw) < len(plain.content) / 2
+
+
+async def _raw(client: httpx.AsyncClient, path: str) -> Any:
+    async with client.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as response:
+        async for chunk in response.aiter_raw():
+            yield chunk
+
+
+async def test_gzip_refused_with_q_zero_is_not_sent(client: httpx.AsyncClient) -> None:
+    response = await client.get("/exports/users.csv?limit=1", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in response.headers
+
+
+async def test_health_ready_and_metrics_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    ready = await client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    metrics = (await client.get("/metrics")).text
+    assert "exporter_exports_started_total" in metrics
+    assert "exporter_db_connections_checked_out 0.0" in metrics
