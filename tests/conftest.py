@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from exporter.app import create_app
 from exporter.config import Settings, load_settings
@@ -31,7 +32,7 @@ from seed import SeedPlan, seed_database
 PG_URL_VARIABLE = "EXPORTER_TEST_DATABASE_URL"
 SEEDED_USERS = 3000
 SEED = 7
-GOLDEN_AFTER_ID = 9000
+GOLDEN_AFTER_ID = 900000
 
 
 def at(text: str) -> datetime:
@@ -41,19 +42,19 @@ def at(text: str) -> datetime:
 # Hand-made hostile rows, appended after the seeded ones; tests/test_exports.py spells out
 # the exact bytes every format must give for them.
 GOLDEN_ROWS = [
-    dict(id=9001, email="zoe@example.com", full_name='Zoë "Zee" O\'Brien, Jr.', country="DE",
+    dict(id=900001, email="zoe@example.com", full_name='Zoë "Zee" O\'Brien, Jr.', country="DE",
          city="München", plan="pro", is_active=True, lifetime_value=Decimal("12.30"),
          created_at=at("2024-03-01T12:00:00"), last_login_at=at("2024-03-02T08:30:05"),
          bio='Line one\r\nLine "two", with comma\tand tab', avatar_image_id=1),
-    dict(id=9002, email="wang@example.com", full_name="王伟 🚀", country="CN", city=None,
+    dict(id=900002, email="wang@example.com", full_name="王伟 🚀", country="CN", city=None,
          plan="free", is_active=False, lifetime_value=Decimal("0"),
          created_at=at("2024-03-01T12:00:01"), last_login_at=None, bio=None,
          avatar_image_id=None),
-    dict(id=9003, email="angstrom@example.com", full_name="Ångström", country="JP",
+    dict(id=900003, email="angstrom@example.com", full_name="Ångström", country="JP",
          city="東京", plan="enterprise", is_active=True,
          lifetime_value=Decimal("9999999999.99"), created_at=at("2025-12-31T23:59:59"),
          last_login_at=at("2026-01-01T00:00:00"), bio="ends with LF\n", avatar_image_id=2),
-    dict(id=9004, email="pad@example.com", full_name=" padded ", country="US", city="Austin",
+    dict(id=900004, email="pad@example.com", full_name=" padded ", country="US", city="Austin",
          plan="pro", is_active=True, lifetime_value=Decimal("0.05"),
          created_at=at("2024-03-01T11:59:59"), last_login_at=None, bio="",
          avatar_image_id=None),
@@ -85,11 +86,28 @@ def postgres_url() -> str:
     return url
 
 
-async def build_database(backend: str, data_dir: Path, users_count: int, seed: int) -> Database:
-    url = (
-        postgres_url() if backend == "postgresql"
-        else f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
-    )
+async def scratch_postgres_url(suffix: str) -> str:
+    """A fresh database beside the test one, for tests that need their own data."""
+    base = make_url(postgres_url())
+    name = f"{base.database}_{suffix}"
+    admin = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+async def build_database(
+    backend: str, data_dir: Path, users_count: int, seed: int, url: str | None = None
+) -> Database:
+    if url is None:
+        url = (
+            postgres_url() if backend == "postgresql"
+            else f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
+        )
     engine = create_engine(url)
     try:
         if backend == "postgresql":

@@ -19,28 +19,28 @@ from tests.conftest import GOLDEN_AFTER_ID, TOTAL_ROWS
 GOLDEN_CSV = (
     "id,email,full_name,country,city,plan,is_active,lifetime_value,created_at,"
     "last_login_at,bio,avatar_image_id\r\n"
-    '9001,zoe@example.com,"Zoë ""Zee"" O\'Brien, Jr.",DE,München,pro,true,12.30,'
+    '900001,zoe@example.com,"Zoë ""Zee"" O\'Brien, Jr.",DE,München,pro,true,12.30,'
     '2024-03-01T12:00:00Z,2024-03-02T08:30:05Z,"Line one\r\nLine ""two"", with comma\tand tab",'
     "1\r\n"
-    "9002,wang@example.com,王伟 🚀,CN,,free,false,0.00,2024-03-01T12:00:01Z,,,\r\n"
-    "9003,angstrom@example.com,Ångström,JP,東京,enterprise,true,9999999999.99,"
+    "900002,wang@example.com,王伟 🚀,CN,,free,false,0.00,2024-03-01T12:00:01Z,,,\r\n"
+    "900003,angstrom@example.com,Ångström,JP,東京,enterprise,true,9999999999.99,"
     '2025-12-31T23:59:59Z,2026-01-01T00:00:00Z,"ends with LF\n",2\r\n'
-    "9004,pad@example.com, padded ,US,Austin,pro,true,0.05,2024-03-01T11:59:59Z,,,\r\n"
+    "900004,pad@example.com, padded ,US,Austin,pro,true,0.05,2024-03-01T11:59:59Z,,,\r\n"
 ).encode()
 
 GOLDEN_OBJECTS = [
-    '{"id":9001,"email":"zoe@example.com","full_name":"Zoë \\"Zee\\" O\'Brien, Jr.",'
+    '{"id":900001,"email":"zoe@example.com","full_name":"Zoë \\"Zee\\" O\'Brien, Jr.",'
     '"country":"DE","city":"München","plan":"pro","is_active":true,"lifetime_value":12.30,'
     '"created_at":"2024-03-01T12:00:00Z","last_login_at":"2024-03-02T08:30:05Z",'
     '"bio":"Line one\\r\\nLine \\"two\\", with comma\\tand tab","avatar_image_id":1}',
-    '{"id":9002,"email":"wang@example.com","full_name":"王伟 🚀","country":"CN","city":null,'
+    '{"id":900002,"email":"wang@example.com","full_name":"王伟 🚀","country":"CN","city":null,'
     '"plan":"free","is_active":false,"lifetime_value":0.00,"created_at":"2024-03-01T12:00:01Z",'
     '"last_login_at":null,"bio":null,"avatar_image_id":null}',
-    '{"id":9003,"email":"angstrom@example.com","full_name":"Ångström","country":"JP",'
+    '{"id":900003,"email":"angstrom@example.com","full_name":"Ångström","country":"JP",'
     '"city":"東京","plan":"enterprise","is_active":true,"lifetime_value":9999999999.99,'
     '"created_at":"2025-12-31T23:59:59Z","last_login_at":"2026-01-01T00:00:00Z",'
     '"bio":"ends with LF\\n","avatar_image_id":2}',
-    '{"id":9004,"email":"pad@example.com","full_name":" padded ","country":"US",'
+    '{"id":900004,"email":"pad@example.com","full_name":" padded ","country":"US",'
     '"city":"Austin","plan":"pro","is_active":true,"lifetime_value":0.05,'
     '"created_at":"2024-03-01T11:59:59Z","last_login_at":null,"bio":"",'
     '"avatar_image_id":null}',
@@ -76,9 +76,9 @@ async def test_csv_export_quotes_commas_quotes_and_newlines_per_rfc_4180(
     data = await body(client, f"/exports/users.csv?after_id={GOLDEN_AFTER_ID}&fields=id,bio")
     assert data == (
         b'id,bio\r\n9001,"Line one\r\nLine ""two"", with comma\tand tab"\r\n'
-        b"9002,\r\n"
-        b'9003,"ends with LF\n"\r\n'
-        b"9004,\r\n"
+        b"900002,\r\n"
+        b'900003,"ends with LF\n"\r\n'
+        b"900004,\r\n"
     )
 
 

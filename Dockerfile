@@ -1,0 +1,30 @@
+# The exporter service: `exporter serve` by default; compose also runs `exporter seed` from it.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --system --create-home --uid 10001 --user-group exporter
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so that editing the code reuses this layer.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY alembic.ini ./
+COPY exporter ./exporter
+COPY migrations ./migrations
+COPY seed ./seed
+RUN pip install --no-cache-dir . \
+    && mkdir -p /data \
+    && chown exporter:exporter /data
+
+ENV EXPORTER_DATA_DIR=/data
+USER exporter
+EXPOSE 8000
+
+CMD ["exporter", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,125 @@
+"""The Dockerfile and docker-compose.yml agree with the code (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from exporter.cli import build_parser
+from exporter.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# Compose interpolation, resolved to the defaults: ${VAR:-default} or ${VAR-default}.
+COMPOSE = yaml.safe_load(
+    re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", (ROOT / "docker-compose.yml").read_text())
+)
+SERVICES = COMPOSE["services"]
+DOCKERFILE = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+INSTRUCTIONS = [
+    line.strip().split(None, 1) for line in DOCKERFILE.splitlines()
+    if line.strip() and not line.strip().startswith("#")
+]
+
+
+def env(service: str) -> dict[str, str]:
+    raw = SERVICES[service].get("environment", {})
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {key: str(value) for key, value in raw.items()}
+
+
+def instruction_args(name: str) -> list[str]:
+    return [args for keyword, args in INSTRUCTIONS if keyword.upper() == name]
+
+
+def data_mount(service: str) -> str:
+    target = env(service).get("EXPORTER_DATA_DIR", "/data")
+    sources = [v.split(":")[0] for v in SERVICES[service]["volumes"] if v.split(":")[1] == target]
+    assert len(sources) == 1, f"{service} mounts nothing (or twice) at {target}"
+    return sources[0]
+
+
+@pytest.mark.parametrize("service", [s for s in SERVICES if "command" in SERVICES[s]])
+def test_every_command_is_a_real_exporter_subcommand_with_real_flags(service: str) -> None:
+    command = [str(part) for part in SERVICES[service]["command"]]
+    assert command[0] == "exporter"
+    try:
+        build_parser().parse_args(command[1:])
+    except SystemExit:
+        pytest.fail(f"{service}: the exporter CLI rejects {command[1:]}")
+
+
+def test_every_exporter_variable_in_compose_is_a_settings_field() -> None:
+    known = {f"EXPORTER_{name.upper()}" for name in Settings.model_fields}
+    used = {key for service in SERVICES for key in env(service) if key.startswith("EXPORTER_")}
+    assert used and used <= known, f"not settings: {sorted(used - known)}"
+
+
+@pytest.mark.parametrize("service", ["seed", "api"])
+def test_the_database_url_reaches_the_postgres_service_with_its_credentials(service: str) -> None:
+    raw = env(service)["EXPORTER_DATABASE_URL"]
+    url, pg = make_url(raw), env("postgres")
+    assert url.drivername == "postgresql+asyncpg"
+    assert url.host == "postgres" and url.host in SERVICES
+    assert (url.username, url.password, url.database) == (
+        pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"]
+    )
+    assert Settings(database_url=raw).resolved_database_url == raw
+
+
+def test_postgres_healthcheck_runs_pg_isready_over_tcp_for_its_user_and_database() -> None:
+    test = SERVICES["postgres"]["healthcheck"]["test"]
+    tokens = shlex.split(test[1]) if test[0] == "CMD-SHELL" else test[1:]
+    options = dict(zip(tokens[1:], tokens[2:], strict=False))
+    pg = env("postgres")
+    assert tokens[0] == "pg_isready"
+    assert options["-U"] == pg["POSTGRES_USER"] and options["-d"] == pg["POSTGRES_DB"]
+    assert options["-h"] in {"127.0.0.1", "localhost"}
+
+
+def test_services_start_in_order_postgres_then_seed_then_api() -> None:
+    assert SERVICES["seed"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert SERVICES["seed"]["restart"] == "no"
+    api = SERVICES["api"]["depends_on"]
+    assert api["seed"]["condition"] == "service_completed_successfully"
+    assert api["postgres"]["condition"] == "service_healthy"
+    assert "/ready" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+
+
+def test_api_and_seed_share_one_named_volume_for_the_data_dir() -> None:
+    assert env("api")["EXPORTER_DATA_DIR"] == env("seed")["EXPORTER_DATA_DIR"]
+    assert data_mount("api") == data_mount("seed")
+    assert data_mount("api") in COMPOSE["volumes"]
+
+
+def test_the_dockerfile_copies_every_package_pyproject_installs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {
+        path.name for path in ROOT.iterdir()
+        if (path / "__init__.py").exists() and any(fnmatch(path.name, p) for p in patterns)
+    }
+    copied = {
+        Path(source).name for args in instruction_args("COPY")
+        for source in args.split()[:-1] if not source.startswith("--")
+    }
+    assert packages >= {"exporter", "migrations", "seed"}
+    assert packages | {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+
+
+def test_the_api_listens_on_all_interfaces_at_the_exposed_and_published_port() -> None:
+    host_side, _, container_port = SERVICES["api"]["ports"][0].rpartition(":")
+    assert host_side.startswith("127.0.0.1:"), "published beyond loopback, with no authentication"
+    for command in (SERVICES["api"]["command"], json.loads(instruction_args("CMD")[-1])):
+        args = build_parser().parse_args([str(part) for part in command[1:]])
+        assert (args.command, args.host, str(args.port)) == ("serve", "0.0.0.0", container_port)
+    assert container_port in " ".join(instruction_args("EXPOSE")).split()
+    assert f"127.0.0.1:{container_port}/ready" in " ".join(SERVICES["api"]["healthcheck"]["test"])

@@ -1,0 +1,206 @@
+"""Against a real ``exporter serve`` (uvicorn on a loopback port): what in-process clients
+cannot show. The body streams, a disconnect frees the connection, a failure mid-stream
+leaves an incomplete body, and a full house answers 503."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from exporter.db import create_engine
+from tests.conftest import (
+    GOLDEN_ROWS,
+    SEED,
+    SEEDED_USERS,
+    Database,
+    build_database,
+    running_server,
+    scratch_postgres_url,
+)
+
+SMALL_BATCHES = {
+    "EXPORTER_BATCH_ROWS": "50",
+    "EXPORTER_CHUNK_BYTES": "4096",
+    "EXPORTER_MAX_CONCURRENT_EXPORTS": "1",
+}
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def idle(base_url: str) -> bool:
+    return (
+        metric(base_url, "exporter_exports_in_progress") == 0
+        and metric(base_url, "exporter_db_connections_checked_out") == 0
+    )
+
+
+def slow_reader(base_url: str, path: str) -> socket.socket:
+    """A raw client with a small receive window, so the server cannot run far ahead of it."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
+    while marker not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+# About 12 MB of NDJSON: well beyond what the kernel's socket buffers (tcp_wmem up to 4 MB
+# here) can hold, so a server that did not stream could not get its first bytes out early.
+BIG_USERS = 40_000
+
+
+@pytest.fixture(scope="module")
+async def server(
+    database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    url = await scratch_postgres_url("big") if database.backend == "postgresql" else None
+    big = await build_database(
+        database.backend, tmp_path_factory.mktemp("big"), BIG_USERS, SEED, url
+    )
+    with running_server(big.env(**SMALL_BATCHES)) as base_url:
+        yield base_url
+
+
+def test_the_body_streams_before_the_last_row_is_read(server: str) -> None:
+    total = BIG_USERS + len(GOLDEN_ROWS)
+    sock = slow_reader(server, "/exports/users.ndjson")
+    with sock:
+        head = read_until(sock, b'{"id":1,')
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert b"transfer-encoding: chunked" in head.lower()
+        time.sleep(0.5)  # let the server run as far ahead as the socket buffers allow
+        rows_sent = metric(server, "exporter_export_rows_total", format="ndjson")
+        assert 0 < rows_sent < total / 2
+        assert metric(server, "exporter_db_connections_checked_out") == 1
+        everything = read_until(sock, b"\r\n0\r\n\r\n", head)
+    assert everything.endswith(b"\r\n0\r\n\r\n")
+    assert everything.count(b'{"id":') == total
+    assert wait_for(lambda: idle(server))
+
+
+def test_a_client_that_disconnects_frees_its_database_connection(server: str) -> None:
+    assert wait_for(lambda: idle(server))
+    disconnected = metric(server, "exporter_exports_finished_total", format="csv",
+                          outcome="disconnected")
+    sock = slow_reader(server, "/exports/users.csv")
+    read_until(sock, b"\r\n1,")
+    assert metric(server, "exporter_db_connections_checked_out") == 1
+    sock.close()
+    assert wait_for(lambda: idle(server), seconds=5), "the export kept its connection"
+    assert metric(server, "exporter_exports_finished_total", format="csv",
+                  outcome="disconnected") == disconnected + 1
+    assert httpx.get(f"{server}/exports/users.csv?limit=3").status_code == 200
+
+
+def test_exports_beyond_the_limit_get_503_with_retry_after(server: str) -> None:
+    assert wait_for(lambda: idle(server))
+    with slow_reader(server, "/exports/users.json") as holder:
+        read_until(holder, b'{"id":1,')
+        refused = httpx.get(f"{server}/exports/users.csv")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["error"] == "exports_busy"
+        assert httpx.get(f"{server}/health").status_code == 200
+    assert wait_for(lambda: idle(server))
+    assert httpx.get(f"{server}/exports/users.csv?limit=1").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def corrupted_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SQLite database with a row whose text is not valid UTF-8: reading it fails."""
+    import asyncio
+
+    data_dir = tmp_path_factory.mktemp("corrupted")
+    database = asyncio.run(build_database("sqlite", data_dir, SEEDED_USERS, SEED))
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "exporter.db") as conn:
+        conn.execute("UPDATE users SET bio = CAST(X'C328FF' AS TEXT) WHERE id = 2000")
+    with running_server(database.env(**SMALL_BATCHES)) as base_url:
+        yield base_url
+
+
+def test_a_failure_mid_stream_makes_httpx_raise_not_return_a_short_body(
+    corrupted_sqlite: str,
+) -> None:
+    received = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012
+        with httpx.stream("GET", f"{corrupted_sqlite}/exports/users.csv") as response:
+            assert response.status_code == 200
+            for chunk in response.iter_bytes():
+                received += chunk
+    assert received.count(b"\r\n") > 1000, "the failure should come after the first bytes"
+    assert wait_for(lambda: idle(corrupted_sqlite))
+
+
+def test_a_failure_mid_stream_makes_curl_report_a_partial_transfer(
+    corrupted_sqlite: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "users.csv"
+    result = subprocess.run(
+        ["curl", "-sS", "-o", str(out), f"{corrupted_sqlite}/exports/users.csv"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 18, result.stderr  # CURLE_PARTIAL_FILE
+    assert out.stat().st_size > 0
+
+
+def test_rows_before_the_corruption_still_export_completely(corrupted_sqlite: str) -> None:
+    response = httpx.get(f"{corrupted_sqlite}/exports/users.csv?limit=1999&fields=id")
+    assert response.status_code == 200
+    assert response.text.count("\r\n") == 2000
+
+
+async def test_a_database_connection_killed_mid_stream_aborts_the_body(
+    database: Database,
+) -> None:
+    if database.backend != "postgresql":
+        pytest.skip("kills a PostgreSQL backend")
+    with running_server(database.env(**SMALL_BATCHES)) as base_url:
+        engine = create_engine(database.url)
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012
+                    async with client.stream("GET", f"{base_url}/exports/users.csv") as response:
+                        async for _ in response.aiter_bytes():
+                            async with engine.connect() as conn:
+                                await conn.execute(text(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() "
+                                    "AND pid <> pg_backend_pid() AND query ILIKE '%lifetime_value%'"
+                                ))
+        finally:
+            await engine.dispose()
+        assert wait_for(lambda: idle(base_url))

@@ -1,0 +1,96 @@
+"""The streaming plumbing on its own: closing, priming, gzip, slots."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from exporter.errors import ExportsBusy
+from exporter.streaming import ExportResponse, ExportSlots, gzip_chunks, prime
+
+
+class Source:
+    """An endless chunk stream that records whether it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.sent = 0
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            while True:
+                self.sent += 1
+                yield b"x" * 10
+                await asyncio.sleep(0)
+        finally:
+            self.closed = True
+
+
+async def test_a_response_closes_its_stream_when_the_client_disconnects() -> None:
+    source = Source()
+    stream = source.chunks()  # held here, so garbage collection cannot be what closes it
+    response = ExportResponse(await prime(stream))
+    sent: list[dict[str, Any]] = []
+    disconnected = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 3:
+            disconnected.set()
+        await asyncio.sleep(0)
+
+    await asyncio.wait_for(response({"type": "http", "asgi": {}}, receive, send), 5)
+    assert source.closed
+    assert not any(m.get("more_body") is False for m in sent), "must not look complete"
+
+
+async def test_a_failure_before_the_first_chunk_is_raised_by_prime() -> None:
+    closed = False
+
+    async def failing() -> AsyncGenerator[bytes, None]:
+        nonlocal closed
+        try:
+            raise ConnectionRefusedError("database down")
+            yield b""
+        finally:
+            closed = True
+
+    with pytest.raises(ConnectionRefusedError):
+        await prime(failing())
+    assert closed
+
+
+async def test_gzip_chunks_can_be_decoded_as_each_one_arrives() -> None:
+    async def parts() -> AsyncGenerator[bytes, None]:
+        for i in range(5):
+            yield f"part {i}\n".encode() * 100
+
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    decoded = []
+    async for chunk in gzip_chunks(parts(), level=6):
+        decoded.append(decoder.decompress(chunk))
+    # Every chunk but the trailer decodes to a whole part on its own (sync flush).
+    assert [len(piece) for piece in decoded[:5]] == [700] * 5
+    assert b"".join(decoded) + decoder.flush() == b"".join(
+        f"part {i}\n".encode() * 100 for i in range(5)
+    )
+    assert decoder.eof
+
+
+def test_export_slots_refuse_past_the_limit_and_free_on_release() -> None:
+    slots = ExportSlots(limit=2, retry_after=7)
+    slots.acquire()
+    slots.acquire()
+    with pytest.raises(ExportsBusy) as refused:
+        slots.acquire()
+    assert refused.value.headers() == {"Retry-After": "7"}
+    slots.release()
+    slots.acquire()
