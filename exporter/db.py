@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -25,7 +26,10 @@ SQLITE_PRAGMAS = (
 
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    if make_url(url).get_backend_name() == "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
         _configure_sqlite(engine)
         return engine
@@ -64,8 +68,6 @@ async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 def _alembic_config(connection: Any) -> Any:
-    from pathlib import Path
-
     from alembic.config import Config
 
     import migrations

@@ -75,7 +75,7 @@ async def test_csv_export_quotes_commas_quotes_and_newlines_per_rfc_4180(
 ) -> None:
     data = await body(client, f"/exports/users.csv?after_id={GOLDEN_AFTER_ID}&fields=id,bio")
     assert data == (
-        b'id,bio\r\n9001,"Line one\r\nLine ""two"", with comma\tand tab"\r\n'
+        b'id,bio\r\n900001,"Line one\r\nLine ""two"", with comma\tand tab"\r\n'
         b"900002,\r\n"
         b'900003,"ends with LF\n"\r\n'
         b"900004,\r\n"

@@ -1,0 +1,83 @@
+"""The ``exporter`` command line: the same pipeline as HTTP, writing to files and stdout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Database
+
+QUERY = {"country": "DE,FR,JP", "fields": "id,full_name,lifetime_value,bio,is_active,created_at"}
+
+
+def exporter(database: Database, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args], env=database.env(), capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_cli_export_to_stdout_equals_the_http_body(
+    database: Database, client: httpx.AsyncClient, fmt: str
+) -> None:
+    flags = [f"--{name}={value}" for name, value in QUERY.items()]
+    result = exporter(database, "export", "--format", fmt, *flags)
+    assert result.returncode == 0, result.stderr
+    http = await client.get(f"/exports/users.{fmt}", params=QUERY)
+    assert result.stdout == http.content
+    assert len(result.stdout) > 1000
+
+
+async def test_cli_export_to_a_file_equals_the_http_body(
+    database: Database, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    out = tmp_path / "users.ndjson"
+    result = exporter(database, "export", "--format", "ndjson", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == (await client.get("/exports/users.ndjson")).content
+    assert list(tmp_path.iterdir()) == [out], "no temporary file is left behind"
+
+
+def test_cli_export_rejects_a_bad_filter_naming_it(database: Database, tmp_path: Path) -> None:
+    out = tmp_path / "users.csv"
+    result = exporter(database, "export", "--format", "csv", "--plan", "gold", "--out", str(out))
+    assert result.returncode == 2
+    assert b"plan='gold'" in result.stderr and b"enterprise" in result.stderr
+    assert not out.exists()
+
+
+def test_cli_export_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    from exporter.db import SQLITE_PRAGMAS  # noqa: F401  (the CLI opens the same way)
+
+    db = tmp_path / "exporter.db"
+    subprocess.run(
+        [sys.executable, "-m", "exporter", "migrate"],
+        env={**Database("sqlite", "", tmp_path).env(), "EXPORTER_DATABASE_URL": ""}, check=True,
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO users VALUES (1, 'a@x', 'A', 'DE', NULL, 'free', 1, 1, "
+                     "'2024-01-01 00:00:00.000000', NULL, CAST(X'FF' AS TEXT), NULL)")
+    out = tmp_path / "users.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "export", "--format", "csv", "--out", str(out)],
+        env={**Database("sqlite", "", tmp_path).env(), "EXPORTER_DATABASE_URL": ""},
+        capture_output=True,
+    )
+    assert result.returncode == 1
+    assert b"failed" in result.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if "users" in p.name] == []
+
+
+def test_python_dash_m_exporter_shows_every_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True)
+    assert result.returncode == 0
+    for command in (b"serve", b"migrate", b"seed", b"export"):
+        assert command in result.stdout

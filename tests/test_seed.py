@@ -1,0 +1,107 @@
+"""The seeder: deterministic, hostile enough, real images, and identical on every backend."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from exporter.app import create_app
+from exporter.db import create_engine
+from exporter.models import images, users
+from seed import SeedPlan, seed_database
+from tests.conftest import Database, build_database
+
+
+async def export(database: Database, fmt: str) -> bytes:
+    app = create_app(database.settings())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get(f"/exports/users.{fmt}")
+            assert response.status_code == 200
+            return response.content
+
+
+async def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not(
+    tmp_path: Path,
+) -> None:
+    first = await build_database("sqlite", tmp_path / "a", 500, seed=11)
+    again = await build_database("sqlite", tmp_path / "b", 500, seed=11)
+    other = await build_database("sqlite", tmp_path / "c", 500, seed=12)
+    assert await export(first, "csv") == await export(again, "csv")
+    assert await export(first, "csv") != await export(other, "csv")
+    for name in ("images/avatar-0001.png", "images/avatar-0002.jpg", "files/large-file.bin"):
+        assert (first.data_dir / name).read_bytes() == (again.data_dir / name).read_bytes()
+
+
+async def test_sqlite_and_the_database_under_test_export_the_same_bytes(
+    database: Database, sqlite_database: Database
+) -> None:
+    for fmt in ("csv", "ndjson", "json"):
+        assert await export(database, fmt) == await export(sqlite_database, fmt)
+
+
+async def test_seeded_rows_hold_every_hostile_value(sqlite_database: Database) -> None:
+    rows = [json.loads(line) for line in (await export(sqlite_database, "ndjson")).splitlines()]
+    names = "".join(row["full_name"] for row in rows)
+    bios = [row["bio"] for row in rows if row["bio"]]
+    assert any(ord(c) > 0x4E00 for c in names), "CJK"
+    assert any(ord(c) > 0x1F000 for c in names), "emoji"
+    assert "ö" in names or "é" in names, "accents"
+    for needle in (",", '"', "\r\n", "\t"):
+        assert any(needle in bio for bio in bios), repr(needle)
+    assert any(row["city"] is None for row in rows)
+    assert any(row["last_login_at"] is None for row in rows)
+    assert any(row["avatar_image_id"] is None for row in rows)
+    assert {row["plan"] for row in rows} == {"free", "pro", "enterprise"}
+    assert {row["is_active"] for row in rows} == {True, False}
+    assert len({row["created_at"][:4] for row in rows}) >= 5, "timestamps spread over years"
+
+
+async def test_seeded_images_decode_and_match_their_recorded_sha256(
+    sqlite_database: Database,
+) -> None:
+    engine = create_engine(sqlite_database.url)
+    async with engine.connect() as conn:
+        records = (await conn.execute(select(images))).mappings().all()
+    await engine.dispose()
+    assert {r["content_type"] for r in records} == {"image/png", "image/jpeg"}
+    for record in records:
+        data = (sqlite_database.data_dir / record["storage_path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        assert len(data) == record["byte_size"]
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+            assert Image.MIME[image.format] == record["content_type"]
+
+
+async def test_seeding_leaves_a_populated_database_alone_unless_reset(tmp_path: Path) -> None:
+    database = await build_database("sqlite", tmp_path, 50, seed=3)
+    engine = create_engine(database.url)
+    try:
+        plan = SeedPlan(users=10, seed=3, images=2, large_file_bytes=1024)
+        assert not await seed_database(engine, tmp_path, plan, progress=lambda _m: None)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(users))).scalar() == 54
+        reset = SeedPlan(users=10, seed=3, images=2, large_file_bytes=1024, reset=True)
+        assert await seed_database(engine, tmp_path, reset, progress=lambda _m: None)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(users))).scalar() == 10
+    finally:
+        await engine.dispose()
+    assert (tmp_path / "files" / "large-file.bin").stat().st_size == 1024
+
+
+@pytest.mark.parametrize("users_count", [0, 1])
+async def test_tiny_seeds_work(tmp_path: Path, users_count: int) -> None:
+    database = await build_database("sqlite", tmp_path, users_count, seed=1)
+    text = (await export(database, "csv")).decode()
+    assert len(list(csv.reader(io.StringIO(text, newline="")))) == 1 + users_count + 4
