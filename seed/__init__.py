@@ -70,14 +70,13 @@ async def seed_database(
     rows = generate_users(plan.users, plan.seed, len(written_images))
     async with engine.begin() as conn:
         await _clear(conn)  # first, so that COPY runs inside this same transaction
+        reported = _reporting(rows, plan.users, progress)
         if backend_name(engine) == "postgresql":
             await _copy(conn, "images", IMAGE_COLUMNS, written_images)
-            await _copy(conn, "users", USER_COLUMNS, _reporting(rows, plan.users, progress))
+            await _copy(conn, "users", USER_COLUMNS, reported)
         else:
             await _insert(conn, "images", IMAGE_COLUMNS, written_images)
-            await _insert(
-                conn, "users", USER_COLUMNS, map(_sqlite_row, _reporting(rows, plan.users, progress))
-            )
+            await _insert(conn, "users", USER_COLUMNS, map(_sqlite_row, reported))
     progress(f"seeded {plan.users} users in {time.perf_counter() - started:.1f} s")
     return True
 

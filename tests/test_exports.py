@@ -250,7 +250,9 @@ async def _raw(client: httpx.AsyncClient, path: str) -> Any:
 
 
 async def test_gzip_refused_with_q_zero_is_not_sent(client: httpx.AsyncClient) -> None:
-    response = await client.get("/exports/users.csv?limit=1", headers={"Accept-Encoding": "gzip;q=0"})
+    response = await client.get(
+        "/exports/users.csv?limit=1", headers={"Accept-Encoding": "gzip;q=0"}
+    )
     assert "content-encoding" not in response.headers
 
 

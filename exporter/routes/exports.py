@@ -91,8 +91,9 @@ def _endpoint(fmt: str) -> Callable[..., Awaitable[ExportResponse]]:
             body = await prime(observed(stream, progress, on_end))
         except UNREACHABLE as exc:
             raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+        filename = export_filename(encoder_class)
         headers = {
-            "Content-Disposition": content_disposition("attachment", export_filename(encoder_class)),
+            "Content-Disposition": content_disposition("attachment", filename),
             "Cache-Control": "no-store",
             "Vary": "Accept-Encoding",
             "X-Content-Type-Options": "nosniff",
