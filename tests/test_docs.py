@@ -1,0 +1,38 @@
+"""The README is the user's manual: every setting, endpoint and command stays in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from exporter.app import create_app
+from exporter.cli import build_parser
+from exporter.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    documented = set(re.findall(r"`(EXPORTER_[A-Z_]+)`", README))
+    settings = {f"EXPORTER_{name.upper()}" for name in Settings.model_fields}
+    assert settings - documented == set(), "settings missing from the README"
+    assert documented - settings - {"EXPORTER_TEST_DATABASE_URL"} == set(), "stale settings"
+
+
+def test_every_endpoint_is_documented_with_a_curl_line() -> None:
+    for path in create_app().openapi()["paths"]:
+        assert f"`GET {path}`" in README, f"{path} missing from the endpoint table"
+        assert re.search(rf"curl .*127\.0\.0\.1:8000{re.escape(path)}\b", README), path
+
+
+def test_every_command_is_documented() -> None:
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in commands:
+        assert f"exporter {command}" in README
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    test_command = re.search(r"^(\./scripts/test)\b", README, re.MULTILINE)
+    assert test_command, "the README names its test command"
+    assert test_command.group(1) in (ROOT / ".ci" / "run").read_text()
