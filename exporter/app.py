@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from exporter.config import Settings, load_settings
-from exporter.db import create_engine
+from exporter.db import create_engine, head_revision
 from exporter.errors import ExporterError
 from exporter.metrics import Metrics
 from exporter.routes import exports, ops
@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.resolved_database_url, settings.db_pool_size)
         app.state.engine = engine
+        app.state.schema_revision = head_revision()
         app.state.metrics = Metrics(engine)
         app.state.export_slots = ExportSlots(
             settings.max_concurrent_exports, settings.retry_after_seconds

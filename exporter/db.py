@@ -67,7 +67,7 @@ async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             yield conn
 
 
-def _alembic_config(connection: Any) -> Any:
+def _alembic_config(connection: Any = None) -> Any:
     from alembic.config import Config
 
     import migrations
@@ -76,6 +76,24 @@ def _alembic_config(connection: Any) -> Any:
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     config.attributes["connection"] = connection
     return config
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(conn: AsyncConnection) -> str | None:
+    """The migration the database is at; None if it was never migrated."""
+    from alembic.migration import MigrationContext
+
+    return await conn.run_sync(
+        lambda sync: MigrationContext.configure(sync).get_current_revision()
+    )
 
 
 async def migrate(engine: AsyncEngine) -> None:

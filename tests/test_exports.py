@@ -8,11 +8,15 @@ import io
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from exporter.app import create_app
+from exporter.config import load_settings
+from exporter.db import migrate
 from exporter.queries import FIELDS
 from tests.conftest import GOLDEN_AFTER_ID, TOTAL_ROWS
 
@@ -265,3 +269,16 @@ async def test_health_ready_and_metrics_answer(
     metrics = (await client.get("/metrics")).text
     assert "exporter_exports_started_total" in metrics
     assert "exporter_db_connections_checked_out 0.0" in metrics
+
+
+async def test_ready_is_503_until_the_database_is_migrated(tmp_path: Path) -> None:
+    app = create_app(load_settings(data_dir=tmp_path, database_url=None))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as fresh:
+            response = await fresh.get("/ready")
+            assert response.status_code == 503
+            assert response.json()["error"] == "schema_not_migrated"
+            assert "exporter migrate" in response.json()["message"]
+            await migrate(app.state.engine)
+            assert (await fresh.get("/ready")).status_code == 200

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
+from exporter.db import current_revision
 from exporter.routes.deps import EngineDep, MetricsDep
 
 router = APIRouter(tags=["operations"])
@@ -18,18 +18,30 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "the database is unreachable"}})
-async def ready(engine: EngineDep) -> JSONResponse:
-    """Ready: the database answers a query."""
+@router.get(
+    "/ready", responses={503: {"description": "the database is unreachable or not migrated"}}
+)
+async def ready(engine: EngineDep, request: Request) -> JSONResponse:
+    """Ready: the database answers, and its schema is the one this code expects."""
+    expected = request.app.state.schema_revision
     try:
         async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            revision = await current_revision(conn)
     except Exception as exc:  # any failure to reach the database means "not ready"
-        return JSONResponse(
-            {"status": "unavailable", "error": "database_unavailable", "message": str(exc)},
-            status_code=503,
+        return _unready("database_unavailable", f"the database could not be reached: {exc}")
+    if revision != expected:
+        return _unready(
+            "schema_not_migrated",
+            f"the database schema is at revision {revision!r}, this code needs {expected!r}; "
+            "run `exporter migrate`",
         )
     return JSONResponse({"status": "ready", "database": engine.dialect.name})
+
+
+def _unready(code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "unavailable", "error": code, "message": message}, status_code=503
+    )
 
 
 @router.get("/metrics", response_class=Response)
