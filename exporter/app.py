@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,8 +15,10 @@ from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import ExporterError
 from exporter.metrics import Metrics
-from exporter.routes import exports, ops
+from exporter.routes import exports, ops, pages
 from exporter.streaming import ExportSlots
+
+log = logging.getLogger("exporter")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,7 +26,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.resolved_database_url, settings.db_pool_size)
+        engine = create_engine(
+            settings.resolved_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.max_concurrent_exports,
+        )
         app.state.engine = engine
         app.state.schema_revision = head_revision()
         app.state.metrics = Metrics(engine)
@@ -44,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(exports.router)
     app.include_router(ops.router)
+    app.include_router(pages.router)
     _add_error_handlers(app)
     return app
 
@@ -66,6 +74,14 @@ def _add_error_handlers(app: FastAPI) -> None:
                 "errors": [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors],
             },
             status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=exc)
+        return JSONResponse(
+            {"error": "internal_error", "message": f"unexpected {type(exc).__name__}; see the log"},
+            status_code=500,
         )
 
     @app.exception_handler(HTTPException)

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,7 +16,7 @@ from exporter.db import create_engine, migrate
 from exporter.errors import InvalidParameter
 from exporter.formats import FORMATS
 from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
-from exporter.streaming import export_chunks
+from exporter.streaming import open_export
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -125,6 +126,10 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     # Written aside and renamed, so that a failed export never looks like a complete file.
     target = Path(args.out)
     partial = target.with_name(f".{target.name}.part")
+    if target.is_dir() or not target.parent.is_dir():
+        print(f"exporter export: --out {args.out!r} is not a file in an existing directory",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         with partial.open("wb") as out:
             status = asyncio.run(_write_export(settings, args.format, query, out))
@@ -141,13 +146,10 @@ async def _write_export(
     settings: Settings, fmt: str, query: ExportQuery, out: BinaryIO
 ) -> int:
     engine = create_engine(settings.resolved_database_url)
-    encoder = FORMATS[fmt](query.fields, query.kinds())
     try:
-        async for chunk in export_chunks(
-            engine, query, encoder,
-            batch_rows=settings.batch_rows, chunk_bytes=settings.chunk_bytes,
-        ):
-            out.write(chunk)
+        async with aclosing(open_export(engine, query, fmt, settings)) as chunks:
+            async for chunk in chunks:
+                out.write(chunk)
     except Exception as exc:  # reported, not raised: the caller decides what a failure leaves
         print(f"exporter export: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -43,7 +43,11 @@ class Settings(BaseSettings):
         5, ge=1, description="Retry-After sent with 503 when every export slot is taken."
     )
     db_pool_size: int = Field(
-        10, ge=1, description="Database connections kept open (PostgreSQL); SQLite opens per use."
+        5, ge=1,
+        description=(
+            "Database connections kept open per process; up to max_concurrent_exports more "
+            "are opened while exports run, so exports never wait for a connection."
+        ),
     )
 
     @field_validator("database_url")

@@ -25,15 +25,17 @@ SQLITE_PRAGMAS = (
 )
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
+    """``pool_size`` connections stay open; up to ``max_overflow`` more open under load."""
     parsed = make_url(url)
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, **pool)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, **pool)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

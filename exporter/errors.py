@@ -5,8 +5,9 @@
     │                                  names the parameter, the bad value, what is valid
     ├── NotFound                  404  no such resource
     ├── ExportsBusy               503  every export slot is taken (with Retry-After)
-    └── DatabaseUnavailable       503  the database could not be reached before the
-                                       first byte was sent
+    └── DatabaseUnavailable       503  the database could not be reached (or no pooled
+                                       connection was free) before the first byte was sent
+    anything else                 500  a bug: JSON too, and logged
 
 The body is always JSON: ``{"error": code, "message": ..., **details}``. A failure after
 the first byte of a stream cannot change the status any more; ``streaming.py`` aborts
@@ -15,8 +16,17 @@ the connection instead, so that the client sees an incomplete body.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+# Raised before the first byte, these mean "the database cannot serve us now": 503.
+DATABASE_UNREACHABLE = (
+    OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError,
+)
 
 
 class ExporterError(Exception):

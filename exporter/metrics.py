@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
@@ -38,3 +40,19 @@ class Metrics:
         checked_out.set_function(
             lambda: pool.checkedout() if isinstance(pool, QueuePool) else 0
         )
+
+    def export_started(self, fmt: str) -> tuple[Callable[[int, int], None], Callable[[str], None]]:
+        """Count an export in; return its per-batch and at-the-end callbacks."""
+        self.exports_started.labels(fmt).inc()
+        self.exports_in_progress.inc()
+        rows, size = self.export_rows.labels(fmt), self.export_bytes.labels(fmt)
+
+        def on_batch(row_count: int, byte_count: int) -> None:
+            rows.inc(row_count)
+            size.inc(byte_count)
+
+        def on_end(outcome: str) -> None:
+            self.exports_in_progress.dec()
+            self.exports_finished.labels(fmt, outcome).inc()
+
+        return on_batch, on_end

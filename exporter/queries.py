@@ -16,7 +16,18 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, Text, cast, func, select, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    Text,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
 
 from exporter.errors import InvalidParameter
 from exporter.models import PLANS, users
@@ -97,6 +108,12 @@ def _build(values: Mapping[str, str]) -> ExportQuery:
     for name in ("after_id", "limit"):
         if name in values:
             query[name] = _natural(name, values[name])
+    start, end = query.get("created_from"), query.get("created_to")
+    if start is not None and end is not None and start > end:
+        raise InvalidParameter(
+            "created_to", values["created_to"],
+            f"is before created_from={values['created_from']!r}; were they swapped?",
+        )
     return ExportQuery(**query)
 
 
@@ -144,15 +161,20 @@ def _boolean(name: str, raw: str) -> bool:
 
 
 def _timestamp(name: str, raw: str) -> datetime:
+    text = raw.strip()
+    if ":60" in text:
+        raise InvalidParameter(name, raw, "leap seconds are not supported; use :59")
     try:
-        moment = datetime.fromisoformat(raw.strip())
-    except ValueError:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)  # documented: a time without an offset is UTC
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidParameter(
-            name, raw, "expected an ISO 8601 date or time, e.g. 2024-03-01 or 2024-03-01T12:00:00Z"
+            name, raw,
+            "expected an ISO 8601 date or time between years 0001 and 9999 in UTC, "
+            "e.g. 2024-03-01 or 2024-03-01T12:00:00Z",
         ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)  # documented: a time without an offset is UTC
-    return moment.astimezone(UTC)
 
 
 def _natural(name: str, raw: str) -> int:
@@ -189,9 +211,11 @@ def build_statement(query: ExportQuery, dialect: str) -> Select[Any]:
         statement = statement.where(users.c.created_at >= query.created_from)
     if query.created_to is not None:
         statement = statement.where(users.c.created_at < query.created_to)
+    # Bound as BIGINT: PostgreSQL would otherwise cast the parameter to INTEGER and fail
+    # on values past 2**31 that the parser accepts.
     if query.after_id is not None:
-        statement = statement.where(users.c.id > query.after_id)
+        statement = statement.where(users.c.id > literal(query.after_id, BigInteger()))
     statement = statement.order_by(users.c.id)
     if query.limit is not None:
-        statement = statement.limit(query.limit)
+        statement = statement.limit(literal(query.limit, BigInteger()))
     return statement

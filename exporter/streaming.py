@@ -26,9 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from exporter.config import Settings
 from exporter.db import backend_name, snapshot
 from exporter.errors import ExportsBusy
-from exporter.formats import Encoder
+from exporter.formats import FORMATS, Encoder
 from exporter.queries import ExportQuery, build_statement
 
 log = logging.getLogger("exporter.streaming")
@@ -88,6 +89,27 @@ async def export_chunks(
         yield b"".join(pending)
 
 
+def open_export(
+    engine: AsyncEngine,
+    query: ExportQuery,
+    fmt: str,
+    settings: Settings,
+    *,
+    gzip: bool = False,
+    progress: Progress | None = None,
+) -> ChunkStream:
+    """The one export pipeline, whatever the sink: HTTP, the command line, a job file."""
+    stream = export_chunks(
+        engine,
+        query,
+        FORMATS[fmt](query.fields, query.kinds()),
+        batch_rows=settings.batch_rows,
+        chunk_bytes=settings.chunk_bytes,
+        progress=progress,
+    )
+    return gzip_chunks(stream, settings.gzip_level) if gzip else stream
+
+
 async def gzip_chunks(chunks: ChunkStream, level: int) -> ChunkStream:
     """gzip a stream, flushing each chunk so the client can decode as bytes arrive."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, GZIP_WINDOW)
@@ -113,10 +135,13 @@ async def observed(
         outcome = "disconnected"
         raise
     except Exception:
-        log.exception(
-            "export failed after %d rows (%d bytes); aborting the response so that the "
-            "client sees an incomplete body", progress.rows, progress.bytes,
-        )
+        if progress.bytes:
+            log.exception(
+                "export failed after %d rows (%d bytes); aborting the response so that the "
+                "client sees an incomplete body", progress.rows, progress.bytes,
+            )
+        else:
+            log.warning("export failed before its first byte", exc_info=True)
         raise
     finally:
         on_end(outcome)

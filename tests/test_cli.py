@@ -54,26 +54,32 @@ def test_cli_export_rejects_a_bad_filter_naming_it(database: Database, tmp_path:
 def test_cli_export_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
     import sqlite3
 
-    from exporter.db import SQLITE_PRAGMAS  # noqa: F401  (the CLI opens the same way)
-
-    db = tmp_path / "exporter.db"
-    subprocess.run(
-        [sys.executable, "-m", "exporter", "migrate"],
-        env={**Database("sqlite", "", tmp_path).env(), "EXPORTER_DATABASE_URL": ""}, check=True,
-    )
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO users VALUES (1, 'a@x', 'A', 'DE', NULL, 'free', 1, 1, "
-                     "'2024-01-01 00:00:00.000000', NULL, CAST(X'FF' AS TEXT), NULL)")
+    env = {**Database("sqlite", "", tmp_path).env(), "EXPORTER_DATABASE_URL": "",
+           "EXPORTER_BATCH_ROWS": "10"}
+    subprocess.run([sys.executable, "-m", "exporter", "migrate"], env=env, check=True)
+    good = [(i, f"u{i}@x", "A", "DE", None, "free", 1, 1, "2024-01-01 00:00:00.000000", None,
+             "fine", None) for i in range(1, 101)]
+    with sqlite3.connect(tmp_path / "exporter.db") as conn:
+        conn.executemany(f"INSERT INTO users VALUES ({','.join('?' * 12)})", good)
+        conn.execute("UPDATE users SET bio = CAST(X'FF' AS TEXT) WHERE id = 95")
     out = tmp_path / "users.csv"
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", "export", "--format", "csv", "--out", str(out)],
-        env={**Database("sqlite", "", tmp_path).env(), "EXPORTER_DATABASE_URL": ""},
-        capture_output=True,
-    )
-    assert result.returncode == 1
-    assert b"failed" in result.stderr
+    command = [sys.executable, "-m", "exporter", "export", "--format", "csv"]
+    to_file = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True)
+    assert to_file.returncode == 1
+    assert b"failed" in to_file.stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if "users" in p.name] == []
+    to_stdout = subprocess.run(command, env=env, capture_output=True)
+    assert to_stdout.returncode == 1
+    assert to_stdout.stdout.count(b"\r\n") > 5, "it failed midway, after the first batch"
+
+
+def test_cli_export_to_a_missing_directory_is_a_usage_error(
+    database: Database, tmp_path: Path
+) -> None:
+    result = exporter(database, "export", "--format", "csv", "--out", str(tmp_path / "no" / "x"))
+    assert result.returncode == 2
+    assert b"existing directory" in result.stderr
 
 
 def test_python_dash_m_exporter_shows_every_command() -> None:

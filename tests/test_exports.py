@@ -96,18 +96,21 @@ async def test_the_three_formats_agree_row_by_row(client: httpx.AsyncClient) -> 
     csv_rows = list(csv.DictReader(io.StringIO(
         (await body(client, "/exports/users.csv")).decode(), newline=""
     )))
-    ndjson = await ndjson_rows(client)
-    array = json.loads(await body(client, "/exports/users.json"))
+    # Floats kept as their text, so "12.30" cannot pass for "12.3".
+    ndjson = [
+        json.loads(line, parse_float=str)
+        for line in (await body(client, "/exports/users.ndjson")).splitlines()
+    ]
+    array = json.loads(await body(client, "/exports/users.json"), parse_float=str)
     assert len(csv_rows) == len(ndjson) == len(array) == TOTAL_ROWS
     assert ndjson == array
+    assert all(re.fullmatch(r"\d+\.\d\d", row["lifetime_value"]) for row in ndjson)
 
     def as_csv(value: Any) -> str:
         if value is None:
             return ""
         if isinstance(value, bool):
             return "true" if value else "false"
-        if isinstance(value, float):
-            return f"{value:.2f}"
         return str(value)
 
     for csv_row, json_row in zip(csv_rows, ndjson, strict=True):
@@ -156,6 +159,15 @@ async def test_filters_select_exactly_the_matching_rows(
     assert await ndjson_rows(client, query) == expected
 
 
+async def test_after_id_and_limit_accept_the_largest_documented_value(
+    client: httpx.AsyncClient,
+) -> None:
+    biggest = 2**63 - 1
+    assert await body(client, f"/exports/users.csv?after_id={biggest}&fields=id") == b"id\r\n"
+    rows = await ndjson_rows(client, f"?limit={biggest}&fields=id")
+    assert len(rows) == TOTAL_ROWS
+
+
 async def test_after_id_and_limit_resume_where_a_reader_stopped(
     client: httpx.AsyncClient,
 ) -> None:
@@ -183,6 +195,12 @@ BAD_QUERIES = [
     ("limit=ten", "limit", "ten"),
     ("limit=99999999999999999999", "limit", "99999999999999999999"),
     ("limit=5&limit=6", "limit", "more than once"),
+    ("created_to=0001-01-01T00:00:00%2B01:00", "created_to", "0001"),
+    ("created_from=9999-12-31T23:59:59-01:00", "created_from", "9999"),
+    ("created_from=2024-06-30T23:59:60Z", "created_from", "leap seconds"),
+    ("created_from=2024-02-01&created_to=2024-01-01", "created_to", "swapped"),
+    ("after_id=%00", "after_id", "\\x00"),
+    ("limit=%D9%A3", "limit", "٣"),
     ("colour=red", "colour", "unknown query parameter"),
 ]
 
@@ -253,11 +271,28 @@ async def _raw(client: httpx.AsyncClient, path: str) -> Any:
             yield chunk
 
 
-async def test_gzip_refused_with_q_zero_is_not_sent(client: httpx.AsyncClient) -> None:
-    response = await client.get(
-        "/exports/users.csv?limit=1", headers={"Accept-Encoding": "gzip;q=0"}
-    )
+@pytest.mark.parametrize("refusal", ["gzip;q=0", "gzip; q = 0", "*;q=0", "identity", ""])
+async def test_gzip_refused_or_not_offered_is_not_sent(
+    client: httpx.AsyncClient, refusal: str
+) -> None:
+    response = await client.get("/exports/users.csv?limit=1", headers={"Accept-Encoding": refusal})
     assert "content-encoding" not in response.headers
+
+
+async def test_gzip_offered_on_a_second_accept_encoding_line_is_used(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = [("Accept-Encoding", "br"), ("Accept-Encoding", "gzip")]
+    response = await client.get("/exports/users.csv?limit=1", headers=headers)
+    assert response.headers["content-encoding"] == "gzip"
+
+
+def test_the_documented_query_parameters_are_exactly_the_ones_parsed() -> None:
+    from exporter.queries import PARAMETERS
+
+    operation = create_app().openapi()["paths"]["/exports/users.csv"]["get"]
+    documented = {parameter["name"] for parameter in operation["parameters"]}
+    assert documented == set(PARAMETERS)
 
 
 async def test_health_ready_and_metrics_answer(
@@ -282,3 +317,14 @@ async def test_ready_is_503_until_the_database_is_migrated(tmp_path: Path) -> No
             assert "exporter migrate" in response.json()["message"]
             await migrate(app.state.engine)
             assert (await fresh.get("/ready")).status_code == 200
+
+
+async def test_the_start_page_offers_every_field_and_format(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    listed = re.search(r"const FIELDS = (\[.*?\]);", page)
+    assert listed and json.loads(listed.group(1)) == list(FIELDS)
+    for fmt in ("csv", "ndjson", "json"):
+        assert f'value="{fmt}"' in page

@@ -42,9 +42,11 @@ async def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not(
         assert (first.data_dir / name).read_bytes() == (again.data_dir / name).read_bytes()
 
 
-async def test_sqlite_and_the_database_under_test_export_the_same_bytes(
+async def test_sqlite_and_postgresql_export_the_same_bytes(
     database: Database, sqlite_database: Database
 ) -> None:
+    if database.backend == "sqlite":
+        pytest.skip("compares PostgreSQL with SQLite")
     for fmt in ("csv", "ndjson", "json"):
         assert await export(database, fmt) == await export(sqlite_database, fmt)
 

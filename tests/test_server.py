@@ -4,6 +4,7 @@ leaves an incomplete body, and a full house answers 503."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -13,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import delete, insert, text, update
 
 from exporter.db import create_engine
+from exporter.models import users
 from tests.conftest import (
     GOLDEN_ROWS,
     SEED,
@@ -79,6 +81,7 @@ def read_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> byt
 # About 12 MB of NDJSON: well beyond what the kernel's socket buffers (tcp_wmem up to 4 MB
 # here) can hold, so a server that did not stream could not get its first bytes out early.
 BIG_USERS = 40_000
+SERVER_DATABASE_URLS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,7 @@ async def server(
         database.backend, tmp_path_factory.mktemp("big"), BIG_USERS, SEED, url
     )
     with running_server(big.env(**SMALL_BATCHES)) as base_url:
+        SERVER_DATABASE_URLS[base_url] = big.url
         yield base_url
 
 
@@ -204,3 +208,44 @@ async def test_a_database_connection_killed_mid_stream_aborts_the_body(
         finally:
             await engine.dispose()
         assert wait_for(lambda: idle(base_url))
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 response read off a socket."""
+    _, _, rest = raw.partition(b"\r\n\r\n")
+    body = bytearray()
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(body)
+        body += rest[:size]
+        rest = rest[size + 2:]
+
+
+async def test_an_export_is_one_snapshot_even_while_rows_are_written(server: str) -> None:
+    path = "/exports/users.ndjson?fields=id,email"
+    before = httpx.get(f"{server}{path}").content
+    engine = create_engine(SERVER_DATABASE_URLS[server])
+    last_seeded = BIG_USERS - 10
+    try:
+        with slow_reader(server, path) as sock:
+            head = read_until(sock, b'{"id":1,')
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(users).where(users.c.id == last_seeded).values(email="changed@x")
+                )
+                await conn.execute(insert(users).values(**{**GOLDEN_ROWS[0], "id": 800_000,
+                                                           "email": "new@x"}))
+            during = dechunk(read_until(sock, b"\r\n0\r\n\r\n", head))
+        after = httpx.get(f"{server}{path}").content
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(delete(users).where(users.c.id == 800_000))
+            original = json.loads(before.splitlines()[last_seeded - 1])["email"]
+            await conn.execute(
+                update(users).where(users.c.id == last_seeded).values(email=original)
+            )
+        await engine.dispose()
+    assert during == before
+    assert b"changed@x" in after and b'"id":800000' in after

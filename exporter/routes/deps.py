@@ -29,6 +29,10 @@ def _slots(request: Request) -> ExportSlots:
     return request.app.state.export_slots  # type: ignore[no-any-return]
 
 
+def _schema_revision(request: Request) -> str:
+    return request.app.state.schema_revision  # type: ignore[no-any-return]
+
+
 def _export_query(
     request: Request,
     # Declared for the OpenAPI page only: the values are read from the raw query string,
@@ -50,3 +54,4 @@ EngineDep = Annotated[AsyncEngine, Depends(_engine)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 SlotsDep = Annotated[ExportSlots, Depends(_slots)]
 ExportQueryDep = Annotated[ExportQuery, Depends(_export_query)]
+SchemaRevisionDep = Annotated[str, Depends(_schema_revision)]

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from exporter.errors import DatabaseUnavailable
+from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable
 from exporter.files import content_disposition
 from exporter.formats import FORMATS, Encoder
 from exporter.routes.deps import EngineDep, ExportQueryDep, MetricsDep, SettingsDep, SlotsDep
-from exporter.streaming import (
-    ExportResponse,
-    Progress,
-    export_chunks,
-    gzip_chunks,
-    observed,
-    prime,
-)
+from exporter.streaming import ExportResponse, Progress, observed, open_export, prime
 
 router = APIRouter(tags=["exports"])
-
-UNREACHABLE = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -34,10 +23,10 @@ def accepts_gzip(accept_encoding: str) -> bool:
         coding, _, params = item.strip().partition(";")
         quality = 1.0
         for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
                 try:
-                    quality = float(value)
+                    quality = float(value.strip())
                 except ValueError:
                     quality = 0.0
         allowed[coding.strip()] = quality > 0
@@ -60,40 +49,24 @@ def _endpoint(fmt: str) -> Callable[..., Awaitable[ExportResponse]]:
         metrics: MetricsDep,
         slots: SlotsDep,
     ) -> ExportResponse:
-        gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
+        gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
         slots.acquire()
-        metrics.exports_started.labels(fmt).inc()
-        metrics.exports_in_progress.inc()
-        rows_total = metrics.export_rows.labels(fmt)
-        bytes_total = metrics.export_bytes.labels(fmt)
-
-        def on_batch(rows: int, size: int) -> None:
-            rows_total.inc(rows)
-            bytes_total.inc(size)
+        on_batch, metrics_end = metrics.export_started(fmt)
 
         def on_end(outcome: str) -> None:
             slots.release()
-            metrics.exports_in_progress.dec()
-            metrics.exports_finished.labels(fmt, outcome).inc()
+            metrics_end(outcome)
 
         progress = Progress(on_batch=on_batch)
-        stream = export_chunks(
-            engine,
-            query,
-            encoder_class(query.fields, query.kinds()),
-            batch_rows=settings.batch_rows,
-            chunk_bytes=settings.chunk_bytes,
-            progress=progress,
-        )
-        if gzip:
-            stream = gzip_chunks(stream, settings.gzip_level)
+        stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress)
         try:
             body = await prime(observed(stream, progress, on_end))
-        except UNREACHABLE as exc:
+        except DATABASE_UNREACHABLE as exc:
             raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
-        filename = export_filename(encoder_class)
         headers = {
-            "Content-Disposition": content_disposition("attachment", filename),
+            "Content-Disposition": content_disposition(
+                "attachment", export_filename(encoder_class)
+            ),
             "Cache-Control": "no-store",
             "Vary": "Accept-Encoding",
             "X-Content-Type-Options": "nosniff",

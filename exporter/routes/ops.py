@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exporter.db import current_revision
-from exporter.routes.deps import EngineDep, MetricsDep
+from exporter.routes.deps import EngineDep, MetricsDep, SchemaRevisionDep
 
 router = APIRouter(tags=["operations"])
 
@@ -21,9 +21,8 @@ async def health() -> dict[str, str]:
 @router.get(
     "/ready", responses={503: {"description": "the database is unreachable or not migrated"}}
 )
-async def ready(engine: EngineDep, request: Request) -> JSONResponse:
+async def ready(engine: EngineDep, expected: SchemaRevisionDep) -> JSONResponse:
     """Ready: the database answers, and its schema is the one this code expects."""
-    expected = request.app.state.schema_revision
     try:
         async with engine.connect() as conn:
             revision = await current_revision(conn)
