@@ -1,9 +1,11 @@
 """Pure encoders: batches of rows in, bytes out. One registry, used by every sink.
 
-Rows arrive already rendered by the query (money and timestamps as final text), so the
-encoders decide only quoting and types: CSV per RFC 4180 (header, CRLF, quotes only
-where needed, NULL as an empty field); NDJSON one object per ``\\n``; JSON one array,
-one element per line. Each encoder works on a whole batch at once.
+Values arrive rendered by the query (see ``queries.Shape``): CSV gets one text-ready
+column per field, the JSON formats get each row as a finished JSON object built by the
+database (SQLite's ``json_object``, PostgreSQL's ``row_to_json``), which runs outside
+Python's GIL. So an encoder only frames: CSV per RFC 4180 (header, CRLF, quotes only where
+needed, NULL as an empty field); NDJSON one object per ``\\n``; JSON one array, one element
+per line.
 """
 
 from __future__ import annotations
@@ -13,25 +15,20 @@ import io
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import orjson
+from exporter.queries import Shape
 
-from exporter.queries import Kind
-
-Row = Sequence[Any]
-Batch = Sequence[Row]
-
-CSV_BOOLEANS = {True: "true", False: "false", None: None}
+Batch = Sequence[Any]  # rows (Shape.VALUES) or JSON object strings (Shape.JSON)
 
 
 class Encoder:
-    """Turns batches of rows with the given fields into bytes; one instance per export."""
+    """Turns batches into bytes for the given fields; one instance per export."""
 
     media_type: ClassVar[str]
     extension: ClassVar[str]
+    shape: ClassVar[Shape]
 
-    def __init__(self, fields: Sequence[str], kinds: Sequence[Kind]) -> None:
-        self.fields = [str(name) for name in fields]  # plain str: orjson rejects subclasses
-        self.kinds = list(kinds)
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = [str(name) for name in fields]
 
     def begin(self) -> bytes:
         return b""
@@ -46,10 +43,10 @@ class Encoder:
 class CsvEncoder(Encoder):
     media_type = "text/csv; charset=utf-8"
     extension = "csv"
+    shape = Shape.VALUES
 
-    def __init__(self, fields: Sequence[str], kinds: Sequence[Kind]) -> None:
-        super().__init__(fields, kinds)
-        self._booleans = [i for i, kind in enumerate(self.kinds) if kind is Kind.BOOLEAN]
+    def __init__(self, fields: Sequence[str]) -> None:
+        super().__init__(fields)
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, lineterminator="\r\n")
 
@@ -64,56 +61,28 @@ class CsvEncoder(Encoder):
         return self._flush()
 
     def encode(self, rows: Batch) -> bytes:
-        if self._booleans:
-            rows = [self._with_booleans(row) for row in rows]
         self._writer.writerows(rows)
         return self._flush()
 
-    def _with_booleans(self, row: Row) -> list[Any]:
-        values = list(row)
-        for i in self._booleans:
-            values[i] = CSV_BOOLEANS[values[i]]
-        return values
 
-
-class _JsonObjects(Encoder):
-    """Shared by NDJSON and the JSON array: rows as objects with the fields as keys."""
-
-    def __init__(self, fields: Sequence[str], kinds: Sequence[Kind]) -> None:
-        super().__init__(fields, kinds)
-        self._money = [i for i, kind in enumerate(self.kinds) if kind is Kind.MONEY]
-
-    def objects(self, rows: Batch) -> list[dict[str, Any]]:
-        fields = self.fields
-        if not self._money:
-            return [dict(zip(fields, row, strict=True)) for row in rows]
-        return [dict(zip(fields, self._with_money(row), strict=True)) for row in rows]
-
-    def _with_money(self, row: Row) -> list[Any]:
-        values = list(row)
-        for i in self._money:
-            if values[i] is not None:
-                # Already "12.30" from the database: emit it as a JSON number, verbatim.
-                values[i] = orjson.Fragment(values[i])
-        return values
-
-
-class NdjsonEncoder(_JsonObjects):
+class NdjsonEncoder(Encoder):
     media_type = "application/x-ndjson"
     extension = "ndjson"
+    shape = Shape.JSON
 
     def encode(self, rows: Batch) -> bytes:
         if not rows:
             return b""
-        return b"\n".join(map(orjson.dumps, self.objects(rows))) + b"\n"
+        return ("\n".join(rows) + "\n").encode()
 
 
-class JsonArrayEncoder(_JsonObjects):
+class JsonArrayEncoder(Encoder):
     media_type = "application/json"
     extension = "json"
+    shape = Shape.JSON
 
-    def __init__(self, fields: Sequence[str], kinds: Sequence[Kind]) -> None:
-        super().__init__(fields, kinds)
+    def __init__(self, fields: Sequence[str]) -> None:
+        super().__init__(fields)
         self._empty = True
 
     def begin(self) -> bytes:
@@ -122,10 +91,9 @@ class JsonArrayEncoder(_JsonObjects):
     def encode(self, rows: Batch) -> bytes:
         if not rows:
             return b""
-        body = b",\n".join(map(orjson.dumps, self.objects(rows)))
-        lead = b"\n" if self._empty else b",\n"
+        lead = "\n" if self._empty else ",\n"
         self._empty = False
-        return lead + body
+        return (lead + ",\n".join(rows)).encode()
 
     def end(self) -> bytes:
         return b"]\n" if self._empty else b"\n]\n"

@@ -19,13 +19,16 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    FromClause,
     Select,
     String,
     Text,
+    case,
     cast,
     func,
     literal,
     select,
+    true,
     type_coerce,
 )
 
@@ -75,9 +78,6 @@ class ExportQuery:
     created_to: datetime | None = None
     after_id: int | None = None
     limit: int | None = None
-
-    def kinds(self) -> list[Kind]:
-        return [FIELDS[name] for name in self.fields]
 
 
 def parse_export_query(params: Iterable[tuple[str, str]]) -> ExportQuery:
@@ -184,23 +184,72 @@ def _natural(name: str, raw: str) -> int:
     return int(text)
 
 
-def _rendered(name: str, dialect: str) -> ColumnElement[Any]:
-    column = users.c[name]
-    kind = FIELDS[name]
+class Shape(Enum):
+    """What each row of the statement is; each encoder asks for the one it needs."""
+
+    VALUES = "values"  # one column per field, already text where CSV needs text
+    JSON = "json"  # one column: the whole row as JSON object text, built by the database
+
+
+def _money_sql(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    if dialect == "sqlite":  # stored as REAL: exact for numeric(12,2), rounded back here
+        return type_coerce(func.printf("%.2f", column), String)
+    return cast(column, Text)  # numeric(12,2) prints with exactly two decimals
+
+
+def _timestamp_sql(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    if dialect == "sqlite":
+        return type_coerce(func.strftime("%Y-%m-%dT%H:%M:%SZ", column), String)
+    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+
+
+def _value(name: str, dialect: str) -> ColumnElement[Any]:
+    """A field as CSV wants it: text for money, timestamps and booleans."""
+    column, kind = users.c[name], FIELDS[name]
     if kind is Kind.MONEY:
-        money = func.printf("%.2f", column) if dialect == "sqlite" else cast(column, Text)
-        return type_coerce(money, String).label(name)
+        return _money_sql(column, dialect)
     if kind is Kind.TIMESTAMP:
-        if dialect == "sqlite":
-            stamp = func.strftime("%Y-%m-%dT%H:%M:%SZ", column)
-        else:
-            stamp = func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-        return type_coerce(stamp, String).label(name)
+        return _timestamp_sql(column, dialect)
+    if kind is Kind.BOOLEAN:
+        return case((column, "true"), else_="false")
     return column
 
 
-def build_statement(query: ExportQuery, dialect: str) -> Select[Any]:
-    statement = select(*(_rendered(name, dialect) for name in query.fields))
+def _json_value(name: str, dialect: str) -> ColumnElement[Any]:
+    """A field as a JSON object member wants it: money a number, booleans true/false."""
+    column, kind = users.c[name], FIELDS[name]
+    if kind is Kind.TIMESTAMP:
+        return _timestamp_sql(column, dialect)
+    if dialect != "sqlite":  # PostgreSQL's row_to_json renders numeric and boolean itself
+        return column
+    if kind is Kind.MONEY:
+        return func.json(_money_sql(column, dialect))
+    if kind is Kind.BOOLEAN:
+        return case((column, func.json("true")), else_=func.json("false"))
+    return column
+
+
+def _json_object(
+    fields: tuple[str, ...], dialect: str
+) -> tuple[ColumnElement[Any], FromClause]:
+    """The row as compact JSON text, and what to select it from. SQLite's json_object and
+    PostgreSQL's row_to_json escape exactly as orjson does (checked for every ASCII
+    character and astral ones), so both backends give the same bytes."""
+    if dialect == "sqlite":
+        pairs = [part for name in fields for part in (literal(name), _json_value(name, dialect))]
+        return type_coerce(func.json_object(*pairs), String), users
+    row = select(*(_json_value(name, dialect).label(name) for name in fields))
+    lateral = row.correlate(users).lateral("t")  # only the asked fields, in their order
+    column = cast(func.row_to_json(lateral.table_valued()), Text)
+    return column, users.join(lateral, true())
+
+
+def build_statement(query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES) -> Select[Any]:
+    if shape is Shape.JSON:
+        column, source = _json_object(query.fields, dialect)
+        statement = select(column).select_from(source)
+    else:
+        statement = select(*(_value(name, dialect).label(name) for name in query.fields))
     if query.countries:
         statement = statement.where(users.c.country.in_(query.countries))
     if query.plans:

@@ -30,7 +30,7 @@ from exporter.config import Settings
 from exporter.db import backend_name, snapshot
 from exporter.errors import ExportsBusy
 from exporter.formats import FORMATS, Encoder
-from exporter.queries import ExportQuery, build_statement
+from exporter.queries import ExportQuery, Shape, build_statement
 
 log = logging.getLogger("exporter.streaming")
 
@@ -68,13 +68,15 @@ async def export_chunks(
     sees bytes at once; after that, batches are gathered into larger chunks.
     """
     progress = progress or Progress()
-    statement = build_statement(query, backend_name(engine))
+    statement = build_statement(query, backend_name(engine), encoder.shape)
     async with snapshot(engine) as conn:
         result = await conn.stream(statement.execution_options(yield_per=batch_rows))
+        json_rows = encoder.shape is Shape.JSON
+        batches = result.scalars().partitions() if json_rows else result.partitions()
         pending = [encoder.begin()]
         pending_size = len(pending[0])
         first = True
-        async for rows in result.partitions():
+        async for rows in batches:
             data = encoder.encode(rows)
             progress.add(len(rows), len(data))
             pending.append(data)
@@ -102,7 +104,7 @@ def open_export(
     stream = export_chunks(
         engine,
         query,
-        FORMATS[fmt](query.fields, query.kinds()),
+        FORMATS[fmt](query.fields),
         batch_rows=settings.batch_rows,
         chunk_bytes=settings.chunk_bytes,
         progress=progress,
