@@ -13,8 +13,10 @@ from starlette.exceptions import HTTPException
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import ExporterError
+from exporter.files import FileSender
 from exporter.metrics import Metrics
-from exporter.routes import exports, ops
+from exporter.routes import exports, files, ops
+from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
 
 
@@ -30,6 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.export_slots = ExportSlots(
             settings.max_concurrent_exports, settings.retry_after_seconds
         )
+        app.state.file_sender = FileSender(
+            settings.file_chunk_bytes, settings.max_ranges, app.state.metrics
+        )
+        app.state.digests = DigestCache()
         try:
             yield
         finally:
@@ -43,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(exports.router)
+    app.include_router(files.router)
     app.include_router(ops.router)
     _add_error_handlers(app)
     return app

@@ -8,6 +8,7 @@ PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+# What a database that cannot be reached raises; routes turn it into a 503.
+UNREACHABLE = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",

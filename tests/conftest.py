@@ -76,7 +76,7 @@ class Database:
         return env
 
     def settings(self, **overrides: object) -> Settings:
-        return load_settings(database_url=self.url, data_dir=self.data_dir, **overrides)
+        return load_settings(**{"database_url": self.url, "data_dir": self.data_dir, **overrides})
 
 
 def postgres_url() -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from sqlalchemy.exc import InterfaceError, OperationalError
 
+from exporter.db import UNREACHABLE
 from exporter.errors import DatabaseUnavailable
 from exporter.files import content_disposition
 from exporter.formats import FORMATS, Encoder
@@ -23,8 +22,6 @@ from exporter.streaming import (
 )
 
 router = APIRouter(tags=["exports"])
-
-UNREACHABLE = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
