@@ -14,8 +14,10 @@ from starlette.exceptions import HTTPException
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import ExporterError
+from exporter.files import FileSender
 from exporter.metrics import Metrics
-from exporter.routes import exports, ops, pages
+from exporter.routes import exports, files, ops, pages
+from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
 
 log = logging.getLogger("exporter")
@@ -37,6 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.export_slots = ExportSlots(
             settings.max_concurrent_exports, settings.retry_after_seconds
         )
+        app.state.file_sender = FileSender(
+            settings.file_chunk_bytes, settings.max_ranges, app.state.metrics
+        )
+        app.state.digests = DigestCache()
         try:
             yield
         finally:
@@ -50,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(exports.router)
+    app.include_router(files.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
     _add_error_handlers(app)

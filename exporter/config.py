@@ -49,6 +49,22 @@ class Settings(BaseSettings):
             "are opened while exports run, so exports never wait for a connection."
         ),
     )
+    file_chunk_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description=(
+            "Bytes read from disk per read for files and images: 64 KiB reads cost several "
+            "times the CPU of 512 KiB to 1 MiB ones; memory per download is about two chunks."
+        ),
+    )
+    max_ranges: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Most ranges one Range header may ask for; beyond it the Range header is ignored "
+            "and the whole file is sent with 200 (RFC 9110 14.2 allows ignoring it)."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -3,7 +3,11 @@
     ExporterError                 500  base: carries status, code, message and details
     ├── InvalidParameter          422  a query parameter, body field or option is wrong;
     │                                  names the parameter, the bad value, what is valid
-    ├── NotFound                  404  no such resource
+    ├── NotFound                  404  no such resource (also every name or id that
+    │                                  would reach outside the served directories)
+    ├── PreconditionFailed        412  If-Match / If-Unmodified-Since did not hold
+    ├── RangeNotSatisfiable       416  no range of the Range header lies within the file
+    │                                  (with Content-Range: bytes */<size>)
     ├── ExportsBusy               503  every export slot is taken (with Retry-After)
     └── DatabaseUnavailable       503  the database could not be reached (or no pooled
                                        connection was free) before the first byte was sent
@@ -27,6 +31,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 DATABASE_UNREACHABLE = (
     OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError,
 )
+
+ECHO_LIMIT = 200  # characters of a client's header quoted back in an error
 
 
 class ExporterError(Exception):
@@ -64,6 +70,36 @@ class InvalidParameter(ExporterError):
 class NotFound(ExporterError):
     status = 404
     code = "not_found"
+
+
+class PreconditionFailed(ExporterError):
+    status = 412
+    code = "precondition_failed"
+
+    def __init__(self, header: str, value: str, etag: str) -> None:
+        shown = value[:ECHO_LIMIT]
+        super().__init__(
+            f"{header}: {shown!r} does not hold for the current file (ETag {etag}); "
+            "fetch it again without the condition",
+            header=header, value=shown, etag=etag,
+        )
+
+
+class RangeNotSatisfiable(ExporterError):
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, range_header: str, size: int) -> None:
+        shown = range_header[:ECHO_LIMIT]  # a header can be 64 KiB; the answer need not be
+        super().__init__(
+            f"Range: {shown!r} selects no byte of a {size}-byte file; "
+            f"ranges must start below {size}",
+            range=shown, size=size,
+        )
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}", "Accept-Ranges": "bytes"}
 
 
 class ExportsBusy(ExporterError):

@@ -32,6 +32,19 @@ class Metrics:
         self.exports_in_progress = Gauge(
             "exporter_exports_in_progress", "Exports streaming now.", registry=self.registry
         )
+        self.file_bytes_sent = Counter(
+            "exporter_file_bytes_sent", "File and image bytes handed to the server.",
+            registry=self.registry,
+        )
+        self.file_bodies_in_progress = Gauge(
+            "exporter_file_bodies_in_progress", "File and image bodies being sent now.",
+            registry=self.registry,
+        )
+        self.file_bodies_finished = Counter(
+            "exporter_file_bodies_finished",
+            "File and image bodies ended, by outcome (completed, disconnected, failed).",
+            ["outcome"], registry=self.registry,
+        )
         checked_out = Gauge(
             "exporter_db_connections_checked_out",
             "Database connections in use now (a leak shows here).", registry=self.registry,

@@ -76,7 +76,7 @@ class Database:
         return env
 
     def settings(self, **overrides: object) -> Settings:
-        return load_settings(database_url=self.url, data_dir=self.data_dir, **overrides)
+        return load_settings(**{"database_url": self.url, "data_dir": self.data_dir, **overrides})
 
 
 def postgres_url() -> str:
@@ -152,9 +152,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int  # of the uvicorn process itself, for /proc/<pid>/status and /proc/<pid>/io
+
+
 @contextmanager
 def running_server(env: dict[str, str]) -> Iterator[str]:
     """A real ``exporter serve`` under uvicorn on a loopback port; yields its base URL."""
+    with serving(env) as server:
+        yield server.url
+
+
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[Server]:
+    """``running_server``, telling the process id too."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "serve", "--port", str(port), "--log-level", "warning"],
@@ -173,7 +186,7 @@ def running_server(env: dict[str, str]) -> Iterator[str]:
                 output = process.stdout.read().decode() if process.stdout else ""
                 raise RuntimeError(f"exporter serve did not start:\n{output}")
             time.sleep(0.1)
-        yield base_url
+        yield Server(base_url, process.pid)
     finally:
         process.terminate()
         try:

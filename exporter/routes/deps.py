@@ -8,8 +8,10 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.config import Settings
+from exporter.files import FileSender
 from exporter.metrics import Metrics
 from exporter.queries import ExportQuery, parse_export_query
+from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
 
 
@@ -31,6 +33,14 @@ def _slots(request: Request) -> ExportSlots:
 
 def _schema_revision(request: Request) -> str:
     return request.app.state.schema_revision  # type: ignore[no-any-return]
+
+
+def _file_sender(request: Request) -> FileSender:
+    return request.app.state.file_sender  # type: ignore[no-any-return]
+
+
+def _digests(request: Request) -> DigestCache:
+    return request.app.state.digests  # type: ignore[no-any-return]
 
 
 def _export_query(
@@ -55,3 +65,5 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 SlotsDep = Annotated[ExportSlots, Depends(_slots)]
 ExportQueryDep = Annotated[ExportQuery, Depends(_export_query)]
 SchemaRevisionDep = Annotated[str, Depends(_schema_revision)]
+FileSenderDep = Annotated[FileSender, Depends(_file_sender)]
+DigestsDep = Annotated[DigestCache, Depends(_digests)]

@@ -1,0 +1,156 @@
+"""``/files`` and ``/images/{image_id}``: bytes from the data directory, via ``FileSender``.
+
+Files are the plain names in ``<data_dir>/files``; images are rows of the ``images`` table
+whose ``storage_path`` must resolve inside ``<data_dir>/images`` (not merely the data
+directory, which also holds the SQLite database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import re
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParameter
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound
+from exporter.files import strong_etag
+from exporter.models import images
+from exporter.preconditions import http_date
+from exporter.routes.deps import DigestsDep, EngineDep, FileSenderDep, SettingsDep
+from exporter.storage import DigestCache, OpenFile, is_public_name, open_within, public_names
+
+log = logging.getLogger("exporter.routes.files")
+router = APIRouter(tags=["files"])
+
+# Files keep their name from one version to the next (a re-seed, a new job file), so
+# caches must ask again each time; with the ETag that costs a 304.
+FILE_CACHE_CONTROL = "no-cache"
+# An image id names one set of bytes for good: replacing an image means a new id.
+IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Shown in the browser only if it is one of these; anything else (SVG, HTML) is a download,
+# so a stored type can never make the service serve a page.
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif"})
+DOWNLOAD_TYPE = "application/octet-stream"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_IMAGE_ID = 2**31 - 1  # images.id is a 32-bit integer on PostgreSQL
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {DOWNLOAD_TYPE: {}}, "description": "the whole file"},
+    206: {"description": "the ranges asked for (multipart/byteranges for several)"},
+    304: {"description": "If-None-Match or If-Modified-Since: the client's copy is current"},
+    404: {"description": "no such file, or one the service will not serve"},
+    412: {"description": "If-Match or If-Unmodified-Since does not hold"},
+    416: {"description": "no range overlaps the file; Content-Range: bytes */<size>"},
+}
+
+IMAGE_RESPONSES = FILE_RESPONSES | {200: {"content": {"image/png": {}, "image/jpeg": {}}}}
+
+
+class FileEntry(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    etag: str
+    last_modified: str
+    url: str
+
+
+# GET and HEAD as two routes, not one api_route: the OpenAPI needs one operation id each.
+@router.get("/files")
+@router.head("/files")
+async def list_files(settings: SettingsDep, digests: DigestsDep) -> list[FileEntry]:
+    """The downloadable files, by name, with their size, sha256 and ETag."""
+    entries = []
+    for name in await asyncio.to_thread(public_names, settings.files_dir):
+        file = await open_within(settings.files_dir, settings.files_dir / name)
+        if file is None:  # a directory, a FIFO, a symlink pointing out
+            continue
+        try:
+            digest = await digests.sha256(file)
+        finally:
+            await file.close()
+        entries.append(FileEntry(
+            name=name, size=file.size, sha256=digest, etag=strong_etag(digest),
+            last_modified=http_date(file.stat.st_mtime), url=f"/files/{quote(name, safe='')}",
+        ))
+    return entries
+
+
+@router.get("/files/{name}", response_class=Response, responses=FILE_RESPONSES)
+@router.head("/files/{name}", response_class=Response, responses=FILE_RESPONSES)
+async def download_file(
+    name: str, request: Request, settings: SettingsDep, sender: FileSenderDep, digests: DigestsDep
+) -> Response:
+    """One file, as an attachment: resumable (Range, If-Range) and cacheable (ETag)."""
+    file = None
+    if is_public_name(name):
+        file = await open_within(settings.files_dir, settings.files_dir / name)
+    if file is None:
+        raise NotFound(f"no file named {name!r}; GET /files lists the files there are")
+    try:
+        digest = await digests.sha256(file)
+    except BaseException:
+        await file.close()
+        raise
+    return await sender.response(
+        request, file, etag=strong_etag(digest), content_type=_media_type(name),
+        disposition="attachment", filename=name, cache_control=FILE_CACHE_CONTROL,
+    )
+
+
+@router.get("/images/{image_id}", response_class=Response, responses=IMAGE_RESPONSES)
+@router.head("/images/{image_id}", response_class=Response, responses=IMAGE_RESPONSES)
+async def get_image(
+    image_id: Annotated[int, PathParameter(ge=1, le=MAX_IMAGE_ID, description="images.id")],
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    sender: FileSenderDep,
+    digests: DigestsDep,
+) -> Response:
+    """One image, shown inline with its stored content type; cached for a year."""
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(images).where(images.c.id == image_id))).first()
+    except DATABASE_UNREACHABLE as exc:
+        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+    if row is None:
+        raise NotFound(f"no image with id {image_id}")
+    file = await open_within(settings.images_dir, settings.data_dir / row.storage_path)
+    if file is None:
+        log.warning("image %d: storage_path %r is missing or outside %s",
+                    image_id, row.storage_path, settings.images_dir)
+        raise NotFound(f"image {image_id} has no file")
+    try:
+        etag = await _image_etag(row.sha256, row.byte_size, file, digests)
+    except BaseException:
+        await file.close()
+        raise
+    inline = row.content_type in INLINE_IMAGE_TYPES
+    return await sender.response(
+        request, file, etag=etag, content_type=row.content_type if inline else DOWNLOAD_TYPE,
+        disposition="inline" if inline else "attachment", filename=row.filename,
+        cache_control=IMAGE_CACHE_CONTROL,
+    )
+
+
+async def _image_etag(sha256: str, byte_size: int, file: OpenFile, digests: DigestCache) -> str:
+    """The stored sha256, unless the file on disk is plainly not what the row describes:
+    then its own digest, as an ETag must never name other bytes."""
+    if SHA256_HEX.fullmatch(sha256) and byte_size == file.size:
+        return strong_etag(sha256)
+    log.warning("%s does not match its images row; hashing it", file.path)
+    return strong_etag(await digests.sha256(file))
+
+
+def _media_type(name: str) -> str:
+    media_type, encoding = mimetypes.guess_type(name, strict=True)
+    # x.csv.gz guesses text/csv with encoding gzip, but the bytes are sent as stored.
+    return DOWNLOAD_TYPE if media_type is None or encoding is not None else media_type
