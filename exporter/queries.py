@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -242,6 +242,12 @@ def _json_object(
     lateral = row.correlate(users).lateral("t")  # only the asked fields, in their order
     column = cast(func.row_to_json(lateral.table_valued()), Text)
     return column, users.join(lateral, true())
+
+
+def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
+    """How many rows ``build_statement`` gives for this query (limit included)."""
+    ids = build_statement(replace(query, fields=("id",)), dialect)
+    return select(func.count()).select_from(ids.subquery())
 
 
 def build_statement(query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES) -> Select[Any]:

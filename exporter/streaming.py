@@ -30,7 +30,7 @@ from exporter.config import Settings
 from exporter.db import backend_name, snapshot
 from exporter.errors import ExportsBusy
 from exporter.formats import FORMATS, Encoder
-from exporter.queries import ExportQuery, Shape, build_statement
+from exporter.queries import ExportQuery, Shape, build_count, build_statement
 
 log = logging.getLogger("exporter.streaming")
 
@@ -44,6 +44,7 @@ class Progress:
 
     rows: int = 0
     bytes: int = 0
+    total: int | None = None  # rows the export will give, when it was asked to count them
     on_batch: Callable[[int, int], None] | None = field(default=None, repr=False)
 
     def add(self, rows: int, size: int) -> None:
@@ -61,15 +62,20 @@ async def export_chunks(
     batch_rows: int,
     chunk_bytes: int,
     progress: Progress | None = None,
+    count: bool = False,
 ) -> ChunkStream:
     """Encoded bytes of one export, in chunks of about ``chunk_bytes``.
 
     The first chunk goes out as soon as the first batch is encoded, so that the client
-    sees bytes at once; after that, batches are gathered into larger chunks.
+    sees bytes at once; after that, batches are gathered into larger chunks. With
+    ``count``, ``progress.total`` is set first, counted in the same snapshot as the rows.
     """
     progress = progress or Progress()
-    statement = build_statement(query, backend_name(engine), encoder.shape)
+    dialect = backend_name(engine)
+    statement = build_statement(query, dialect, encoder.shape)
     async with snapshot(engine) as conn:
+        if count:
+            progress.total = (await conn.execute(build_count(query, dialect))).scalar_one()
         result = await conn.stream(statement.execution_options(yield_per=batch_rows))
         json_rows = encoder.shape is Shape.JSON
         batches = result.scalars().partitions() if json_rows else result.partitions()
@@ -99,6 +105,7 @@ def open_export(
     *,
     gzip: bool = False,
     progress: Progress | None = None,
+    count: bool = False,
 ) -> ChunkStream:
     """The one export pipeline, whatever the sink: HTTP, the command line, a job file."""
     stream = export_chunks(
@@ -108,6 +115,7 @@ def open_export(
         batch_rows=settings.batch_rows,
         chunk_bytes=settings.chunk_bytes,
         progress=progress,
+        count=count,
     )
     return gzip_chunks(stream, settings.gzip_level) if gzip else stream
 

@@ -11,6 +11,7 @@ import pytest
 
 from exporter.errors import ExportsBusy
 from exporter.streaming import ExportResponse, ExportSlots, gzip_chunks, prime
+from tests.conftest import Database
 
 
 class Source:
@@ -94,3 +95,26 @@ def test_export_slots_refuse_past_the_limit_and_free_on_release() -> None:
     assert refused.value.headers() == {"Retry-After": "7"}
     slots.release()
     slots.acquire()
+
+
+@pytest.mark.parametrize(
+    "params", [[], [("country", "DE")], [("limit", "17")], [("after_id", "2990"), ("limit", "99")]]
+)
+async def test_counting_gives_the_number_of_rows_the_export_then_streams(
+    database: Database, params: list[tuple[str, str]]
+) -> None:
+    from exporter.db import create_engine
+    from exporter.queries import parse_export_query
+    from exporter.streaming import Progress, open_export
+
+    engine = create_engine(database.url)
+    progress = Progress()
+    query = parse_export_query(params)
+    try:
+        data = b"".join([c async for c in open_export(
+            engine, query, "ndjson", database.settings(), progress=progress, count=True
+        )])
+    finally:
+        await engine.dispose()
+    assert progress.total == progress.rows == data.count(b"\n")
+    assert progress.total > 0
