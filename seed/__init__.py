@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -89,14 +90,20 @@ async def _clear(conn: AsyncConnection) -> None:
         await conn.execute(models.images.delete())
 
 
+def _sqlite_timestamp(moment: datetime) -> str:
+    # isoformat is C-fast; for these UTC times it equals strftime(SQLITE_TIMESTAMP) plus an
+    # offset, which is cut off (tests/test_seed.py checks they agree).
+    return moment.isoformat(" ", "microseconds")[:26]
+
+
 def _sqlite_row(user: SeedUser) -> tuple[Any, ...]:
     last_login = user.last_login_at
     return (
         *user[:6],
         int(user.is_active),
         f"{user.lifetime_value:.2f}",
-        user.created_at.strftime(SQLITE_TIMESTAMP),
-        None if last_login is None else last_login.strftime(SQLITE_TIMESTAMP),
+        _sqlite_timestamp(user.created_at),
+        None if last_login is None else _sqlite_timestamp(last_login),
         user.bio,
         user.avatar_image_id,
     )

@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import NamedTuple
 
 FIRST_NAMES = (
@@ -81,6 +82,7 @@ class SeedUser(NamedTuple):
     avatar_image_id: int | None
 
 
+@cache  # names come from short fixed lists: normalise each once
 def _ascii_slug(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(c for c in folded.lower() if c.isalnum()) or "user"

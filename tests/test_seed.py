@@ -107,3 +107,13 @@ async def test_tiny_seeds_work(tmp_path: Path, users_count: int) -> None:
     database = await build_database("sqlite", tmp_path, users_count, seed=1)
     text = (await export(database, "csv")).decode()
     assert len(list(csv.reader(io.StringIO(text, newline="")))) == 1 + users_count + 4
+
+
+def test_sqlite_timestamps_are_written_in_sqlalchemys_own_format() -> None:
+    from datetime import UTC, datetime
+
+    from seed import SQLITE_TIMESTAMP, _sqlite_timestamp
+
+    for moment in (datetime(2015, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, 23, 59, tzinfo=UTC),
+                   datetime(2024, 2, 29, 0, 0, 7, tzinfo=UTC)):
+        assert _sqlite_timestamp(moment) == moment.strftime(SQLITE_TIMESTAMP)
