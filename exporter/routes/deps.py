@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,32 +16,13 @@ from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+def _state(attribute: str) -> Callable[[Request], Any]:
+    """A dependency giving what the lifespan put on ``app.state`` under ``attribute``."""
 
+    def dependency(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
 
-def _engine(request: Request) -> AsyncEngine:
-    return request.app.state.engine  # type: ignore[no-any-return]
-
-
-def _metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
-
-
-def _slots(request: Request) -> ExportSlots:
-    return request.app.state.export_slots  # type: ignore[no-any-return]
-
-
-def _schema_revision(request: Request) -> str:
-    return request.app.state.schema_revision  # type: ignore[no-any-return]
-
-
-def _file_sender(request: Request) -> FileSender:
-    return request.app.state.file_sender  # type: ignore[no-any-return]
-
-
-def _digests(request: Request) -> DigestCache:
-    return request.app.state.digests  # type: ignore[no-any-return]
+    return dependency
 
 
 def _export_query(
@@ -59,11 +41,11 @@ def _export_query(
     return parse_export_query(request.query_params.multi_items())
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-EngineDep = Annotated[AsyncEngine, Depends(_engine)]
-MetricsDep = Annotated[Metrics, Depends(_metrics)]
-SlotsDep = Annotated[ExportSlots, Depends(_slots)]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+EngineDep = Annotated[AsyncEngine, Depends(_state("engine"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
+SlotsDep = Annotated[ExportSlots, Depends(_state("export_slots"))]
+SchemaRevisionDep = Annotated[str, Depends(_state("schema_revision"))]
+FileSenderDep = Annotated[FileSender, Depends(_state("file_sender"))]
+DigestsDep = Annotated[DigestCache, Depends(_state("digests"))]
 ExportQueryDep = Annotated[ExportQuery, Depends(_export_query)]
-SchemaRevisionDep = Annotated[str, Depends(_schema_revision)]
-FileSenderDep = Annotated[FileSender, Depends(_file_sender)]
-DigestsDep = Annotated[DigestCache, Depends(_digests)]
