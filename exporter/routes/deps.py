@@ -13,6 +13,7 @@ from exporter.metrics import Metrics
 from exporter.queries import ExportQuery, parse_export_query
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
+from exporter.worker import Worker
 
 
 def _settings(request: Request) -> Settings:
@@ -43,6 +44,10 @@ def _digests(request: Request) -> DigestCache:
     return request.app.state.digests  # type: ignore[no-any-return]
 
 
+def _worker(request: Request) -> Worker | None:
+    return getattr(request.app.state, "worker", None)
+
+
 def _export_query(
     request: Request,
     # Declared for the OpenAPI page only: the values are read from the raw query string,
@@ -67,3 +72,4 @@ ExportQueryDep = Annotated[ExportQuery, Depends(_export_query)]
 SchemaRevisionDep = Annotated[str, Depends(_schema_revision)]
 FileSenderDep = Annotated[FileSender, Depends(_file_sender)]
 DigestsDep = Annotated[DigestCache, Depends(_digests)]
+WorkerDep = Annotated[Worker | None, Depends(_worker)]
