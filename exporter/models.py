@@ -97,10 +97,8 @@ export_jobs = Table(
     Column("file_size", BigInteger, nullable=True),
     Column("row_count", BigInteger, nullable=True),
     Column("sha256", String(64), nullable=True),
-    Column(
-        "schedule_id", String(32), ForeignKey("schedules.id", ondelete="SET NULL"),
-        nullable=True,
-    ),
+    # The schedule that made it; kept after that schedule is deleted, as its provenance.
+    Column("schedule_id", String(32), nullable=True),
     Column("scheduled_for", DateTime(timezone=True), nullable=True),
     Column("lease_owner", String(200), nullable=True),  # the worker running it, or that ran it
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),

@@ -51,10 +51,7 @@ def upgrade() -> None:
         sa.Column("file_size", sa.BigInteger(), nullable=True),
         sa.Column("row_count", sa.BigInteger(), nullable=True),
         sa.Column("sha256", sa.String(64), nullable=True),
-        sa.Column(
-            "schedule_id", sa.String(32),
-            sa.ForeignKey("schedules.id", ondelete="SET NULL"), nullable=True,
-        ),
+        sa.Column("schedule_id", sa.String(32), nullable=True),
         sa.Column("scheduled_for", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_owner", sa.String(200), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
