@@ -7,8 +7,11 @@ What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) 
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +32,8 @@ from exporter.schedules import (
     next_time,
     retention,
 )
-from tests.conftest import Database, scratch_postgres_url
+from exporter.worker import Worker
+from tests.conftest import SEED, SEEDED_USERS, Database, build_database, scratch_postgres_url
 
 LEASE = timedelta(seconds=30)
 
@@ -362,3 +366,31 @@ async def test_retention_keeps_the_newest_succeeded_jobs_of_a_schedule(
     assert sorted(job.scheduled_for for job in deleted) == [  # type: ignore[type-var]
         now + timedelta(minutes=m) for m in (0, 1, 2, 6)
     ]
+
+
+async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    database = await build_database("sqlite", tmp_path, SEEDED_USERS, SEED)
+    with sqlite3.connect(tmp_path / "exporter.db") as conn:  # text that is not UTF-8
+        conn.execute("UPDATE users SET bio = CAST(X'C328FF' AS TEXT) WHERE id = 2000")
+    settings = database.settings(
+        batch_rows=50, job_progress_seconds=0.05, worker_poll_seconds=0.05
+    )
+    engine = create_engine(database.url)
+    worker = Worker(engine, settings)
+    try:
+        job = await jobs.create_job(engine, JobRequest(format="csv").spec(), datetime.now(UTC))
+        worker.start()
+        for _ in range(200):
+            job = await jobs.find_job(engine, job.id)
+            if job.finished:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+        await engine.dispose()
+    assert job.status == jobs.FAILED
+    assert job.error is not None and "decode" in job.error.lower()
+    assert 0 < job.rows_written < job.total_rows  # type: ignore[operator]
+    assert os.listdir(settings.jobs_dir) == []

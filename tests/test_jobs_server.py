@@ -301,6 +301,8 @@ def test_progress_streams_as_server_sent_events_and_resumes_after_last_event_id(
     assert again.events[0].id == second.events[-1].id
     done = read_events(events_url, last_event_id=second.events[-1].id)
     assert done.status == 204 and not done.events
+    stranger = read_events(events_url, last_event_id="999999")  # not an id it ever sent
+    assert [e.type for e in stranger.events] == ["succeeded"]
 
 
 def test_cancel_stops_a_running_job_within_a_second_and_removes_its_partial_file(

@@ -214,7 +214,9 @@ async def job_events(
     ``canceled`` (or ``expired``) event, and the stream ends."""
     job = await jobs.find_job(engine, job_id)
     seen = _revision(last_event_id)
-    if job.finished and seen >= job.revision:
+    if seen > job.revision:  # not an id of this job's: start from the beginning
+        seen = 0
+    if job.finished and seen == job.revision:
         return Response(status_code=204)
     return EventSourceResponse(
         _events(engine, job, seen, settings.events_poll_seconds),
