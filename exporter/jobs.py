@@ -21,7 +21,7 @@ import enum
 import secrets
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -44,6 +44,7 @@ FILTERS = tuple(name for name in PARAMETERS if name != "fields")
 GZIP_MEDIA_TYPE = "application/gzip"
 ERROR_LIMIT = 2000  # characters of an exception kept as a failed job's error
 RETURNING_SQLITE = (3, 35)  # the first SQLite with UPDATE ... RETURNING
+
 
 class JobRequest(BaseModel):
     """The body of ``POST /jobs`` (and a schedule's ``job``)."""
@@ -68,6 +69,10 @@ class JobRequest(BaseModel):
     def spec(self) -> JobSpec:
         """Validated as the live export validates its query string: same names, same
         values, same messages, with the JSON path of the bad value."""
+        for item in self.fields or ():
+            if "," in item:  # joined with commas for the query, it would be several fields
+                raise InvalidParameter("fields", self.fields, f"{item!r} holds a comma; "
+                                       "give each field as its own list item")
         filters: dict[str, str] = {}
         for name, value in self.filters.items():
             text = _query_value(name, value)
@@ -95,11 +100,14 @@ def _query_value(name: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str | int):
         return str(value)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+    if isinstance(value, list) and all(
+        isinstance(item, str) and "," not in item for item in value
+    ):
         return ",".join(value)
     raise InvalidParameter(
         f"filters.{name}", value,
-        "expected a string, a whole number, true or false, or a list of strings",
+        "expected a string, a whole number, true or false, or a list of strings "
+        "without commas",
     )
 
 
@@ -203,9 +211,6 @@ class Job:
         if self.total_rows == 0:
             return 100.0 if self.finished else 0.0
         return round(min(100.0, 100.0 * self.rows_written / self.total_rows), 1)
-
-
-JOB_COLUMNS = tuple(f.name for f in fields(Job))
 
 
 def new_id() -> str:

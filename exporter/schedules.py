@@ -28,7 +28,7 @@ from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.errors import NotFound
+from exporter.errors import InvalidParameter, NotFound
 from exporter.jobs import (
     FINISHED,
     SUCCEEDED,
@@ -215,7 +215,12 @@ async def _fire(
     engine: AsyncEngine, schedule: Schedule, stored_next: Any, now: datetime
 ) -> Job | None:
     scheduled_for = latest_time(schedule.cron, schedule.timezone, now, schedule.next_run_at)
-    spec = JobRequest.model_validate(schedule.job).spec()
+    try:
+        spec = JobRequest.model_validate(schedule.job).spec()
+    except (ValueError, InvalidParameter) as exc:  # stored by an older version, say
+        log.error("schedule %s: its job is no longer valid (%s); skipping %s",
+                  schedule.id, exc, scheduled_for)
+        spec = None
     try:
         async with engine.begin() as conn:
             claimed = await conn.execute(
@@ -226,8 +231,8 @@ async def _fire(
                     last_run_at=scheduled_for,
                 )
             )
-            if not claimed.rowcount:
-                return None  # another worker fired this tick
+            if not claimed.rowcount or spec is None:
+                return None  # another worker fired this tick (or there is nothing to run)
             job = await insert_job(conn, job_values(spec, now, schedule.id, scheduled_for))
     except IntegrityError:
         log.info("schedule %s: the job for %s exists already", schedule.id, scheduled_for)

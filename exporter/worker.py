@@ -260,6 +260,12 @@ class Worker:
         task.add_done_callback(ended)
 
     async def _run(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        except Exception:  # the lease lapses, and another attempt runs
+            log.exception("job %s: attempt %d broke off", job.id, job.attempts)
+
+    async def _attempt(self, job: Job) -> None:
         stem = f"{job.id}-{job.attempts}"
         await self._remove_files_of(job.id)  # left by earlier attempts, which are over
         progress = JobProgress()
@@ -273,10 +279,7 @@ class Worker:
             with suppress(Exception):
                 await jobs.requeue(self.engine, job.id, self.owner)
             raise
-        try:
-            await self._finish(job, writer, progress, verdict)
-        except Exception:  # the lease lapses and another attempt runs
-            log.exception("job %s: could not record how it ended", job.id)
+        await self._finish(job, writer, progress, verdict)
 
     async def _supervise(
         self, job: Job, writer: asyncio.Task[JobFile], progress: JobProgress
