@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -351,8 +352,12 @@ def test_delete_removes_the_record_and_the_file_and_stops_a_running_job(
     assert httpx.get(f"{shared.url}/jobs/{small['id']}/download").status_code == 404
 
     big = shared.post_job({"format": "json"})
-    shared.wait(big["id"], lambda j: j["rows_written"] > 0)
-    assert httpx.delete(f"{shared.url}/jobs/{big['id']}").status_code == 204
+    with ThreadPoolExecutor(1) as pool:
+        watching = pool.submit(read_events, f"{shared.url}/jobs/{big['id']}/events")
+        shared.wait(big["id"], lambda j: j["rows_written"] > 0)
+        assert httpx.delete(f"{shared.url}/jobs/{big['id']}").status_code == 204
+        watched = watching.result(timeout=5)
+    assert watched.events[-1].type == "deleted" and watched.ended_by_server
     assert wait_for(lambda: not [f for f in shared.files() if big["id"] in f], seconds=2)
     assert wait_for(lambda: metric(shared.url, "exporter_jobs_running") == 0, seconds=2)
 
@@ -406,7 +411,13 @@ def test_seconds_schedules_fire_once_per_tick_and_keep_only_keep_last(shared: Se
     }).json()
     created = datetime.fromisoformat(every_two["created_at"])
     time.sleep(6.5)
-    kept = httpx.get(f"{shared.url}/jobs", params={"schedule_id": every_one["id"]}).json()
+    kept: list[dict[str, Any]] = []
+
+    def retained() -> bool:  # between a run's success and its retention, there are three
+        kept[:] = httpx.get(f"{shared.url}/jobs", params={"schedule_id": every_one["id"]}).json()
+        return 1 <= sum(job["status"] == "succeeded" for job in kept) <= 2
+
+    assert wait_for(retained, seconds=2), kept
     stop = datetime.now(UTC)
     for schedule in (every_two, every_one):
         assert httpx.delete(f"{shared.url}/schedules/{schedule['id']}").status_code == 204
@@ -420,8 +431,7 @@ def test_seconds_schedules_fire_once_per_tick_and_keep_only_keep_last(shared: Se
     assert set(must) <= set(times) <= set(may), (times, must)
     assert len(must) >= 3
     # keep_last=2: while it fired every second, only the newest two succeeded runs stayed.
-    succeeded = [job for job in kept if job["status"] == "succeeded"]
-    assert 1 <= len(succeeded) <= 2 and len(kept) <= 4, kept
+    assert len(kept) <= 4, kept
     newest = max(datetime.fromisoformat(job["scheduled_for"]) for job in kept)
     assert newest >= stop - timedelta(seconds=2)
     # Every file on disk belongs to a job that is listed as succeeded.
@@ -440,7 +450,7 @@ async def test_kill_9_mid_job_then_restart_finishes_the_job_and_leaves_no_partia
     database = await clone_database(template, tmp_path / "data", "jobs_crash")
     with service(database) as first:
         job = first.post_job({"format": "ndjson", "filters": {"limit": 8000}})
-        first.wait(job["id"], lambda j: j["rows_written"] > 1000)
+        first.wait(job["id"], lambda j: j["rows_written"] > 300)
         os.kill(first.pid, signal.SIGKILL)
         assert [f for f in first.files() if f.endswith(".part")], "it died mid-file"
     started = time.monotonic()
