@@ -27,7 +27,9 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from exporter import jobs
 from exporter.db import create_engine
+from exporter.jobs import JobRequest
 from exporter.models import export_jobs
 from exporter.schedules import next_time
 from tests.conftest import (
@@ -464,6 +466,29 @@ async def test_kill_9_mid_job_then_restart_finishes_the_job_and_leaves_no_partia
         assert httpx.get(f"{second.url}/jobs/{job['id']}/download").content == live
         assert second.files() == [f"{job['id']}-2.ndjson"], "nothing else: no partial file"
     print(f"restart {up - started:.2f} s, job done {recovered - up:.2f} s after the restart")
+
+
+async def test_a_job_of_a_worker_on_another_host_is_taken_over_when_its_lease_lapses(
+    shared: Service,
+) -> None:
+    now = datetime.now(UTC)
+    values = jobs.job_values(JobRequest(format="csv", filters={"limit": 50}).spec(), now)
+    values |= {"status": "running", "attempts": 1, "started_at": now,
+               "lease_owner": "elsewhere:4242:0badc0de",
+               "lease_expires_at": now + timedelta(seconds=1)}
+    engine = create_engine(shared.database.url)
+    try:
+        async with engine.begin() as conn:
+            await jobs.insert_job(conn, values)
+    finally:
+        await engine.dispose()
+    (shared.jobs_dir / f".{values['id']}-1.part").write_bytes(b"id,email\r\n1,")  # its leftover
+    time.sleep(0.5)
+    assert shared.job(values["id"])["worker"] == "elsewhere:4242:0badc0de", "not before it lapses"
+    done = shared.finished(values["id"], seconds=10)
+    assert done["status"] == "succeeded" and done["attempts"] == 2
+    assert done["worker"] != "elsewhere:4242:0badc0de"
+    assert [f for f in shared.files() if values["id"] in f] == [f"{values['id']}-2.csv"]
 
 
 def test_a_separate_worker_runs_jobs_and_hands_them_back_on_sigterm(
