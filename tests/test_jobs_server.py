@@ -446,6 +446,14 @@ def test_seconds_schedules_fire_once_per_tick_and_keep_only_keep_last(shared: Se
 
 # Crashes and replicas.
 
+def exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent (this test process) to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 async def test_kill_9_mid_job_then_restart_finishes_the_job_and_leaves_no_partial_file(
     template: Database, tmp_path: Path,
 ) -> None:
@@ -522,6 +530,15 @@ def test_a_separate_worker_runs_jobs_and_hands_them_back_on_sigterm(
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=10)
         assert done["status"] == "succeeded" and done["attempts"] == 1
+        # SIGTERM with an event stream open: the stream ends cleanly and the server exits.
+        waiting = api.post_job({"format": "csv"})  # no worker now: it stays queued
+        with ThreadPoolExecutor(1) as pool:
+            watching = pool.submit(read_events, f"{api.url}/jobs/{waiting['id']}/events")
+            time.sleep(0.5)
+            os.kill(api.pid, signal.SIGTERM)
+            watched = watching.result(timeout=10)
+        assert watched.ended_by_server and [e.type for e in watched.events] == ["progress"]
+        assert wait_for(lambda: exited(api.pid), seconds=5)
 
 
 async def test_two_replicas_on_one_postgresql_fire_each_tick_once_and_run_each_job_once(

@@ -8,13 +8,13 @@ one that already has the final event gets 204, which tells an EventSource to sto
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -218,8 +218,13 @@ async def job_events(
         seen = 0
     if job.finished and seen == job.revision:
         return Response(status_code=204)
+    # Set by sse-starlette when the server shuts down: the stream then ends cleanly, and the
+    # EventSource reconnects (to another replica, or to this one restarted).
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        _events(engine, job, seen, settings.events_poll_seconds),
+        _events(engine, job, seen, settings.events_poll_seconds, shutdown),
+        shutdown_event=shutdown,
+        shutdown_grace_period=settings.events_poll_seconds + 1,
         ping=settings.events_keepalive_seconds,
         ping_message_factory=lambda: ServerSentEvent(comment="keepalive"),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -242,7 +247,7 @@ def _revision(last_event_id: str | None) -> int:
 
 
 async def _events(
-    engine: AsyncEngine, job: Job, seen: int, poll: float
+    engine: AsyncEngine, job: Job, seen: int, poll: float, shutdown: anyio.Event
 ) -> AsyncIterator[ServerSentEvent]:
     yield ServerSentEvent(retry=RETRY_MILLISECONDS, comment=f"job {job.id}")
     current: Job | None = job
@@ -257,9 +262,13 @@ async def _events(
                                       data=job_out(current).model_dump_json())
                 return
             yield ServerSentEvent(
-                event="progress", id=str(seen), data=json.dumps(_progress(current))
+                event="progress", id=str(seen),
+                data=json.dumps(_progress(current), separators=(",", ":")),
             )
-        await asyncio.sleep(poll)
+        with anyio.move_on_after(poll):
+            await shutdown.wait()
+        if shutdown.is_set():
+            return
         try:
             current = await jobs.get_job(engine, job.id)
         except DATABASE_UNREACHABLE as exc:  # keep the stream; the next poll may succeed
