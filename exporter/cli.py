@@ -85,11 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    import copy
 
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    # The service's own loggers (the job worker's above all) print beside uvicorn's.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["exporter"] = {
+        "handlers": ["default"], "level": args.log_level.upper(), "propagate": False,
+    }
     uvicorn.run(
         "exporter.app:create_app",
         factory=True,
+        log_config=log_config,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
