@@ -137,7 +137,8 @@ async def get_job(job_id: str, engine: EngineDep) -> JobOut:
 
 @router.post(
     "/jobs/{job_id}/cancel",
-    responses={202: {"description": "running: it stops within a second"},
+    responses={200: {"model": JobOut, "description": "canceled (it was queued)"},
+               202: {"model": JobOut, "description": "running: it stops within a second"},
                409: {"description": "it has already finished"}},
 )
 async def cancel_job(job_id: str, engine: EngineDep) -> Response:
@@ -170,7 +171,8 @@ async def download_job(
     """The job's file, as ``GET /files/{name}`` serves files: Range, ETag (its sha256)."""
     job = await jobs.find_job(engine, job_id)
     if job.expired_at(_now()):
-        raise Gone(f"job {job_id}'s file expired at {job.expires_at} and was removed; "
+        when = job.expires_at.isoformat() if job.expires_at else "some time"
+        raise Gone(f"job {job_id}'s file expired at {when} and was removed; "
                    "POST /jobs to make it again", status=jobs.EXPIRED)
     if job.status != jobs.SUCCEEDED or not job.file_path or not job.sha256:
         raise Conflict(
