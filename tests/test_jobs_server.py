@@ -37,7 +37,6 @@ from tests.conftest import (
     Database,
     build_database,
     clone_database,
-    postgres_url,
     scratch_postgres_url,
     serving,
 )
@@ -546,7 +545,6 @@ async def test_two_replicas_on_one_postgresql_fire_each_tick_once_and_run_each_j
 ) -> None:
     if template.backend != "postgresql":
         pytest.skip("replicas share a PostgreSQL database")
-    postgres_url()
     database = await clone_database(template, tmp_path / "shared-data", "jobs_replicas")
     fast = {"EXPORTER_BATCH_ROWS": "500", "EXPORTER_WORKER_CONCURRENCY": "2"}
     with service(database, **fast) as one, service(database, **fast) as two:
