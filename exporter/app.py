@@ -1,4 +1,5 @@
-"""``create_app(settings)``: the FastAPI application, its lifespan and its error handlers."""
+"""``create_app(settings)``: the FastAPI application, its lifespan (engine, metrics, the
+in-process job worker) and its error handlers."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
-from exporter.errors import ExporterError
+from exporter.errors import DatabaseUnavailable, ExporterError
 from exporter.files import FileSender
 from exporter.metrics import Metrics
-from exporter.routes import exports, files, ops, pages
+from exporter.routes import exports, files, jobs, ops, pages, schedules
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
+from exporter.worker import Worker
 
 log = logging.getLogger("exporter")
 
@@ -31,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(
             settings.resolved_database_url,
             pool_size=settings.db_pool_size,
-            max_overflow=settings.max_concurrent_exports,
+            # A running job holds one connection for its export and briefly takes another
+            # for each heartbeat.
+            max_overflow=settings.max_concurrent_exports + 2 * settings.worker_concurrency,
         )
         app.state.engine = engine
         app.state.schema_revision = head_revision()
@@ -43,9 +49,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.file_chunk_bytes, settings.max_ranges, app.state.metrics
         )
         app.state.digests = DigestCache()
+        app.state.worker = None
+        if settings.run_worker:
+            app.state.worker = Worker(engine, settings, app.state.metrics)
+            app.state.worker.start()
         try:
             yield
         finally:
+            if app.state.worker is not None:
+                await app.state.worker.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -57,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(exports.router)
     app.include_router(files.router)
+    app.include_router(jobs.router)
+    app.include_router(schedules.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
     _add_error_handlers(app)
@@ -82,6 +96,19 @@ def _add_error_handlers(app: FastAPI) -> None:
             },
             status_code=422,
         )
+
+    # Anywhere else a database failure escapes to (jobs, schedules), it is still a 503.
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database error: %s", exc)
+        cause = getattr(exc, "orig", None) or exc
+        error = DatabaseUnavailable(
+            f"the database could not be used ({cause}); GET /ready tells whether it is "
+            "reachable and migrated"
+        )
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:

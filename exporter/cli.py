@@ -1,10 +1,12 @@
-"""The ``exporter`` command: serve, migrate, seed, export."""
+"""The ``exporter`` command: serve, worker, migrate, seed, export."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import aclosing
@@ -18,6 +20,7 @@ from exporter.formats import FORMATS
 from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
 from exporter.streaming import open_export
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -32,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
+
+    commands.add_parser(
+        "worker", help="run export jobs and schedules, without HTTP (until SIGTERM or SIGINT)"
+    )
 
     commands.add_parser("migrate", help="bring the database schema up to date")
 
@@ -66,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "serve":
         return _serve(args)
+    if args.command == "worker":
+        return asyncio.run(_worker(settings))
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         return 0
@@ -76,16 +85,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    import copy
 
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    # The service's own loggers (the job worker's above all) print beside uvicorn's.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["exporter"] = {
+        "handlers": ["default"], "level": args.log_level.upper(), "propagate": False,
+    }
     uvicorn.run(
         "exporter.app:create_app",
         factory=True,
+        log_config=log_config,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
     )
     return 0
+
+
+async def _worker(settings: Settings) -> int:
+    from exporter.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    engine = create_engine(
+        settings.resolved_database_url, pool_size=2 * settings.worker_concurrency + 1,
+        max_overflow=settings.worker_concurrency,
+    )
+    worker = Worker(engine, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    worker.start()
+    try:
+        assert worker.task is not None
+        await asyncio.wait({worker.task, asyncio.create_task(stop.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        failed = worker.task.done() and not worker.task.cancelled()
+        await worker.stop()  # running jobs go back to the queue
+    finally:
+        await engine.dispose()
+    return EXIT_FAILED if failed else 0
 
 
 async def _migrate(settings: Settings) -> None:

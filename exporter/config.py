@@ -66,6 +66,62 @@ class Settings(BaseSettings):
         ),
     )
 
+    run_worker: bool = Field(
+        True,
+        description=(
+            "Run the export-job worker inside the service (the embedded case). false: only "
+            "`exporter worker` processes run jobs and schedules."
+        ),
+    )
+    worker_concurrency: int = Field(2, ge=1, description="Jobs one worker process runs at once.")
+    worker_poll_seconds: float = Field(
+        1.0, gt=0,
+        description=(
+            "How often a worker looks for queued jobs and due schedules (a job posted to the "
+            "same process starts at once; a schedule fires on its second)."
+        ),
+    )
+    job_lease_seconds: float = Field(
+        30.0, gt=0,
+        description=(
+            "How long a running job's claim lasts without a heartbeat; a job whose worker died "
+            "is taken over by another worker once it lapses (or at once by a restart on the "
+            "same host)."
+        ),
+    )
+    job_progress_seconds: float = Field(
+        0.25, gt=0,
+        description=(
+            "How often a running job writes its progress and heartbeat and checks for a "
+            "cancel request."
+        ),
+    )
+    job_max_attempts: int = Field(
+        3, ge=1,
+        description="Runs a job gets when its worker keeps dying under it; then it fails.",
+    )
+    job_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=1,
+        description=(
+            "How long a one-off job's file stays downloadable after it succeeds; then the job "
+            "is expired (410) and its file removed. Scheduled jobs are kept by keep_last."
+        ),
+    )
+    job_sweep_seconds: float = Field(
+        60.0, gt=0,
+        description=(
+            "How often a worker removes expired job files, files left over from dead runs, "
+            "and scheduled jobs beyond keep_last."
+        ),
+    )
+    events_poll_seconds: float = Field(
+        0.5, gt=0, description="How often a /jobs/{id}/events stream reads the job's progress."
+    )
+    events_keepalive_seconds: float = Field(
+        15.0, gt=0,
+        description="Seconds between keepalive comments on an event stream.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, url: str | None) -> str | None:
@@ -92,6 +148,10 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
 
 
 def load_settings(**overrides: object) -> Settings:

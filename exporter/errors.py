@@ -5,6 +5,10 @@
     │                                  names the parameter, the bad value, what is valid
     ├── NotFound                  404  no such resource (also every name or id that
     │                                  would reach outside the served directories)
+    ├── Conflict                  409  the resource is not in a state that allows it
+    │                                  (a download of a job that has not succeeded,
+    │                                  a cancel of a finished job)
+    ├── Gone                      410  it existed but has expired (a job's file)
     ├── PreconditionFailed        412  If-Match / If-Unmodified-Since did not hold
     ├── RangeNotSatisfiable       416  no range of the Range header lies within the file
     │                                  (with Content-Range: bytes */<size>)
@@ -65,11 +69,29 @@ class InvalidParameter(ExporterError):
         if valid is not None:
             details["valid"] = list(valid)
         super().__init__(message, **details)
+        self.parameter = parameter
+        self.value = value
+        self.reason = reason
+        self.valid = valid
+
+    def within(self, prefix: str) -> InvalidParameter:
+        """The same error for a parameter nested in a JSON body: ``filters.plan``."""
+        return InvalidParameter(f"{prefix}.{self.parameter}", self.value, self.reason, self.valid)
 
 
 class NotFound(ExporterError):
     status = 404
     code = "not_found"
+
+
+class Conflict(ExporterError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(ExporterError):
+    status = 410
+    code = "gone"
 
 
 class PreconditionFailed(ExporterError):

@@ -45,6 +45,16 @@ class Metrics:
             "File and image bodies ended, by outcome (completed, disconnected, failed).",
             ["outcome"], registry=self.registry,
         )
+        self.jobs_running = Gauge(
+            "exporter_jobs_running", "Export jobs this process is running now.",
+            registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "exporter_jobs_finished",
+            "Export job runs this process ended, by outcome (succeeded, failed, canceled, "
+            "lost: deleted or taken over while running).",
+            ["outcome"], registry=self.registry,
+        )
         checked_out = Gauge(
             "exporter_db_connections_checked_out",
             "Database connections in use now (a leak shows here).", registry=self.registry,

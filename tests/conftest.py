@@ -7,6 +7,7 @@ database (``.ci/run`` creates one); the fixtures drop and rebuild its tables.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -138,12 +139,35 @@ async def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Database:
 
 @pytest.fixture(scope="session")
 async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
-    """In-process client: fine for bodies and headers, blind to streaming (it buffers)."""
-    app = create_app(database.settings())
+    """In-process client: fine for bodies and headers, blind to streaming (it buffers).
+    No job worker: jobs tests run their own servers, on their own databases."""
+    app = create_app(database.settings(run_worker=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as c:
             yield c
+
+
+async def clone_database(template: Database, data_dir: Path, suffix: str) -> Database:
+    """A copy of a seeded database, for tests whose servers must have it to themselves:
+    the SQLite file copied, or a PostgreSQL database made from the template database."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if template.backend == "sqlite":
+        for name in ("exporter.db", "exporter.db-wal"):  # no WAL once its engine is disposed
+            if (template.data_dir / name).exists():
+                shutil.copyfile(template.data_dir / name, data_dir / name)
+        return Database("sqlite", f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}", data_dir)
+    base = make_url(template.url)
+    name = f"{make_url(postgres_url()).database}_{suffix}"
+    admin = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{base.database}"'))
+    finally:
+        await admin.dispose()
+    url = base.set(database=name).render_as_string(hide_password=False)
+    return Database("postgresql", url, data_dir)
 
 
 def free_port() -> int:

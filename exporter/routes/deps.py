@@ -14,6 +14,7 @@ from exporter.metrics import Metrics
 from exporter.queries import ExportQuery, parse_export_query
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
+from exporter.worker import Worker
 
 
 def _state(attribute: str) -> Callable[[Request], Any]:
@@ -23,6 +24,7 @@ def _state(attribute: str) -> Callable[[Request], Any]:
         return getattr(request.app.state, attribute)
 
     return dependency
+
 
 
 def _export_query(
@@ -49,3 +51,4 @@ SchemaRevisionDep = Annotated[str, Depends(_state("schema_revision"))]
 FileSenderDep = Annotated[FileSender, Depends(_state("file_sender"))]
 DigestsDep = Annotated[DigestCache, Depends(_state("digests"))]
 ExportQueryDep = Annotated[ExportQuery, Depends(_export_query)]
+WorkerDep = Annotated[Worker | None, Depends(_state("worker"))]

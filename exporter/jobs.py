@@ -1,0 +1,510 @@
+"""Export jobs: what they export, their records, and every change of state.
+
+    POST /jobs ─> queued ──claim──> running ──> succeeded ──(job_ttl_seconds)──> expired
+                    │                 │   └───> failed
+                    └────cancel────> canceled <── cancel_requested, honoured by the worker
+
+Every change is one conditional statement, so it is atomic on both backends whichever
+process makes it: a claim takes a queued job, or a running one whose lease lapsed (its
+worker died), with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and one
+``UPDATE ... WHERE id = (SELECT ...) RETURNING`` on SQLite, whose writes are serialised.
+A worker keeps its claim by a heartbeat that also writes progress and reads the cancel
+flag; every later change it makes is conditional on still holding the claim, so a worker
+that lost it (the lease lapsed, the job was deleted) can change nothing.
+
+``revision`` grows with every change an event stream shows; it is the SSE event id.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row, and_, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from exporter.db import backend_name
+from exporter.errors import Conflict, InvalidParameter, NotFound
+from exporter.formats import FORMATS
+from exporter.models import as_utc, export_jobs
+from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
+    "queued", "running", "succeeded", "failed", "canceled", "expired",
+)
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED)
+FINISHED = (SUCCEEDED, FAILED, CANCELED, EXPIRED)
+FILTERS = tuple(name for name in PARAMETERS if name != "fields")
+GZIP_MEDIA_TYPE = "application/gzip"
+ERROR_LIMIT = 2000  # characters of an exception kept as a failed job's error
+RETURNING_SQLITE = (3, 35)  # the first SQLite with UPDATE ... RETURNING
+
+
+class JobRequest(BaseModel):
+    """The body of ``POST /jobs`` (and a schedule's ``job``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["csv", "ndjson", "json"]
+    fields: Annotated[
+        list[str] | None,
+        Field(min_length=1, description="Columns, in order; omitted: every column."),
+    ] = None
+    # Checked in ``spec`` rather than typed, so that an error names ``filters.<name>``.
+    filters: Annotated[
+        dict[str, Any],
+        Field(description=(
+            f"Any of {', '.join(FILTERS)}, with the values of the export query parameters: "
+            "a string, a whole number, true/false, or a list of strings for a comma list."
+        )),
+    ] = {}
+    compression: Literal["none", "gzip"] = "none"
+
+    def spec(self) -> JobSpec:
+        """Validated as the live export validates its query string: same names, same
+        values, same messages, with the JSON path of the bad value."""
+        for item in self.fields or ():
+            if "," in item:  # joined with commas for the query, it would be several fields
+                raise InvalidParameter("fields", self.fields, f"{item!r} holds a comma; "
+                                       "give each field as its own list item")
+        filters: dict[str, str] = {}
+        for name, value in self.filters.items():
+            text = _query_value(name, value)
+            if name not in FILTERS:
+                reason = (
+                    "fields is not a filter; give it as the top-level fields list"
+                    if name == "fields" else "unknown filter"
+                )
+                raise InvalidParameter(f"filters.{name}", value, reason, FILTERS)
+            try:
+                parse_export_query([(name, text)])
+            except InvalidParameter as exc:
+                raise exc.within("filters") from None
+            filters[name] = text
+        spec = JobSpec(
+            self.format, tuple(self.fields) if self.fields else None, filters, self.compression
+        )
+        spec.query()  # the filters together (created_to before created_from) and the fields
+        return spec
+
+
+def _query_value(name: str, value: Any) -> str:
+    """A JSON filter value as the query string would give it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int):
+        return str(value)
+    if isinstance(value, list) and all(
+        isinstance(item, str) and "," not in item for item in value
+    ):
+        return ",".join(value)
+    raise InvalidParameter(
+        f"filters.{name}", value,
+        "expected a string, a whole number, true or false, or a list of strings "
+        "without commas",
+    )
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job exports: the live export's parameters, as query-string values."""
+
+    format: str
+    fields: tuple[str, ...] | None
+    filters: dict[str, str]
+    compression: str
+
+    def pairs(self) -> list[tuple[str, str]]:
+        pairs = list(self.filters.items())
+        if self.fields is not None:
+            pairs.append(("fields", ",".join(self.fields)))
+        return pairs
+
+    def query(self) -> ExportQuery:
+        try:
+            return parse_export_query(self.pairs())
+        except InvalidParameter as exc:
+            if exc.parameter == "fields":
+                raise InvalidParameter("fields", list(self.fields or ()), exc.reason,
+                                       exc.valid) from None
+            raise exc.within("filters") from None
+
+    @property
+    def gzip(self) -> bool:
+        return self.compression == "gzip"
+
+    @property
+    def extension(self) -> str:
+        return FORMATS[self.format].extension + (".gz" if self.gzip else "")
+
+    @property
+    def media_type(self) -> str:
+        return GZIP_MEDIA_TYPE if self.gzip else FORMATS[self.format].media_type
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``export_jobs`` row, timestamps in UTC."""
+
+    id: str
+    format: str
+    fields: list[str] | None
+    filters: dict[str, str]
+    compression: str
+    status: str
+    rows_written: int
+    total_rows: int | None
+    bytes_written: int
+    revision: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    error: str | None
+    file_name: str | None
+    file_path: str | None
+    file_size: int | None
+    row_count: int | None
+    sha256: str | None
+    schedule_id: str | None
+    scheduled_for: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Job:
+        values = dict(row._mapping)
+        for name, value in values.items():
+            if isinstance(value, datetime):
+                values[name] = as_utc(value)
+        return cls(**values)
+
+    @property
+    def spec(self) -> JobSpec:
+        fields_ = tuple(self.fields) if self.fields else None
+        return JobSpec(self.format, fields_, dict(self.filters), self.compression)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def expired_at(self, now: datetime) -> bool:
+        return self.status == EXPIRED or (
+            self.status == SUCCEEDED and self.expires_at is not None and self.expires_at <= now
+        )
+
+    @property
+    def percent(self) -> float | None:
+        if self.status == SUCCEEDED:
+            return 100.0
+        if self.total_rows is None:
+            return None
+        if self.total_rows == 0:
+            return 100.0 if self.finished else 0.0
+        return round(min(100.0, 100.0 * self.rows_written / self.total_rows), 1)
+
+
+def new_id() -> str:
+    """128 random bits, hex: unguessable, and safe in URLs and file names."""
+    return secrets.token_hex(16)
+
+
+def download_name(job_id: str, spec: JobSpec) -> str:
+    return f"users-{job_id}.{spec.extension}"
+
+
+def job_values(
+    spec: JobSpec, now: datetime, schedule_id: str | None = None,
+    scheduled_for: datetime | None = None,
+) -> dict[str, Any]:
+    """A new queued job's row."""
+    return {
+        "id": new_id(), "format": spec.format,
+        "fields": list(spec.fields) if spec.fields is not None else None,
+        "filters": spec.filters, "compression": spec.compression, "status": QUEUED,
+        "rows_written": 0, "bytes_written": 0, "revision": 1, "attempts": 0,
+        "cancel_requested": False, "created_at": now, "schedule_id": schedule_id,
+        "scheduled_for": scheduled_for,
+    }
+
+
+async def insert_job(conn: AsyncConnection, values: dict[str, Any]) -> Job:
+    await conn.execute(insert(export_jobs).values(**values))
+    row = (await conn.execute(
+        select(export_jobs).where(export_jobs.c.id == values["id"])
+    )).one()
+    return Job.from_row(row)
+
+
+async def create_job(engine: AsyncEngine, spec: JobSpec, now: datetime) -> Job:
+    async with engine.begin() as conn:
+        return await insert_job(conn, job_values(spec, now))
+
+
+async def get_job(engine: AsyncEngine, job_id: str) -> Job | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(
+            select(export_jobs).where(export_jobs.c.id == job_id)
+        )).first()
+    return None if row is None else Job.from_row(row)
+
+
+async def find_job(engine: AsyncEngine, job_id: str) -> Job:
+    job = await get_job(engine, job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}; GET /jobs lists the jobs there are")
+    return job
+
+
+async def list_jobs(
+    engine: AsyncEngine, limit: int, status: str | None = None, schedule_id: str | None = None
+) -> list[Job]:
+    """Newest first."""
+    statement = select(export_jobs)
+    if status is not None:
+        statement = statement.where(export_jobs.c.status == status)
+    if schedule_id is not None:
+        statement = statement.where(export_jobs.c.schedule_id == schedule_id)
+    statement = statement.order_by(
+        export_jobs.c.created_at.desc(), export_jobs.c.id.desc()
+    ).limit(limit)
+    async with engine.connect() as conn:
+        return [Job.from_row(row) for row in await conn.execute(statement)]
+
+
+async def cancel_job(engine: AsyncEngine, job_id: str, now: datetime) -> Job:
+    """A queued job is canceled at once; a running one is flagged, and its worker stops it
+    at its next heartbeat. Canceling a canceled job is a no-op; a finished one, a 409."""
+    where = export_jobs.c.id == job_id
+    async with engine.begin() as conn:
+        queued = await conn.execute(
+            update(export_jobs).where(where, export_jobs.c.status == QUEUED).values(
+                status=CANCELED, finished_at=now, cancel_requested=True,
+                revision=export_jobs.c.revision + 1,
+            )
+        )
+        if not queued.rowcount:
+            await conn.execute(
+                update(export_jobs).where(
+                    where, export_jobs.c.status == RUNNING,
+                    export_jobs.c.cancel_requested.is_(False),
+                ).values(cancel_requested=True)
+            )
+    job = await find_job(engine, job_id)
+    if job.status in (SUCCEEDED, FAILED, EXPIRED):
+        raise Conflict(
+            f"job {job_id} has already {job.status}: there is nothing to cancel"
+            + ("; DELETE /jobs/{id} removes it and its file" if job.status == SUCCEEDED else ""),
+            status=job.status,
+        )
+    return job
+
+
+async def delete_job(engine: AsyncEngine, job_id: str) -> Job:
+    """Remove the record; the caller removes the file. A worker running it notices at its
+    next heartbeat that its claim is gone, stops, and removes its partial file."""
+    async with engine.begin() as conn:
+        row = (await conn.execute(
+            delete(export_jobs).where(export_jobs.c.id == job_id).returning(*export_jobs.c)
+        )).first()
+    if row is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    return Job.from_row(row)
+
+
+# The worker's side.
+
+class Beat(enum.Enum):
+    """What a heartbeat learnt."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"  # cancel_requested is set
+    LOST = "lost"  # the claim is gone: the job was deleted, or another worker took it over
+
+
+@dataclass(frozen=True)
+class Counts:
+    rows: int
+    total: int | None
+    size: int
+
+
+def check_sqlite_returning(engine: AsyncEngine) -> None:
+    """Claims and heartbeats need ``UPDATE ... RETURNING`` on SQLite."""
+    if backend_name(engine) == "sqlite" and sqlite3.sqlite_version_info < RETURNING_SQLITE:
+        raise RuntimeError(
+            f"export jobs need SQLite 3.35 or newer (UPDATE ... RETURNING); this Python has "
+            f"{sqlite3.sqlite_version}. Use a newer Python build, or PostgreSQL."
+        )
+
+
+def _held(job_id: str, owner: str) -> Any:
+    return and_(
+        export_jobs.c.id == job_id, export_jobs.c.status == RUNNING,
+        export_jobs.c.lease_owner == owner,
+    )
+
+
+def _lapsed(now: datetime) -> Any:
+    return and_(export_jobs.c.status == RUNNING, export_jobs.c.lease_expires_at < now)
+
+
+async def settle_lapsed(engine: AsyncEngine, now: datetime, max_attempts: int) -> None:
+    """Lapsed runs that must not run again: canceled ones end canceled, and ones whose
+    worker died ``max_attempts`` times end failed."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(export_jobs).where(_lapsed(now), export_jobs.c.cancel_requested.is_(True))
+            .values(status=CANCELED, finished_at=now, lease_expires_at=None,
+                    revision=export_jobs.c.revision + 1)
+        )
+        await conn.execute(
+            update(export_jobs).where(_lapsed(now), export_jobs.c.attempts >= max_attempts)
+            .values(
+                status=FAILED, finished_at=now, lease_expires_at=None,
+                revision=export_jobs.c.revision + 1,
+                error=(
+                    f"its worker stopped without finishing it {max_attempts} times "
+                    "(killed, or lost the database); see the workers' logs"
+                ),
+            )
+        )
+
+
+async def claim_job(
+    engine: AsyncEngine, owner: str, now: datetime, lease: timedelta, max_attempts: int
+) -> Job | None:
+    """Take the oldest job that is queued, or running under a lapsed lease, or None."""
+    candidate = export_jobs.alias("candidate")
+    claimable = or_(
+        candidate.c.status == QUEUED,
+        and_(
+            candidate.c.status == RUNNING, candidate.c.lease_expires_at < now,
+            candidate.c.attempts < max_attempts, candidate.c.cancel_requested.is_(False),
+        ),
+    )
+    pick = (
+        select(candidate.c.id).where(claimable)
+        .order_by(candidate.c.created_at, candidate.c.id).limit(1)
+    )
+    if backend_name(engine) == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    statement = (
+        update(export_jobs).where(export_jobs.c.id == pick.scalar_subquery())
+        .values(
+            status=RUNNING, lease_owner=owner, lease_expires_at=now + lease, heartbeat_at=now,
+            started_at=now, attempts=export_jobs.c.attempts + 1, rows_written=0,
+            bytes_written=0, total_rows=None, revision=export_jobs.c.revision + 1,
+        )
+        .returning(*export_jobs.c)
+    )
+    async with engine.begin() as conn:
+        row = (await conn.execute(statement)).first()
+    return None if row is None else Job.from_row(row)
+
+
+async def beat(
+    engine: AsyncEngine, job_id: str, owner: str, counts: Counts, changed: bool,
+    now: datetime, lease: timedelta,
+) -> Beat:
+    """Renew the lease, write progress (a new revision only if it changed), read the
+    cancel flag: one statement."""
+    statement = (
+        update(export_jobs).where(_held(job_id, owner))
+        .values(
+            rows_written=counts.rows, total_rows=counts.total, bytes_written=counts.size,
+            heartbeat_at=now, lease_expires_at=now + lease,
+            revision=export_jobs.c.revision + (1 if changed else 0),
+        )
+        .returning(export_jobs.c.cancel_requested)
+    )
+    async with engine.begin() as conn:
+        row = (await conn.execute(statement)).first()
+    if row is None:
+        return Beat.LOST
+    return Beat.CANCEL if row.cancel_requested else Beat.CONTINUE
+
+
+async def finish(
+    engine: AsyncEngine, job_id: str, owner: str, status: str, now: datetime, **values: Any
+) -> bool:
+    """End a run this worker holds; False if it no longer held it."""
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(export_jobs).where(_held(job_id, owner)).values(
+                status=status, finished_at=now, lease_expires_at=None,
+                revision=export_jobs.c.revision + 1, **values,
+            )
+        )
+    return bool(result.rowcount)
+
+
+async def requeue(engine: AsyncEngine, job_id: str, owner: str) -> bool:
+    """Hand a run back (the worker is stopping): it starts afresh elsewhere, and this run
+    does not count as an attempt."""
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(export_jobs).where(_held(job_id, owner)).values(
+                status=QUEUED, lease_owner=None, lease_expires_at=None, started_at=None,
+                rows_written=0, bytes_written=0, total_rows=None,
+                attempts=export_jobs.c.attempts - 1, revision=export_jobs.c.revision + 1,
+            )
+        )
+    return bool(result.rowcount)
+
+
+async def expire_lapsed_leases(
+    engine: AsyncEngine, owners: Sequence[str], now: datetime
+) -> int:
+    """Let the runs of these (dead) owners be claimed now instead of when their leases lapse."""
+    if not owners:
+        return 0
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(export_jobs)
+            .where(export_jobs.c.status == RUNNING, export_jobs.c.lease_owner.in_(owners))
+            .values(lease_expires_at=now - timedelta(seconds=1))
+        )
+    return int(result.rowcount)
+
+
+async def running_owners(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(export_jobs.c.lease_owner).distinct()
+            .where(export_jobs.c.status == RUNNING, export_jobs.c.lease_owner.is_not(None))
+        )
+        return [row.lease_owner for row in rows]
+
+
+async def expire_jobs(engine: AsyncEngine, now: datetime) -> list[Job]:
+    """Succeeded jobs past their expiry become ``expired``; returns them, for their files."""
+    statement = (
+        update(export_jobs)
+        .where(
+            export_jobs.c.status == SUCCEEDED, export_jobs.c.expires_at.is_not(None),
+            export_jobs.c.expires_at <= now,
+        )
+        .values(status=EXPIRED, revision=export_jobs.c.revision + 1)
+        .returning(*export_jobs.c)
+    )
+    async with engine.begin() as conn:
+        return [Job.from_row(row) for row in await conn.execute(statement)]
+
+
+async def jobs_by_id(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, Job]:
+    if not ids:
+        return {}
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(export_jobs).where(export_jobs.c.id.in_(list(ids))))
+        return {row.id: Job.from_row(row) for row in rows}
+

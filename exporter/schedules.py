@@ -1,0 +1,279 @@
+"""Cron schedules: each scheduled time makes exactly one job, however many workers fire it.
+
+A worker that finds a schedule due claims the tick by moving ``next_run_at`` on with a
+conditional ``UPDATE ... WHERE next_run_at = <the value it read>``; only the worker whose
+update matched inserts the job, in the same transaction, and the unique constraint on
+(schedule_id, scheduled_for) refuses a second job for one time whatever else happens.
+
+The job is for the latest scheduled time that has passed, and ``next_run_at`` moves to the
+first time after now: a worker that was down (or late) makes one catch-up run, never one
+per missed time. Workers sleep until the next time due, so on time they miss none.
+
+Cron expressions are croniter's: five fields (minute hour day-of-month month day-of-week),
+or six with seconds as the sixth, last field (``* * * * * */2``: every two seconds), or an
+alias such as ``@daily``; they are read in the schedule's IANA time zone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter.errors import InvalidParameter, NotFound
+from exporter.jobs import (
+    FINISHED,
+    SUCCEEDED,
+    Job,
+    JobRequest,
+    insert_job,
+    job_values,
+    new_id,
+)
+from exporter.models import as_utc, export_jobs, schedules
+
+log = logging.getLogger("exporter.schedules")
+
+CRON_FIELDS = (5, 6)  # croniter's optional sixth field is seconds
+REBOOT = "@reboot"  # croniter knows it, but a schedule has no boot to run at
+MAX_KEEP_LAST = 10_000
+
+
+def parse_cron(expression: str) -> str:
+    """The expression, normalised, or a ValueError naming what is wrong."""
+    text = " ".join(expression.split())
+    if text.startswith("@"):
+        if text.lower() == REBOOT or not croniter.is_valid(text):
+            raise ValueError(
+                f"{expression!r} is not a cron alias this service runs; use @yearly, @monthly, "
+                "@weekly, @daily, @hourly or five or six fields"
+            )
+        return text
+    if len(text.split()) not in CRON_FIELDS:
+        raise ValueError(
+            f"{expression!r} has {len(text.split())} fields; a cron expression has five "
+            "(minute hour day-of-month month day-of-week), or six with seconds last "
+            "('* * * * * */2' is every two seconds)"
+        )
+    if not croniter.is_valid(text):
+        raise ValueError(f"{expression!r} is not a valid cron expression")
+    return text
+
+
+def parse_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{name!r} is not an IANA time zone name such as UTC, Europe/Berlin or "
+            "America/New_York"
+        ) from None
+
+
+def next_time(cron: str, zone: str, after: datetime) -> datetime:
+    """The first scheduled time strictly after ``after``, in UTC."""
+    start = after.astimezone(ZoneInfo(zone))
+    return croniter(cron, start).get_next(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def latest_time(cron: str, zone: str, now: datetime, due: datetime) -> datetime:
+    """The latest scheduled time at or before ``now``; ``due`` (a scheduled time that has
+    passed) is the answer when no later one has."""
+    latest = due
+    candidate = next_time(cron, zone, due)
+    if candidate <= now:
+        start = now.astimezone(ZoneInfo(zone))
+        latest = croniter(cron, start).get_prev(datetime).astimezone(UTC)
+        if next_time(cron, zone, latest) <= now:  # ``now`` was itself a scheduled time
+            latest = next_time(cron, zone, latest)
+    return latest
+
+
+class ScheduleRequest(BaseModel):
+    """The body of ``POST /schedules``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: Annotated[str, Field(description="Five fields, or six with seconds last; @daily.")]
+    timezone: Annotated[str, Field(description="IANA name the cron is read in.")] = "UTC"
+    job: JobRequest
+    keep_last: Annotated[
+        int, Field(ge=1, le=MAX_KEEP_LAST, description="Succeeded runs kept, newest first.")
+    ] = 7
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return parse_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        parse_zone(value)
+        return value
+
+
+@dataclass(frozen=True)
+class Schedule:
+    id: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    keep_last: int
+    next_run_at: datetime
+    last_run_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Schedule:
+        values = dict(row._mapping)
+        for name, value in values.items():
+            if isinstance(value, datetime):
+                values[name] = as_utc(value)
+        return cls(**values)
+
+
+async def create_schedule(
+    engine: AsyncEngine, request: ScheduleRequest, now: datetime
+) -> Schedule:
+    request.job.spec()  # InvalidParameter (422) now rather than a failed job each night
+    schedule_id = new_id()
+    values = {
+        "id": schedule_id, "cron": request.cron, "timezone": request.timezone,
+        "job": request.job.model_dump(), "keep_last": request.keep_last,
+        "next_run_at": next_time(request.cron, request.timezone, now), "created_at": now,
+    }
+    async with engine.begin() as conn:
+        await conn.execute(insert(schedules).values(**values))
+    return await find_schedule(engine, schedule_id)
+
+
+async def find_schedule(engine: AsyncEngine, schedule_id: str) -> Schedule:
+    async with engine.connect() as conn:
+        row = (await conn.execute(
+            select(schedules).where(schedules.c.id == schedule_id)
+        )).first()
+    if row is None:
+        raise NotFound(
+            f"no schedule with id {schedule_id!r}; GET /schedules lists the schedules there are"
+        )
+    return Schedule.from_row(row)
+
+
+async def list_schedules(engine: AsyncEngine) -> list[Schedule]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(schedules).order_by(schedules.c.created_at.desc(), schedules.c.id)
+        )
+        return [Schedule.from_row(row) for row in rows]
+
+
+async def delete_schedule(
+    engine: AsyncEngine, schedule_id: str, now: datetime, ttl: timedelta
+) -> None:
+    """Its jobs stay, as one-off jobs now: their files expire ``ttl`` from now."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(export_jobs)
+            .where(export_jobs.c.schedule_id == schedule_id, export_jobs.c.expires_at.is_(None),
+                   export_jobs.c.status == SUCCEEDED)
+            .values(expires_at=now + ttl)
+        )
+        result = await conn.execute(delete(schedules).where(schedules.c.id == schedule_id))
+        if not result.rowcount:
+            raise NotFound(f"no schedule with id {schedule_id!r}")
+
+
+async def fire_due(engine: AsyncEngine, now: datetime) -> tuple[list[Job], datetime | None]:
+    """Make the job of every schedule that is due, once; return the jobs this call made
+    and the earliest time a schedule is due next."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(schedules))).all()
+    made: list[Job] = []
+    earliest: datetime | None = None
+    for row in rows:
+        schedule = Schedule.from_row(row)
+        upcoming = schedule.next_run_at
+        if schedule.next_run_at <= now:
+            job = await _fire(engine, schedule, row.next_run_at, now)
+            if job is not None:
+                made.append(job)
+            upcoming = next_time(schedule.cron, schedule.timezone, now)
+        earliest = upcoming if earliest is None else min(earliest, upcoming)
+    return made, earliest
+
+
+async def _fire(
+    engine: AsyncEngine, schedule: Schedule, stored_next: Any, now: datetime
+) -> Job | None:
+    scheduled_for = latest_time(schedule.cron, schedule.timezone, now, schedule.next_run_at)
+    try:
+        spec = JobRequest.model_validate(schedule.job).spec()
+    except (ValueError, InvalidParameter) as exc:  # stored by an older version, say
+        log.error("schedule %s: its job is no longer valid (%s); skipping %s",
+                  schedule.id, exc, scheduled_for)
+        spec = None
+    try:
+        async with engine.begin() as conn:
+            claimed = await conn.execute(
+                update(schedules)
+                .where(schedules.c.id == schedule.id, schedules.c.next_run_at == stored_next)
+                .values(
+                    next_run_at=next_time(schedule.cron, schedule.timezone, now),
+                    last_run_at=scheduled_for,
+                )
+            )
+            if not claimed.rowcount or spec is None:
+                return None  # another worker fired this tick (or there is nothing to run)
+            job = await insert_job(conn, job_values(spec, now, schedule.id, scheduled_for))
+    except IntegrityError:
+        log.info("schedule %s: the job for %s exists already", schedule.id, scheduled_for)
+        return None
+    log.info("schedule %s fired job %s for %s", schedule.id, job.id, scheduled_for)
+    return job
+
+
+async def retention(engine: AsyncEngine, schedule_id: str, keep_last: int) -> list[Job]:
+    """Delete a schedule's finished jobs beyond its newest ``keep_last`` succeeded ones
+    (and beyond its newest ``keep_last`` failed, canceled or expired ones); returns the
+    deleted jobs, whose files the caller removes."""
+    newest = func.coalesce(export_jobs.c.scheduled_for, export_jobs.c.created_at)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(export_jobs.c.id, export_jobs.c.status)
+            .where(export_jobs.c.schedule_id == schedule_id, export_jobs.c.status.in_(FINISHED))
+            .order_by(newest.desc(), export_jobs.c.id.desc())
+        )).all()
+    kept = {"succeeded": 0, "other": 0}
+    doomed = []
+    for row in rows:
+        group = "succeeded" if row.status == SUCCEEDED else "other"
+        kept[group] += 1
+        if kept[group] > keep_last:
+            doomed.append(row.id)
+    if not doomed:
+        return []
+    async with engine.begin() as conn:
+        deleted = await conn.execute(
+            delete(export_jobs)
+            .where(export_jobs.c.id.in_(doomed), export_jobs.c.status.in_(FINISHED))
+            .returning(*export_jobs.c)
+        )
+        return [Job.from_row(row) for row in deleted]
+
+
+async def all_retention(engine: AsyncEngine) -> list[Job]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(schedules.c.id, schedules.c.keep_last))).all()
+    deleted = []
+    for row in rows:
+        deleted += await retention(engine, row.id, row.keep_last)
+    return deleted

@@ -1,0 +1,409 @@
+"""The worker: claims jobs, writes their files, fires schedules, sweeps up after them.
+
+It runs inside the service (``EXPORTER_RUN_WORKER``, the default) or as
+``exporter worker``; any number of workers share one database, and the database decides
+which one runs what (``jobs.py``, ``schedules.py``).
+
+A job's file is written by the one export pipeline (``open_export``, the bytes of the live
+HTTP export) with aiofiles, hashed as it is written, to ``<data_dir>/jobs/.<id>-<n>.part``
+(n: the attempt), fsynced, and renamed to ``<id>-<n>.<ext>``: a complete file or none.
+While it runs, a heartbeat every ``job_progress_seconds`` writes the progress, renews the
+lease and reads the cancel flag; a cancel or a lost claim stops the export at once and
+removes the partial file. The attempt in the name keeps a worker that lost its claim
+(its lease lapsed while the database was out of reach) from ever renaming over the file
+of the run that took over.
+
+A worker that dies (kill -9) leaves its jobs ``running`` under a lease that lapses; any
+worker then claims them again (each claim is an attempt; ``job_max_attempts`` of them and
+the job fails). A worker starting on the same host sees at once that the owner process is
+gone and does not wait for the lease. A worker that is stopped (SIGTERM) hands its jobs
+back to the queue. The sweep removes files no run will finish, expired files, and
+scheduled jobs beyond their schedule's ``keep_last``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter import jobs
+from exporter.config import Settings
+from exporter.errors import NotFound
+from exporter.jobs import Beat, Counts, Job, JobSpec
+from exporter.metrics import Metrics
+from exporter.schedules import all_retention, find_schedule, fire_due, retention
+from exporter.streaming import Progress, open_export
+
+log = logging.getLogger("exporter.worker")
+
+# <id>-<attempt>.<ext> once complete; .<id>-<attempt>.part while written.
+JOB_FILE = re.compile(r"^(?P<partial>\.)?(?P<id>[0-9a-f]{32})-(?P<attempt>\d+)\.")
+PARTIAL_SUFFIX = ".part"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def worker_owner() -> str:
+    """host:pid:random, so that a restart on the same host knows the old owner is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_is_gone(owner: str, me: str) -> bool:
+    """True only when certain: the owner ran on this host, and its process is not alive
+    (or is this process, under an earlier owner id, as after a container restart)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if owner == me or host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class JobProgress:
+    export: Progress = field(default_factory=Progress)
+    size: int = 0  # bytes written to the file (compressed, for gzip)
+
+    def counts(self) -> Counts:
+        return Counts(self.export.rows, self.export.total, self.size)
+
+
+@dataclass(frozen=True)
+class JobFile:
+    path: str  # name in the jobs directory
+    size: int
+    sha256: str
+    rows: int
+
+
+async def write_job_file(
+    engine: AsyncEngine, spec: JobSpec, settings: Settings, stem: str, progress: JobProgress
+) -> JobFile:
+    """The export to ``<stem>.<ext>``, whole or not at all."""
+    directory = settings.jobs_dir
+    partial = directory / f".{stem}{PARTIAL_SUFFIX}"
+    final = directory / f"{stem}.{spec.extension}"
+    digest = hashlib.sha256()
+    chunks = open_export(
+        engine, spec.query(), spec.format, settings, gzip=spec.gzip,
+        progress=progress.export, count=True,
+    )
+    try:
+        async with aiofiles.open(partial, "wb") as out, aclosing(chunks) as source:
+            async for chunk in source:
+                digest.update(chunk)
+                await out.write(chunk)
+                progress.size += len(chunk)
+            await out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+        await aiofiles.os.replace(partial, final)
+        await asyncio.to_thread(_fsync_directory, directory)
+    except BaseException:
+        await remove_file(partial)
+        raise
+    return JobFile(final.name, progress.size, digest.hexdigest(), progress.export.rows)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def remove_file(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        await aiofiles.os.remove(path)
+
+
+async def remove_job_file(settings: Settings, job: Job) -> None:
+    if job.file_path:
+        await remove_file(settings.jobs_dir / job.file_path)
+
+
+class Worker:
+    """Claims and runs up to ``worker_concurrency`` jobs, fires schedules, sweeps."""
+
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.owner = worker_owner()
+        self.lease = timedelta(seconds=settings.job_lease_seconds)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._next_sweep = 0.0
+        self._last_error = ""
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name="exporter worker")
+        self.task.add_done_callback(self._loop_ended)
+
+    def wake(self) -> None:
+        """Look for work now (a job was just queued in this process)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; hand running jobs back to the queue."""
+        if self.task is not None:
+            self.task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self.task
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the job worker stopped", exc_info=task.exception())
+
+    async def run(self) -> None:
+        jobs.check_sqlite_returning(self.engine)
+        await asyncio.to_thread(self.settings.jobs_dir.mkdir, parents=True, exist_ok=True)
+        log.info("worker %s: up to %d jobs at once", self.owner,
+                 self.settings.worker_concurrency)
+        recovered = False
+        while True:
+            self._wake.clear()
+            delay = self.settings.worker_poll_seconds
+            try:
+                if not recovered:
+                    await self.recover()
+                    recovered = True
+                delay = await self.tick()
+                if self._last_error:
+                    log.info("worker %s: the database answers again", self.owner)
+                    self._last_error = ""
+            except Exception as exc:  # the database is down or not migrated: keep trying
+                self._report(exc)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _report(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if message != self._last_error:  # once per distinct failure, not once a second
+            log.error("worker %s: %s; retrying every %s s", self.owner, message,
+                      self.settings.worker_poll_seconds)
+            self._last_error = message
+
+    async def recover(self) -> None:
+        """Runs whose owner process on this host is gone are claimable at once."""
+        gone = [o for o in await jobs.running_owners(self.engine)
+                if owner_is_gone(o, self.owner)]
+        if gone:
+            count = await jobs.expire_lapsed_leases(self.engine, gone, utcnow())
+            log.warning("worker %s: taking over %d job(s) of %s, which died",
+                        self.owner, count, ", ".join(gone))
+
+    async def tick(self) -> float:
+        """One round: fire schedules, claim jobs, sweep when due; seconds until the next."""
+        _, next_due = await fire_due(self.engine, utcnow())
+        await jobs.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
+        while len(self.running) < self.settings.worker_concurrency:
+            job = await jobs.claim_job(
+                self.engine, self.owner, utcnow(), self.lease, self.settings.job_max_attempts
+            )
+            if job is None:
+                break
+            self._start(job)
+        if time.monotonic() >= self._next_sweep:
+            await self.sweep()
+            self._next_sweep = time.monotonic() + self.settings.job_sweep_seconds
+        delay = self.settings.worker_poll_seconds
+        if next_due is not None:
+            delay = min(delay, max(0.0, (next_due - utcnow()).total_seconds()))
+        return delay
+
+    def _start(self, job: Job) -> None:
+        log.info("worker %s: job %s, attempt %d", self.owner, job.id, job.attempts)
+        task = asyncio.create_task(self._run(job), name=f"job {job.id}")
+        self.running[job.id] = task
+        if self.metrics is not None:
+            self.metrics.jobs_running.inc()
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            self.running.pop(job.id, None)
+            if self.metrics is not None:
+                self.metrics.jobs_running.dec()
+            self._wake.set()  # a slot is free
+
+        task.add_done_callback(ended)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        except Exception:  # the lease lapses, and another attempt runs
+            log.exception("job %s: attempt %d broke off", job.id, job.attempts)
+
+    async def _attempt(self, job: Job) -> None:
+        stem = f"{job.id}-{job.attempts}"
+        await self._remove_files_of(job.id)  # left by earlier attempts, which are over
+        progress = JobProgress()
+        writer = asyncio.create_task(
+            write_job_file(self.engine, job.spec, self.settings, stem, progress)
+        )
+        try:
+            verdict = await self._supervise(job, writer, progress)
+        except asyncio.CancelledError:  # the worker is stopping
+            await _stop(writer)
+            with suppress(Exception):
+                await jobs.requeue(self.engine, job.id, self.owner)
+            raise
+        await self._finish(job, writer, progress, verdict)
+
+    async def _supervise(
+        self, job: Job, writer: asyncio.Task[JobFile], progress: JobProgress
+    ) -> Beat:
+        """Heartbeats until the file is written (CONTINUE), canceled or the claim lost."""
+        written = progress.counts()
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.wait({writer}, timeout=self.settings.job_progress_seconds)
+            if writer.done():
+                return Beat.CONTINUE
+            counts = progress.counts()
+            try:
+                verdict = await jobs.beat(
+                    self.engine, job.id, self.owner, counts, counts != written, utcnow(),
+                    self.lease,
+                )
+                written, last_beat = counts, time.monotonic()
+            except Exception as exc:
+                log.warning("job %s: heartbeat failed: %s", job.id, exc)
+                verdict = Beat.CONTINUE
+                if time.monotonic() - last_beat > self.lease.total_seconds():
+                    verdict = Beat.LOST  # others may have taken it over by now
+            if verdict is not Beat.CONTINUE:
+                await _stop(writer)
+                return verdict
+
+    async def _finish(
+        self, job: Job, writer: asyncio.Task[JobFile], progress: JobProgress, verdict: Beat
+    ) -> None:
+        now = utcnow()
+        counts = progress.counts()
+        seen = {"rows_written": counts.rows, "total_rows": counts.total,
+                "bytes_written": counts.size}
+        if verdict is Beat.LOST:
+            log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
+            outcome = "lost"
+        elif verdict is Beat.CANCEL:
+            await jobs.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen)
+            log.info("job %s: canceled after %d rows", job.id, counts.rows)
+            outcome = jobs.CANCELED
+        elif (error := writer.exception()) is not None:
+            log.error("job %s failed", job.id, exc_info=error)
+            message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
+            await jobs.finish(self.engine, job.id, self.owner, jobs.FAILED, now, error=message,
+                              **seen)
+            outcome = jobs.FAILED
+        else:
+            outcome = await self._succeeded(job, writer.result(), seen, now)
+        if self.metrics is not None:
+            self.metrics.jobs_finished.labels(outcome).inc()
+
+    async def _succeeded(
+        self, job: Job, file: JobFile, seen: dict[str, int | None], now: datetime
+    ) -> str:
+        expires_at = None
+        if job.schedule_id is None:  # scheduled jobs are kept by their keep_last instead
+            expires_at = now + timedelta(seconds=self.settings.job_ttl_seconds)
+        recorded = await jobs.finish(
+            self.engine, job.id, self.owner, jobs.SUCCEEDED, now, expires_at=expires_at,
+            file_name=jobs.download_name(job.id, job.spec), file_path=file.path,
+            file_size=file.size, row_count=file.rows, sha256=file.sha256, **seen,
+        )
+        if not recorded:  # deleted while it was being finished
+            await remove_file(self.settings.jobs_dir / file.path)
+            return "lost"
+        log.info("job %s: %d rows, %d bytes, sha256 %s", job.id, file.rows, file.size,
+                 file.sha256)
+        if job.schedule_id is not None:
+            schedule = await self._keep_last(job.schedule_id)
+            if schedule is not None:
+                for old in await retention(self.engine, *schedule):
+                    await remove_job_file(self.settings, old)
+        return jobs.SUCCEEDED
+
+    async def _keep_last(self, schedule_id: str) -> tuple[str, int] | None:
+        try:
+            schedule = await find_schedule(self.engine, schedule_id)
+        except NotFound:
+            return None
+        return schedule.id, schedule.keep_last
+
+    async def _remove_files_of(self, job_id: str) -> None:
+        names = await asyncio.to_thread(_job_file_names, self.settings.jobs_dir)
+        for name in names:
+            match = JOB_FILE.match(name)
+            if match and match["id"] == job_id:
+                await remove_file(self.settings.jobs_dir / name)
+
+    async def sweep(self) -> None:
+        """Expire old one-off files, apply keep_last, and remove files no run will finish."""
+        for job in await jobs.expire_jobs(self.engine, utcnow()):
+            log.info("job %s expired; removing its file", job.id)
+            await remove_job_file(self.settings, job)
+        for job in await all_retention(self.engine):
+            await remove_job_file(self.settings, job)
+        await self._remove_orphans()
+
+    async def _remove_orphans(self) -> None:
+        # Listed before the database is read: a claim always comes before its file, so
+        # every file listed here has a row that says whether a run still owns it.
+        names = await asyncio.to_thread(_job_file_names, self.settings.jobs_dir)
+        found = {name: match for name in names if (match := JOB_FILE.match(name))}
+        known = await jobs.jobs_by_id(self.engine, sorted({m["id"] for m in found.values()}))
+        for name, match in found.items():
+            job = known.get(match["id"])
+            live = job is not None and (
+                (job.status == jobs.RUNNING and int(match["attempt"]) == job.attempts)
+                or (job.status == jobs.SUCCEEDED and job.file_path == name)
+            )
+            if not live:
+                log.info("removing %s: no run will finish it", name)
+                await remove_file(self.settings.jobs_dir / name)
+
+
+def _job_file_names(directory: Path) -> list[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+async def _stop(task: asyncio.Task[JobFile]) -> None:
+    """Cancel the writer and wait until it has removed its partial file."""
+    task.cancel()
+    await asyncio.wait({task})

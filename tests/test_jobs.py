@@ -1,0 +1,398 @@
+"""Jobs and schedules in-process: what a body may say, and the database's side of claiming,
+leases, ticks and retention, raced between workers on SQLite and PostgreSQL.
+
+What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) is in
+``test_jobs_server.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter import jobs
+from exporter.db import create_engine, downgrade_all, migrate
+from exporter.jobs import Beat, Counts, JobRequest
+from exporter.models import schedules
+from exporter.queries import parse_export_query
+from exporter.schedules import (
+    ScheduleRequest,
+    create_schedule,
+    fire_due,
+    latest_time,
+    next_time,
+    retention,
+)
+from exporter.worker import Worker
+from tests.conftest import SEED, SEEDED_USERS, Database, build_database, scratch_postgres_url
+
+LEASE = timedelta(seconds=30)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# What a body may say: validated as the live export validates its query string.
+
+def test_job_filters_and_fields_are_the_export_query_parameters() -> None:
+    request = JobRequest.model_validate({
+        "format": "csv", "fields": ["id", "email"],
+        "filters": {"country": ["de", "FR"], "is_active": True, "limit": 5,
+                    "created_from": "2024-01-01"},
+    })
+    spec = request.spec()
+    assert spec.filters == {"country": "de,FR", "is_active": "true", "limit": "5",
+                            "created_from": "2024-01-01"}
+    assert spec.query() == parse_export_query(
+        [("country", "de,FR"), ("is_active", "true"), ("limit", "5"),
+         ("created_from", "2024-01-01"), ("fields", "id,email")]
+    )
+    assert spec.extension == "csv" and spec.media_type == "text/csv; charset=utf-8"
+    gzip = JobRequest(format="ndjson", compression="gzip").spec()
+    assert gzip.extension == "ndjson.gz" and gzip.media_type == "application/gzip"
+
+
+BAD_JOBS: list[tuple[dict[str, Any], str, str]] = [
+    ({"format": "xml"}, "body.format", "csv"),
+    ({}, "body.format", "required"),
+    ({"format": "csv", "compression": "zip"}, "body.compression", "gzip"),
+    ({"format": "csv", "fields": []}, "body.fields", "at least 1"),
+    ({"format": "csv", "fields": "id"}, "body.fields", "list"),
+    ({"format": "csv", "fields": ["id", "nope"]}, "fields", "'nope'"),
+    ({"format": "csv", "fields": ["id", "id"]}, "fields", "twice"),
+    ({"format": "csv", "fields": ["id,email"]}, "fields", "own list item"),
+    ({"format": "csv", "filters": {"plan": "gold"}}, "filters.plan", "'gold'"),
+    ({"format": "csv", "filters": {"limt": 5}}, "filters.limt", "unknown filter"),
+    ({"format": "csv", "filters": {"fields": "id"}}, "filters.fields", "top-level"),
+    ({"format": "csv", "filters": {"limit": -1}}, "filters.limit", "whole number"),
+    ({"format": "csv", "filters": {"limit": 1.5}}, "filters.limit", "whole number"),
+    ({"format": "csv", "filters": {"country": ["DE", 1]}}, "filters.country", "strings"),
+    ({"format": "csv", "filters": {"country": ["DE,FR"]}}, "filters.country", "commas"),
+    ({"format": "csv", "filters": {"country": ["D"]}}, "filters.country", "alpha-2"),
+    ({"format": "csv", "filters": {"is_active": "maybe"}}, "filters.is_active", "boolean"),
+    ({"format": "csv", "filters": {"created_from": "2024-02-01", "created_to": "2024-01-01"}},
+     "filters.created_to", "swapped"),
+    ({"format": "csv", "filter": {}}, "body.filter", "Extra"),
+    ({"format": "csv", "filters": []}, "body.filters", "dictionary"),
+]
+
+
+@pytest.mark.parametrize(("body", "parameter", "says"), BAD_JOBS)
+async def test_a_bad_job_body_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], parameter: str, says: str
+) -> None:
+    response = await client.post("/jobs", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["error"] == "invalid_parameter"
+    assert error["parameter"] == parameter
+    assert parameter.removeprefix("body.") in error["message"]
+    assert says in response.text
+
+
+async def test_a_body_that_is_not_json_is_a_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/jobs", content=b"{format: csv", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+GOOD_JOB = {"format": "ndjson", "compression": "gzip"}
+BAD_SCHEDULES: list[tuple[dict[str, Any], str, str]] = [
+    ({"cron": "61 * * * *", "job": GOOD_JOB}, "body.cron", "not a valid cron"),
+    ({"cron": "* * * *", "job": GOOD_JOB}, "body.cron", "has 4 fields"),
+    ({"cron": "* * * * * * *", "job": GOOD_JOB}, "body.cron", "has 7 fields"),
+    ({"cron": "@reboot", "job": GOOD_JOB}, "body.cron", "@daily"),
+    ({"cron": "0 2 * * *", "timezone": "Mars/Olympus", "job": GOOD_JOB}, "body.timezone",
+     "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "../../etc/passwd", "job": GOOD_JOB}, "body.timezone",
+     "IANA"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 0}, "body.keep_last", "1"),
+    ({"cron": "0 2 * * *"}, "body.job", "required"),
+    ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"plan": "gold"}}},
+     "filters.plan", "'gold'"),
+]
+
+
+@pytest.mark.parametrize(("body", "parameter", "says"), BAD_SCHEDULES)
+async def test_a_bad_schedule_body_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], parameter: str, says: str
+) -> None:
+    response = await client.post("/schedules", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["parameter"] == parameter
+    assert says in response.text
+
+
+@pytest.mark.parametrize("path", [
+    "/jobs/0123", "/jobs/0123/events", "/jobs/0123/download", "/schedules/0123",
+])
+async def test_unknown_ids_are_404(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 404
+    assert "0123" in response.json()["message"]
+    assert (await client.post("/jobs/0123/cancel")).status_code == 404
+    assert (await client.delete("/jobs/0123")).status_code == 404
+    assert (await client.delete("/schedules/0123")).status_code == 404
+
+
+@pytest.mark.parametrize("query", ["status=done", "limit=0", "limit=1001", "limit=x"])
+async def test_bad_job_list_parameters_are_422(client: httpx.AsyncClient, query: str) -> None:
+    response = await client.get(f"/jobs?{query}")
+    assert response.status_code == 422
+    assert query.split("=")[0] in response.json()["parameter"]
+
+
+async def test_a_schedule_reports_its_next_time_in_utc(client: httpx.AsyncClient) -> None:
+    created = await client.post("/schedules", json={
+        "cron": "30 2 * * *", "timezone": "Asia/Tokyo", "job": GOOD_JOB, "keep_last": 3,
+    })
+    assert created.status_code == 201, created.text
+    schedule = created.json()
+    try:
+        assert created.headers["location"] == f"/schedules/{schedule['id']}"
+        assert schedule["next_run_at"].endswith("17:30:00Z")  # 02:30 in Tokyo (UTC+9)
+        assert schedule["job"]["compression"] == "gzip"
+        listed = (await client.get("/schedules")).json()
+        assert schedule["id"] in [s["id"] for s in listed]
+    finally:
+        assert (await client.delete(f"/schedules/{schedule['id']}")).status_code == 204
+    assert (await client.get(f"/schedules/{schedule['id']}")).status_code == 404
+
+
+# Cron times.
+
+def test_the_sixth_cron_field_is_seconds() -> None:
+    assert next_time("* * * * * */2", "UTC", at("2026-01-01T12:00:00.500")) == at(
+        "2026-01-01T12:00:02"
+    )
+    assert next_time("* * * * * */2", "UTC", at("2026-01-01T12:00:02")) == at(
+        "2026-01-01T12:00:04"
+    )
+
+
+def test_cron_times_are_read_in_the_schedule_time_zone() -> None:
+    winter, summer = at("2026-01-10T12:00:00"), at("2026-07-10T12:00:00")
+    assert next_time("0 2 * * *", "Europe/Berlin", winter) == at("2026-01-11T01:00:00")
+    assert next_time("0 2 * * *", "Europe/Berlin", summer) == at("2026-07-11T00:00:00")
+
+
+def test_missed_times_collapse_into_the_latest_one() -> None:
+    due = at("2026-01-01T12:00:00")
+    assert latest_time("* * * * * */2", "UTC", at("2026-01-01T12:00:01.9"), due) == due
+    assert latest_time("* * * * * */2", "UTC", at("2026-01-01T12:00:07.3"), due) == at(
+        "2026-01-01T12:00:06"
+    )
+    assert latest_time("* * * * * */2", "UTC", at("2026-01-01T12:00:08"), due) == at(
+        "2026-01-01T12:00:08"
+    )
+    assert latest_time("0 2 * * *", "UTC", at("2026-01-05T09:00:00"), at("2026-01-02T02:00")) \
+        == at("2026-01-05T02:00:00")
+
+
+# The database's side, raced.
+
+@pytest.fixture(scope="module")
+async def empty_database(
+    database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Database:
+    """Migrated and empty, of the same backend: these tests fill and race it."""
+    if database.backend == "postgresql":
+        url = await scratch_postgres_url("units")
+        data_dir = tmp_path_factory.mktemp("units-pg")
+    else:
+        data_dir = tmp_path_factory.mktemp("units")
+        url = f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    return Database(database.backend, url, data_dir)
+
+
+@pytest.fixture
+async def engines(empty_database: Database) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two engines, as two worker processes would have, on an emptied database."""
+    first = create_engine(empty_database.url)
+    second = create_engine(empty_database.url)
+    await downgrade_all(first)
+    await migrate(first)
+    yield first, second
+    await first.dispose()
+    await second.dispose()
+
+
+async def queue(engine: AsyncEngine, count: int, now: datetime) -> list[str]:
+    spec = JobRequest(format="csv").spec()
+    return [(await jobs.create_job(engine, spec, now + timedelta(microseconds=i))).id
+            for i in range(count)]
+
+
+async def test_two_workers_racing_never_claim_the_same_job(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    queued = await queue(engines[0], 30, now)
+
+    async def worker(engine: AsyncEngine, name: str) -> list[str]:
+        claimed = []
+        while (job := await jobs.claim_job(engine, name, now, LEASE, 3)) is not None:
+            claimed.append(job.id)
+        return claimed
+
+    results = await asyncio.gather(*(
+        worker(engines[i % 2], f"worker-{i}") for i in range(6)
+    ))
+    claimed = [job_id for result in results for job_id in result]
+    assert sorted(claimed) == sorted(queued), "each job claimed exactly once"
+    assert sum(1 for result in results if result) >= 2, "the workers did race"
+    assert [job.attempts for job in await jobs.list_jobs(engines[0], 100)] == [1] * 30
+
+
+async def test_a_lapsed_lease_is_taken_over_and_the_old_worker_can_change_nothing(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    (job_id,) = await queue(engines[0], 1, now)
+    first = await jobs.claim_job(engines[0], "dead", now, LEASE, 3)
+    assert first is not None and first.id == job_id
+    assert await jobs.claim_job(engines[1], "alive", now + LEASE / 2, LEASE, 3) is None
+    later = now + LEASE + timedelta(seconds=1)
+    second = await jobs.claim_job(engines[1], "alive", later, LEASE, 3)
+    assert second is not None and second.id == job_id and second.attempts == 2
+    counts = Counts(10, 100, 500)
+    assert await jobs.beat(engines[0], job_id, "dead", counts, True, later, LEASE) is Beat.LOST
+    assert not await jobs.finish(engines[0], job_id, "dead", jobs.SUCCEEDED, later)
+    assert await jobs.beat(engines[1], job_id, "alive", counts, True, later, LEASE) \
+        is Beat.CONTINUE
+    job = await jobs.find_job(engines[1], job_id)
+    assert (job.lease_owner, job.rows_written, job.total_rows, job.percent) == (
+        "alive", 10, 100, 10.0
+    )
+
+
+async def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    (job_id,) = await queue(engines[0], 1, now)
+    for attempt in range(3):
+        now += LEASE * 2
+        await jobs.settle_lapsed(engines[0], now, 3)
+        claimed = await jobs.claim_job(engines[0], f"mortal-{attempt}", now, LEASE, 3)
+        assert claimed is not None and claimed.attempts == attempt + 1
+    now += LEASE * 2
+    assert await jobs.claim_job(engines[0], "next", now, LEASE, 3) is None
+    await jobs.settle_lapsed(engines[0], now, 3)
+    job = await jobs.find_job(engines[0], job_id)
+    assert job.status == jobs.FAILED
+    assert job.error is not None and "3 times" in job.error
+
+
+async def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    first, second = await queue(engines[0], 2, now)
+    running = await jobs.claim_job(engines[0], "worker", now, LEASE, 3)
+    assert running is not None and running.id == first
+    assert (await jobs.cancel_job(engines[0], second, now)).status == jobs.CANCELED
+    flagged = await jobs.cancel_job(engines[0], first, now)
+    assert flagged.status == jobs.RUNNING and flagged.cancel_requested
+    counts = Counts(0, None, 0)
+    assert await jobs.beat(engines[0], first, "worker", counts, False, now, LEASE) is Beat.CANCEL
+    # A canceled job whose worker died ends canceled, not re-run.
+    later = now + LEASE * 2
+    assert await jobs.claim_job(engines[1], "other", later, LEASE, 3) is None
+    await jobs.settle_lapsed(engines[1], later, 3)
+    assert (await jobs.find_job(engines[1], first)).status == jobs.CANCELED
+
+
+async def test_a_tick_fired_by_racing_workers_makes_one_job_and_a_missed_day_one_catch_up(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    request = ScheduleRequest.model_validate(
+        {"cron": "0 2 * * *", "job": {"format": "csv"}, "keep_last": 2}
+    )
+    schedule = await create_schedule(engines[0], request, now)
+    # The service was down for five days: five 02:00s passed.
+    async with engines[0].begin() as conn:
+        await conn.execute(update(schedules).values(next_run_at=now - timedelta(days=5)))
+    results = await asyncio.gather(*(
+        fire_due(engines[i % 2], now) for i in range(8)
+    ))
+    made = [job for jobs_made, _ in results for job in jobs_made]
+    assert len(made) == 1
+    assert made[0].scheduled_for == latest_time("0 2 * * *", "UTC", now, now - timedelta(days=1))
+    _, next_due = results[0]
+    assert next_due == next_time("0 2 * * *", "UTC", now)
+    assert [job.id for job in await jobs.list_jobs(engines[0], 10, schedule_id=schedule.id)] \
+        == [made[0].id]
+
+
+async def test_retention_keeps_the_newest_succeeded_jobs_of_a_schedule(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    request = ScheduleRequest.model_validate(
+        {"cron": "* * * * *", "job": {"format": "csv"}, "keep_last": 2}
+    )
+    schedule = await create_schedule(engines[0], request, now)
+    statuses = [jobs.SUCCEEDED, jobs.FAILED, jobs.SUCCEEDED, jobs.SUCCEEDED, jobs.RUNNING,
+                jobs.SUCCEEDED, jobs.FAILED, jobs.FAILED, jobs.FAILED]
+    spec = request.job.spec()
+    async with engines[0].begin() as conn:
+        for minute, status in enumerate(statuses):
+            values = jobs.job_values(spec, now, schedule.id, now + timedelta(minutes=minute))
+            values["status"] = status
+            await jobs.insert_job(conn, values)
+    deleted = await retention(engines[0], schedule.id, schedule.keep_last)
+    left = await jobs.list_jobs(engines[0], 100, schedule_id=schedule.id)
+    by_status: dict[str, list[datetime]] = {}
+    for job in left:
+        assert job.scheduled_for is not None
+        by_status.setdefault(job.status, []).append(job.scheduled_for)
+    assert sorted(by_status[jobs.SUCCEEDED]) == [now + timedelta(minutes=m) for m in (3, 5)]
+    assert sorted(by_status[jobs.FAILED]) == [now + timedelta(minutes=m) for m in (7, 8)]
+    assert by_status[jobs.RUNNING] == [now + timedelta(minutes=4)]  # never deleted
+    assert sorted(job.scheduled_for for job in deleted) == [  # type: ignore[type-var]
+        now + timedelta(minutes=m) for m in (0, 1, 2, 6)
+    ]
+
+
+async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    database = await build_database("sqlite", tmp_path, SEEDED_USERS, SEED)
+    with sqlite3.connect(tmp_path / "exporter.db") as conn:  # text that is not UTF-8
+        conn.execute("UPDATE users SET bio = CAST(X'C328FF' AS TEXT) WHERE id = 2000")
+    settings = database.settings(
+        batch_rows=50, job_progress_seconds=0.05, worker_poll_seconds=0.05
+    )
+    engine = create_engine(database.url)
+    worker = Worker(engine, settings)
+    try:
+        job = await jobs.create_job(engine, JobRequest(format="csv").spec(), datetime.now(UTC))
+        worker.start()
+        for _ in range(200):
+            job = await jobs.find_job(engine, job.id)
+            if job.finished:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+        await engine.dispose()
+    assert job.status == jobs.FAILED
+    assert job.error is not None and "decode" in job.error.lower()
+    assert 0 < job.rows_written < job.total_rows  # type: ignore[operator]
+    assert os.listdir(settings.jobs_dir) == []
