@@ -36,7 +36,18 @@ DATABASE_UNREACHABLE = (
     OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError,
 )
 
-ECHO_LIMIT = 200  # characters of a client's header quoted back in an error
+ECHO_LIMIT = 200  # characters of a client's value or header quoted back in an error
+
+
+def echo(value: object) -> object:
+    """A client's value made safe to quote back in a JSON error: short, encodable (no lone
+    surrogates), and no NaN or giant number that JSON cannot carry."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) <= 2**63:
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text[:ECHO_LIMIT].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ExporterError(Exception):
@@ -62,10 +73,11 @@ class InvalidParameter(ExporterError):
     def __init__(
         self, parameter: str, value: object, reason: str, valid: Sequence[str] | None = None
     ) -> None:
-        message = f"{parameter}={value!r}: {reason}"
+        shown = echo(value)
+        message = f"{parameter}={shown!r}: {reason}"
         if valid is not None:
             message += f"; valid values: {', '.join(valid)}"
-        details: dict[str, Any] = {"parameter": parameter, "value": value}
+        details: dict[str, Any] = {"parameter": parameter, "value": shown}
         if valid is not None:
             details["valid"] = list(valid)
         super().__init__(message, **details)

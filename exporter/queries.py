@@ -179,7 +179,9 @@ def _timestamp(name: str, raw: str) -> datetime:
 
 def _natural(name: str, raw: str) -> int:
     text = raw.strip()
-    if not text.isdigit() or not text.isascii() or int(text) > MAX_INTEGER:
+    # Length first: int() of a huge digit string is slow, then refused by Python itself.
+    if len(text) > len(str(MAX_INTEGER)) or not text.isdigit() or not text.isascii() \
+            or int(text) > MAX_INTEGER:
         raise InvalidParameter(name, raw, f"expected a whole number from 0 to {MAX_INTEGER}")
     return int(text)
 

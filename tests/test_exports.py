@@ -201,6 +201,9 @@ BAD_QUERIES = [
     ("created_from=2024-02-01&created_to=2024-01-01", "created_to", "swapped"),
     ("after_id=%00", "after_id", "\\x00"),
     ("limit=%D9%A3", "limit", "٣"),
+    ("limit=" + "9" * 5000, "limit", "whole number"),
+    ("country=%ED%A0%80", "country", "country"),
+    ("fields=" + "x" * 60_000, "fields", "unknown field"),
     ("colour=red", "colour", "unknown query parameter"),
 ]
 
@@ -217,6 +220,7 @@ async def test_bad_parameters_get_a_422_naming_the_parameter_and_value(
     assert error["error"] == "invalid_parameter"
     assert error["parameter"] == parameter
     assert mentioned in error["message"]
+    assert len(response.content) < 4000, "a huge value is not echoed back whole"
 
 
 async def test_unknown_field_error_lists_the_valid_fields(client: httpx.AsyncClient) -> None:
