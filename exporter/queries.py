@@ -32,7 +32,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from exporter.errors import InvalidParameter
+from exporter.errors import InvalidParameter, echo
 from exporter.models import PLANS, users
 
 
@@ -112,7 +112,7 @@ def _build(values: Mapping[str, str]) -> ExportQuery:
     if start is not None and end is not None and start > end:
         raise InvalidParameter(
             "created_to", values["created_to"],
-            f"is before created_from={values['created_from']!r}; were they swapped?",
+            f"is before created_from={echo(values['created_from'])!r}; were they swapped?",
         )
     return ExportQuery(**query)
 
@@ -128,10 +128,12 @@ def _fields(raw: str) -> tuple[str, ...]:
     names = _items("fields", raw)
     unknown = [name for name in names if name not in FIELDS]
     if unknown:
-        raise InvalidParameter("fields", raw, f"unknown field {unknown[0]!r}", tuple(FIELDS))
+        raise InvalidParameter(
+            "fields", raw, f"unknown field {echo(unknown[0])!r}", tuple(FIELDS)
+        )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise InvalidParameter("fields", raw, f"field {repeated[0]!r} is listed twice")
+        raise InvalidParameter("fields", raw, f"field {echo(repeated[0])!r} is listed twice")
     return tuple(names)
 
 
@@ -140,7 +142,8 @@ def _countries(raw: str) -> tuple[str, ...]:
     for code in codes:
         if not COUNTRY_CODE.fullmatch(code):
             raise InvalidParameter(
-                "country", raw, f"{code!r} is not an ISO 3166-1 alpha-2 code such as DE or FR"
+                "country", raw,
+                f"{echo(code)!r} is not an ISO 3166-1 alpha-2 code such as DE or FR",
             )
     return tuple(dict.fromkeys(code.upper() for code in codes))
 
@@ -149,7 +152,7 @@ def _choices(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     items = _items(name, raw)
     for item in items:
         if item not in allowed:
-            raise InvalidParameter(name, raw, f"unknown value {item!r}", allowed)
+            raise InvalidParameter(name, raw, f"unknown value {echo(item)!r}", allowed)
     return tuple(dict.fromkeys(items))
 
 
