@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -227,19 +228,32 @@ def curl(url: str, timeout: float, out: str = "/dev/null") -> Download:
     return Download(float(total), int(size))
 
 
-def timed(command: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> float:
-    """Wall time of a command whose output goes to /dev/null."""
+def timed_cpu(command: Sequence[str], timeout: float) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of a command whose output goes to /dev/null."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-        timeout=timeout,
+        list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise BenchError(
             f"{shlex.join(command)}: exit {done.returncode}: {done.stderr.decode()[-300:]}"
         )
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
+
+
+def timed(command: Sequence[str], timeout: float) -> float:
+    return timed_cpu(command, timeout)[0]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -313,6 +327,7 @@ class Bench:
     raw: dict[str, list[float]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    load: list[tuple[float, float, float]] = field(default_factory=list)
 
     # ---- helpers
 
@@ -437,7 +452,7 @@ class Bench:
     def sqlite_stage(self) -> None:
         with self.exporter_server("exporter") as (base, proc):
             self.stage(["mem_idle", "mem_growth"], lambda: self.memory(base, proc.pid))
-            self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base))
+            self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
             self.stage(["health"], lambda: self.health(base))
             self.stage(["large_file"], lambda: self.large_file(base))
 
@@ -468,24 +483,35 @@ class Bench:
         row.value = f"{full_mb - small_mb:+.1f} MB"
         row.result = verdict(abs(full_mb - small_mb) <= 10)
 
-    def downloads(self, base: str) -> None:
+    def downloads(self, base: str, pid: int) -> None:
         db, timeout = str(self.db), self.args.timeout
+
+        def floor(name: str, *options: str) -> None:
+            wall, cpu = timed_cpu(["sqlite3", *options, db, "select * from users"], timeout)
+            self.record(name, wall)
+            self.record(f"{name} CPU", cpu)
+
+        def ours(fmt: str) -> None:
+            before = process_cpu(pid)
+            self.record(f"exporter {fmt}", curl(f"{base}/exports/users.{fmt}", timeout).seconds)
+            self.record(f"exporter {fmt} CPU", process_cpu(pid) - before)
+
         for run in range(1, self.args.runs + 1):
             self.say(f"downloads: run {run}/{self.args.runs}")
-            self.record("sqlite3 -csv", timed(
-                ["sqlite3", "-csv", "-header", db, "select * from users"], timeout))
-            self.record("exporter csv", curl(f"{base}/exports/users.csv", timeout).seconds)
-            self.record("sqlite3 -json", timed(
-                ["sqlite3", "-json", db, "select * from users"], timeout))
-            self.record("exporter ndjson", curl(f"{base}/exports/users.ndjson", timeout).seconds)
-            self.record("exporter json", curl(f"{base}/exports/users.json", timeout).seconds)
-        for fmt, floor, limit in (("csv", "sqlite3 -csv", 2.0), ("ndjson", "sqlite3 -json", 1.5),
-                                  ("json", "sqlite3 -json", 1.5)):
-            ours, theirs = self.median(f"exporter {fmt}"), self.median(floor)
+            floor("sqlite3 -csv", "-csv", "-header")
+            ours("csv")
+            floor("sqlite3 -json", "-json")
+            ours("ndjson")
+            ours("json")
+        for fmt, anchor, limit in (("csv", "sqlite3 -csv", 2.0),
+                                   ("ndjson", "sqlite3 -json", 1.5),
+                                   ("json", "sqlite3 -json", 1.5)):
+            wall, floor_wall = self.median(f"exporter {fmt}"), self.median(anchor)
+            cpu, floor_cpu = self.median(f"exporter {fmt} CPU"), self.median(f"{anchor} CPU")
             row = self.rows[fmt]
-            row.exporter, row.anchor = seconds(ours), f"`{floor}`: {seconds(theirs)}"
-            row.value = f"{ours / theirs:.2f}x"
-            row.result = verdict(ours / theirs <= limit)
+            row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
+            row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
+            row.result = verdict(wall / floor_wall <= limit)
 
     def health(self, base: str) -> None:
         p50s, p99s, counts = [], [], []
@@ -701,8 +727,8 @@ http {{
         base = f"http://{LOOPBACK}:{port}"
         try:
             wait_for_http(f"{base}/health", proc, 60, "naive", self.procs)
-            for run in range(1, self.args.runs + 1):
-                self.say(f"naive endpoint: run {run}/{self.args.runs}")
+            for run in range(1, self.args.naive_runs + 1):
+                self.say(f"naive endpoint: run {run}/{self.args.naive_runs}")
                 if run == 1:  # the first run's body is kept once, to count its rows
                     copy = self.work / "naive.ndjson"
                     got = curl(f"{base}/users.ndjson", self.args.timeout, str(copy))
@@ -718,7 +744,8 @@ http {{
         theirs, ours = self.median("naive ndjson"), self.median("exporter ndjson")
         floor = self.median("sqlite3 -json")
         row.exporter, row.anchor = seconds(ours), f"naive: {seconds(theirs)}"
-        row.value = f"{theirs / ours:.1f}x faster (naive is {theirs / floor:.0f}x the floor)"
+        row.value = (f"{theirs / ours:.1f}x faster (naive is {theirs / floor:.0f}x the floor; "
+                     f"{plural(self.args.naive_runs, 'run')})")
         row.result = "info"
 
     # ---- PostgreSQL
@@ -817,6 +844,7 @@ http {{
     # ---- everything
 
     def run(self) -> None:
+        self.load.append(os.getloadavg())
         self.ensure_tools()
         self.ensure_data()
         self.collect_versions()
@@ -850,6 +878,10 @@ http {{
         for package in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite", "orjson"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 self.versions[package] = importlib.metadata.version(package)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def find_tool(name: str) -> str | None:
@@ -891,12 +923,16 @@ def render_markdown(bench: Bench, argv: Sequence[str], started: datetime, took: 
         for name, values in bench.raw.items()
     )
     facts = "\n".join(f"- {key}: {value}" for key, value in machine().items())
+    facts += "\n- load average (1, 5, 15 min) at the start: {}; at the end: {}".format(
+        *(", ".join(f"{x:.2f}" for x in load) for load in bench.load)
+    )
     versions = "\n".join(f"- {key}: {value}" for key, value in bench.versions.items())
     notes = "".join(f"- {note}\n" for note in bench.notes)
     return f"""# Benchmarks
 
 {args.users:,} users, SQLite unless the row says otherwise; each number is the median of
-{args.runs} run(s). Measured {started:%Y-%m-%d %H:%M} UTC, the whole run took {took / 60:.1f} min.
+{plural(args.runs, "run")}. Measured {started:%Y-%m-%d %H:%M} UTC; the whole run took
+{took / 60:.1f} min.
 Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below.
 
 {render_table(bench.rows)}
@@ -920,12 +956,15 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
 - Downloads: `curl -sS -o /dev/null -w %{{time_total}}` of `/exports/users.<format>` from
   `exporter serve` on a loopback port, against `sqlite3 -csv -header <db> "select * from users"`
   or `sqlite3 -json <db> "select * from users"` to `/dev/null` on the same file, interleaved
-  run by run, after one untimed read of the table to warm the page cache.
+  run by run, after one untimed read of the table to warm the page cache. CPU in the ratio
+  column: the server process's user + system seconds (all threads) per download against
+  `sqlite3`'s, which is steadier than wall time when the machine is shared.
 - Datasette: `datasette serve <db> --setting max_csv_mb 0 --setting sql_time_limit_ms 1000000`
   (its own venv, `bench/.venv-datasette`), `curl` of `/<db>/users.csv?_stream=on&_size=max`.
   The first run's body is written to a file and its CSV records counted (must equal the users).
 - Naive endpoint: `bench/naive_app.py` under uvicorn (SQLAlchemy rows, `json.dumps(dict(row))`
-  per yield), `/users.ndjson`; the first run's body is kept and its lines counted.
+  per yield), `/users.ndjson`; {plural(args.naive_runs, "run")} (`--naive-runs`: each takes
+  minutes and the row has no target); the first run's body is kept and its lines counted.
 - Memory: `VmRSS` of the server process every 50 ms. Idle is the peak over 1 s after a
   10-row warm-up export; then {args.runs} exports of `?limit=100000` and {args.runs} full exports
   (CSV), each run's peak, medians compared.
@@ -937,7 +976,7 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
   `psql -c "\\copy (select * from users order by id) to stdout with (format csv, header)"`.
 - Seeding: wall time of `exporter seed --users N` (with its large file) in a fresh data dir.
 
-{("## Notes" + chr(10) + chr(10) + notes) if notes else ""}## Raw runs
+{("## Notes" + chr(10) + chr(10) + notes + chr(10)) if notes else ""}## Raw runs
 
 Seconds unless the name says otherwise.
 
@@ -972,6 +1011,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-file-mb", type=float,
                         help="size of large-file.bin when seeding (default 256; quick 16)")
     parser.add_argument("--postgres-url", help="postgresql+asyncpg://... to bench PostgreSQL too")
+    parser.add_argument("--naive-runs", type=int, default=1,
+                        help="runs of the naive endpoint, about 5 min each at 1M (default 1)")
     parser.add_argument("--no-datasette", action="store_true", help="skip Datasette")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive endpoint")
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx")
@@ -996,7 +1037,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.large_file_mb = 16 if quick else 256
     if args.out is None:
         args.out = args.data_dir / "benchmarks-quick.md" if quick else DOCS_OUT
-    if args.users < 1 or args.runs < 1:
+    if args.users < 1 or args.runs < 1 or args.naive_runs < 1:
         raise SystemExit("bench: --users and --runs must be at least 1")
     args.data_dir = args.data_dir.resolve()
     return args
@@ -1019,6 +1060,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.run()
         finally:
             procs.stop_all()
+            bench.load.append(os.getloadavg())
+            if bench.load[0][0] > 0.5:
+                bench.notes.append(
+                    f"The machine was not idle when the run started (1-min load "
+                    f"{bench.load[0][0]:.2f}): other processes shared its cores, so wall times "
+                    "are noisier than usual; the CPU ratios and the raw runs show by how much."
+                )
     table = render_table(bench.rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
