@@ -518,7 +518,9 @@ class Bench:
         for run in range(1, self.args.runs + 1):
             self.say(f"/health under {CONCURRENT_EXPORTS} concurrent CSV exports: "
                      f"run {run}/{self.args.runs}")
+            started = time.perf_counter()
             latencies = self.health_once(base)
+            self.record("health run s", time.perf_counter() - started)
             p50s.append(percentile(latencies, 50) * 1000)
             p99s.append(percentile(latencies, 99) * 1000)
             counts.append(len(latencies))
@@ -528,7 +530,8 @@ class Bench:
         p50, p99 = statistics.median(p50s), statistics.median(p99s)
         row = self.rows["health"]
         row.exporter = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        row.anchor = f"{int(statistics.median(counts))} requests every 10 ms"
+        row.anchor = (f"{int(statistics.median(counts))} requests in "
+                      f"{self.median('health run s'):.0f} s, one per 10 ms at most")
         row.value = f"p99 {p99:.1f} ms"
         row.result = verdict(p99 <= 25)
 
