@@ -1,0 +1,1084 @@
+"""The benchmark for issue 3: the exporter against its floors and peers, on one machine, in one run.
+
+The service is a black box here: it is seeded with ``exporter seed``, served with
+``exporter serve`` and measured over HTTP with curl, exactly as a user would run it.
+Every measurement is the median of ``--runs`` runs, interleaved with its anchor so that
+drift on the machine hits both alike. Every process started here runs in its own session
+and is ended (its process group) in a ``finally``; every address is loopback.
+
+    ./scripts/bench                 # the full run: 1M users, 3 runs, writes docs/benchmarks.md
+    ./scripts/bench --quick         # smoke test: 50k users, 1 run, its own data dir
+    .venv/bin/python -m bench.run --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+try:
+    import httpx
+except ImportError:  # pragma: no cover - a friendly message instead of a traceback
+    sys.exit("bench: httpx is missing; run ./scripts/bench (or .venv/bin/python -m bench.run)")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_OUT = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+README_START = "<!-- bench-table:start -->"
+README_END = "<!-- bench-table:end -->"
+DATASETTE_VENV = ROOT / "bench" / ".venv-datasette"
+DATASETTE_REQUIREMENT = "datasette==0.65.5"
+LOOPBACK = "127.0.0.1"
+MB = 1024 * 1024
+HEALTH_INTERVAL_S = 0.010
+RSS_INTERVAL_S = 0.050
+CONCURRENT_EXPORTS = 4
+MEMORY_SLICE_ROWS = 100_000
+
+
+class BenchError(Exception):
+    """A measurement could not be taken; its row says why, the others go on."""
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Row:
+    key: str
+    what: str
+    target: str
+    exporter: str = ""
+    anchor: str = ""
+    value: str = ""
+    result: str = "n/a: not run"
+
+
+def fresh_rows() -> dict[str, Row]:
+    """Every row of the table, in order; a stage that cannot run leaves its reason in it."""
+    rows = [
+        Row("csv", "CSV download, all rows (curl)", "<= 2.0x `sqlite3 -csv -header`"),
+        Row("ndjson", "NDJSON download, all rows", "<= 1.5x `sqlite3 -json`"),
+        Row("json", "JSON array download, all rows", "<= 1.5x `sqlite3 -json`"),
+        Row("datasette", "Datasette CSV stream vs exporter CSV", ">= 5x faster"),
+        Row("naive", "naive tutorial endpoint (NDJSON) vs exporter NDJSON", "none (peer)"),
+        Row("postgres", "PostgreSQL CSV download", "<= 1.3x `psql \\copy`"),
+        Row("mem_idle", "server RSS peak, all-rows CSV export, above idle", "<= 64 MB"),
+        Row("mem_growth", "server RSS peak, all-rows export vs 100k-row export", "within 10 MB"),
+        Row("health", "`/health` p99 during 4 concurrent full CSV exports", "<= 25 ms"),
+        Row("large_file", "large-file download throughput vs nginx sendfile", ">= 50% of nginx"),
+        Row("seed", "`exporter seed` of all users in a fresh data dir", "<= 30 s"),
+    ]
+    return {row.key: row for row in rows}
+
+
+ROW_LABELS = tuple(row.what for row in fresh_rows().values())
+
+
+def render_table(rows: dict[str, Row]) -> str:
+    lines = [
+        "| what | exporter | anchor | ratio or value | target | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows.values():
+        cells = (row.what, row.exporter, row.anchor, row.value, row.target, row.result)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f} s"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child of the bench: own session, output to a log file, ended by process group."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: dict[str, str] | None = None,
+        stdout: int | IO[bytes] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as log_file:
+            proc = subprocess.Popen(
+                list(command),
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file if stdout is None else stdout,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        self.started.append(proc)
+        return proc
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        log = self.log_dir / f"{name}.log"
+        if not log.exists():
+            return ""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, what: str, procs: Processes
+) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"{what} exited with {proc.returncode}: {procs.log_tail(what)}"
+                )
+            try:
+                response = client.get(url)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+    raise BenchError(f"{what} not ready at {url} after {timeout:.0f} s: {last}")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Download:
+    seconds: float
+    bytes: int
+
+
+def curl(url: str, timeout: float, out: str = "/dev/null") -> Download:
+    """One full download with curl; its own ``time_total`` is the wall time."""
+    command = [
+        "curl", "-sS", "--noproxy", "*", "--max-time", str(int(timeout)), "-o", out,
+        "-w", "%{http_code} %{size_download} %{time_total}", url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30)
+    if done.returncode != 0:
+        raise BenchError(f"curl {url}: exit {done.returncode}: {done.stderr.strip()}")
+    code, size, total = done.stdout.split()
+    if code != "200":
+        raise BenchError(f"curl {url}: HTTP {code}")
+    return Download(float(total), int(size))
+
+
+def timed_cpu(command: Sequence[str], timeout: float) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of a command whose output goes to /dev/null."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
+    )
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise BenchError(
+            f"{shlex.join(command)}: exit {done.returncode}: {done.stderr.decode()[-300:]}"
+        )
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
+
+
+def timed(command: Sequence[str], timeout: float) -> float:
+    return timed_cpu(command, timeout)[0]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+class RssSampler:
+    """Peak VmRSS of one process, sampled every 50 ms on a thread while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kb = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, BenchError):
+                self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
+                self.samples += 1
+            if self._stop.wait(RSS_INTERVAL_S):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def count_csv_records(path: Path) -> int:
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        return sum(1 for _ in csv.reader(handle)) - 1  # minus the header
+
+
+def count_lines(path: Path) -> int:
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(MB):
+            count += block.count(b"\n")
+    return count
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    procs: Processes
+    work: Path
+    rows: dict[str, Row] = field(default_factory=fresh_rows)
+    raw: dict[str, list[float]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    load: list[tuple[float, float, float]] = field(default_factory=list)
+
+    # ---- helpers
+
+    @property
+    def data_dir(self) -> Path:
+        path: Path = self.args.data_dir
+        return path
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "exporter.db"
+
+    @property
+    def users(self) -> int:
+        users: int = self.args.users
+        return users
+
+    def say(self, message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def record(self, name: str, value: float) -> None:
+        self.raw.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.raw[name])
+
+    def exporter_env(self, database_url: str | None = None, data_dir: Path | None = None
+                     ) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+        env["EXPORTER_DATA_DIR"] = str(data_dir or self.data_dir)
+        env["EXPORTER_MAX_CONCURRENT_EXPORTS"] = str(max(8, CONCURRENT_EXPORTS))
+        if database_url:
+            env["EXPORTER_DATABASE_URL"] = database_url
+        return env
+
+    def stage(self, keys: Sequence[str], run: Callable[[], None]) -> None:
+        """Run one stage; if it fails, its rows say so and the bench goes on."""
+        try:
+            run()
+        except Exception as exc:  # a failed stage must not lose the others' numbers
+            message = str(exc).replace("\n", " ")[:300]
+            self.say(f"{'/'.join(keys)} failed: {message}")
+            for key in keys:
+                if self.rows[key].result.startswith("n/a: not run"):
+                    self.rows[key].result = f"error: {message}"
+
+    @contextlib.contextmanager
+    def exporter_server(
+        self, name: str, database_url: str | None = None
+    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+        port = free_port()
+        proc = self.procs.start(
+            name,
+            [sys.executable, "-m", "exporter", "serve", "--host", LOOPBACK, "--port", str(port),
+             "--log-level", "warning"],
+            env=self.exporter_env(database_url),
+        )
+        base = f"http://{LOOPBACK}:{port}"
+        try:
+            wait_for_http(f"{base}/ready", proc, 60, name, self.procs)
+            yield base, proc
+        finally:
+            self.procs.stop(proc)
+
+    # ---- preparation
+
+    def ensure_tools(self) -> None:
+        for tool, package in (("curl", "curl"), ("sqlite3", "sqlite3")):
+            if not find_tool(tool) and not self.apt_install(package):
+                raise SystemExit(f"bench: `{tool}` is needed (apt-get install {package})")
+
+    def apt_install(self, package: str) -> bool:
+        if self.args.no_install or os.geteuid() != 0 or not shutil.which("apt-get"):
+            return False
+        self.say(f"installing {package} with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+            try:
+                done = subprocess.run(command, capture_output=True, env=env, timeout=600)
+            except subprocess.TimeoutExpired:
+                return False
+            if done.returncode != 0:
+                self.notes.append(f"`{shlex.join(command)}` failed: "
+                                  f"{done.stderr.decode(errors='replace').strip()[-200:]}")
+                return False
+        return True
+
+    def existing_users(self) -> int | None:
+        if not self.db.exists():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as conn:
+                count: int = conn.execute("select count(*) from users").fetchone()[0]
+                return count
+        except sqlite3.Error:
+            return None
+
+    def ensure_data(self) -> None:
+        existing = self.existing_users()
+        if existing == self.users:
+            self.say(f"{self.db} already holds {existing} users")
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
+                   "--large-file-mb", str(self.args.large_file_mb)]
+        if existing:
+            command.append("--reset")
+        self.say(f"seeding {self.users} users into {self.data_dir} (found {existing})")
+        done = subprocess.run(command, env=self.exporter_env(), cwd=ROOT, timeout=1800,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: seeding failed: {done.stderr[-1000:]}")
+        if self.existing_users() != self.users:
+            raise SystemExit(f"bench: {self.db} does not hold {self.users} users after seeding")
+
+    def warm_cache(self) -> None:
+        """Read the table once so every contender starts from a warm page cache."""
+        timed(["sqlite3", str(self.db), "select * from users"], timeout=self.args.timeout)
+
+    # ---- SQLite: downloads, memory, health, large file
+
+    def sqlite_stage(self) -> None:
+        with self.exporter_server("exporter") as (base, proc):
+            self.stage(["mem_idle", "mem_growth"], lambda: self.memory(base, proc.pid))
+            self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
+            self.stage(["health"], lambda: self.health(base))
+            self.stage(["large_file"], lambda: self.large_file(base))
+
+    def memory(self, base: str, pid: int) -> None:
+        self.say("memory: idle, 100k-row and all-row CSV exports")
+        curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)  # warm: imports, pools
+        time.sleep(0.5)
+        with RssSampler(pid) as idle:
+            time.sleep(1.0)
+        slice_rows = min(MEMORY_SLICE_ROWS, self.users)
+        for _ in range(self.args.runs):
+            with RssSampler(pid) as small:
+                curl(f"{base}/exports/users.csv?limit={slice_rows}", self.args.timeout)
+            self.record("rss_100k_mb", small.peak_mb)
+        for _ in range(self.args.runs):
+            with RssSampler(pid) as full:
+                curl(f"{base}/exports/users.csv", self.args.timeout)
+            self.record("rss_full_mb", full.peak_mb)
+        idle_mb = idle.peak_mb
+        self.raw["rss_idle_mb"] = [idle_mb]
+        small_mb, full_mb = self.median("rss_100k_mb"), self.median("rss_full_mb")
+        row = self.rows["mem_idle"]
+        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
+        row.value = f"+{full_mb - idle_mb:.1f} MB"
+        row.result = verdict(full_mb - idle_mb <= 64)
+        row = self.rows["mem_growth"]
+        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"{slice_rows} rows: {small_mb:.0f} MB"
+        row.value = f"{full_mb - small_mb:+.1f} MB"
+        row.result = verdict(abs(full_mb - small_mb) <= 10)
+
+    def downloads(self, base: str, pid: int) -> None:
+        db, timeout = str(self.db), self.args.timeout
+
+        def floor(name: str, *options: str) -> None:
+            wall, cpu = timed_cpu(["sqlite3", *options, db, "select * from users"], timeout)
+            self.record(name, wall)
+            self.record(f"{name} CPU", cpu)
+
+        def ours(fmt: str) -> None:
+            before = process_cpu(pid)
+            self.record(f"exporter {fmt}", curl(f"{base}/exports/users.{fmt}", timeout).seconds)
+            self.record(f"exporter {fmt} CPU", process_cpu(pid) - before)
+
+        for run in range(1, self.args.runs + 1):
+            self.say(f"downloads: run {run}/{self.args.runs}")
+            floor("sqlite3 -csv", "-csv", "-header")
+            ours("csv")
+            floor("sqlite3 -json", "-json")
+            ours("ndjson")
+            ours("json")
+        for fmt, anchor, limit in (("csv", "sqlite3 -csv", 2.0),
+                                   ("ndjson", "sqlite3 -json", 1.5),
+                                   ("json", "sqlite3 -json", 1.5)):
+            wall, floor_wall = self.median(f"exporter {fmt}"), self.median(anchor)
+            cpu, floor_cpu = self.median(f"exporter {fmt} CPU"), self.median(f"{anchor} CPU")
+            row = self.rows[fmt]
+            row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
+            row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
+            row.result = verdict(wall / floor_wall <= limit)
+
+    def health(self, base: str) -> None:
+        p50s, p99s, counts = [], [], []
+        for run in range(1, self.args.runs + 1):
+            self.say(f"/health under {CONCURRENT_EXPORTS} concurrent CSV exports: "
+                     f"run {run}/{self.args.runs}")
+            started = time.perf_counter()
+            latencies = self.health_once(base)
+            self.record("health run s", time.perf_counter() - started)
+            p50s.append(percentile(latencies, 50) * 1000)
+            p99s.append(percentile(latencies, 99) * 1000)
+            counts.append(len(latencies))
+            self.record("health max ms", max(latencies) * 1000)
+        self.raw["health p50 ms"], self.raw["health p99 ms"] = p50s, p99s
+        self.raw["health samples"] = [float(c) for c in counts]
+        p50, p99 = statistics.median(p50s), statistics.median(p99s)
+        row = self.rows["health"]
+        row.exporter = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        row.anchor = (f"{int(statistics.median(counts))} requests in "
+                      f"{self.median('health run s'):.0f} s, one per 10 ms at most")
+        row.value = f"p99 {p99:.1f} ms"
+        row.result = verdict(p99 <= 25)
+
+    def health_once(self, base: str) -> list[float]:
+        url = f"{base}/exports/users.csv"
+        exports = [
+            self.procs.start(
+                f"health-curl-{i}",
+                ["curl", "-sS", "--noproxy", "*", "--max-time", str(int(self.args.timeout)),
+                 "-o", "/dev/null", "-w", "%{http_code}", url],
+                stdout=subprocess.PIPE,
+            )
+            for i in range(CONCURRENT_EXPORTS)
+        ]
+        latencies: list[float] = []
+        deadline = time.monotonic() + self.args.timeout
+        try:
+            with httpx.Client(base_url=base, trust_env=False, timeout=10) as client:
+                client.get("/health").raise_for_status()  # connect outside the measurement
+                next_at = time.perf_counter()
+                while any(p.poll() is None for p in exports) or len(latencies) < 20:
+                    if time.monotonic() > deadline:
+                        raise BenchError("concurrent exports did not finish in time")
+                    pause = next_at - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    started = time.perf_counter()
+                    client.get("/health").raise_for_status()
+                    latencies.append(time.perf_counter() - started)
+                    next_at = max(next_at + HEALTH_INTERVAL_S, time.perf_counter())
+            for proc in exports:
+                assert proc.stdout is not None
+                status = proc.stdout.read().decode().strip()
+                proc.wait(timeout=self.args.timeout)
+                if proc.returncode != 0 or status != "200":
+                    raise BenchError(f"a concurrent export failed: curl exit "
+                                     f"{proc.returncode}, HTTP {status}")
+        finally:
+            for proc in exports:
+                self.procs.stop(proc)
+        return latencies
+
+    def large_file(self, base: str) -> None:
+        path = self.data_dir / "files" / "large-file.bin"
+        row = self.rows["large_file"]
+        if not path.exists():
+            row.result = f"n/a: no {path.name} in the data dir"
+            return
+        size = path.stat().st_size
+        timed(["cat", str(path)], self.args.timeout)  # page cache, for both servers
+        with httpx.Client(trust_env=False, timeout=30) as client, client.stream(
+            "GET", f"{base}/files/{path.name}"
+        ) as response:
+            status = response.status_code
+        nginx_mbps = self.nginx_throughput(path) if not self.args.no_nginx else None
+        if nginx_mbps is not None:
+            row.anchor = f"nginx {nginx_mbps:.0f} MB/s"
+        elif self.args.no_nginx:
+            row.anchor = "nginx skipped (--no-nginx)"
+        if status == 404:
+            row.result = "n/a: endpoint absent (404)"
+            return
+        if status != 200:
+            raise BenchError(f"GET /files/{path.name}: HTTP {status}")
+        for _ in range(self.args.runs):
+            got = curl(f"{base}/files/{path.name}", self.args.timeout)
+            if got.bytes != size:
+                raise BenchError(f"/files/{path.name} sent {got.bytes} of {size} bytes")
+            self.record("exporter large file MB/s", size / MB / got.seconds)
+        ours = self.median("exporter large file MB/s")
+        row.exporter = f"{ours:.0f} MB/s"
+        if nginx_mbps is None:
+            row.result = f"n/a: {row.anchor or 'nginx not available'}"
+            return
+        row.value = f"{ours / nginx_mbps:.0%}"
+        row.result = verdict(ours / nginx_mbps >= 0.5)
+
+    def nginx_throughput(self, path: Path) -> float | None:
+        nginx = find_tool("nginx")
+        if not nginx and self.apt_install("nginx-light"):
+            nginx = find_tool("nginx")
+        if not nginx:
+            self.rows["large_file"].anchor = "nginx not installable"
+            return None
+        self.versions["nginx"] = subprocess.run(
+            [nginx, "-v"], capture_output=True, text=True, timeout=30
+        ).stderr.strip().removeprefix("nginx version: ")
+        prefix = self.work / "nginx"
+        prefix.mkdir(exist_ok=True)
+        port = free_port()
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = prefix / "nginx.conf"
+        conf.write_text(f"""
+{user}
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen {LOOPBACK}:{port};
+        root {path.parent.resolve()};
+    }}
+}}
+""")
+        proc = self.procs.start("nginx", [nginx, "-p", str(prefix), "-c", str(conf)])
+        base = f"http://{LOOPBACK}:{port}"
+        try:
+            wait_for_http(f"{base}/{path.name}", proc, 30, "nginx", self.procs)
+            size = path.stat().st_size
+            for _ in range(self.args.runs):
+                got = curl(f"{base}/{path.name}", self.args.timeout)
+                if got.bytes != size:
+                    raise BenchError(f"nginx sent {got.bytes} of {size} bytes")
+                self.record("nginx large file MB/s", size / MB / got.seconds)
+        finally:
+            self.procs.stop(proc)
+        return self.median("nginx large file MB/s")
+
+    # ---- peers: Datasette and the naive endpoint
+
+    def datasette_stage(self) -> None:
+        row = self.rows["datasette"]
+        if self.args.no_datasette:
+            row.result = "n/a: skipped (--no-datasette)"
+            return
+        datasette = self.ensure_datasette()
+        self.versions["datasette"] = subprocess.run(
+            [str(datasette), "--version"], capture_output=True, text=True, timeout=60
+        ).stdout.strip().removeprefix("datasette, version ")
+        port = free_port()
+        proc = self.procs.start("datasette", [
+            str(datasette), "serve", str(self.db), "--host", LOOPBACK, "--port", str(port),
+            "--setting", "max_csv_mb", "0", "--setting", "sql_time_limit_ms", "1000000",
+        ])
+        base = f"http://{LOOPBACK}:{port}"
+        url = f"{base}/{self.db.stem}/users.csv?_stream=on&_size=max"
+        try:
+            wait_for_http(f"{base}/-/versions.json", proc, 60, "datasette", self.procs)
+            for run in range(1, self.args.runs + 1):
+                self.say(f"datasette: run {run}/{self.args.runs}")
+                if run == 1:  # the first run's body is kept once, to count its rows
+                    copy = self.work / "datasette.csv"
+                    self.record("datasette csv", curl(url, self.args.timeout, str(copy)).seconds)
+                    records = count_csv_records(copy)
+                    copy.unlink()
+                    if records != self.users:
+                        raise BenchError(f"Datasette sent {records} rows, not {self.users}")
+                else:
+                    self.record("datasette csv", curl(url, self.args.timeout).seconds)
+        finally:
+            self.procs.stop(proc)
+        theirs, ours = self.median("datasette csv"), self.median("exporter csv")
+        row.exporter, row.anchor = seconds(ours), f"Datasette: {seconds(theirs)}"
+        row.value = f"{theirs / ours:.1f}x faster"
+        row.result = verdict(theirs / ours >= 5)
+
+    def ensure_datasette(self) -> Path:
+        datasette = DATASETTE_VENV / "bin" / "datasette"
+        if datasette.exists():
+            return datasette
+        self.say(f"installing {DATASETTE_REQUIREMENT} into {DATASETTE_VENV}")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(DATASETTE_VENV)],
+                       check=True, timeout=300, capture_output=True)
+        done = subprocess.run(
+            [str(DATASETTE_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
+             "--disable-pip-version-check", DATASETTE_REQUIREMENT],
+            capture_output=True, text=True, timeout=900,
+        )
+        if done.returncode != 0 or not datasette.exists():
+            shutil.rmtree(DATASETTE_VENV, ignore_errors=True)
+            raise BenchError(f"could not install {DATASETTE_REQUIREMENT}: {done.stderr[-300:]}")
+        return datasette
+
+    def naive_stage(self) -> None:
+        row = self.rows["naive"]
+        if self.args.no_naive:
+            row.result = "n/a: skipped (--no-naive)"
+            return
+        port = free_port()
+        env = {**os.environ, "NAIVE_DB": str(self.db.resolve())}
+        proc = self.procs.start("naive", [
+            sys.executable, "-m", "uvicorn", "naive_app:app", "--app-dir", str(ROOT / "bench"),
+            "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
+        ], env=env)
+        base = f"http://{LOOPBACK}:{port}"
+        try:
+            wait_for_http(f"{base}/health", proc, 60, "naive", self.procs)
+            for run in range(1, self.args.naive_runs + 1):
+                self.say(f"naive endpoint: run {run}/{self.args.naive_runs}")
+                if run == 1:  # the first run's body is kept once, to count its rows
+                    copy = self.work / "naive.ndjson"
+                    got = curl(f"{base}/users.ndjson", self.args.timeout, str(copy))
+                    lines = count_lines(copy)
+                    copy.unlink()
+                    if lines != self.users:
+                        raise BenchError(f"the naive endpoint sent {lines} rows")
+                else:
+                    got = curl(f"{base}/users.ndjson", self.args.timeout)
+                self.record("naive ndjson", got.seconds)
+        finally:
+            self.procs.stop(proc)
+        theirs, ours = self.median("naive ndjson"), self.median("exporter ndjson")
+        floor = self.median("sqlite3 -json")
+        row.exporter, row.anchor = seconds(ours), f"naive: {seconds(theirs)}"
+        row.value = (f"{theirs / ours:.1f}x faster (naive is {theirs / floor:.0f}x the floor; "
+                     f"{plural(self.args.naive_runs, 'run')})")
+        row.result = "info"
+
+    # ---- PostgreSQL
+
+    def postgres_stage(self) -> None:
+        row = self.rows["postgres"]
+        url: str | None = self.args.postgres_url
+        if not url:
+            row.result = "n/a: no --postgres-url given"
+            return
+        if not url.startswith("postgresql+asyncpg://"):
+            raise BenchError("--postgres-url must start with postgresql+asyncpg://")
+        libpq = "postgresql://" + url.removeprefix("postgresql+asyncpg://")
+        psql = find_tool("psql")
+        if not psql:
+            raise BenchError("psql is not installed")
+        try:
+            self.versions["postgresql"] = self.psql(psql, libpq, "show server_version")
+        except BenchError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            self.create_database(psql, libpq)
+            self.versions["postgresql"] = self.psql(psql, libpq, "show server_version")
+        try:
+            existing: int | None = int(self.psql(psql, libpq, "select count(*) from users"))
+        except BenchError:
+            existing = None
+        if existing != self.users:
+            self.say(f"postgres: seeding {self.users} users (found {existing})")
+            scratch = Path(tempfile.mkdtemp(dir=self.work, prefix="pg-seed-"))
+            command = [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
+                       "--large-file-mb", "0"] + (["--reset"] if existing else [])
+            done = subprocess.run(command, env=self.exporter_env(url, scratch), cwd=ROOT,
+                                  capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise BenchError(f"seeding PostgreSQL failed: {done.stderr[-300:]}")
+        copy = (r"\copy (select * from users order by id) to stdout "
+                "with (format csv, header)")
+        floor_command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq, "-c", copy]
+        with self.exporter_server("exporter-pg", url) as (base, _proc):
+            for run in range(1, self.args.runs + 1):
+                self.say(f"postgres: run {run}/{self.args.runs}")
+                self.record("psql \\copy", timed(floor_command, self.args.timeout))
+                self.record("exporter pg csv",
+                            curl(f"{base}/exports/users.csv", self.args.timeout).seconds)
+        ours, theirs = self.median("exporter pg csv"), self.median("psql \\copy")
+        row.exporter, row.anchor = seconds(ours), f"`psql \\copy ... csv`: {seconds(theirs)}"
+        row.value = f"{ours / theirs:.2f}x"
+        row.result = verdict(ours / theirs <= 1.3)
+
+    def create_database(self, psql: str, libpq: str) -> None:
+        """The database named in --postgres-url is missing: create it from ``postgres``."""
+        parts = urllib.parse.urlsplit(libpq)
+        name = parts.path.lstrip("/")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise BenchError(f"database {name!r} does not exist; create it first")
+        self.say(f"postgres: creating database {name}")
+        self.psql(psql, parts._replace(path="/postgres").geturl(), f'CREATE DATABASE "{name}"')
+
+    def psql(self, psql: str, libpq: str, sql: str) -> str:
+        done = subprocess.run([psql, "-X", "-tAq", "-d", libpq, "-c", sql],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BenchError(f"psql: {done.stderr.strip()[:300]}")
+        return done.stdout.strip()
+
+    # ---- seeding time
+
+    def seed_stage(self) -> None:
+        row = self.rows["seed"]
+        if self.args.no_seed_time:
+            row.result = "n/a: skipped (--no-seed-time)"
+            return
+        scratch = Path(tempfile.mkdtemp(dir=self.data_dir, prefix="seed-time-"))
+        self.say(f"seed time: {self.users} users into a fresh {scratch}")
+        try:
+            started = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
+                 "--large-file-mb", str(self.args.large_file_mb)],
+                env=self.exporter_env(data_dir=scratch), cwd=ROOT, capture_output=True,
+                text=True, timeout=1800,
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if done.returncode != 0:
+            raise BenchError(f"exporter seed failed: {done.stderr[-300:]}")
+        self.record("seed wall s", elapsed)
+        own = re.search(r"seeded \d+ users in ([\d.]+) s", done.stderr)
+        row.exporter = seconds(elapsed)
+        row.anchor = (f"seeder's own count: {own.group(1)} s" if own else "")
+        row.value = f"{self.args.large_file_mb:g} MiB file included; 1 run"
+        row.result = verdict(elapsed <= 30)
+
+    # ---- everything
+
+    def run(self) -> None:
+        self.load.append(os.getloadavg())
+        self.ensure_tools()
+        self.ensure_data()
+        self.collect_versions()
+        self.warm_cache()
+        self.sqlite_stage()
+        self.stage(["datasette"], self.datasette_stage)
+        self.stage(["naive"], self.naive_stage)
+        self.stage(["postgres"], self.postgres_stage)
+        self.stage(["seed"], self.seed_stage)
+
+    def collect_versions(self) -> None:
+        def first_line(command: Sequence[str]) -> str:
+            try:
+                done = subprocess.run(list(command), capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                return "not found"
+            return (done.stdout or done.stderr).strip().splitlines()[0]
+
+        commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"])
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.strip()
+        self.versions.update({
+            "exporter commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "python": platform.python_version(),
+            "sqlite3 CLI": first_line(["sqlite3", "--version"]).split()[0],
+            "SQLite library (python)": sqlite3.sqlite_version,
+            "curl": first_line(["curl", "--version"]).split()[1],
+        })
+        for package in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite", "orjson"):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                self.versions[package] = importlib.metadata.version(package)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / MB:.1f} GiB"
+                break
+    return {
+        "CPU": cpu,
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "memory": memory,
+        "kernel": platform.release(),
+    }
+
+
+def reproduce_command(argv: Sequence[str]) -> str:
+    return "./scripts/bench" + (" " + shlex.join(argv) if argv else "")
+
+
+def render_markdown(bench: Bench, argv: Sequence[str], started: datetime, took: float) -> str:
+    args = bench.args
+    raw = "\n".join(
+        f"- {name}: " + ", ".join(f"{value:.3f}" for value in values)
+        for name, values in bench.raw.items()
+    )
+    facts = "\n".join(f"- {key}: {value}" for key, value in machine().items())
+    facts += "\n- load average (1, 5, 15 min) at the start: {}; at the end: {}".format(
+        *(", ".join(f"{x:.2f}" for x in load) for load in bench.load)
+    )
+    versions = "\n".join(f"- {key}: {value}" for key, value in bench.versions.items())
+    notes = "".join(f"- {note}\n" for note in bench.notes)
+    return f"""# Benchmarks
+
+{args.users:,} users, SQLite unless the row says otherwise; each number is the median of
+{plural(args.runs, "run")}. Measured {started:%Y-%m-%d %H:%M} UTC; the whole run took
+{took / 60:.1f} min.
+Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below.
+
+{render_table(bench.rows)}
+
+## Reproduce
+
+```sh
+{reproduce_command(argv)}
+```
+
+## Machine
+
+{facts}
+
+## Versions
+
+{versions}
+
+## How each row is measured
+
+- Downloads: `curl -sS -o /dev/null -w %{{time_total}}` of `/exports/users.<format>` from
+  `exporter serve` on a loopback port, against `sqlite3 -csv -header <db> "select * from users"`
+  or `sqlite3 -json <db> "select * from users"` to `/dev/null` on the same file, interleaved
+  run by run, after one untimed read of the table to warm the page cache. CPU in the ratio
+  column: the server process's user + system seconds (all threads) per download against
+  `sqlite3`'s, which is steadier than wall time when the machine is shared.
+- Datasette: `datasette serve <db> --setting max_csv_mb 0 --setting sql_time_limit_ms 1000000`
+  (its own venv, `bench/.venv-datasette`), `curl` of `/<db>/users.csv?_stream=on&_size=max`.
+  The first run's body is written to a file and its CSV records counted (must equal the users).
+- Naive endpoint: `bench/naive_app.py` under uvicorn (SQLAlchemy rows, `json.dumps(dict(row))`
+  per yield), `/users.ndjson`; {plural(args.naive_runs, "run")} (`--naive-runs`: each takes
+  minutes and the row has no target); the first run's body is kept and its lines counted.
+- Memory: `VmRSS` of the server process every 50 ms. Idle is the peak over 1 s after a
+  10-row warm-up export; then {args.runs} exports of `?limit=100000` and {args.runs} full exports
+  (CSV), each run's peak, medians compared.
+- `/health`: {CONCURRENT_EXPORTS} concurrent full CSV downloads (curl) while one persistent
+  httpx client requests `/health` every 10 ms until they finish; p50/p99 per run, medians.
+- Large file: `curl` of `/files/large-file.bin` from the exporter (n/a while that endpoint is
+  absent) against nginx (`sendfile on`, one worker) serving the same file; MB/s.
+- PostgreSQL (only with `--postgres-url`): the exporter's CSV against
+  `psql -c "\\copy (select * from users order by id) to stdout with (format csv, header)"`.
+- Seeding: wall time of `exporter seed --users N` (with its large file) in a fresh data dir.
+
+{("## Notes" + chr(10) + chr(10) + notes + chr(10)) if notes else ""}## Raw runs
+
+Seconds unless the name says otherwise.
+
+{raw}
+"""
+
+
+def update_readme(table: str) -> bool:
+    text = README.read_text()
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        return False
+    README.write_text(pattern.sub(lambda _m: f"{README_START}\n{table}\n{README_END}", text))
+    return True
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench", description="Benchmark the exporter against its floors and peers."
+    )
+    parser.add_argument("--users", type=int, help="users to seed (default 1000000; quick 50000)")
+    parser.add_argument("--runs", type=int, help="runs per measurement (default 3; quick 1)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="bench data dir (default ./data-bench; quick ./data-bench-quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: fewer users, one run, no README update")
+    parser.add_argument("--out", type=Path,
+                        help="markdown report (default docs/benchmarks.md; quick: in the data dir)")
+    parser.add_argument("--large-file-mb", type=float,
+                        help="size of large-file.bin when seeding (default 256; quick 16)")
+    parser.add_argument("--postgres-url", help="postgresql+asyncpg://... to bench PostgreSQL too")
+    parser.add_argument("--naive-runs", type=int, default=1,
+                        help="runs of the naive endpoint, about 5 min each at 1M (default 1)")
+    parser.add_argument("--no-datasette", action="store_true", help="skip Datasette")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive endpoint")
+    parser.add_argument("--no-nginx", action="store_true", help="skip nginx")
+    parser.add_argument("--no-seed-time", action="store_true", help="skip timing a fresh seed")
+    parser.add_argument("--no-install", action="store_true",
+                        help="never apt-get install a missing tool (nginx, sqlite3)")
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds allowed for any one download or command (default 900)")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    quick = args.quick
+    if args.users is None:
+        args.users = 50_000 if quick else 1_000_000
+    if args.runs is None:
+        args.runs = 1 if quick else 3
+    if args.data_dir is None:
+        args.data_dir = ROOT / ("data-bench-quick" if quick else "data-bench")
+    if args.large_file_mb is None:
+        args.large_file_mb = 16 if quick else 256
+    if args.out is None:
+        args.out = args.data_dir / "benchmarks-quick.md" if quick else DOCS_OUT
+    if args.users < 1 or args.runs < 1 or args.naive_runs < 1:
+        raise SystemExit("bench: --users and --runs must be at least 1")
+    args.data_dir = args.data_dir.resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    started, clock = datetime.now(UTC), time.monotonic()
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    with tempfile.TemporaryDirectory(prefix="exporter-bench-") as work_dir:
+        work = Path(work_dir)
+        procs = Processes(work)
+        bench = Bench(args, procs, work)
+        try:
+            bench.run()
+        finally:
+            procs.stop_all()
+            bench.load.append(os.getloadavg())
+            if bench.load[0][0] > 0.5:
+                bench.notes.append(
+                    f"The machine was not idle when the run started (1-min load "
+                    f"{bench.load[0][0]:.2f}): other processes shared its cores, so wall times "
+                    "are noisier than usual; the CPU ratios and the raw runs show by how much."
+                )
+    table = render_table(bench.rows)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render_markdown(bench, argv, started, time.monotonic() - clock))
+    print(f"\nwritten to {args.out}", file=sys.stderr)
+    if args.out.resolve() == DOCS_OUT and update_readme(table):
+        print(f"table copied into {README}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
