@@ -425,10 +425,18 @@ class Bench:
         except sqlite3.Error:
             return None
 
+    def migrate(self, env: dict[str, str]) -> None:
+        """Bring a reused database up to this code's schema (idempotent)."""
+        done = subprocess.run([sys.executable, "-m", "exporter", "migrate"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise BenchError(f"exporter migrate failed: {done.stderr[-300:]}")
+
     def ensure_data(self) -> None:
         existing = self.existing_users()
         if existing == self.users:
             self.say(f"{self.db} already holds {existing} users")
+            self.migrate(self.exporter_env())
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
@@ -785,6 +793,8 @@ http {{
                                   capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
                 raise BenchError(f"seeding PostgreSQL failed: {done.stderr[-300:]}")
+        else:
+            self.migrate(self.exporter_env(url, Path(tempfile.mkdtemp(dir=self.work))))
         copy = (r"\copy (select * from users order by id) to stdout "
                 "with (format csv, header)")
         floor_command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq, "-c", copy]
