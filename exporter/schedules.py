@@ -179,7 +179,9 @@ async def list_schedules(engine: AsyncEngine) -> list[Schedule]:
 async def delete_schedule(
     engine: AsyncEngine, schedule_id: str, now: datetime, ttl: timedelta
 ) -> None:
-    """Its jobs stay, as one-off jobs now: their files expire ``ttl`` from now."""
+    """Its jobs stay, as one-off jobs now: the files of succeeded ones expire ``ttl`` from now,
+    and queued or running ones expire ``ttl`` after they succeed (the worker sees that the
+    schedule is gone; ``expire_unscheduled`` catches one that finished during this call)."""
     async with engine.begin() as conn:
         await conn.execute(
             update(export_jobs)
@@ -190,6 +192,20 @@ async def delete_schedule(
         result = await conn.execute(delete(schedules).where(schedules.c.id == schedule_id))
         if not result.rowcount:
             raise NotFound(f"no schedule with id {schedule_id!r}")
+
+
+async def expire_unscheduled(engine: AsyncEngine, now: datetime, ttl: timedelta) -> int:
+    """Succeeded jobs whose schedule is gone and that have no expiry yet get one, as one-off
+    jobs have: those that finished just as their schedule was being deleted."""
+    gone = ~select(schedules.c.id).where(schedules.c.id == export_jobs.c.schedule_id).exists()
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(export_jobs)
+            .where(export_jobs.c.status == SUCCEEDED, export_jobs.c.expires_at.is_(None),
+                   export_jobs.c.schedule_id.is_not(None), gone)
+            .values(expires_at=now + ttl)
+        )
+    return int(result.rowcount)
 
 
 async def fire_due(engine: AsyncEngine, now: datetime) -> tuple[list[Job], datetime | None]:

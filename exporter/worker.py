@@ -45,7 +45,13 @@ from exporter.config import Settings
 from exporter.errors import NotFound
 from exporter.jobs import Beat, Counts, Job, JobSpec
 from exporter.metrics import Metrics
-from exporter.schedules import all_retention, find_schedule, fire_due, retention
+from exporter.schedules import (
+    all_retention,
+    expire_unscheduled,
+    find_schedule,
+    fire_due,
+    retention,
+)
 from exporter.streaming import Progress, open_export
 
 log = logging.getLogger("exporter.worker")
@@ -335,8 +341,11 @@ class Worker:
     async def _succeeded(
         self, job: Job, file: JobFile, seen: dict[str, int | None], now: datetime
     ) -> str:
+        # A scheduled job is kept by its schedule's keep_last; one whose schedule was deleted
+        # while it was queued or running has none, and expires like a one-off job.
+        schedule = None if job.schedule_id is None else await self._keep_last(job.schedule_id)
         expires_at = None
-        if job.schedule_id is None:  # scheduled jobs are kept by their keep_last instead
+        if schedule is None:
             expires_at = now + timedelta(seconds=self.settings.job_ttl_seconds)
         recorded = await jobs.finish(
             self.engine, job.id, self.owner, jobs.SUCCEEDED, now, expires_at=expires_at,
@@ -348,11 +357,9 @@ class Worker:
             return "lost"
         log.info("job %s: %d rows, %d bytes, sha256 %s", job.id, file.rows, file.size,
                  file.sha256)
-        if job.schedule_id is not None:
-            schedule = await self._keep_last(job.schedule_id)
-            if schedule is not None:
-                for old in await retention(self.engine, *schedule):
-                    await remove_job_file(self.settings, old)
+        if schedule is not None:
+            for old in await retention(self.engine, *schedule):
+                await remove_job_file(self.settings, old)
         return jobs.SUCCEEDED
 
     async def _keep_last(self, schedule_id: str) -> tuple[str, int] | None:
@@ -376,6 +383,9 @@ class Worker:
             await remove_job_file(self.settings, job)
         for job in await all_retention(self.engine):
             await remove_job_file(self.settings, job)
+        await expire_unscheduled(
+            self.engine, utcnow(), timedelta(seconds=self.settings.job_ttl_seconds)
+        )
         await self._remove_orphans()
 
     async def _remove_orphans(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import jobs
+from exporter.config import Settings, load_settings
 from exporter.db import create_engine, downgrade_all, migrate
 from exporter.jobs import Beat, Counts, JobRequest
 from exporter.models import schedules
@@ -27,12 +29,13 @@ from exporter.queries import parse_export_query
 from exporter.schedules import (
     ScheduleRequest,
     create_schedule,
+    delete_schedule,
     fire_due,
     latest_time,
     next_time,
     retention,
 )
-from exporter.worker import Worker
+from exporter.worker import Worker, utcnow
 from tests.conftest import SEED, SEEDED_USERS, Database, build_database, scratch_postgres_url
 
 LEASE = timedelta(seconds=30)
@@ -396,3 +399,62 @@ async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no
     assert job.error is not None and "decode" in job.error.lower()
     assert 0 < job.rows_written < job.total_rows  # type: ignore[operator]
     assert os.listdir(settings.jobs_dir) == []
+
+
+# The worker, in-process, on the emptied database (an export of no rows is still a file).
+
+def worker_settings(database: Database, tmp_path: Path, **overrides: object) -> Settings:
+    return load_settings(**{
+        "database_url": database.url, "data_dir": tmp_path, "worker_poll_seconds": 0.05,
+        "job_progress_seconds": 0.05, **overrides,
+    })
+
+
+async def finished_by_worker(
+    engine: AsyncEngine, settings: Settings, job_id: str, seconds: float = 20
+) -> jobs.Job:
+    """Run a worker until the job has finished (or ``seconds`` have passed)."""
+    worker = Worker(engine, settings)
+    worker.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while not (job := await jobs.find_job(engine, job_id)).finished:
+            assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+    return job
+
+
+async def test_a_job_whose_schedule_was_deleted_before_it_ran_expires_like_a_one_off_job(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    engine, now = engines[0], datetime.now(UTC)
+    request = ScheduleRequest.model_validate({"cron": "0 2 * * *", "job": {"format": "csv"}})
+    schedule = await create_schedule(engine, request, now)
+    async with engine.begin() as conn:
+        queued = await jobs.insert_job(
+            conn, jobs.job_values(request.job.spec(), now, schedule.id, now)
+        )
+    await delete_schedule(engine, schedule.id, now, timedelta(days=7))
+    settings = worker_settings(empty_database, tmp_path, job_ttl_seconds=3600)
+    job = await finished_by_worker(engine, settings, queued.id)
+    assert job.status == jobs.SUCCEEDED
+    assert job.expires_at is not None and job.finished_at is not None
+    assert job.expires_at - job.finished_at == timedelta(hours=1)
+
+
+async def test_the_sweep_expires_a_job_that_succeeded_as_its_schedule_was_deleted(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    engine, now = engines[0], datetime.now(UTC)
+    spec = JobRequest(format="csv").spec()
+    async with engine.begin() as conn:  # succeeded without an expiry, its schedule gone
+        values = jobs.job_values(spec, now, "0" * 32, now) | {"status": jobs.SUCCEEDED}
+        orphan = await jobs.insert_job(conn, values)
+        kept = await jobs.insert_job(conn, jobs.job_values(spec, now) | {"status": jobs.SUCCEEDED})
+    before = utcnow()
+    await Worker(engine, worker_settings(empty_database, tmp_path, job_ttl_seconds=60)).sweep()
+    expires_at = (await jobs.find_job(engine, orphan.id)).expires_at
+    assert expires_at is not None and before + timedelta(seconds=60) <= expires_at
+    assert (await jobs.find_job(engine, kept.id)).expires_at is None, "a one-off job's own"
