@@ -30,7 +30,7 @@ from sqlalchemy import Row, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.db import backend_name
-from exporter.errors import Conflict, InvalidParameter, NotFound
+from exporter.errors import Conflict, InvalidParameter, NotFound, echo
 from exporter.formats import FORMATS
 from exporter.models import as_utc, export_jobs
 from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
@@ -75,13 +75,13 @@ class JobRequest(BaseModel):
                                        "give each field as its own list item")
         filters: dict[str, str] = {}
         for name, value in self.filters.items():
-            text = _query_value(name, value)
             if name not in FILTERS:
                 reason = (
                     "fields is not a filter; give it as the top-level fields list"
                     if name == "fields" else "unknown filter"
                 )
-                raise InvalidParameter(f"filters.{name}", value, reason, FILTERS)
+                raise InvalidParameter(f"filters.{echo(name)}", value, reason, FILTERS)
+            text = _query_value(name, value)
             try:
                 parse_export_query([(name, text)])
             except InvalidParameter as exc:

@@ -11,16 +11,20 @@ per missed time. Workers sleep until the next time due, so on time they miss non
 
 Cron expressions are croniter's: five fields (minute hour day-of-month month day-of-week),
 or six with seconds as the sixth, last field (``* * * * * */2``: every two seconds), or an
-alias such as ``@daily``; they are read in the schedule's IANA time zone.
+alias such as ``@daily``; they are read in the schedule's IANA time zone. Refused: croniter's
+random and hashed fields (``R``, ``H``), whose times differ between replicas and restarts,
+and expressions whose time never comes (``0 0 30 2 *``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,7 +32,7 @@ from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.errors import InvalidParameter, NotFound
+from exporter.errors import InvalidParameter, NotFound, echo
 from exporter.jobs import (
     FINISHED,
     SUCCEEDED,
@@ -43,39 +47,61 @@ from exporter.models import as_utc, export_jobs, schedules
 log = logging.getLogger("exporter.schedules")
 
 CRON_FIELDS = (5, 6)  # croniter's optional sixth field is seconds
+CRON_LENGTH = 255  # the column's
 REBOOT = "@reboot"  # croniter knows it, but a schedule has no boot to run at
+# croniter's random (R) and hashed (H) fields, as its own HashExpander reads a field.
+RANDOM_FIELD = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
+# Zone files that are not places: the host's own zone, and placeholders.
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 MAX_KEEP_LAST = 10_000
 
 
 def parse_cron(expression: str) -> str:
     """The expression, normalised, or a ValueError naming what is wrong."""
     text = " ".join(expression.split())
+    shown = repr(echo(expression))
     if text.startswith("@"):
         if text.lower() == REBOOT or not croniter.is_valid(text):
             raise ValueError(
-                f"{expression!r} is not a cron alias this service runs; use @yearly, @monthly, "
+                f"{shown} is not a cron alias this service runs; use @yearly, @monthly, "
                 "@weekly, @daily, @hourly or five or six fields"
             )
-        return text
-    if len(text.split()) not in CRON_FIELDS:
+    elif len(text.split()) not in CRON_FIELDS:
         raise ValueError(
-            f"{expression!r} has {len(text.split())} fields; a cron expression has five "
+            f"{shown} has {len(text.split())} fields; a cron expression has five "
             "(minute hour day-of-month month day-of-week), or six with seconds last "
             "('* * * * * */2' is every two seconds)"
         )
-    if not croniter.is_valid(text):
-        raise ValueError(f"{expression!r} is not a valid cron expression")
+    elif any(RANDOM_FIELD.fullmatch(field) for field in text.split()):
+        raise ValueError(
+            f"{shown} has a random (R) or hashed (H) field; a schedule's times must be the "
+            "same on every replica and after every restart, so give the minute or hour itself"
+        )
+    elif not croniter.is_valid(text):
+        raise ValueError(f"{shown} is not a valid cron expression")
+    try:  # valid, yet some never come: 0 0 30 2 * (February 30th)
+        croniter(text, datetime.now(UTC)).get_next(datetime)
+    except Exception:  # croniter's own errors, whatever this expression trips on
+        raise ValueError(
+            f"{shown} never comes (croniter finds no such time within 50 years)"
+        ) from None
     return text
 
 
+@functools.cache
+def zone_names() -> frozenset[str]:
+    """The IANA names this host knows (it reads the zone directories: once)."""
+    return frozenset(available_timezones()) - NOT_ZONES
+
+
 def parse_zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    """Only names of the zone database: never a path, nor a file that is not a place."""
+    if name not in zone_names():
         raise ValueError(
-            f"{name!r} is not an IANA time zone name such as UTC, Europe/Berlin or "
+            f"{echo(name)!r} is not an IANA time zone name such as UTC, Europe/Berlin or "
             "America/New_York"
-        ) from None
+        )
+    return ZoneInfo(name)
 
 
 def next_time(cron: str, zone: str, after: datetime) -> datetime:
@@ -102,12 +128,14 @@ class ScheduleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cron: Annotated[str, Field(description="Five fields, or six with seconds last; @daily.")]
+    cron: Annotated[str, Field(
+        max_length=CRON_LENGTH, description="Five fields, or six with seconds last; @daily.",
+    )]
     timezone: Annotated[str, Field(description="IANA name the cron is read in.")] = "UTC"
     job: JobRequest
-    keep_last: Annotated[
-        int, Field(ge=1, le=MAX_KEEP_LAST, description="Succeeded runs kept, newest first.")
-    ] = 7
+    keep_last: Annotated[int, Field(
+        strict=True, ge=1, le=MAX_KEEP_LAST, description="Succeeded runs kept, newest first.",
+    )] = 7
 
     @field_validator("cron")
     @classmethod

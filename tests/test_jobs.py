@@ -7,6 +7,7 @@ What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import time
@@ -120,7 +121,25 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str, str]] = [
      "IANA"),
     ({"cron": "0 2 * * *", "timezone": "../../etc/passwd", "job": GOOD_JOB}, "body.timezone",
      "IANA"),
+    ({"cron": "0 0 30 2 *", "job": GOOD_JOB}, "body.cron", "never comes"),
+    ({"cron": "0 0 31 4 *", "job": GOOD_JOB}, "body.cron", "never comes"),
+    ({"cron": "0 0 31 2,4 * *", "job": GOOD_JOB}, "body.cron", "never comes"),
+    ({"cron": "R * * * *", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
+    ({"cron": "0 H(0-5) * * *", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
+    ({"cron": "* * * * * r/10", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
+    ({"cron": "0 " * 128, "job": GOOD_JOB}, "body.cron", "at most 255"),
+    ({"cron": "0 2 * * *", "timezone": "A" * 300, "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "localtime", "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "posixrules", "job": GOOD_JOB}, "body.timezone",
+     "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "Factory", "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "/usr/share/zoneinfo/UTC", "job": GOOD_JOB},
+     "body.timezone", "IANA"),
     ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 0}, "body.keep_last", "1"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 10_001}, "body.keep_last", "10000"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": "7"}, "body.keep_last", "integer"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": True}, "body.keep_last", "integer"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 7.5}, "body.keep_last", "integer"),
     ({"cron": "0 2 * * *"}, "body.job", "required"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"plan": "gold"}}},
      "filters.plan", "'gold'"),
@@ -135,6 +154,51 @@ async def test_a_bad_schedule_body_is_a_422_naming_the_field(
     assert response.status_code == 422, response.text
     assert response.json()["parameter"] == parameter
     assert says in response.text
+
+
+# Hostile bodies: a short 422, never a 500, and nothing stored.
+LONG = "x" * 100_000
+HOSTILE_JOBS: list[dict[str, Any]] = [
+    {"format": "csv", "filters": {"\ud800": 1}},
+    {"format": "csv", "filters": {LONG: 1}},
+    {"format": "csv", "filters": {"plan": LONG}},
+    {"format": "csv", "filters": {"limit": 10**40}},
+    {"format": "csv", "filters": {"after_id": "9" * 40}},
+    {"format": "csv", "filters": {"country": ["\ud800"]}},
+    {"format": "csv", "fields": ["\ud800" * 1000]},
+    {"format": "csv", "fields": [LONG]},
+    {"format": "csv", "fields": [1] * 100_000},
+    {"format": "csv", "\ud800": 1},
+    {"format": "csv", LONG: 1},
+    {"format": "\ud800"},
+]
+HOSTILE_SCHEDULES: list[dict[str, Any]] = [
+    {"cron": "0 0 * * *", "timezone": "\ud800", "job": GOOD_JOB},
+    {"cron": "0 0 * * *", "timezone": "Europe/Berlin\x00", "job": GOOD_JOB},
+    {"cron": "0 0 * * *", "timezone": LONG, "job": GOOD_JOB},
+    {"cron": LONG, "job": GOOD_JOB},
+    {"cron": "\ud800 * * * *", "job": GOOD_JOB},
+    {"cron": "0 0 * * *", "job": GOOD_JOB, "keep_last": 10**40},
+    {"cron": "0 0 * * *", "job": GOOD_JOB, LONG: 1},
+    *({"cron": "0 0 * * *", "job": job} for job in HOSTILE_JOBS),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    *(("/jobs", body) for body in HOSTILE_JOBS),
+    *(("/schedules", body) for body in HOSTILE_SCHEDULES),
+], ids=lambda value: value if isinstance(value, str) else "")
+async def test_a_hostile_body_is_a_short_422_never_a_500(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> None:
+    listed = len((await client.get(path)).json())
+    response = await client.post(  # \ud800 escaped, as a client's JSON would send it
+        path, content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["error"] == "invalid_parameter"
+    assert len(response.content) < 4096, response.text[:500]
+    assert len((await client.get(path)).json()) == listed, "nothing stored"
 
 
 @pytest.mark.parametrize("path", [
