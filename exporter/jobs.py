@@ -437,10 +437,14 @@ async def beat(
 async def finish(
     engine: AsyncEngine, job_id: str, owner: str, status: str, now: datetime, **values: Any
 ) -> bool:
-    """End a run this worker holds; False if it no longer held it."""
+    """End a run this worker holds; False if it no longer held it, or if a cancel was asked
+    for and this is not the cancel: a cancel answered 202 always ends the job canceled."""
+    held = _held(job_id, owner)
+    if status != CANCELED:
+        held = and_(held, export_jobs.c.cancel_requested.is_(False))
     async with engine.begin() as conn:
         result = await conn.execute(
-            update(export_jobs).where(_held(job_id, owner)).values(
+            update(export_jobs).where(held).values(
                 status=status, finished_at=now, lease_expires_at=None,
                 revision=export_jobs.c.revision + 1, **values,
             )

@@ -320,27 +320,42 @@ class Worker:
         counts = progress.counts()
         seen = {"rows_written": counts.rows, "total_rows": counts.total,
                 "bytes_written": counts.size}
-        if verdict is Beat.LOST:
+        file = _written(writer)
+        outcome = "lost" if verdict is Beat.LOST else jobs.CANCELED
+        if verdict is Beat.CONTINUE:
+            error = writer.exception()
+            if file is not None:
+                outcome = await self._succeeded(job, file, seen, now)
+            elif error is not None:
+                outcome = await self._failed(job, error, seen, now)
+        if outcome == jobs.CANCELED:
+            if await jobs.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen):
+                log.info("job %s: canceled after %d rows", job.id, counts.rows)
+            else:
+                outcome = "lost"
+        if outcome == "lost":
             log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
-            outcome = "lost"
-        elif verdict is Beat.CANCEL:
-            await jobs.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen)
-            log.info("job %s: canceled after %d rows", job.id, counts.rows)
-            outcome = jobs.CANCELED
-        elif (error := writer.exception()) is not None:
-            log.error("job %s failed", job.id, exc_info=error)
-            message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
-            await jobs.finish(self.engine, job.id, self.owner, jobs.FAILED, now, error=message,
-                              **seen)
-            outcome = jobs.FAILED
-        else:
-            outcome = await self._succeeded(job, writer.result(), seen, now)
+        if outcome != jobs.SUCCEEDED and file is not None:
+            # Renamed just before the cancel or the loss was seen: no record will own it.
+            await remove_file(self.settings.jobs_dir / file.path)
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(outcome).inc()
+
+    async def _failed(
+        self, job: Job, error: BaseException, seen: dict[str, int | None], now: datetime
+    ) -> str:
+        """FAILED, or CANCELED when a cancel came first."""
+        log.error("job %s failed", job.id, exc_info=error)
+        message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
+        recorded = await jobs.finish(
+            self.engine, job.id, self.owner, jobs.FAILED, now, error=message, **seen
+        )
+        return jobs.FAILED if recorded else jobs.CANCELED
 
     async def _succeeded(
         self, job: Job, file: JobFile, seen: dict[str, int | None], now: datetime
     ) -> str:
+        """SUCCEEDED, or CANCELED when a cancel came first (the caller removes the file)."""
         # A scheduled job is kept by its schedule's keep_last; one whose schedule was deleted
         # while it was queued or running has none, and expires like a one-off job.
         schedule = None if job.schedule_id is None else await self._keep_last(job.schedule_id)
@@ -352,9 +367,8 @@ class Worker:
             file_name=jobs.download_name(job.id, job.spec), file_path=file.path,
             file_size=file.size, row_count=file.rows, sha256=file.sha256, **seen,
         )
-        if not recorded:  # deleted while it was being finished
-            await remove_file(self.settings.jobs_dir / file.path)
-            return "lost"
+        if not recorded:  # canceled, or deleted or taken over, while it was being finished
+            return jobs.CANCELED
         log.info("job %s: %d rows, %d bytes, sha256 %s", job.id, file.rows, file.size,
                  file.sha256)
         if schedule is not None:
@@ -411,6 +425,13 @@ def _job_file_names(directory: Path) -> list[str]:
             return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
+
+
+def _written(writer: asyncio.Task[JobFile]) -> JobFile | None:
+    """The file a finished writer renamed into place, if it got that far."""
+    if writer.cancelled() or writer.exception() is not None:
+        return None
+    return writer.result()
 
 
 async def _stop(task: asyncio.Task[JobFile]) -> None:

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import jobs
+from exporter import jobs, worker
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, downgrade_all, migrate
 from exporter.jobs import Beat, Counts, JobRequest
@@ -474,20 +474,28 @@ def worker_settings(database: Database, tmp_path: Path, **overrides: object) -> 
     })
 
 
-async def finished_by_worker(
-    engine: AsyncEngine, settings: Settings, job_id: str, seconds: float = 20
-) -> jobs.Job:
-    """Run a worker until the job has finished (or ``seconds`` have passed)."""
+async def run_worker(
+    engine: AsyncEngine, settings: Settings, until: Callable[[Worker], Awaitable[bool]],
+    seconds: float = 20,
+) -> None:
+    """Run a worker until ``until`` holds (failing after ``seconds``)."""
     worker = Worker(engine, settings)
     worker.start()
     try:
         deadline = time.monotonic() + seconds
-        while not (job := await jobs.find_job(engine, job_id)).finished:
-            assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
+        while not await until(worker):
+            assert time.monotonic() < deadline, "the worker never got there"
             await asyncio.sleep(0.05)
     finally:
         await worker.stop()
-    return job
+
+
+async def finished_by_worker(engine: AsyncEngine, settings: Settings, job_id: str) -> jobs.Job:
+    async def finished(_worker: Worker) -> bool:
+        return (await jobs.find_job(engine, job_id)).finished
+
+    await run_worker(engine, settings, finished)
+    return await jobs.find_job(engine, job_id)
 
 
 async def test_a_job_whose_schedule_was_deleted_before_it_ran_expires_like_a_one_off_job(
@@ -522,3 +530,82 @@ async def test_the_sweep_expires_a_job_that_succeeded_as_its_schedule_was_delete
     expires_at = (await jobs.find_job(engine, orphan.id)).expires_at
     assert expires_at is not None and before + timedelta(seconds=60) <= expires_at
     assert (await jobs.find_job(engine, kept.id)).expires_at is None, "a one-off job's own"
+
+
+# Cancel racing the end of a job: a cancel answered 202 ends the job canceled, never
+# succeeded; one that comes after the job has finished is a 409 (tested on a real server).
+
+async def test_a_finish_other_than_cancel_is_refused_once_a_cancel_was_asked(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    (job_id,) = await queue(engines[0], 1, now)
+    assert await jobs.claim_job(engines[0], "worker", now, LEASE, 3) is not None
+    assert (await jobs.cancel_job(engines[1], job_id, now)).status == jobs.RUNNING
+    assert not await jobs.finish(engines[0], job_id, "worker", jobs.SUCCEEDED, now)
+    assert not await jobs.finish(engines[0], job_id, "worker", jobs.FAILED, now)
+    assert await jobs.finish(engines[0], job_id, "worker", jobs.CANCELED, now)
+    assert (await jobs.find_job(engines[0], job_id)).status == jobs.CANCELED
+
+
+async def test_a_cancel_flagged_after_the_file_is_complete_ends_the_job_canceled_without_it(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = engines[0]
+    write = worker.write_job_file
+
+    async def write_then_cancel(*args: Any) -> worker.JobFile:
+        file = await write(*args)  # renamed into place: complete
+        flagged = await jobs.cancel_job(engines[1], file.path.split("-")[0], datetime.now(UTC))
+        assert flagged.status == jobs.RUNNING, "the route would answer 202"
+        return file
+
+    monkeypatch.setattr(worker, "write_job_file", write_then_cancel)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
+    assert job.status == jobs.CANCELED and job.file_path is None
+    assert os.listdir(tmp_path / "jobs") == []
+
+
+@pytest.mark.parametrize("verdict", [Beat.CANCEL, Beat.LOST])
+async def test_a_cancel_or_a_loss_seen_just_after_the_rename_removes_the_complete_file(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, verdict: Beat,
+) -> None:
+    """The heartbeat is in flight while the writer renames its file: the writer is done, but
+    the heartbeat says the job is canceled (or deleted)."""
+    engine = engines[0]
+    write, beat = worker.write_job_file, jobs.beat
+    started, written = asyncio.Event(), asyncio.Event()
+
+    async def held_back_write(*args: Any) -> worker.JobFile:
+        await started.wait()  # not done when the first heartbeat is due
+        try:
+            return await write(*args)
+        finally:
+            written.set()
+
+    async def beat_across_the_rename(*args: Any) -> Beat:
+        started.set()
+        await written.wait()
+        job_id = args[1]
+        if verdict is Beat.CANCEL:
+            await jobs.cancel_job(engines[1], job_id, datetime.now(UTC))
+        else:
+            await jobs.delete_job(engines[1], job_id)
+        return await beat(*args)
+
+    monkeypatch.setattr(worker, "write_job_file", held_back_write)
+    monkeypatch.setattr(jobs, "beat", beat_across_the_rename)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+
+    async def ended(running: Worker) -> bool:
+        return written.is_set() and not running.running
+
+    await run_worker(engine, worker_settings(empty_database, tmp_path), ended)
+    assert os.listdir(tmp_path / "jobs") == []
+    if verdict is Beat.CANCEL:
+        assert (await jobs.find_job(engine, job_id)).status == jobs.CANCELED
+    else:
+        assert await jobs.get_job(engine, job_id) is None
