@@ -128,8 +128,9 @@ async def write_job_file(
             await asyncio.to_thread(os.fsync, out.fileno())
         await aiofiles.os.replace(partial, final)
         await asyncio.to_thread(_fsync_directory, directory)
-    except BaseException:
+    except BaseException:  # stopped (even just after the rename) or failed: leave nothing
         await remove_file(partial)
+        await remove_file(final)
         raise
     return JobFile(final.name, progress.size, digest.hexdigest(), progress.export.rows)
 
@@ -272,7 +273,7 @@ class Worker:
             log.exception("job %s: attempt %d broke off", job.id, job.attempts)
 
     async def _attempt(self, job: Job) -> None:
-        stem = f"{job.id}-{job.attempts}"
+        stem = _stem(job)
         await self._remove_files_of(job.id)  # left by earlier attempts, which are over
         progress = JobProgress()
         writer = asyncio.create_task(
@@ -320,13 +321,11 @@ class Worker:
         counts = progress.counts()
         seen = {"rows_written": counts.rows, "total_rows": counts.total,
                 "bytes_written": counts.size}
-        file = _written(writer)
         outcome = "lost" if verdict is Beat.LOST else jobs.CANCELED
-        if verdict is Beat.CONTINUE:
-            error = writer.exception()
-            if file is not None:
-                outcome = await self._succeeded(job, file, seen, now)
-            elif error is not None:
+        if verdict is Beat.CONTINUE:  # the writer is done
+            if (error := writer.exception()) is None:
+                outcome = await self._succeeded(job, writer.result(), seen, now)
+            else:
                 outcome = await self._failed(job, error, seen, now)
         if outcome == jobs.CANCELED:
             if await jobs.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen):
@@ -335,9 +334,9 @@ class Worker:
                 outcome = "lost"
         if outcome == "lost":
             log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
-        if outcome != jobs.SUCCEEDED and file is not None:
+        if outcome != jobs.SUCCEEDED:
             # Renamed just before the cancel or the loss was seen: no record will own it.
-            await remove_file(self.settings.jobs_dir / file.path)
+            await remove_file(self.settings.jobs_dir / f"{_stem(job)}.{job.spec.extension}")
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(outcome).inc()
 
@@ -427,11 +426,9 @@ def _job_file_names(directory: Path) -> list[str]:
         return []
 
 
-def _written(writer: asyncio.Task[JobFile]) -> JobFile | None:
-    """The file a finished writer renamed into place, if it got that far."""
-    if writer.cancelled() or writer.exception() is not None:
-        return None
-    return writer.result()
+def _stem(job: Job) -> str:
+    """The name of this attempt's file, less its extension."""
+    return f"{job.id}-{job.attempts}"
 
 
 async def _stop(task: asyncio.Task[JobFile]) -> None:

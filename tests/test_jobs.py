@@ -609,3 +609,31 @@ async def test_a_cancel_or_a_loss_seen_just_after_the_rename_removes_the_complet
         assert (await jobs.find_job(engine, job_id)).status == jobs.CANCELED
     else:
         assert await jobs.get_job(engine, job_id) is None
+
+
+async def test_a_writer_stopped_between_its_rename_and_its_return_leaves_no_file(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As when the cancel is seen while the directory is being fsynced."""
+    engine = engines[0]
+    write, beat = worker.write_job_file, jobs.beat
+    renamed = asyncio.Event()
+
+    async def stuck_after_the_rename(*args: Any) -> worker.JobFile:
+        file = await write(*args)
+        renamed.set()
+        await asyncio.Event().wait()  # until stopped
+        return file
+
+    async def cancel_once_renamed(*args: Any) -> Beat:
+        await renamed.wait()
+        await jobs.cancel_job(engines[1], args[1], datetime.now(UTC))
+        return await beat(*args)
+
+    monkeypatch.setattr(worker, "write_job_file", stuck_after_the_rename)
+    monkeypatch.setattr(jobs, "beat", cancel_once_renamed)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
+    assert job.status == jobs.CANCELED
+    assert os.listdir(tmp_path / "jobs") == []
