@@ -9,9 +9,11 @@ HTTP export) with aiofiles, hashed as it is written, to ``<data_dir>/jobs/.<id>-
 (n: the attempt), fsynced, and renamed to ``<id>-<n>.<ext>``: a complete file or none.
 While it runs, a heartbeat every ``job_progress_seconds`` writes the progress, renews the
 lease and reads the cancel flag; a cancel or a lost claim stops the export at once and
-removes the partial file. The attempt in the name keeps a worker that lost its claim
-(its lease lapsed while the database was out of reach) from ever renaming over the file
-of the run that took over.
+removes the partial file. A worker whose heartbeats do not go through (each is waited for
+at most a third of a lease) gives the job up after half a lease, before the lease lapses
+and another worker may claim it, so two workers never write one job. The attempt in the
+name keeps a worker that lost its claim anyway (its clock, say) from ever renaming over the
+file of the run that took over.
 
 A worker that dies (kill -9) leaves its jobs ``running`` under a lease that lapses; any
 worker then claims them again (each claim is an attempt; ``job_max_attempts`` of them and
@@ -291,25 +293,38 @@ class Worker:
     async def _supervise(
         self, job: Job, writer: asyncio.Task[JobFile], progress: JobProgress
     ) -> Beat:
-        """Heartbeats until the file is written (CONTINUE), canceled or the claim lost."""
+        """Heartbeats until the file is written (CONTINUE), canceled or the claim lost.
+
+        The claim is given up (LOST) once no heartbeat has gone through for half a lease,
+        each one waited for at most a third of a lease: the writer is stopped well before
+        the lease lapses and another worker may claim the job."""
+        lease = self.lease.total_seconds()
         written = progress.counts()
-        last_beat = time.monotonic()
+        last_beat = time.monotonic()  # when the last heartbeat that went through was sent
         while True:
-            await asyncio.wait({writer}, timeout=self.settings.job_progress_seconds)
+            give_up = last_beat + lease / 2
+            pause = min(self.settings.job_progress_seconds, give_up - time.monotonic())
+            await asyncio.wait({writer}, timeout=max(0.0, pause))
             if writer.done():
                 return Beat.CONTINUE
-            counts = progress.counts()
-            try:
-                verdict = await jobs.beat(
-                    self.engine, job.id, self.owner, counts, counts != written, utcnow(),
-                    self.lease,
-                )
-                written, last_beat = counts, time.monotonic()
-            except Exception as exc:
-                log.warning("job %s: heartbeat failed: %s", job.id, exc)
-                verdict = Beat.CONTINUE
-                if time.monotonic() - last_beat > self.lease.total_seconds():
-                    verdict = Beat.LOST  # others may have taken it over by now
+            sent = time.monotonic()
+            verdict = Beat.CONTINUE
+            if sent >= give_up:
+                log.warning("job %s: no heartbeat went through for %.1f s; giving the job up",
+                            job.id, sent - last_beat)
+                verdict = Beat.LOST  # before the lease lapses and another worker takes it
+            else:
+                counts = progress.counts()
+                try:
+                    verdict = await asyncio.wait_for(
+                        jobs.beat(self.engine, job.id, self.owner, counts, counts != written,
+                                  utcnow(), self.lease),
+                        timeout=min(lease / 3, give_up - sent),
+                    )
+                    written, last_beat = counts, sent
+                except Exception as exc:  # TimeoutError too: the next round decides
+                    log.warning("job %s: heartbeat failed: %s", job.id,
+                                f"{type(exc).__name__}: {exc}")
             if verdict is not Beat.CONTINUE:
                 await _stop(writer)
                 return verdict

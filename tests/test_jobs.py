@@ -637,3 +637,54 @@ async def test_a_writer_stopped_between_its_rename_and_its_return_leaves_no_file
     job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
     assert job.status == jobs.CANCELED
     assert os.listdir(tmp_path / "jobs") == []
+
+
+# Two workers never run one job: a worker whose heartbeats stop going through gives the job
+# up after half a lease, before the lease lapses and another worker may claim it.
+
+async def test_a_worker_whose_heartbeats_hang_gives_the_job_up_before_its_lease_lapses(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine, lease = engines[0], 4.0
+    first_beat: list[float] = []
+    stopped: list[float] = []
+
+    async def endless_write(
+        _engine: AsyncEngine, _spec: jobs.JobSpec, settings: Settings, stem: str,
+        _progress: worker.JobProgress,
+    ) -> worker.JobFile:
+        partial = settings.jobs_dir / f".{stem}.part"
+        partial.write_bytes(b"id\r\n")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(time.monotonic())
+            partial.unlink()
+        raise AssertionError("never written")
+
+    async def hanging_beat(*_args: Any) -> Beat:
+        first_beat.append(time.monotonic())
+        await asyncio.sleep(3600)  # the database stopped answering
+        return Beat.CONTINUE
+
+    monkeypatch.setattr(worker, "write_job_file", endless_write)
+    monkeypatch.setattr(jobs, "beat", hanging_beat)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    settings = worker_settings(empty_database, tmp_path, job_lease_seconds=lease)
+
+    async def given_up(running: Worker) -> bool:
+        return bool(stopped) and not running.running
+
+    await run_worker(engine, settings, given_up, seconds=2 * lease)
+    assert stopped[0] - first_beat[0] < 0.75 * lease, "stopped well before the lease lapsed"
+    assert os.listdir(tmp_path / "jobs") == [], "its partial file removed"
+    job = await jobs.find_job(engine, job_id)
+    assert job.status == jobs.RUNNING, "left for its lease to lapse; then any worker claims it"
+
+
+def test_heartbeats_must_come_at_least_three_times_a_lease(tmp_path: Path) -> None:
+    load_settings(data_dir=tmp_path, job_lease_seconds=30, job_progress_seconds=10)
+    with pytest.raises(ValueError, match="EXPORTER_JOB_PROGRESS_SECONDS=11.0.*"
+                                         "EXPORTER_JOB_LEASE_SECONDS=30.0"):
+        load_settings(data_dir=tmp_path, job_lease_seconds=30, job_progress_seconds=11)
