@@ -29,7 +29,8 @@ from zoneinfo import ZoneInfo, available_timezones
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Row, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.errors import InvalidParameter, NotFound, echo
@@ -54,6 +55,7 @@ RANDOM_FIELD = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 # Zone files that are not places: the host's own zone, and placeholders.
 NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 MAX_KEEP_LAST = 10_000
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def parse_cron(expression: str) -> str:
@@ -236,21 +238,40 @@ async def expire_unscheduled(engine: AsyncEngine, now: datetime, ttl: timedelta)
     return int(result.rowcount)
 
 
-async def fire_due(engine: AsyncEngine, now: datetime) -> tuple[list[Job], datetime | None]:
+async def fire_due(
+    engine: AsyncEngine, now: datetime, failing: dict[str, str] | None = None
+) -> tuple[list[Job], datetime | None]:
     """Make the job of every schedule that is due, once; return the jobs this call made
-    and the earliest time a schedule is due next."""
+    and the earliest time a schedule is due next.
+
+    A schedule that cannot fire (its time zone is missing on this host, say) is logged
+    and passed over, so that it stops neither the others nor the claiming of jobs;
+    ``failing`` (schedule id -> error, kept by the caller) logs each error once."""
     async with engine.connect() as conn:
         rows = (await conn.execute(select(schedules))).all()
     made: list[Job] = []
     earliest: datetime | None = None
+    failing = {} if failing is None else failing
     for row in rows:
         schedule = Schedule.from_row(row)
-        upcoming = schedule.next_run_at
-        if schedule.next_run_at <= now:
-            job = await _fire(engine, schedule, row.next_run_at, now)
-            if job is not None:
-                made.append(job)
-            upcoming = next_time(schedule.cron, schedule.timezone, now)
+        try:
+            upcoming = schedule.next_run_at
+            if schedule.next_run_at <= now:
+                job = await _fire(engine, schedule, row.next_run_at, now)
+                if job is not None:
+                    made.append(job)
+                upcoming = next_time(schedule.cron, schedule.timezone, now)
+        except DATABASE_DOWN:
+            raise  # not this schedule's fault: the worker reports it and tries again
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if failing.get(schedule.id) != error:
+                log.error("schedule %s (%r in %s) cannot fire: %s; the other schedules and "
+                          "the jobs go on", schedule.id, schedule.cron, schedule.timezone, error)
+                failing[schedule.id] = error
+            continue
+        if failing.pop(schedule.id, None) is not None:
+            log.info("schedule %s fires again", schedule.id)
         earliest = upcoming if earliest is None else min(earliest, upcoming)
     return made, earliest
 

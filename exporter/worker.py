@@ -172,6 +172,7 @@ class Worker:
         self.task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
         self._last_error = ""
+        self._failing_schedules: dict[str, str] = {}  # id -> the error last logged
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name="exporter worker")
@@ -236,7 +237,7 @@ class Worker:
 
     async def tick(self) -> float:
         """One round: fire schedules, claim jobs, sweep when due; seconds until the next."""
-        _, next_due = await fire_due(self.engine, utcnow())
+        _, next_due = await fire_due(self.engine, utcnow(), self._failing_schedules)
         await jobs.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
         while len(self.running) < self.settings.worker_concurrency:
             job = await jobs.claim_job(

@@ -688,3 +688,28 @@ def test_heartbeats_must_come_at_least_three_times_a_lease(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="EXPORTER_JOB_PROGRESS_SECONDS=11.0.*"
                                          "EXPORTER_JOB_LEASE_SECONDS=30.0"):
         load_settings(data_dir=tmp_path, job_lease_seconds=30, job_progress_seconds=11)
+
+
+async def test_a_schedule_that_cannot_fire_stops_neither_the_others_nor_the_jobs(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, now = engines[0], datetime.now(UTC)
+    every_minute = {"cron": "* * * * *", "job": {"format": "csv"}}
+    broken = await create_schedule(engine, ScheduleRequest.model_validate(every_minute), now)
+    healthy = await create_schedule(engine, ScheduleRequest.model_validate(every_minute), now)
+    async with engine.begin() as conn:  # as on a replica whose zone database lacks the zone
+        await conn.execute(update(schedules).where(schedules.c.id == broken.id)
+                           .values(timezone="Nowhere/Atlantis"))
+    later = now + timedelta(minutes=2)
+    failing: dict[str, str] = {}
+    made, next_due = await fire_due(engine, later, failing)
+    assert [job.schedule_id for job in made] == [healthy.id]
+    assert next_due == next_time("* * * * *", "UTC", later)
+    assert list(failing) == [broken.id] and "Atlantis" in failing[broken.id]
+    await fire_due(engine, later + timedelta(minutes=1), failing)
+    assert sum("cannot fire" in r.message for r in caplog.records) == 1, "logged once"
+    # The worker fires schedules before it claims jobs: a one-off job still runs.
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
+    assert job.status == jobs.SUCCEEDED
