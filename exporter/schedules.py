@@ -174,7 +174,10 @@ class Schedule:
 async def create_schedule(
     engine: AsyncEngine, request: ScheduleRequest, now: datetime
 ) -> Schedule:
-    request.job.spec()  # InvalidParameter (422) now rather than a failed job each night
+    try:  # a 422 now rather than a failed job each night
+        request.job.spec()
+    except InvalidParameter as exc:
+        raise exc.within("job") from None  # its path in this body: job.filters.plan
     schedule_id = new_id()
     values = {
         "id": schedule_id, "cron": request.cron, "timezone": request.timezone,

@@ -142,7 +142,12 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str, str]] = [
     ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 7.5}, "body.keep_last", "integer"),
     ({"cron": "0 2 * * *"}, "body.job", "required"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"plan": "gold"}}},
-     "filters.plan", "'gold'"),
+     "job.filters.plan", "'gold'"),
+    ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"limt": 5}}},
+     "job.filters.limt", "unknown filter"),
+    ({"cron": "0 2 * * *", "job": {"format": "csv", "fields": ["id", "nope"]}},
+     "job.fields", "'nope'"),
+    ({"cron": "0 2 * * *", "job": {"format": "xml"}}, "body.job.format", "csv"),
 ]
 
 
@@ -153,6 +158,7 @@ async def test_a_bad_schedule_body_is_a_422_naming_the_field(
     response = await client.post("/schedules", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["parameter"] == parameter
+    assert parameter.removeprefix("body.") in response.json()["message"]
     assert says in response.text
 
 
