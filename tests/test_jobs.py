@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -719,3 +721,33 @@ async def test_a_schedule_that_cannot_fire_stops_neither_the_others_nor_the_jobs
     (job_id,) = await queue(engine, 1, datetime.now(UTC))
     job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
     assert job.status == jobs.SUCCEEDED
+
+
+# Taking over the runs of a dead worker at once, only when it is certainly dead.
+
+def test_a_worker_is_gone_only_when_certainly_dead() -> None:
+    me = worker.worker_owner()
+    host, pid, started, boot, namespace, _ = me.split(":")
+
+    def owner(**fields: str) -> str:
+        values = {"host": host, "pid": pid, "started": started, "boot": boot,
+                  "namespace": namespace, "random": "0badc0de"} | fields
+        return ":".join(values.values())
+
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as ended:
+        ended.wait()
+    parent = str(os.getppid())
+    parent_started = Path(f"/proc/{parent}/stat").read_text().rpartition(")")[2].split()[19]
+
+    assert not worker.owner_is_gone(me, me)
+    assert not worker.owner_is_gone(owner(), me), "another worker of this very process"
+    assert worker.owner_is_gone(owner(started="1"), me), "an earlier process under my pid"
+    assert worker.owner_is_gone(owner(pid=str(ended.pid), started="1"), me), "exited"
+    assert not worker.owner_is_gone(owner(pid=parent, started=parent_started), me), "alive"
+    assert worker.owner_is_gone(owner(pid=parent, started="1"), me), "its pid reused"
+    # Never certain: a container that shares the host name (its own pid namespace, where
+    # it may well be pid 1 as this one is), another boot, another host, an old owner id.
+    assert not worker.owner_is_gone(owner(namespace="4026530000", started="1"), me)
+    assert not worker.owner_is_gone(owner(boot="0123456789ab", started="1"), me)
+    assert not worker.owner_is_gone(owner(host="elsewhere", started="1"), me)
+    assert not worker.owner_is_gone(f"{host}:{ended.pid}:0badc0de", me)
