@@ -1,4 +1,4 @@
-"""Cron schedules: each scheduled time makes exactly one job, however many workers fire it.
+"""Cron schedules: each scheduled time makes one job, however many workers fire it.
 
 A worker that finds a schedule due claims the tick by moving ``next_run_at`` on with a
 conditional ``UPDATE ... WHERE next_run_at = <the value it read>``; only the worker whose
@@ -7,7 +7,10 @@ update matched inserts the job, in the same transaction, and the unique constrai
 
 The job is for the latest scheduled time that has passed, and ``next_run_at`` moves to the
 first time after now: a worker that was down (or late) makes one catch-up run, never one
-per missed time. Workers sleep until the next time due, so on time they miss none.
+per missed time. Workers sleep until the next time due, so on time they miss none. A
+schedule runs one job at a time: a time that comes while its previous job is still queued
+or running is skipped (and logged), so a schedule faster than its export cannot grow the
+queue without end.
 
 Cron expressions are croniter's: five fields (minute hour day-of-month month day-of-week),
 or six with seconds as the sixth, last field (``* * * * * */2``: every two seconds), or an
@@ -31,11 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.errors import InvalidParameter, NotFound, echo
 from exporter.jobs import (
     FINISHED,
+    QUEUED,
+    RUNNING,
     SUCCEEDED,
     Job,
     JobRequest,
@@ -291,22 +296,41 @@ async def _fire(
         spec = None
     try:
         async with engine.begin() as conn:
+            # Read before the claim: whoever claims the next tick read a next_run_at this
+            # transaction wrote, so it also sees the job this one inserts.
+            busy = await _in_flight(conn, schedule.id)
+            claim = {"next_run_at": next_time(schedule.cron, schedule.timezone, now)}
+            if busy is None:
+                claim["last_run_at"] = scheduled_for
             claimed = await conn.execute(
                 update(schedules)
                 .where(schedules.c.id == schedule.id, schedules.c.next_run_at == stored_next)
-                .values(
-                    next_run_at=next_time(schedule.cron, schedule.timezone, now),
-                    last_run_at=scheduled_for,
-                )
+                .values(**claim)
             )
             if not claimed.rowcount or spec is None:
                 return None  # another worker fired this tick (or there is nothing to run)
+            if busy is not None:
+                log.info("schedule %s: skipping %s, as its job %s for %s is still %s",
+                         schedule.id, scheduled_for, busy.id, as_utc(busy.scheduled_for),
+                         busy.status)
+                return None
             job = await insert_job(conn, job_values(spec, now, schedule.id, scheduled_for))
     except IntegrityError:
         log.info("schedule %s: the job for %s exists already", schedule.id, scheduled_for)
         return None
     log.info("schedule %s fired job %s for %s", schedule.id, job.id, scheduled_for)
     return job
+
+
+async def _in_flight(conn: AsyncConnection, schedule_id: str) -> Row[Any, Any, Any] | None:
+    """The schedule's job that is still queued or running, if any: a schedule runs one job
+    at a time, or a schedule faster than its export would grow the queue without end."""
+    return (await conn.execute(
+        select(export_jobs.c.id, export_jobs.c.status, export_jobs.c.scheduled_for)
+        .where(export_jobs.c.schedule_id == schedule_id,
+               export_jobs.c.status.in_((QUEUED, RUNNING)))
+        .limit(1)
+    )).first()
 
 
 async def retention(engine: AsyncEngine, schedule_id: str, keep_last: int) -> list[Job]:

@@ -33,6 +33,7 @@ from exporter.schedules import (
     ScheduleRequest,
     create_schedule,
     delete_schedule,
+    find_schedule,
     fire_due,
     latest_time,
     next_time,
@@ -751,3 +752,30 @@ def test_a_worker_is_gone_only_when_certainly_dead() -> None:
     assert not worker.owner_is_gone(owner(boot="0123456789ab", started="1"), me)
     assert not worker.owner_is_gone(owner(host="elsewhere", started="1"), me)
     assert not worker.owner_is_gone(f"{host}:{ended.pid}:0badc0de", me)
+
+
+async def test_a_tick_is_skipped_while_the_schedule_job_before_it_is_queued_or_running(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine, now = engines[0], at("2026-03-10T09:30:00.5")
+    request = ScheduleRequest.model_validate({"cron": "* * * * * *", "job": {"format": "csv"}})
+    schedule = await create_schedule(engine, request, now)
+
+    async def fire(seconds: int) -> list[datetime | None]:
+        made, _ = await fire_due(engine, now + timedelta(seconds=seconds))
+        return [job.scheduled_for for job in made]
+
+    assert await fire(1) == [at("2026-03-10T09:30:01")]
+    assert await fire(2) == [], "the 09:30:01 job is still queued"
+    first = await jobs.claim_job(engine, "worker", now, LEASE, 3)
+    assert first is not None
+    assert await fire(3) == [], "and then running"
+    assert await jobs.finish(engine, first.id, "worker", jobs.FAILED, now)
+    assert await fire(4) == [at("2026-03-10T09:30:04")], "the next time after a skipped one"
+    stored = await find_schedule(engine, schedule.id)
+    assert stored.last_run_at == at("2026-03-10T09:30:04")
+    assert stored.next_run_at == at("2026-03-10T09:30:05")
+    listed = await jobs.list_jobs(engine, 10, schedule_id=schedule.id)
+    assert sorted(job.scheduled_for for job in listed) == [  # type: ignore[type-var]
+        at("2026-03-10T09:30:01"), at("2026-03-10T09:30:04"),
+    ]
