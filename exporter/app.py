@@ -51,10 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.digests = DigestCache()
         app.state.worker = None
-        if settings.run_worker:
-            app.state.worker = Worker(engine, settings, app.state.metrics)
-            app.state.worker.start()
         try:
+            if settings.run_worker:  # raises, and the service does not start, if it cannot run
+                worker = Worker(engine, settings, app.state.metrics)
+                worker.start()
+                app.state.worker = worker
             yield
         finally:
             if app.state.worker is not None:

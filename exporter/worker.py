@@ -210,6 +210,16 @@ class Worker:
         self._failing_schedules: dict[str, str] = {}  # id -> the error last logged
 
     def start(self) -> None:
+        """Start the loop; raise at once if jobs cannot run here at all."""
+        jobs.check_sqlite_returning(self.engine)
+        directory = self.settings.jobs_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(
+                f"the job files directory {directory} cannot be made ({exc}); "
+                "EXPORTER_DATA_DIR must be a writable directory"
+            ) from exc
         self.task = asyncio.create_task(self.run(), name="exporter worker")
         self.task.add_done_callback(self._loop_ended)
 
@@ -233,8 +243,6 @@ class Worker:
             log.error("the job worker stopped", exc_info=task.exception())
 
     async def run(self) -> None:
-        jobs.check_sqlite_returning(self.engine)
-        await asyncio.to_thread(self.settings.jobs_dir.mkdir, parents=True, exist_ok=True)
         log.info("worker %s: up to %d jobs at once", self.owner,
                  self.settings.worker_concurrency)
         recovered = False
@@ -271,9 +279,9 @@ class Worker:
                         self.owner, count, ", ".join(gone))
 
     async def tick(self) -> float:
-        """One round: fire schedules, claim jobs, sweep when due; seconds until the next."""
+        """One round: fire schedules, claim jobs, sweep when due; seconds until the next.
+        An idle round writes once (the claim that finds nothing)."""
         _, next_due = await fire_due(self.engine, utcnow(), self._failing_schedules)
-        await jobs.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
         while len(self.running) < self.settings.worker_concurrency:
             job = await jobs.claim_job(
                 self.engine, self.owner, utcnow(), self.lease, self.settings.job_max_attempts
@@ -441,7 +449,9 @@ class Worker:
                 await remove_file(self.settings.jobs_dir / name)
 
     async def sweep(self) -> None:
-        """Expire old one-off files, apply keep_last, and remove files no run will finish."""
+        """End lapsed runs that must not run again, expire old one-off files, apply
+        keep_last, and remove files no run will finish."""
+        await jobs.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
         for job in await jobs.expire_jobs(self.engine, utcnow()):
             log.info("job %s expired; removing its file", job.id)
             await remove_job_file(self.settings, job)

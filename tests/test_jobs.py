@@ -779,3 +779,45 @@ async def test_a_tick_is_skipped_while_the_schedule_job_before_it_is_queued_or_r
     assert sorted(job.scheduled_for for job in listed) == [  # type: ignore[type-var]
         at("2026-03-10T09:30:01"), at("2026-03-10T09:30:04"),
     ]
+
+
+async def test_an_idle_worker_settles_lapsed_runs_only_when_it_sweeps(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rounds, settles = [0], [0]
+    fire, settle = worker.fire_due, jobs.settle_lapsed
+
+    async def counted_fire(*args: Any) -> Any:
+        rounds[0] += 1
+        return await fire(*args)
+
+    async def counted_settle(*args: Any) -> None:
+        settles[0] += 1
+        await settle(*args)
+
+    monkeypatch.setattr(worker, "fire_due", counted_fire)
+    monkeypatch.setattr(jobs, "settle_lapsed", counted_settle)
+
+    async def idled(_worker: Worker) -> bool:
+        return rounds[0] >= 10
+
+    settings = worker_settings(empty_database, tmp_path, worker_poll_seconds=0.01,
+                               job_sweep_seconds=3600)
+    await run_worker(engines[0], settings, idled)
+    assert settles[0] == 1, "once, in the first sweep; not in every round"
+
+
+async def test_a_worker_that_cannot_make_its_jobs_directory_fails_at_start(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    (tmp_path / "data").write_text("a file where the data directory should be")
+    settings = worker_settings(empty_database, tmp_path / "data")
+    with pytest.raises(RuntimeError, match="EXPORTER_DATA_DIR must be a writable directory"):
+        Worker(engines[0], settings).start()
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "worker"], capture_output=True, timeout=60,
+        env=Database("sqlite", empty_database.url, tmp_path / "data").env(),
+    )
+    assert result.returncode == 1
+    assert b"cannot be made" in result.stderr
