@@ -296,24 +296,23 @@ async def _fire(
         spec = None
     try:
         async with engine.begin() as conn:
-            # Read before the claim: whoever claims the next tick read a next_run_at this
-            # transaction wrote, so it also sees the job this one inserts.
-            busy = await _in_flight(conn, schedule.id)
-            claim = {"next_run_at": next_time(schedule.cron, schedule.timezone, now)}
-            if busy is None:
-                claim["last_run_at"] = scheduled_for
             claimed = await conn.execute(
                 update(schedules)
                 .where(schedules.c.id == schedule.id, schedules.c.next_run_at == stored_next)
-                .values(**claim)
+                .values(next_run_at=next_time(schedule.cron, schedule.timezone, now))
             )
             if not claimed.rowcount or spec is None:
                 return None  # another worker fired this tick (or there is nothing to run)
+            # Read after the claim (a write first, so that SQLite takes its write lock with
+            # the transaction): whoever claimed the time before committed its job first.
+            busy = await _in_flight(conn, schedule.id)
             if busy is not None:
                 log.info("schedule %s: skipping %s, as its job %s for %s is still %s",
                          schedule.id, scheduled_for, busy.id, as_utc(busy.scheduled_for),
                          busy.status)
                 return None
+            await conn.execute(update(schedules).where(schedules.c.id == schedule.id)
+                               .values(last_run_at=scheduled_for))
             job = await insert_job(conn, job_values(spec, now, schedule.id, scheduled_for))
     except IntegrityError:
         log.info("schedule %s: the job for %s exists already", schedule.id, scheduled_for)
