@@ -210,6 +210,23 @@ async def test_a_hostile_body_is_a_short_422_never_a_500(
     assert len((await client.get(path)).json()) == listed, "nothing stored"
 
 
+async def test_a_queued_job_is_canceled_at_once_and_canceling_it_again_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    """No worker runs in-process here, so the job is certainly still queued (a finished
+    job's 409 is in ``test_jobs_server.py``)."""
+    job = (await client.post("/jobs", json={"format": "csv"})).json()
+    assert job["status"] == "queued"
+    canceled = await client.post(f"/jobs/{job['id']}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled" and canceled.json()["finished_at"]
+    again = await client.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.json() == canceled.json()
+    download = await client.get(f"/jobs/{job['id']}/download")
+    assert download.status_code == 409 and download.json()["status"] == "canceled"
+    assert (await client.delete(f"/jobs/{job['id']}")).status_code == 204
+
+
 @pytest.mark.parametrize("path", [
     "/jobs/0123", "/jobs/0123/events", "/jobs/0123/download", "/schedules/0123",
 ])
@@ -396,22 +413,21 @@ async def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
 async def test_a_tick_fired_by_racing_workers_makes_one_job_and_a_missed_day_one_catch_up(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
-    now = datetime.now(UTC)
+    now = at("2026-03-10T09:30:00")
     request = ScheduleRequest.model_validate(
         {"cron": "0 2 * * *", "job": {"format": "csv"}, "keep_last": 2}
     )
     schedule = await create_schedule(engines[0], request, now)
     # The service was down for five days: five 02:00s passed.
     async with engines[0].begin() as conn:
-        await conn.execute(update(schedules).values(next_run_at=now - timedelta(days=5)))
+        await conn.execute(update(schedules).values(next_run_at=at("2026-03-05T02:00:00")))
     results = await asyncio.gather(*(
         fire_due(engines[i % 2], now) for i in range(8)
     ))
     made = [job for jobs_made, _ in results for job in jobs_made]
     assert len(made) == 1
-    assert made[0].scheduled_for == latest_time("0 2 * * *", "UTC", now, now - timedelta(days=1))
-    _, next_due = results[0]
-    assert next_due == next_time("0 2 * * *", "UTC", now)
+    assert made[0].scheduled_for == at("2026-03-10T02:00:00"), "one run, for the latest"
+    assert {next_due for _, next_due in results} == {at("2026-03-11T02:00:00")}
     assert [job.id for job in await jobs.list_jobs(engines[0], 10, schedule_id=schedule.id)] \
         == [made[0].id]
 
