@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exporter.db import backend_name
 from exporter.errors import Conflict, InvalidParameter, NotFound, echo
 from exporter.formats import FORMATS
-from exporter.models import as_utc, export_jobs
+from exporter.models import export_jobs, utc_values
 from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
@@ -182,11 +182,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
-        values = dict(row._mapping)
-        for name, value in values.items():
-            if isinstance(value, datetime):
-                values[name] = as_utc(value)
-        return cls(**values)
+        return cls(**utc_values(row))
 
     @property
     def spec(self) -> JobSpec:

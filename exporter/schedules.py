@@ -48,7 +48,7 @@ from exporter.jobs import (
     job_values,
     new_id,
 )
-from exporter.models import as_utc, export_jobs, schedules
+from exporter.models import as_utc, export_jobs, schedules, utc_values
 
 log = logging.getLogger("exporter.schedules")
 
@@ -169,11 +169,7 @@ class Schedule:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Schedule:
-        values = dict(row._mapping)
-        for name, value in values.items():
-            if isinstance(value, datetime):
-                values[name] = as_utc(value)
-        return cls(**values)
+        return cls(**utc_values(row))
 
 
 async def create_schedule(
