@@ -2,7 +2,7 @@
 
 It runs inside the service (``EXPORTER_RUN_WORKER``, the default) or as
 ``exporter worker``; any number of workers share one database, and the database decides
-which one runs what (``jobs.py``, ``schedules.py``).
+which one runs what (``leases.py``, ``schedules.py``).
 
 A job's file is written by the one export pipeline (``open_export``, the bytes of the live
 HTTP export) with aiofiles, hashed as it is written, to ``<data_dir>/jobs/.<id>-<n>.part``
@@ -43,10 +43,11 @@ import aiofiles
 import aiofiles.os
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import jobs
+from exporter import jobs, leases
 from exporter.config import Settings
 from exporter.errors import NotFound
-from exporter.jobs import Beat, Counts, Job, JobSpec
+from exporter.jobs import Job, JobSpec
+from exporter.leases import Beat, Counts
 from exporter.metrics import Metrics
 from exporter.schedules import (
     all_retention,
@@ -211,7 +212,7 @@ class Worker:
 
     def start(self) -> None:
         """Start the loop; raise at once if jobs cannot run here at all."""
-        jobs.check_sqlite_returning(self.engine)
+        leases.check_sqlite_returning(self.engine)
         directory = self.settings.jobs_dir
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -271,10 +272,10 @@ class Worker:
 
     async def recover(self) -> None:
         """Runs whose owner process on this host is gone are claimable at once."""
-        gone = [o for o in await jobs.running_owners(self.engine)
+        gone = [o for o in await leases.running_owners(self.engine)
                 if owner_is_gone(o, self.owner)]
         if gone:
-            count = await jobs.expire_lapsed_leases(self.engine, gone, utcnow())
+            count = await leases.expire_lapsed_leases(self.engine, gone, utcnow())
             log.warning("worker %s: taking over %d job(s) of %s, which died",
                         self.owner, count, ", ".join(gone))
 
@@ -283,7 +284,7 @@ class Worker:
         An idle round writes once (the claim that finds nothing)."""
         _, next_due = await fire_due(self.engine, utcnow(), self._failing_schedules)
         while len(self.running) < self.settings.worker_concurrency:
-            job = await jobs.claim_job(
+            job = await leases.claim_job(
                 self.engine, self.owner, utcnow(), self.lease, self.settings.job_max_attempts
             )
             if job is None:
@@ -330,7 +331,7 @@ class Worker:
         except asyncio.CancelledError:  # the worker is stopping
             await _stop(writer)
             with suppress(Exception):
-                await jobs.requeue(self.engine, job.id, self.owner)
+                await leases.requeue(self.engine, job.id, self.owner)
             raise
         await self._finish(job, writer, progress, verdict)
 
@@ -361,7 +362,7 @@ class Worker:
                 counts = progress.counts()
                 try:
                     verdict = await asyncio.wait_for(
-                        jobs.beat(self.engine, job.id, self.owner, counts, counts != written,
+                        leases.beat(self.engine, job.id, self.owner, counts, counts != written,
                                   utcnow(), self.lease),
                         timeout=min(lease / 3, give_up - sent),
                     )
@@ -387,7 +388,7 @@ class Worker:
             else:
                 outcome = await self._failed(job, error, seen, now)
         if outcome == jobs.CANCELED:
-            if await jobs.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen):
+            if await leases.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen):
                 log.info("job %s: canceled after %d rows", job.id, counts.rows)
             else:
                 outcome = "lost"
@@ -405,7 +406,7 @@ class Worker:
         """FAILED, or CANCELED when a cancel came first."""
         log.error("job %s failed", job.id, exc_info=error)
         message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
-        recorded = await jobs.finish(
+        recorded = await leases.finish(
             self.engine, job.id, self.owner, jobs.FAILED, now, error=message, **seen
         )
         return jobs.FAILED if recorded else jobs.CANCELED
@@ -420,7 +421,7 @@ class Worker:
         expires_at = None
         if schedule is None:
             expires_at = now + timedelta(seconds=self.settings.job_ttl_seconds)
-        recorded = await jobs.finish(
+        recorded = await leases.finish(
             self.engine, job.id, self.owner, jobs.SUCCEEDED, now, expires_at=expires_at,
             file_name=jobs.download_name(job.id, job.spec), file_path=file.path,
             file_size=file.size, row_count=file.rows, sha256=file.sha256, **seen,
@@ -451,7 +452,7 @@ class Worker:
     async def sweep(self) -> None:
         """End lapsed runs that must not run again, expire old one-off files, apply
         keep_last, and remove files no run will finish."""
-        await jobs.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
+        await leases.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
         for job in await jobs.expire_jobs(self.engine, utcnow()):
             log.info("job %s expired; removing its file", job.id)
             await remove_job_file(self.settings, job)

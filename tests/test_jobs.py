@@ -23,10 +23,11 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import jobs, worker
+from exporter import jobs, leases, worker
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, downgrade_all, migrate
-from exporter.jobs import Beat, Counts, JobRequest
+from exporter.jobs import JobRequest
+from exporter.leases import Beat, Counts
 from exporter.models import schedules
 from exporter.queries import parse_export_query
 from exporter.schedules import (
@@ -338,7 +339,7 @@ async def test_two_workers_racing_never_claim_the_same_job(
 
     async def worker(engine: AsyncEngine, name: str) -> list[str]:
         claimed = []
-        while (job := await jobs.claim_job(engine, name, now, LEASE, 3)) is not None:
+        while (job := await leases.claim_job(engine, name, now, LEASE, 3)) is not None:
             claimed.append(job.id)
         return claimed
 
@@ -356,16 +357,16 @@ async def test_a_lapsed_lease_is_taken_over_and_the_old_worker_can_change_nothin
 ) -> None:
     now = datetime.now(UTC)
     (job_id,) = await queue(engines[0], 1, now)
-    first = await jobs.claim_job(engines[0], "dead", now, LEASE, 3)
+    first = await leases.claim_job(engines[0], "dead", now, LEASE, 3)
     assert first is not None and first.id == job_id
-    assert await jobs.claim_job(engines[1], "alive", now + LEASE / 2, LEASE, 3) is None
+    assert await leases.claim_job(engines[1], "alive", now + LEASE / 2, LEASE, 3) is None
     later = now + LEASE + timedelta(seconds=1)
-    second = await jobs.claim_job(engines[1], "alive", later, LEASE, 3)
+    second = await leases.claim_job(engines[1], "alive", later, LEASE, 3)
     assert second is not None and second.id == job_id and second.attempts == 2
     counts = Counts(10, 100, 500)
-    assert await jobs.beat(engines[0], job_id, "dead", counts, True, later, LEASE) is Beat.LOST
-    assert not await jobs.finish(engines[0], job_id, "dead", jobs.SUCCEEDED, later)
-    assert await jobs.beat(engines[1], job_id, "alive", counts, True, later, LEASE) \
+    assert await leases.beat(engines[0], job_id, "dead", counts, True, later, LEASE) is Beat.LOST
+    assert not await leases.finish(engines[0], job_id, "dead", jobs.SUCCEEDED, later)
+    assert await leases.beat(engines[1], job_id, "alive", counts, True, later, LEASE) \
         is Beat.CONTINUE
     job = await jobs.find_job(engines[1], job_id)
     assert (job.lease_owner, job.rows_written, job.total_rows, job.percent) == (
@@ -380,12 +381,12 @@ async def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
     (job_id,) = await queue(engines[0], 1, now)
     for attempt in range(3):
         now += LEASE * 2
-        await jobs.settle_lapsed(engines[0], now, 3)
-        claimed = await jobs.claim_job(engines[0], f"mortal-{attempt}", now, LEASE, 3)
+        await leases.settle_lapsed(engines[0], now, 3)
+        claimed = await leases.claim_job(engines[0], f"mortal-{attempt}", now, LEASE, 3)
         assert claimed is not None and claimed.attempts == attempt + 1
     now += LEASE * 2
-    assert await jobs.claim_job(engines[0], "next", now, LEASE, 3) is None
-    await jobs.settle_lapsed(engines[0], now, 3)
+    assert await leases.claim_job(engines[0], "next", now, LEASE, 3) is None
+    await leases.settle_lapsed(engines[0], now, 3)
     job = await jobs.find_job(engines[0], job_id)
     assert job.status == jobs.FAILED
     assert job.error is not None and "3 times" in job.error
@@ -396,17 +397,17 @@ async def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
 ) -> None:
     now = datetime.now(UTC)
     first, second = await queue(engines[0], 2, now)
-    running = await jobs.claim_job(engines[0], "worker", now, LEASE, 3)
+    running = await leases.claim_job(engines[0], "worker", now, LEASE, 3)
     assert running is not None and running.id == first
     assert (await jobs.cancel_job(engines[0], second, now)).status == jobs.CANCELED
     flagged = await jobs.cancel_job(engines[0], first, now)
     assert flagged.status == jobs.RUNNING and flagged.cancel_requested
     counts = Counts(0, None, 0)
-    assert await jobs.beat(engines[0], first, "worker", counts, False, now, LEASE) is Beat.CANCEL
+    assert await leases.beat(engines[0], first, "worker", counts, False, now, LEASE) is Beat.CANCEL
     # A canceled job whose worker died ends canceled, not re-run.
     later = now + LEASE * 2
-    assert await jobs.claim_job(engines[1], "other", later, LEASE, 3) is None
-    await jobs.settle_lapsed(engines[1], later, 3)
+    assert await leases.claim_job(engines[1], "other", later, LEASE, 3) is None
+    await leases.settle_lapsed(engines[1], later, 3)
     assert (await jobs.find_job(engines[1], first)).status == jobs.CANCELED
 
 
@@ -565,11 +566,11 @@ async def test_a_finish_other_than_cancel_is_refused_once_a_cancel_was_asked(
 ) -> None:
     now = datetime.now(UTC)
     (job_id,) = await queue(engines[0], 1, now)
-    assert await jobs.claim_job(engines[0], "worker", now, LEASE, 3) is not None
+    assert await leases.claim_job(engines[0], "worker", now, LEASE, 3) is not None
     assert (await jobs.cancel_job(engines[1], job_id, now)).status == jobs.RUNNING
-    assert not await jobs.finish(engines[0], job_id, "worker", jobs.SUCCEEDED, now)
-    assert not await jobs.finish(engines[0], job_id, "worker", jobs.FAILED, now)
-    assert await jobs.finish(engines[0], job_id, "worker", jobs.CANCELED, now)
+    assert not await leases.finish(engines[0], job_id, "worker", jobs.SUCCEEDED, now)
+    assert not await leases.finish(engines[0], job_id, "worker", jobs.FAILED, now)
+    assert await leases.finish(engines[0], job_id, "worker", jobs.CANCELED, now)
     assert (await jobs.find_job(engines[0], job_id)).status == jobs.CANCELED
 
 
@@ -601,7 +602,7 @@ async def test_a_cancel_or_a_loss_seen_just_after_the_rename_removes_the_complet
     """The heartbeat is in flight while the writer renames its file: the writer is done, but
     the heartbeat says the job is canceled (or deleted)."""
     engine = engines[0]
-    write, beat = worker.write_job_file, jobs.beat
+    write, beat = worker.write_job_file, leases.beat
     started, written = asyncio.Event(), asyncio.Event()
 
     async def held_back_write(*args: Any) -> worker.JobFile:
@@ -622,7 +623,7 @@ async def test_a_cancel_or_a_loss_seen_just_after_the_rename_removes_the_complet
         return await beat(*args)
 
     monkeypatch.setattr(worker, "write_job_file", held_back_write)
-    monkeypatch.setattr(jobs, "beat", beat_across_the_rename)
+    monkeypatch.setattr(leases, "beat", beat_across_the_rename)
     (job_id,) = await queue(engine, 1, datetime.now(UTC))
 
     async def ended(running: Worker) -> bool:
@@ -642,7 +643,7 @@ async def test_a_writer_stopped_between_its_rename_and_its_return_leaves_no_file
 ) -> None:
     """As when the cancel is seen while the directory is being fsynced."""
     engine = engines[0]
-    write, beat = worker.write_job_file, jobs.beat
+    write, beat = worker.write_job_file, leases.beat
     renamed = asyncio.Event()
 
     async def stuck_after_the_rename(*args: Any) -> worker.JobFile:
@@ -657,7 +658,7 @@ async def test_a_writer_stopped_between_its_rename_and_its_return_leaves_no_file
         return await beat(*args)
 
     monkeypatch.setattr(worker, "write_job_file", stuck_after_the_rename)
-    monkeypatch.setattr(jobs, "beat", cancel_once_renamed)
+    monkeypatch.setattr(leases, "beat", cancel_once_renamed)
     (job_id,) = await queue(engine, 1, datetime.now(UTC))
     job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
     assert job.status == jobs.CANCELED
@@ -694,7 +695,7 @@ async def test_a_worker_whose_heartbeats_hang_gives_the_job_up_before_its_lease_
         return Beat.CONTINUE
 
     monkeypatch.setattr(worker, "write_job_file", endless_write)
-    monkeypatch.setattr(jobs, "beat", hanging_beat)
+    monkeypatch.setattr(leases, "beat", hanging_beat)
     (job_id,) = await queue(engine, 1, datetime.now(UTC))
     settings = worker_settings(empty_database, tmp_path, job_lease_seconds=lease)
 
@@ -783,10 +784,10 @@ async def test_a_tick_is_skipped_while_the_schedule_job_before_it_is_queued_or_r
 
     assert await fire(1) == [at("2026-03-10T09:30:01")]
     assert await fire(2) == [], "the 09:30:01 job is still queued"
-    first = await jobs.claim_job(engine, "worker", now, LEASE, 3)
+    first = await leases.claim_job(engine, "worker", now, LEASE, 3)
     assert first is not None
     assert await fire(3) == [], "and then running"
-    assert await jobs.finish(engine, first.id, "worker", jobs.FAILED, now)
+    assert await leases.finish(engine, first.id, "worker", jobs.FAILED, now)
     assert await fire(4) == [at("2026-03-10T09:30:04")], "the next time after a skipped one"
     stored = await find_schedule(engine, schedule.id)
     assert stored.last_run_at == at("2026-03-10T09:30:04")
@@ -802,7 +803,7 @@ async def test_an_idle_worker_settles_lapsed_runs_only_when_it_sweeps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rounds, settles = [0], [0]
-    fire, settle = worker.fire_due, jobs.settle_lapsed
+    fire, settle = worker.fire_due, leases.settle_lapsed
 
     async def counted_fire(*args: Any) -> Any:
         rounds[0] += 1
@@ -813,7 +814,7 @@ async def test_an_idle_worker_settles_lapsed_runs_only_when_it_sweeps(
         await settle(*args)
 
     monkeypatch.setattr(worker, "fire_due", counted_fire)
-    monkeypatch.setattr(jobs, "settle_lapsed", counted_settle)
+    monkeypatch.setattr(leases, "settle_lapsed", counted_settle)
 
     async def idled(_worker: Worker) -> bool:
         return rounds[0] >= 10
