@@ -60,6 +60,7 @@ RANDOM_FIELD = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 # Zone files that are not places: the host's own zone, and placeholders.
 NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 MAX_KEEP_LAST = 10_000
+# errors.DATABASE_UNREACHABLE less OSError, which a schedule's own zone file can raise too.
 DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 

@@ -363,7 +363,7 @@ class Worker:
                 try:
                     verdict = await asyncio.wait_for(
                         leases.beat(self.engine, job.id, self.owner, counts, counts != written,
-                                  utcnow(), self.lease),
+                                    utcnow(), self.lease),
                         timeout=min(lease / 3, give_up - sent),
                     )
                     written, last_beat = counts, sent
