@@ -260,8 +260,11 @@ class Worker:
                     self._last_error = ""
             except Exception as exc:  # the database is down or not migrated: keep trying
                 self._report(exc)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (stop())
+            # that comes as the wake-up does, and the loop would run on.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _report(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -360,12 +363,12 @@ class Worker:
                 verdict = Beat.LOST  # before the lease lapses and another worker takes it
             else:
                 counts = progress.counts()
-                try:
-                    verdict = await asyncio.wait_for(
-                        leases.beat(self.engine, job.id, self.owner, counts, counts != written,
-                                    utcnow(), self.lease),
-                        timeout=min(lease / 3, give_up - sent),
-                    )
+                try:  # asyncio.timeout rather than wait_for: see run()
+                    async with asyncio.timeout(min(lease / 3, give_up - sent)):
+                        verdict = await leases.beat(
+                            self.engine, job.id, self.owner, counts, counts != written,
+                            utcnow(), self.lease,
+                        )
                     written, last_beat = counts, sent
                 except Exception as exc:  # TimeoutError too: the next round decides
                     log.warning("job %s: heartbeat failed: %s", job.id,

@@ -838,3 +838,31 @@ async def test_a_worker_that_cannot_make_its_jobs_directory_fails_at_start(
     )
     assert result.returncode == 1
     assert b"cannot be made" in result.stderr
+
+
+async def test_a_worker_stops_even_when_the_stop_comes_as_it_wakes_up(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    """As when a job ends (a slot is free: wake up) just as the service stops. On Python
+    3.11, asyncio.wait_for returned the wake-up and dropped the cancel: stop() hung."""
+    idle = asyncio.Event()
+
+    class Watched(Worker):
+        async def tick(self) -> float:
+            delay = await super().tick()
+            idle.set()
+            return delay
+
+    watched = Watched(engines[0], worker_settings(empty_database, tmp_path,
+                                                  worker_poll_seconds=30))
+    watched.start()
+    assert watched.task is not None
+    try:
+        await asyncio.wait_for(idle.wait(), timeout=10)
+        await asyncio.sleep(0.05)  # waiting for a wake-up now
+        watched.wake()
+        watched.task.cancel()
+        done, _ = await asyncio.wait({watched.task}, timeout=5)
+        assert done, "the stop was lost: the loop runs on"
+    finally:
+        await watched.stop()
