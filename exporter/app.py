@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
-from exporter.errors import DatabaseUnavailable, ExporterError
+from exporter.errors import DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
 from exporter.metrics import Metrics
 from exporter.routes import exports, files, jobs, ops, pages, schedules
@@ -25,6 +25,7 @@ from exporter.streaming import ExportSlots
 from exporter.worker import Worker
 
 log = logging.getLogger("exporter")
+REPORTED_ERRORS = 20  # validation errors listed in a 422 body
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,10 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.digests = DigestCache()
         app.state.worker = None
-        if settings.run_worker:
-            app.state.worker = Worker(engine, settings, app.state.metrics)
-            app.state.worker.start()
         try:
+            if settings.run_worker:  # raises, and the service does not start, if it cannot run
+                worker = Worker(engine, settings, app.state.metrics)
+                worker.start()
+                app.state.worker = worker
             yield
         finally:
             if app.state.worker is not None:
@@ -84,7 +86,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+        # A location holds the client's own keys: quoted back short and encodable, and only
+        # the first few (a list of 100,000 bad items is 100,000 errors).
+        errors = [{"loc": [echo(part) for part in e.get("loc", ())], "msg": e.get("msg"),
+                   "type": e.get("type")} for e in exc.errors()[:REPORTED_ERRORS]]
         first = errors[0] if errors else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         return JSONResponse(
@@ -92,7 +97,7 @@ def _add_error_handlers(app: FastAPI) -> None:
                 "error": "invalid_parameter",
                 "message": f"{where}: {first.get('msg', 'invalid')}",
                 "parameter": where,
-                "errors": [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors],
+                "errors": errors,
             },
             status_code=422,
         )

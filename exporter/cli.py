@@ -119,14 +119,20 @@ async def _worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    worker.start()
+    try:
+        worker.start()
+    except RuntimeError as exc:
+        print(f"exporter worker: {exc}", file=sys.stderr)
+        await engine.dispose()
+        return EXIT_FAILED
+    stopping = asyncio.create_task(stop.wait())
     try:
         assert worker.task is not None
-        await asyncio.wait({worker.task, asyncio.create_task(stop.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({worker.task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         failed = worker.task.done() and not worker.task.cancelled()
         await worker.stop()  # running jobs go back to the queue
     finally:
+        stopping.cancel()
         await engine.dispose()
     return EXIT_FAILED if failed else 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -134,6 +134,18 @@ class Settings(BaseSettings):
                 f"it must start with one of {', '.join(allowed)}"
             )
         return url
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_in_a_lease(self) -> Settings:
+        # A worker gives a job up after half a lease without a heartbeat: at least two
+        # heartbeats must fit in that half, or one slow beat would lose the job.
+        if self.job_progress_seconds > self.job_lease_seconds / 3:
+            raise ValueError(
+                f"EXPORTER_JOB_PROGRESS_SECONDS={self.job_progress_seconds} is more than a "
+                f"third of EXPORTER_JOB_LEASE_SECONDS={self.job_lease_seconds}; heartbeats "
+                "must come at least three times a lease"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

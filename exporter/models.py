@@ -7,6 +7,7 @@ compares correctly as text; ``as_utc`` puts the zone back on what is read.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    Row,
     String,
     Table,
     Text,
@@ -117,3 +119,9 @@ def as_utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+def utc_values(row: Row[Any]) -> dict[str, Any]:
+    """A row as column name -> value, its timestamps aware and in UTC."""
+    return {name: as_utc(value) if isinstance(value, datetime) else value
+            for name, value in row._mapping.items()}

@@ -1,4 +1,4 @@
-"""Cron schedules: each scheduled time makes exactly one job, however many workers fire it.
+"""Cron schedules: each scheduled time makes one job, however many workers fire it.
 
 A worker that finds a schedule due claims the tick by moving ``next_run_at`` on with a
 conditional ``UPDATE ... WHERE next_run_at = <the value it read>``; only the worker whose
@@ -7,30 +7,40 @@ update matched inserts the job, in the same transaction, and the unique constrai
 
 The job is for the latest scheduled time that has passed, and ``next_run_at`` moves to the
 first time after now: a worker that was down (or late) makes one catch-up run, never one
-per missed time. Workers sleep until the next time due, so on time they miss none.
+per missed time. Workers sleep until the next time due, so on time they miss none. A
+schedule runs one job at a time: a time that comes while its previous job is still queued
+or running is skipped (and logged), so a schedule faster than its export cannot grow the
+queue without end.
 
 Cron expressions are croniter's: five fields (minute hour day-of-month month day-of-week),
 or six with seconds as the sixth, last field (``* * * * * */2``: every two seconds), or an
-alias such as ``@daily``; they are read in the schedule's IANA time zone.
+alias such as ``@daily``; they are read in the schedule's IANA time zone. Refused: croniter's
+random and hashed fields (``R``, ``H``), whose times differ between replicas and restarts,
+and expressions whose time never comes (``0 0 30 2 *``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Row, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from exporter.errors import InvalidParameter, NotFound
+from exporter.errors import InvalidParameter, NotFound, echo
 from exporter.jobs import (
     FINISHED,
+    QUEUED,
+    RUNNING,
     SUCCEEDED,
     Job,
     JobRequest,
@@ -38,44 +48,68 @@ from exporter.jobs import (
     job_values,
     new_id,
 )
-from exporter.models import as_utc, export_jobs, schedules
+from exporter.models import as_utc, export_jobs, schedules, utc_values
 
 log = logging.getLogger("exporter.schedules")
 
 CRON_FIELDS = (5, 6)  # croniter's optional sixth field is seconds
+CRON_LENGTH = 255  # the column's
 REBOOT = "@reboot"  # croniter knows it, but a schedule has no boot to run at
+# croniter's random (R) and hashed (H) fields, as its own HashExpander reads a field.
+RANDOM_FIELD = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
+# Zone files that are not places: the host's own zone, and placeholders.
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 MAX_KEEP_LAST = 10_000
+# errors.DATABASE_UNREACHABLE less OSError, which a schedule's own zone file can raise too.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def parse_cron(expression: str) -> str:
     """The expression, normalised, or a ValueError naming what is wrong."""
     text = " ".join(expression.split())
+    shown = repr(echo(expression))
     if text.startswith("@"):
         if text.lower() == REBOOT or not croniter.is_valid(text):
             raise ValueError(
-                f"{expression!r} is not a cron alias this service runs; use @yearly, @monthly, "
+                f"{shown} is not a cron alias this service runs; use @yearly, @monthly, "
                 "@weekly, @daily, @hourly or five or six fields"
             )
-        return text
-    if len(text.split()) not in CRON_FIELDS:
+    elif len(text.split()) not in CRON_FIELDS:
         raise ValueError(
-            f"{expression!r} has {len(text.split())} fields; a cron expression has five "
+            f"{shown} has {len(text.split())} fields; a cron expression has five "
             "(minute hour day-of-month month day-of-week), or six with seconds last "
             "('* * * * * */2' is every two seconds)"
         )
-    if not croniter.is_valid(text):
-        raise ValueError(f"{expression!r} is not a valid cron expression")
+    elif any(RANDOM_FIELD.fullmatch(field) for field in text.split()):
+        raise ValueError(
+            f"{shown} has a random (R) or hashed (H) field; a schedule's times must be the "
+            "same on every replica and after every restart, so give the minute or hour itself"
+        )
+    elif not croniter.is_valid(text):
+        raise ValueError(f"{shown} is not a valid cron expression")
+    try:  # valid, yet some never come: 0 0 30 2 * (February 30th)
+        croniter(text, datetime.now(UTC)).get_next(datetime)
+    except Exception:  # croniter's own errors, whatever this expression trips on
+        raise ValueError(
+            f"{shown} never comes (croniter finds no such time within 50 years)"
+        ) from None
     return text
 
 
+@functools.cache
+def zone_names() -> frozenset[str]:
+    """The IANA names this host knows (it reads the zone directories: once)."""
+    return frozenset(available_timezones()) - NOT_ZONES
+
+
 def parse_zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    """Only names of the zone database: never a path, nor a file that is not a place."""
+    if name not in zone_names():
         raise ValueError(
-            f"{name!r} is not an IANA time zone name such as UTC, Europe/Berlin or "
+            f"{echo(name)!r} is not an IANA time zone name such as UTC, Europe/Berlin or "
             "America/New_York"
-        ) from None
+        )
+    return ZoneInfo(name)
 
 
 def next_time(cron: str, zone: str, after: datetime) -> datetime:
@@ -102,12 +136,14 @@ class ScheduleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cron: Annotated[str, Field(description="Five fields, or six with seconds last; @daily.")]
+    cron: Annotated[str, Field(
+        max_length=CRON_LENGTH, description="Five fields, or six with seconds last; @daily.",
+    )]
     timezone: Annotated[str, Field(description="IANA name the cron is read in.")] = "UTC"
     job: JobRequest
-    keep_last: Annotated[
-        int, Field(ge=1, le=MAX_KEEP_LAST, description="Succeeded runs kept, newest first.")
-    ] = 7
+    keep_last: Annotated[int, Field(
+        strict=True, ge=1, le=MAX_KEEP_LAST, description="Succeeded runs kept, newest first.",
+    )] = 7
 
     @field_validator("cron")
     @classmethod
@@ -134,17 +170,16 @@ class Schedule:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Schedule:
-        values = dict(row._mapping)
-        for name, value in values.items():
-            if isinstance(value, datetime):
-                values[name] = as_utc(value)
-        return cls(**values)
+        return cls(**utc_values(row))
 
 
 async def create_schedule(
     engine: AsyncEngine, request: ScheduleRequest, now: datetime
 ) -> Schedule:
-    request.job.spec()  # InvalidParameter (422) now rather than a failed job each night
+    try:  # a 422 now rather than a failed job each night
+        request.job.spec()
+    except InvalidParameter as exc:
+        raise exc.within("job") from None  # its path in this body: job.filters.plan
     schedule_id = new_id()
     values = {
         "id": schedule_id, "cron": request.cron, "timezone": request.timezone,
@@ -179,7 +214,9 @@ async def list_schedules(engine: AsyncEngine) -> list[Schedule]:
 async def delete_schedule(
     engine: AsyncEngine, schedule_id: str, now: datetime, ttl: timedelta
 ) -> None:
-    """Its jobs stay, as one-off jobs now: their files expire ``ttl`` from now."""
+    """Its jobs stay, as one-off jobs now: the files of succeeded ones expire ``ttl`` from now,
+    and queued or running ones expire ``ttl`` after they succeed (the worker sees that the
+    schedule is gone; ``expire_unscheduled`` catches one that finished during this call)."""
     async with engine.begin() as conn:
         await conn.execute(
             update(export_jobs)
@@ -192,21 +229,54 @@ async def delete_schedule(
             raise NotFound(f"no schedule with id {schedule_id!r}")
 
 
-async def fire_due(engine: AsyncEngine, now: datetime) -> tuple[list[Job], datetime | None]:
+async def expire_unscheduled(engine: AsyncEngine, now: datetime, ttl: timedelta) -> int:
+    """Succeeded jobs whose schedule is gone and that have no expiry yet get one, as one-off
+    jobs have: those that finished just as their schedule was being deleted."""
+    gone = ~select(schedules.c.id).where(schedules.c.id == export_jobs.c.schedule_id).exists()
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(export_jobs)
+            .where(export_jobs.c.status == SUCCEEDED, export_jobs.c.expires_at.is_(None),
+                   export_jobs.c.schedule_id.is_not(None), gone)
+            .values(expires_at=now + ttl)
+        )
+    return int(result.rowcount)
+
+
+async def fire_due(
+    engine: AsyncEngine, now: datetime, failing: dict[str, str] | None = None
+) -> tuple[list[Job], datetime | None]:
     """Make the job of every schedule that is due, once; return the jobs this call made
-    and the earliest time a schedule is due next."""
+    and the earliest time a schedule is due next.
+
+    A schedule that cannot fire (its time zone is missing on this host, say) is logged
+    and passed over, so that it stops neither the others nor the claiming of jobs;
+    ``failing`` (schedule id -> error, kept by the caller) logs each error once."""
     async with engine.connect() as conn:
         rows = (await conn.execute(select(schedules))).all()
     made: list[Job] = []
     earliest: datetime | None = None
+    failing = {} if failing is None else failing
     for row in rows:
         schedule = Schedule.from_row(row)
-        upcoming = schedule.next_run_at
-        if schedule.next_run_at <= now:
-            job = await _fire(engine, schedule, row.next_run_at, now)
-            if job is not None:
-                made.append(job)
-            upcoming = next_time(schedule.cron, schedule.timezone, now)
+        try:
+            upcoming = schedule.next_run_at
+            if schedule.next_run_at <= now:
+                job = await _fire(engine, schedule, row.next_run_at, now)
+                if job is not None:
+                    made.append(job)
+                upcoming = next_time(schedule.cron, schedule.timezone, now)
+        except DATABASE_DOWN:
+            raise  # not this schedule's fault: the worker reports it and tries again
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if failing.get(schedule.id) != error:
+                log.error("schedule %s (%r in %s) cannot fire: %s; the other schedules and "
+                          "the jobs go on", schedule.id, schedule.cron, schedule.timezone, error)
+                failing[schedule.id] = error
+            continue
+        if failing.pop(schedule.id, None) is not None:
+            log.info("schedule %s fires again", schedule.id)
         earliest = upcoming if earliest is None else min(earliest, upcoming)
     return made, earliest
 
@@ -226,19 +296,37 @@ async def _fire(
             claimed = await conn.execute(
                 update(schedules)
                 .where(schedules.c.id == schedule.id, schedules.c.next_run_at == stored_next)
-                .values(
-                    next_run_at=next_time(schedule.cron, schedule.timezone, now),
-                    last_run_at=scheduled_for,
-                )
+                .values(next_run_at=next_time(schedule.cron, schedule.timezone, now))
             )
             if not claimed.rowcount or spec is None:
                 return None  # another worker fired this tick (or there is nothing to run)
+            # Read after the claim (a write first, so that SQLite takes its write lock with
+            # the transaction): whoever claimed the time before committed its job first.
+            busy = await _in_flight(conn, schedule.id)
+            if busy is not None:
+                log.info("schedule %s: skipping %s, as its job %s for %s is still %s",
+                         schedule.id, scheduled_for, busy.id, as_utc(busy.scheduled_for),
+                         busy.status)
+                return None
+            await conn.execute(update(schedules).where(schedules.c.id == schedule.id)
+                               .values(last_run_at=scheduled_for))
             job = await insert_job(conn, job_values(spec, now, schedule.id, scheduled_for))
     except IntegrityError:
         log.info("schedule %s: the job for %s exists already", schedule.id, scheduled_for)
         return None
     log.info("schedule %s fired job %s for %s", schedule.id, job.id, scheduled_for)
     return job
+
+
+async def _in_flight(conn: AsyncConnection, schedule_id: str) -> Row[Any, Any, Any] | None:
+    """The schedule's job that is still queued or running, if any: a schedule runs one job
+    at a time, or a schedule faster than its export would grow the queue without end."""
+    return (await conn.execute(
+        select(export_jobs.c.id, export_jobs.c.status, export_jobs.c.scheduled_for)
+        .where(export_jobs.c.schedule_id == schedule_id,
+               export_jobs.c.status.in_((QUEUED, RUNNING)))
+        .limit(1)
+    )).first()
 
 
 async def retention(engine: AsyncEngine, schedule_id: str, keep_last: int) -> list[Job]:

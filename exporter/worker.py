@@ -2,21 +2,24 @@
 
 It runs inside the service (``EXPORTER_RUN_WORKER``, the default) or as
 ``exporter worker``; any number of workers share one database, and the database decides
-which one runs what (``jobs.py``, ``schedules.py``).
+which one runs what (``leases.py``, ``schedules.py``).
 
 A job's file is written by the one export pipeline (``open_export``, the bytes of the live
 HTTP export) with aiofiles, hashed as it is written, to ``<data_dir>/jobs/.<id>-<n>.part``
 (n: the attempt), fsynced, and renamed to ``<id>-<n>.<ext>``: a complete file or none.
 While it runs, a heartbeat every ``job_progress_seconds`` writes the progress, renews the
 lease and reads the cancel flag; a cancel or a lost claim stops the export at once and
-removes the partial file. The attempt in the name keeps a worker that lost its claim
-(its lease lapsed while the database was out of reach) from ever renaming over the file
-of the run that took over.
+removes the partial file. A worker whose heartbeats do not go through (each is waited for
+at most a third of a lease) gives the job up after half a lease, before the lease lapses
+and another worker may claim it, so two workers never write one job. The attempt in the
+name keeps a worker that lost its claim anyway (its clock, say) from ever renaming over the
+file of the run that took over.
 
 A worker that dies (kill -9) leaves its jobs ``running`` under a lease that lapses; any
 worker then claims them again (each claim is an attempt; ``job_max_attempts`` of them and
-the job fails). A worker starting on the same host sees at once that the owner process is
-gone and does not wait for the lease. A worker that is stopped (SIGTERM) hands its jobs
+the job fails). A worker starting in the same pid namespace of the same host (the service
+restarted, not its container) sees at once that the owner process is gone and does not
+wait for the lease; anywhere else it waits. A worker that is stopped (SIGTERM) hands its jobs
 back to the queue. The sweep removes files no run will finish, expired files, and
 scheduled jobs beyond their schedule's ``keep_last``.
 """
@@ -40,12 +43,19 @@ import aiofiles
 import aiofiles.os
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import jobs
+from exporter import jobs, leases
 from exporter.config import Settings
 from exporter.errors import NotFound
-from exporter.jobs import Beat, Counts, Job, JobSpec
+from exporter.jobs import Job, JobSpec
+from exporter.leases import Beat, Counts
 from exporter.metrics import Metrics
-from exporter.schedules import all_retention, find_schedule, fire_due, retention
+from exporter.schedules import (
+    all_retention,
+    expire_unscheduled,
+    find_schedule,
+    fire_due,
+    retention,
+)
 from exporter.streaming import Progress, open_export
 
 log = logging.getLogger("exporter.worker")
@@ -60,27 +70,61 @@ def utcnow() -> datetime:
 
 
 def worker_owner() -> str:
-    """host:pid:random, so that a restart on the same host knows the old owner is gone."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """host:pid:start:boot:pidns:random: which process, certainly, on Linux: its start
+    time (clock ticks since boot), the kernel's boot id and its pid namespace tell it
+    apart from an earlier process with the same pid, and from a process of another
+    container that shares the host name. The random part tells workers of one process apart."""
+    host, pid = socket.gethostname(), os.getpid()
+    return ":".join((host, str(pid), _started(pid) or "", _boot_id(), _pid_namespace(),
+                     secrets.token_hex(4)))
 
 
 def owner_is_gone(owner: str, me: str) -> bool:
-    """True only when certain: the owner ran on this host, and its process is not alive
-    (or is this process, under an earlier owner id, as after a container restart)."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if owner == me or host != socket.gethostname() or not pid_text.isdigit():
+    """True only when certain: the owner ran in this boot of this kernel, in this pid
+    namespace, and no process runs under its pid any more, or another one does (started at
+    another time). An owner that may be in another container, machine or boot is never
+    gone: its jobs wait for their lease to lapse."""
+    fields, mine = owner.split(":"), me.split(":")
+    if owner == me or len(fields) != len(mine) or not fields[1].isdigit():
+        return False
+    host, pid_text, started, boot, namespace, _ = fields
+    if "" in (started, boot, namespace) or (host, boot, namespace) != (
+        mine[0], mine[3], mine[4]
+    ):
         return False
     pid = int(pid_text)
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
-        return False
-    return False
+    except PermissionError:  # alive, another user's: its start time says whether it is
+        pass
+    now_started = _started(pid)  # None: unreadable, or it just exited: not certain
+    return now_started is not None and now_started != started
+
+
+def _started(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat: when it started, in clock ticks since boot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return "".join(filter(str.isdigit, os.readlink("/proc/self/ns/pid")))
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -122,8 +166,9 @@ async def write_job_file(
             await asyncio.to_thread(os.fsync, out.fileno())
         await aiofiles.os.replace(partial, final)
         await asyncio.to_thread(_fsync_directory, directory)
-    except BaseException:
+    except BaseException:  # stopped (even just after the rename) or failed: leave nothing
         await remove_file(partial)
+        await remove_file(final)
         raise
     return JobFile(final.name, progress.size, digest.hexdigest(), progress.export.rows)
 
@@ -163,8 +208,19 @@ class Worker:
         self.task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
         self._last_error = ""
+        self._failing_schedules: dict[str, str] = {}  # id -> the error last logged
 
     def start(self) -> None:
+        """Start the loop; raise at once if jobs cannot run here at all."""
+        leases.check_sqlite_returning(self.engine)
+        directory = self.settings.jobs_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(
+                f"the job files directory {directory} cannot be made ({exc}); "
+                "EXPORTER_DATA_DIR must be a writable directory"
+            ) from exc
         self.task = asyncio.create_task(self.run(), name="exporter worker")
         self.task.add_done_callback(self._loop_ended)
 
@@ -188,8 +244,6 @@ class Worker:
             log.error("the job worker stopped", exc_info=task.exception())
 
     async def run(self) -> None:
-        jobs.check_sqlite_returning(self.engine)
-        await asyncio.to_thread(self.settings.jobs_dir.mkdir, parents=True, exist_ok=True)
         log.info("worker %s: up to %d jobs at once", self.owner,
                  self.settings.worker_concurrency)
         recovered = False
@@ -206,8 +260,11 @@ class Worker:
                     self._last_error = ""
             except Exception as exc:  # the database is down or not migrated: keep trying
                 self._report(exc)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (stop())
+            # that comes as the wake-up does, and the loop would run on.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _report(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -218,19 +275,19 @@ class Worker:
 
     async def recover(self) -> None:
         """Runs whose owner process on this host is gone are claimable at once."""
-        gone = [o for o in await jobs.running_owners(self.engine)
+        gone = [o for o in await leases.running_owners(self.engine)
                 if owner_is_gone(o, self.owner)]
         if gone:
-            count = await jobs.expire_lapsed_leases(self.engine, gone, utcnow())
+            count = await leases.expire_lapsed_leases(self.engine, gone, utcnow())
             log.warning("worker %s: taking over %d job(s) of %s, which died",
                         self.owner, count, ", ".join(gone))
 
     async def tick(self) -> float:
-        """One round: fire schedules, claim jobs, sweep when due; seconds until the next."""
-        _, next_due = await fire_due(self.engine, utcnow())
-        await jobs.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
+        """One round: fire schedules, claim jobs, sweep when due; seconds until the next.
+        An idle round writes once (the claim that finds nothing)."""
+        _, next_due = await fire_due(self.engine, utcnow(), self._failing_schedules)
         while len(self.running) < self.settings.worker_concurrency:
-            job = await jobs.claim_job(
+            job = await leases.claim_job(
                 self.engine, self.owner, utcnow(), self.lease, self.settings.job_max_attempts
             )
             if job is None:
@@ -266,7 +323,7 @@ class Worker:
             log.exception("job %s: attempt %d broke off", job.id, job.attempts)
 
     async def _attempt(self, job: Job) -> None:
-        stem = f"{job.id}-{job.attempts}"
+        stem = _stem(job)
         await self._remove_files_of(job.id)  # left by earlier attempts, which are over
         progress = JobProgress()
         writer = asyncio.create_task(
@@ -277,32 +334,45 @@ class Worker:
         except asyncio.CancelledError:  # the worker is stopping
             await _stop(writer)
             with suppress(Exception):
-                await jobs.requeue(self.engine, job.id, self.owner)
+                await leases.requeue(self.engine, job.id, self.owner)
             raise
         await self._finish(job, writer, progress, verdict)
 
     async def _supervise(
         self, job: Job, writer: asyncio.Task[JobFile], progress: JobProgress
     ) -> Beat:
-        """Heartbeats until the file is written (CONTINUE), canceled or the claim lost."""
+        """Heartbeats until the file is written (CONTINUE), canceled or the claim lost.
+
+        The claim is given up (LOST) once no heartbeat has gone through for half a lease,
+        each one waited for at most a third of a lease: the writer is stopped well before
+        the lease lapses and another worker may claim the job."""
+        lease = self.lease.total_seconds()
         written = progress.counts()
-        last_beat = time.monotonic()
+        last_beat = time.monotonic()  # when the last heartbeat that went through was sent
         while True:
-            await asyncio.wait({writer}, timeout=self.settings.job_progress_seconds)
+            give_up = last_beat + lease / 2
+            pause = min(self.settings.job_progress_seconds, give_up - time.monotonic())
+            await asyncio.wait({writer}, timeout=max(0.0, pause))
             if writer.done():
                 return Beat.CONTINUE
-            counts = progress.counts()
-            try:
-                verdict = await jobs.beat(
-                    self.engine, job.id, self.owner, counts, counts != written, utcnow(),
-                    self.lease,
-                )
-                written, last_beat = counts, time.monotonic()
-            except Exception as exc:
-                log.warning("job %s: heartbeat failed: %s", job.id, exc)
-                verdict = Beat.CONTINUE
-                if time.monotonic() - last_beat > self.lease.total_seconds():
-                    verdict = Beat.LOST  # others may have taken it over by now
+            sent = time.monotonic()
+            verdict = Beat.CONTINUE
+            if sent >= give_up:
+                log.warning("job %s: no heartbeat went through for %.1f s; giving the job up",
+                            job.id, sent - last_beat)
+                verdict = Beat.LOST  # before the lease lapses and another worker takes it
+            else:
+                counts = progress.counts()
+                try:  # asyncio.timeout rather than wait_for: see run()
+                    async with asyncio.timeout(min(lease / 3, give_up - sent)):
+                        verdict = await leases.beat(
+                            self.engine, job.id, self.owner, counts, counts != written,
+                            utcnow(), self.lease,
+                        )
+                    written, last_beat = counts, sent
+                except Exception as exc:  # TimeoutError too: the next round decides
+                    log.warning("job %s: heartbeat failed: %s", job.id,
+                                f"{type(exc).__name__}: {exc}")
             if verdict is not Beat.CONTINUE:
                 await _stop(writer)
                 return verdict
@@ -314,45 +384,58 @@ class Worker:
         counts = progress.counts()
         seen = {"rows_written": counts.rows, "total_rows": counts.total,
                 "bytes_written": counts.size}
-        if verdict is Beat.LOST:
+        outcome = "lost" if verdict is Beat.LOST else jobs.CANCELED
+        if verdict is Beat.CONTINUE:  # the writer is done
+            if (error := writer.exception()) is None:
+                outcome = await self._succeeded(job, writer.result(), seen, now)
+            else:
+                outcome = await self._failed(job, error, seen, now)
+        if outcome == jobs.CANCELED:
+            if await leases.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen):
+                log.info("job %s: canceled after %d rows", job.id, counts.rows)
+            else:
+                outcome = "lost"
+        if outcome == "lost":
             log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
-            outcome = "lost"
-        elif verdict is Beat.CANCEL:
-            await jobs.finish(self.engine, job.id, self.owner, jobs.CANCELED, now, **seen)
-            log.info("job %s: canceled after %d rows", job.id, counts.rows)
-            outcome = jobs.CANCELED
-        elif (error := writer.exception()) is not None:
-            log.error("job %s failed", job.id, exc_info=error)
-            message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
-            await jobs.finish(self.engine, job.id, self.owner, jobs.FAILED, now, error=message,
-                              **seen)
-            outcome = jobs.FAILED
-        else:
-            outcome = await self._succeeded(job, writer.result(), seen, now)
+        if outcome != jobs.SUCCEEDED:
+            # Renamed just before the cancel or the loss was seen: no record will own it.
+            await remove_file(self.settings.jobs_dir / f"{_stem(job)}.{job.spec.extension}")
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(outcome).inc()
+
+    async def _failed(
+        self, job: Job, error: BaseException, seen: dict[str, int | None], now: datetime
+    ) -> str:
+        """FAILED, or CANCELED when a cancel came first."""
+        log.error("job %s failed", job.id, exc_info=error)
+        message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
+        recorded = await leases.finish(
+            self.engine, job.id, self.owner, jobs.FAILED, now, error=message, **seen
+        )
+        return jobs.FAILED if recorded else jobs.CANCELED
 
     async def _succeeded(
         self, job: Job, file: JobFile, seen: dict[str, int | None], now: datetime
     ) -> str:
+        """SUCCEEDED, or CANCELED when a cancel came first (the caller removes the file)."""
+        # A scheduled job is kept by its schedule's keep_last; one whose schedule was deleted
+        # while it was queued or running has none, and expires like a one-off job.
+        schedule = None if job.schedule_id is None else await self._keep_last(job.schedule_id)
         expires_at = None
-        if job.schedule_id is None:  # scheduled jobs are kept by their keep_last instead
+        if schedule is None:
             expires_at = now + timedelta(seconds=self.settings.job_ttl_seconds)
-        recorded = await jobs.finish(
+        recorded = await leases.finish(
             self.engine, job.id, self.owner, jobs.SUCCEEDED, now, expires_at=expires_at,
             file_name=jobs.download_name(job.id, job.spec), file_path=file.path,
             file_size=file.size, row_count=file.rows, sha256=file.sha256, **seen,
         )
-        if not recorded:  # deleted while it was being finished
-            await remove_file(self.settings.jobs_dir / file.path)
-            return "lost"
+        if not recorded:  # canceled, or deleted or taken over, while it was being finished
+            return jobs.CANCELED
         log.info("job %s: %d rows, %d bytes, sha256 %s", job.id, file.rows, file.size,
                  file.sha256)
-        if job.schedule_id is not None:
-            schedule = await self._keep_last(job.schedule_id)
-            if schedule is not None:
-                for old in await retention(self.engine, *schedule):
-                    await remove_job_file(self.settings, old)
+        if schedule is not None:
+            for old in await retention(self.engine, *schedule):
+                await remove_job_file(self.settings, old)
         return jobs.SUCCEEDED
 
     async def _keep_last(self, schedule_id: str) -> tuple[str, int] | None:
@@ -370,12 +453,17 @@ class Worker:
                 await remove_file(self.settings.jobs_dir / name)
 
     async def sweep(self) -> None:
-        """Expire old one-off files, apply keep_last, and remove files no run will finish."""
+        """End lapsed runs that must not run again, expire old one-off files, apply
+        keep_last, and remove files no run will finish."""
+        await leases.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
         for job in await jobs.expire_jobs(self.engine, utcnow()):
             log.info("job %s expired; removing its file", job.id)
             await remove_job_file(self.settings, job)
         for job in await all_retention(self.engine):
             await remove_job_file(self.settings, job)
+        await expire_unscheduled(
+            self.engine, utcnow(), timedelta(seconds=self.settings.job_ttl_seconds)
+        )
         await self._remove_orphans()
 
     async def _remove_orphans(self) -> None:
@@ -401,6 +489,11 @@ def _job_file_names(directory: Path) -> list[str]:
             return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
+
+
+def _stem(job: Job) -> str:
+    """The name of this attempt's file, less its extension."""
+    return f"{job.id}-{job.attempts}"
 
 
 async def _stop(task: asyncio.Task[JobFile]) -> None:

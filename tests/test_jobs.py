@@ -7,9 +7,13 @@ What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,20 +23,24 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import jobs
+from exporter import jobs, leases, worker
+from exporter.config import Settings, load_settings
 from exporter.db import create_engine, downgrade_all, migrate
-from exporter.jobs import Beat, Counts, JobRequest
+from exporter.jobs import JobRequest
+from exporter.leases import Beat, Counts
 from exporter.models import schedules
 from exporter.queries import parse_export_query
 from exporter.schedules import (
     ScheduleRequest,
     create_schedule,
+    delete_schedule,
+    find_schedule,
     fire_due,
     latest_time,
     next_time,
     retention,
 )
-from exporter.worker import Worker
+from exporter.worker import Worker, utcnow
 from tests.conftest import SEED, SEEDED_USERS, Database, build_database, scratch_postgres_url
 
 LEASE = timedelta(seconds=30)
@@ -117,10 +125,33 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str, str]] = [
      "IANA"),
     ({"cron": "0 2 * * *", "timezone": "../../etc/passwd", "job": GOOD_JOB}, "body.timezone",
      "IANA"),
+    ({"cron": "0 0 30 2 *", "job": GOOD_JOB}, "body.cron", "never comes"),
+    ({"cron": "0 0 31 4 *", "job": GOOD_JOB}, "body.cron", "never comes"),
+    ({"cron": "0 0 31 2,4 * *", "job": GOOD_JOB}, "body.cron", "never comes"),
+    ({"cron": "R * * * *", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
+    ({"cron": "0 H(0-5) * * *", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
+    ({"cron": "* * * * * r/10", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
+    ({"cron": "0 " * 128, "job": GOOD_JOB}, "body.cron", "at most 255"),
+    ({"cron": "0 2 * * *", "timezone": "A" * 300, "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "localtime", "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "posixrules", "job": GOOD_JOB}, "body.timezone",
+     "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "Factory", "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "/usr/share/zoneinfo/UTC", "job": GOOD_JOB},
+     "body.timezone", "IANA"),
     ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 0}, "body.keep_last", "1"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 10_001}, "body.keep_last", "10000"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": "7"}, "body.keep_last", "integer"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": True}, "body.keep_last", "integer"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 7.5}, "body.keep_last", "integer"),
     ({"cron": "0 2 * * *"}, "body.job", "required"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"plan": "gold"}}},
-     "filters.plan", "'gold'"),
+     "job.filters.plan", "'gold'"),
+    ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"limt": 5}}},
+     "job.filters.limt", "unknown filter"),
+    ({"cron": "0 2 * * *", "job": {"format": "csv", "fields": ["id", "nope"]}},
+     "job.fields", "'nope'"),
+    ({"cron": "0 2 * * *", "job": {"format": "xml"}}, "body.job.format", "csv"),
 ]
 
 
@@ -131,7 +162,70 @@ async def test_a_bad_schedule_body_is_a_422_naming_the_field(
     response = await client.post("/schedules", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["parameter"] == parameter
+    assert parameter.removeprefix("body.") in response.json()["message"]
     assert says in response.text
+
+
+# Hostile bodies: a short 422, never a 500, and nothing stored.
+LONG = "x" * 100_000
+HOSTILE_JOBS: list[dict[str, Any]] = [
+    {"format": "csv", "filters": {"\ud800": 1}},
+    {"format": "csv", "filters": {LONG: 1}},
+    {"format": "csv", "filters": {"plan": LONG}},
+    {"format": "csv", "filters": {"limit": 10**40}},
+    {"format": "csv", "filters": {"after_id": "9" * 40}},
+    {"format": "csv", "filters": {"country": ["\ud800"]}},
+    {"format": "csv", "fields": ["\ud800" * 1000]},
+    {"format": "csv", "fields": [LONG]},
+    {"format": "csv", "fields": [1] * 100_000},
+    {"format": "csv", "\ud800": 1},
+    {"format": "csv", LONG: 1},
+    {"format": "\ud800"},
+]
+HOSTILE_SCHEDULES: list[dict[str, Any]] = [
+    {"cron": "0 0 * * *", "timezone": "\ud800", "job": GOOD_JOB},
+    {"cron": "0 0 * * *", "timezone": "Europe/Berlin\x00", "job": GOOD_JOB},
+    {"cron": "0 0 * * *", "timezone": LONG, "job": GOOD_JOB},
+    {"cron": LONG, "job": GOOD_JOB},
+    {"cron": "\ud800 * * * *", "job": GOOD_JOB},
+    {"cron": "0 0 * * *", "job": GOOD_JOB, "keep_last": 10**40},
+    {"cron": "0 0 * * *", "job": GOOD_JOB, LONG: 1},
+    *({"cron": "0 0 * * *", "job": job} for job in HOSTILE_JOBS),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    *(("/jobs", body) for body in HOSTILE_JOBS),
+    *(("/schedules", body) for body in HOSTILE_SCHEDULES),
+], ids=lambda value: value if isinstance(value, str) else "")
+async def test_a_hostile_body_is_a_short_422_never_a_500(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> None:
+    listed = len((await client.get(path)).json())
+    response = await client.post(  # \ud800 escaped, as a client's JSON would send it
+        path, content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["error"] == "invalid_parameter"
+    assert len(response.content) < 4096, response.text[:500]
+    assert len((await client.get(path)).json()) == listed, "nothing stored"
+
+
+async def test_a_queued_job_is_canceled_at_once_and_canceling_it_again_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    """No worker runs in-process here, so the job is certainly still queued (a finished
+    job's 409 is in ``test_jobs_server.py``)."""
+    job = (await client.post("/jobs", json={"format": "csv"})).json()
+    assert job["status"] == "queued"
+    canceled = await client.post(f"/jobs/{job['id']}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled" and canceled.json()["finished_at"]
+    again = await client.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.json() == canceled.json()
+    download = await client.get(f"/jobs/{job['id']}/download")
+    assert download.status_code == 409 and download.json()["status"] == "canceled"
+    assert (await client.delete(f"/jobs/{job['id']}")).status_code == 204
 
 
 @pytest.mark.parametrize("path", [
@@ -245,7 +339,7 @@ async def test_two_workers_racing_never_claim_the_same_job(
 
     async def worker(engine: AsyncEngine, name: str) -> list[str]:
         claimed = []
-        while (job := await jobs.claim_job(engine, name, now, LEASE, 3)) is not None:
+        while (job := await leases.claim_job(engine, name, now, LEASE, 3)) is not None:
             claimed.append(job.id)
         return claimed
 
@@ -263,16 +357,16 @@ async def test_a_lapsed_lease_is_taken_over_and_the_old_worker_can_change_nothin
 ) -> None:
     now = datetime.now(UTC)
     (job_id,) = await queue(engines[0], 1, now)
-    first = await jobs.claim_job(engines[0], "dead", now, LEASE, 3)
+    first = await leases.claim_job(engines[0], "dead", now, LEASE, 3)
     assert first is not None and first.id == job_id
-    assert await jobs.claim_job(engines[1], "alive", now + LEASE / 2, LEASE, 3) is None
+    assert await leases.claim_job(engines[1], "alive", now + LEASE / 2, LEASE, 3) is None
     later = now + LEASE + timedelta(seconds=1)
-    second = await jobs.claim_job(engines[1], "alive", later, LEASE, 3)
+    second = await leases.claim_job(engines[1], "alive", later, LEASE, 3)
     assert second is not None and second.id == job_id and second.attempts == 2
     counts = Counts(10, 100, 500)
-    assert await jobs.beat(engines[0], job_id, "dead", counts, True, later, LEASE) is Beat.LOST
-    assert not await jobs.finish(engines[0], job_id, "dead", jobs.SUCCEEDED, later)
-    assert await jobs.beat(engines[1], job_id, "alive", counts, True, later, LEASE) \
+    assert await leases.beat(engines[0], job_id, "dead", counts, True, later, LEASE) is Beat.LOST
+    assert not await leases.finish(engines[0], job_id, "dead", jobs.SUCCEEDED, later)
+    assert await leases.beat(engines[1], job_id, "alive", counts, True, later, LEASE) \
         is Beat.CONTINUE
     job = await jobs.find_job(engines[1], job_id)
     assert (job.lease_owner, job.rows_written, job.total_rows, job.percent) == (
@@ -287,12 +381,12 @@ async def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
     (job_id,) = await queue(engines[0], 1, now)
     for attempt in range(3):
         now += LEASE * 2
-        await jobs.settle_lapsed(engines[0], now, 3)
-        claimed = await jobs.claim_job(engines[0], f"mortal-{attempt}", now, LEASE, 3)
+        await leases.settle_lapsed(engines[0], now, 3)
+        claimed = await leases.claim_job(engines[0], f"mortal-{attempt}", now, LEASE, 3)
         assert claimed is not None and claimed.attempts == attempt + 1
     now += LEASE * 2
-    assert await jobs.claim_job(engines[0], "next", now, LEASE, 3) is None
-    await jobs.settle_lapsed(engines[0], now, 3)
+    assert await leases.claim_job(engines[0], "next", now, LEASE, 3) is None
+    await leases.settle_lapsed(engines[0], now, 3)
     job = await jobs.find_job(engines[0], job_id)
     assert job.status == jobs.FAILED
     assert job.error is not None and "3 times" in job.error
@@ -303,39 +397,38 @@ async def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
 ) -> None:
     now = datetime.now(UTC)
     first, second = await queue(engines[0], 2, now)
-    running = await jobs.claim_job(engines[0], "worker", now, LEASE, 3)
+    running = await leases.claim_job(engines[0], "worker", now, LEASE, 3)
     assert running is not None and running.id == first
     assert (await jobs.cancel_job(engines[0], second, now)).status == jobs.CANCELED
     flagged = await jobs.cancel_job(engines[0], first, now)
     assert flagged.status == jobs.RUNNING and flagged.cancel_requested
     counts = Counts(0, None, 0)
-    assert await jobs.beat(engines[0], first, "worker", counts, False, now, LEASE) is Beat.CANCEL
+    assert await leases.beat(engines[0], first, "worker", counts, False, now, LEASE) is Beat.CANCEL
     # A canceled job whose worker died ends canceled, not re-run.
     later = now + LEASE * 2
-    assert await jobs.claim_job(engines[1], "other", later, LEASE, 3) is None
-    await jobs.settle_lapsed(engines[1], later, 3)
+    assert await leases.claim_job(engines[1], "other", later, LEASE, 3) is None
+    await leases.settle_lapsed(engines[1], later, 3)
     assert (await jobs.find_job(engines[1], first)).status == jobs.CANCELED
 
 
 async def test_a_tick_fired_by_racing_workers_makes_one_job_and_a_missed_day_one_catch_up(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
-    now = datetime.now(UTC)
+    now = at("2026-03-10T09:30:00")
     request = ScheduleRequest.model_validate(
         {"cron": "0 2 * * *", "job": {"format": "csv"}, "keep_last": 2}
     )
     schedule = await create_schedule(engines[0], request, now)
     # The service was down for five days: five 02:00s passed.
     async with engines[0].begin() as conn:
-        await conn.execute(update(schedules).values(next_run_at=now - timedelta(days=5)))
+        await conn.execute(update(schedules).values(next_run_at=at("2026-03-05T02:00:00")))
     results = await asyncio.gather(*(
         fire_due(engines[i % 2], now) for i in range(8)
     ))
     made = [job for jobs_made, _ in results for job in jobs_made]
     assert len(made) == 1
-    assert made[0].scheduled_for == latest_time("0 2 * * *", "UTC", now, now - timedelta(days=1))
-    _, next_due = results[0]
-    assert next_due == next_time("0 2 * * *", "UTC", now)
+    assert made[0].scheduled_for == at("2026-03-10T02:00:00"), "one run, for the latest"
+    assert {next_due for _, next_due in results} == {at("2026-03-11T02:00:00")}
     assert [job.id for job in await jobs.list_jobs(engines[0], 10, schedule_id=schedule.id)] \
         == [made[0].id]
 
@@ -396,3 +489,380 @@ async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no
     assert job.error is not None and "decode" in job.error.lower()
     assert 0 < job.rows_written < job.total_rows  # type: ignore[operator]
     assert os.listdir(settings.jobs_dir) == []
+
+
+# The worker, in-process, on the emptied database (an export of no rows is still a file).
+
+def worker_settings(database: Database, tmp_path: Path, **overrides: object) -> Settings:
+    return load_settings(**{
+        "database_url": database.url, "data_dir": tmp_path, "worker_poll_seconds": 0.05,
+        "job_progress_seconds": 0.05, **overrides,
+    })
+
+
+async def run_worker(
+    engine: AsyncEngine, settings: Settings, until: Callable[[Worker], Awaitable[bool]],
+    seconds: float = 20,
+) -> None:
+    """Run a worker until ``until`` holds (failing after ``seconds``)."""
+    worker = Worker(engine, settings)
+    worker.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while not await until(worker):
+            assert time.monotonic() < deadline, "the worker never got there"
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+
+
+async def finished_by_worker(engine: AsyncEngine, settings: Settings, job_id: str) -> jobs.Job:
+    async def finished(_worker: Worker) -> bool:
+        return (await jobs.find_job(engine, job_id)).finished
+
+    await run_worker(engine, settings, finished)
+    return await jobs.find_job(engine, job_id)
+
+
+async def test_a_job_whose_schedule_was_deleted_before_it_ran_expires_like_a_one_off_job(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    engine, now = engines[0], datetime.now(UTC)
+    request = ScheduleRequest.model_validate({"cron": "0 2 * * *", "job": {"format": "csv"}})
+    schedule = await create_schedule(engine, request, now)
+    async with engine.begin() as conn:
+        queued = await jobs.insert_job(
+            conn, jobs.job_values(request.job.spec(), now, schedule.id, now)
+        )
+    await delete_schedule(engine, schedule.id, now, timedelta(days=7))
+    settings = worker_settings(empty_database, tmp_path, job_ttl_seconds=3600)
+    job = await finished_by_worker(engine, settings, queued.id)
+    assert job.status == jobs.SUCCEEDED
+    assert job.expires_at is not None and job.finished_at is not None
+    assert job.expires_at - job.finished_at == timedelta(hours=1)
+
+
+async def test_the_sweep_expires_a_job_that_succeeded_as_its_schedule_was_deleted(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    engine, now = engines[0], datetime.now(UTC)
+    spec = JobRequest(format="csv").spec()
+    async with engine.begin() as conn:  # succeeded without an expiry, its schedule gone
+        values = jobs.job_values(spec, now, "0" * 32, now) | {"status": jobs.SUCCEEDED}
+        orphan = await jobs.insert_job(conn, values)
+        kept = await jobs.insert_job(conn, jobs.job_values(spec, now) | {"status": jobs.SUCCEEDED})
+    before = utcnow()
+    await Worker(engine, worker_settings(empty_database, tmp_path, job_ttl_seconds=60)).sweep()
+    expires_at = (await jobs.find_job(engine, orphan.id)).expires_at
+    assert expires_at is not None and before + timedelta(seconds=60) <= expires_at
+    assert (await jobs.find_job(engine, kept.id)).expires_at is None, "a one-off job's own"
+
+
+# Cancel racing the end of a job: a cancel answered 202 ends the job canceled, never
+# succeeded; one that comes after the job has finished is a 409 (tested on a real server).
+
+async def test_a_finish_other_than_cancel_is_refused_once_a_cancel_was_asked(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    (job_id,) = await queue(engines[0], 1, now)
+    assert await leases.claim_job(engines[0], "worker", now, LEASE, 3) is not None
+    assert (await jobs.cancel_job(engines[1], job_id, now)).status == jobs.RUNNING
+    assert not await leases.finish(engines[0], job_id, "worker", jobs.SUCCEEDED, now)
+    assert not await leases.finish(engines[0], job_id, "worker", jobs.FAILED, now)
+    assert await leases.finish(engines[0], job_id, "worker", jobs.CANCELED, now)
+    assert (await jobs.find_job(engines[0], job_id)).status == jobs.CANCELED
+
+
+async def test_a_cancel_flagged_after_the_file_is_complete_ends_the_job_canceled_without_it(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = engines[0]
+    write = worker.write_job_file
+
+    async def write_then_cancel(*args: Any) -> worker.JobFile:
+        file = await write(*args)  # renamed into place: complete
+        flagged = await jobs.cancel_job(engines[1], file.path.split("-")[0], datetime.now(UTC))
+        assert flagged.status == jobs.RUNNING, "the route would answer 202"
+        return file
+
+    monkeypatch.setattr(worker, "write_job_file", write_then_cancel)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
+    assert job.status == jobs.CANCELED and job.file_path is None
+    assert os.listdir(tmp_path / "jobs") == []
+
+
+@pytest.mark.parametrize("verdict", [Beat.CANCEL, Beat.LOST])
+async def test_a_cancel_or_a_loss_seen_just_after_the_rename_removes_the_complete_file(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, verdict: Beat,
+) -> None:
+    """The heartbeat is in flight while the writer renames its file: the writer is done, but
+    the heartbeat says the job is canceled (or deleted)."""
+    engine = engines[0]
+    write, beat = worker.write_job_file, leases.beat
+    started, written = asyncio.Event(), asyncio.Event()
+
+    async def held_back_write(*args: Any) -> worker.JobFile:
+        await started.wait()  # not done when the first heartbeat is due
+        try:
+            return await write(*args)
+        finally:
+            written.set()
+
+    async def beat_across_the_rename(*args: Any) -> Beat:
+        started.set()
+        await written.wait()
+        job_id = args[1]
+        if verdict is Beat.CANCEL:
+            await jobs.cancel_job(engines[1], job_id, datetime.now(UTC))
+        else:
+            await jobs.delete_job(engines[1], job_id)
+        return await beat(*args)
+
+    monkeypatch.setattr(worker, "write_job_file", held_back_write)
+    monkeypatch.setattr(leases, "beat", beat_across_the_rename)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+
+    async def ended(running: Worker) -> bool:
+        return written.is_set() and not running.running
+
+    await run_worker(engine, worker_settings(empty_database, tmp_path), ended)
+    assert os.listdir(tmp_path / "jobs") == []
+    if verdict is Beat.CANCEL:
+        assert (await jobs.find_job(engine, job_id)).status == jobs.CANCELED
+    else:
+        assert await jobs.get_job(engine, job_id) is None
+
+
+async def test_a_writer_stopped_between_its_rename_and_its_return_leaves_no_file(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As when the cancel is seen while the directory is being fsynced."""
+    engine = engines[0]
+    write, beat = worker.write_job_file, leases.beat
+    renamed = asyncio.Event()
+
+    async def stuck_after_the_rename(*args: Any) -> worker.JobFile:
+        file = await write(*args)
+        renamed.set()
+        await asyncio.Event().wait()  # until stopped
+        return file
+
+    async def cancel_once_renamed(*args: Any) -> Beat:
+        await renamed.wait()
+        await jobs.cancel_job(engines[1], args[1], datetime.now(UTC))
+        return await beat(*args)
+
+    monkeypatch.setattr(worker, "write_job_file", stuck_after_the_rename)
+    monkeypatch.setattr(leases, "beat", cancel_once_renamed)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
+    assert job.status == jobs.CANCELED
+    assert os.listdir(tmp_path / "jobs") == []
+
+
+# Two workers never run one job: a worker whose heartbeats stop going through gives the job
+# up after half a lease, before the lease lapses and another worker may claim it.
+
+async def test_a_worker_whose_heartbeats_hang_gives_the_job_up_before_its_lease_lapses(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine, lease = engines[0], 4.0
+    first_beat: list[float] = []
+    stopped: list[float] = []
+
+    async def endless_write(
+        _engine: AsyncEngine, _spec: jobs.JobSpec, settings: Settings, stem: str,
+        _progress: worker.JobProgress,
+    ) -> worker.JobFile:
+        partial = settings.jobs_dir / f".{stem}.part"
+        partial.write_bytes(b"id\r\n")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(time.monotonic())
+            partial.unlink()
+        raise AssertionError("never written")
+
+    async def hanging_beat(*_args: Any) -> Beat:
+        first_beat.append(time.monotonic())
+        await asyncio.sleep(3600)  # the database stopped answering
+        return Beat.CONTINUE
+
+    monkeypatch.setattr(worker, "write_job_file", endless_write)
+    monkeypatch.setattr(leases, "beat", hanging_beat)
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    settings = worker_settings(empty_database, tmp_path, job_lease_seconds=lease)
+
+    async def given_up(running: Worker) -> bool:
+        return bool(stopped) and not running.running
+
+    await run_worker(engine, settings, given_up, seconds=2 * lease)
+    assert stopped[0] - first_beat[0] < 0.75 * lease, "stopped well before the lease lapsed"
+    assert os.listdir(tmp_path / "jobs") == [], "its partial file removed"
+    job = await jobs.find_job(engine, job_id)
+    assert job.status == jobs.RUNNING, "left for its lease to lapse; then any worker claims it"
+
+
+def test_heartbeats_must_come_at_least_three_times_a_lease(tmp_path: Path) -> None:
+    load_settings(data_dir=tmp_path, job_lease_seconds=30, job_progress_seconds=10)
+    with pytest.raises(ValueError, match="EXPORTER_JOB_PROGRESS_SECONDS=11.0.*"
+                                         "EXPORTER_JOB_LEASE_SECONDS=30.0"):
+        load_settings(data_dir=tmp_path, job_lease_seconds=30, job_progress_seconds=11)
+
+
+async def test_a_schedule_that_cannot_fire_stops_neither_the_others_nor_the_jobs(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, now = engines[0], datetime.now(UTC)
+    every_minute = {"cron": "* * * * *", "job": {"format": "csv"}}
+    broken = await create_schedule(engine, ScheduleRequest.model_validate(every_minute), now)
+    healthy = await create_schedule(engine, ScheduleRequest.model_validate(every_minute), now)
+    async with engine.begin() as conn:  # as on a replica whose zone database lacks the zone
+        await conn.execute(update(schedules).where(schedules.c.id == broken.id)
+                           .values(timezone="Nowhere/Atlantis"))
+    later = now + timedelta(minutes=2)
+    failing: dict[str, str] = {}
+    made, next_due = await fire_due(engine, later, failing)
+    assert [job.schedule_id for job in made] == [healthy.id]
+    assert next_due == next_time("* * * * *", "UTC", later)
+    assert list(failing) == [broken.id] and "Atlantis" in failing[broken.id]
+    await fire_due(engine, later + timedelta(minutes=1), failing)
+    assert sum("cannot fire" in r.message for r in caplog.records) == 1, "logged once"
+    # The worker fires schedules before it claims jobs: a one-off job still runs.
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
+    assert job.status == jobs.SUCCEEDED
+
+
+# Taking over the runs of a dead worker at once, only when it is certainly dead.
+
+def test_a_worker_is_gone_only_when_certainly_dead() -> None:
+    me = worker.worker_owner()
+    host, pid, started, boot, namespace, _ = me.split(":")
+
+    def owner(**fields: str) -> str:
+        values = {"host": host, "pid": pid, "started": started, "boot": boot,
+                  "namespace": namespace, "random": "0badc0de"} | fields
+        return ":".join(values.values())
+
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as ended:
+        ended.wait()
+    parent = str(os.getppid())
+    parent_started = Path(f"/proc/{parent}/stat").read_text().rpartition(")")[2].split()[19]
+
+    assert not worker.owner_is_gone(me, me)
+    assert not worker.owner_is_gone(owner(), me), "another worker of this very process"
+    assert worker.owner_is_gone(owner(started="1"), me), "an earlier process under my pid"
+    assert worker.owner_is_gone(owner(pid=str(ended.pid), started="1"), me), "exited"
+    assert not worker.owner_is_gone(owner(pid=parent, started=parent_started), me), "alive"
+    assert worker.owner_is_gone(owner(pid=parent, started="1"), me), "its pid reused"
+    # Never certain: a container that shares the host name (its own pid namespace, where
+    # it may well be pid 1 as this one is), another boot, another host, an old owner id.
+    assert not worker.owner_is_gone(owner(namespace="4026530000", started="1"), me)
+    assert not worker.owner_is_gone(owner(boot="0123456789ab", started="1"), me)
+    assert not worker.owner_is_gone(owner(host="elsewhere", started="1"), me)
+    assert not worker.owner_is_gone(f"{host}:{ended.pid}:0badc0de", me)
+
+
+async def test_a_tick_is_skipped_while_the_schedule_job_before_it_is_queued_or_running(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine, now = engines[0], at("2026-03-10T09:30:00.5")
+    request = ScheduleRequest.model_validate({"cron": "* * * * * *", "job": {"format": "csv"}})
+    schedule = await create_schedule(engine, request, now)
+
+    async def fire(seconds: int) -> list[datetime | None]:
+        made, _ = await fire_due(engine, now + timedelta(seconds=seconds))
+        return [job.scheduled_for for job in made]
+
+    assert await fire(1) == [at("2026-03-10T09:30:01")]
+    assert await fire(2) == [], "the 09:30:01 job is still queued"
+    first = await leases.claim_job(engine, "worker", now, LEASE, 3)
+    assert first is not None
+    assert await fire(3) == [], "and then running"
+    assert await leases.finish(engine, first.id, "worker", jobs.FAILED, now)
+    assert await fire(4) == [at("2026-03-10T09:30:04")], "the next time after a skipped one"
+    stored = await find_schedule(engine, schedule.id)
+    assert stored.last_run_at == at("2026-03-10T09:30:04")
+    assert stored.next_run_at == at("2026-03-10T09:30:05")
+    listed = await jobs.list_jobs(engine, 10, schedule_id=schedule.id)
+    assert sorted(job.scheduled_for for job in listed) == [  # type: ignore[type-var]
+        at("2026-03-10T09:30:01"), at("2026-03-10T09:30:04"),
+    ]
+
+
+async def test_an_idle_worker_settles_lapsed_runs_only_when_it_sweeps(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rounds, settles = [0], [0]
+    fire, settle = worker.fire_due, leases.settle_lapsed
+
+    async def counted_fire(*args: Any) -> Any:
+        rounds[0] += 1
+        return await fire(*args)
+
+    async def counted_settle(*args: Any) -> None:
+        settles[0] += 1
+        await settle(*args)
+
+    monkeypatch.setattr(worker, "fire_due", counted_fire)
+    monkeypatch.setattr(leases, "settle_lapsed", counted_settle)
+
+    async def idled(_worker: Worker) -> bool:
+        return rounds[0] >= 10
+
+    settings = worker_settings(empty_database, tmp_path, worker_poll_seconds=0.01,
+                               job_sweep_seconds=3600)
+    await run_worker(engines[0], settings, idled)
+    assert settles[0] == 1, "once, in the first sweep; not in every round"
+
+
+async def test_a_worker_that_cannot_make_its_jobs_directory_fails_at_start(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    (tmp_path / "data").write_text("a file where the data directory should be")
+    settings = worker_settings(empty_database, tmp_path / "data")
+    with pytest.raises(RuntimeError, match="EXPORTER_DATA_DIR must be a writable directory"):
+        Worker(engines[0], settings).start()
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "worker"], capture_output=True, timeout=60,
+        env=Database("sqlite", empty_database.url, tmp_path / "data").env(),
+    )
+    assert result.returncode == 1
+    assert b"cannot be made" in result.stderr
+
+
+async def test_a_worker_stops_even_when_the_stop_comes_as_it_wakes_up(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    """As when a job ends (a slot is free: wake up) just as the service stops. On Python
+    3.11, asyncio.wait_for returned the wake-up and dropped the cancel: stop() hung."""
+    idle = asyncio.Event()
+
+    class Watched(Worker):
+        async def tick(self) -> float:
+            delay = await super().tick()
+            idle.set()
+            return delay
+
+    watched = Watched(engines[0], worker_settings(empty_database, tmp_path,
+                                                  worker_poll_seconds=30))
+    watched.start()
+    assert watched.task is not None
+    try:
+        await asyncio.wait_for(idle.wait(), timeout=10)
+        await asyncio.sleep(0.05)  # waiting for a wake-up now
+        watched.wake()
+        watched.task.cancel()
+        done, _ = await asyncio.wait({watched.task}, timeout=5)
+        assert done, "the stop was lost: the loop runs on"
+    finally:
+        await watched.stop()
