@@ -87,18 +87,25 @@ def postgres_url() -> str:
     return url
 
 
-async def scratch_postgres_url(suffix: str) -> str:
-    """A fresh database beside the test one, for tests that need their own data."""
+async def recreate_postgres_database(suffix: str, template: str | None = None) -> str:
+    """``<test database>_<suffix>`` made afresh (empty, or a copy of ``template``); its URL.
+    Run from the ``postgres`` database: a template database must have no connections."""
     base = make_url(postgres_url())
     name = f"{base.database}_{suffix}"
-    admin = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    admin = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+            copy = f' TEMPLATE "{template}"' if template else ""
+            await conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     finally:
         await admin.dispose()
     return base.set(database=name).render_as_string(hide_password=False)
+
+
+async def scratch_postgres_url(suffix: str) -> str:
+    """A fresh database beside the test one, for tests that need their own data."""
+    return await recreate_postgres_database(suffix)
 
 
 async def build_database(
@@ -157,16 +164,7 @@ async def clone_database(template: Database, data_dir: Path, suffix: str) -> Dat
             if (template.data_dir / name).exists():
                 shutil.copyfile(template.data_dir / name, data_dir / name)
         return Database("sqlite", f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}", data_dir)
-    base = make_url(template.url)
-    name = f"{make_url(postgres_url()).database}_{suffix}"
-    admin = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{base.database}"'))
-    finally:
-        await admin.dispose()
-    url = base.set(database=name).render_as_string(hide_password=False)
+    url = await recreate_postgres_database(suffix, template=make_url(template.url).database)
     return Database("postgresql", url, data_dir)
 
 
