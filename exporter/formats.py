@@ -1,11 +1,10 @@
-"""Pure encoders: batches of rows in, bytes out. One registry, used by every sink.
+"""Pure framing: rows the database already rendered in, one document's bytes out.
 
-Values arrive rendered by the query (see ``queries.Shape``): CSV gets one text-ready
-column per field, the JSON formats get each row as a finished JSON object built by the
-database (SQLite's ``json_object``, PostgreSQL's ``row_to_json``), which runs outside
-Python's GIL. So an encoder only frames: CSV per RFC 4180 (header, CRLF, quotes only where
-needed, NULL as an empty field); NDJSON one object per ``\\n``; JSON one array, one element
-per line.
+The database renders every row in its final form (see ``queries.Shape``): a CSV line
+quoted per RFC 4180, or a JSON object, so no per-row Python runs on the hot path. An
+encoder only joins rows into blocks and frames the document: CSV gets its header and a
+CRLF after every row, NDJSON a ``\\n`` after every object, the JSON array its brackets and
+one element per line. One registry serves every sink (HTTP, job files, the command line).
 """
 
 from __future__ import annotations
@@ -13,28 +12,37 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from exporter.queries import Shape
 
-Batch = Sequence[Any]  # rows (Shape.VALUES) or JSON object strings (Shape.JSON)
+Block = tuple[int, bytes]  # (rows in it, their bytes): whole rows, already joined
 
 
 class Encoder:
-    """Turns batches into bytes for the given fields; one instance per export."""
+    """Joins and frames rows for the given fields; one instance per export."""
 
     media_type: ClassVar[str]
     extension: ClassVar[str]
     shape: ClassVar[Shape]
+    separator: ClassVar[bytes]  # between two rows
+    terminator: ClassVar[bytes] = b""  # after every row
 
     def __init__(self, fields: Sequence[str]) -> None:
         self.fields = [str(name) for name in fields]
 
+    def join(self, rows: Sequence[bytes]) -> bytes:
+        """A block: these rows as they appear in the document, in the given order."""
+        if not rows:
+            return b""
+        return self.separator.join(rows) + self.terminator
+
     def begin(self) -> bytes:
         return b""
 
-    def encode(self, rows: Batch) -> bytes:
-        raise NotImplementedError
+    def frame(self, block: bytes) -> bytes:
+        """What goes out for a block, given the blocks before it."""
+        return block
 
     def end(self) -> bytes:
         return b""
@@ -43,43 +51,27 @@ class Encoder:
 class CsvEncoder(Encoder):
     media_type = "text/csv; charset=utf-8"
     extension = "csv"
-    shape = Shape.VALUES
-
-    def __init__(self, fields: Sequence[str]) -> None:
-        super().__init__(fields)
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
-
-    def _flush(self) -> bytes:
-        text = self._buffer.getvalue()
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        return text.encode()
+    shape = Shape.CSV
+    separator = terminator = b"\r\n"
 
     def begin(self) -> bytes:
-        self._writer.writerow(self.fields)
-        return self._flush()
-
-    def encode(self, rows: Batch) -> bytes:
-        self._writer.writerows(rows)
-        return self._flush()
+        header = io.StringIO()
+        csv.writer(header, lineterminator="\r\n").writerow(self.fields)
+        return header.getvalue().encode()
 
 
 class NdjsonEncoder(Encoder):
     media_type = "application/x-ndjson"
     extension = "ndjson"
     shape = Shape.JSON
-
-    def encode(self, rows: Batch) -> bytes:
-        if not rows:
-            return b""
-        return ("\n".join(rows) + "\n").encode()
+    separator = terminator = b"\n"
 
 
 class JsonArrayEncoder(Encoder):
     media_type = "application/json"
     extension = "json"
     shape = Shape.JSON
+    separator = b",\n"
 
     def __init__(self, fields: Sequence[str]) -> None:
         super().__init__(fields)
@@ -88,12 +80,12 @@ class JsonArrayEncoder(Encoder):
     def begin(self) -> bytes:
         return b"["
 
-    def encode(self, rows: Batch) -> bytes:
-        if not rows:
+    def frame(self, block: bytes) -> bytes:
+        if not block:
             return b""
-        lead = "\n" if self._empty else ",\n"
+        lead = b"\n" if self._empty else b",\n"
         self._empty = False
-        return (lead + ",\n".join(rows)).encode()
+        return lead + block
 
     def end(self) -> bytes:
         return b"]\n" if self._empty else b"\n]\n"

@@ -2,9 +2,10 @@
 
 ``parse_export_query`` turns raw parameters (from a URL or the command line) into an
 ``ExportQuery`` or an ``InvalidParameter`` naming what was wrong. ``build_statement`` turns
-that into one ``SELECT`` whose money and timestamp columns are already text in their final
-form (``12.30``, ``2024-03-01T12:00:00Z``), rendered by the database, so SQLite and
-PostgreSQL hand the encoders identical values.
+that into one ``SELECT`` that gives each row in its final form as UTF-8 bytes: a CSV line
+or a JSON object, with money and timestamps as ``12.30`` and ``2024-03-01T12:00:00Z``.
+The database does that rendering in C, outside Python's GIL, and SQLite and PostgreSQL
+give identical bytes, so the encoders only join and frame rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     FromClause,
+    LargeBinary,
     Select,
     String,
     Text,
@@ -27,6 +29,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    or_,
     select,
     true,
     type_coerce,
@@ -193,7 +196,11 @@ class Shape(Enum):
     """What each row of the statement is; each encoder asks for the one it needs."""
 
     VALUES = "values"  # one column per field, already text where CSV needs text
-    JSON = "json"  # one column: the whole row as JSON object text, built by the database
+    JSON = "json"  # one column: the row as JSON object bytes, built by the database
+    CSV = "csv"  # one column: the row as a CSV line's bytes, without its CRLF
+
+
+CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
 
 
 def _money_sql(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
@@ -249,6 +256,38 @@ def _json_object(
     return column, users.join(lateral, true())
 
 
+def _csv_field(name: str, dialect: str) -> ColumnElement[Any]:
+    """A field as Python's csv.writer would write it: quoted only where needed, NULL empty."""
+    value: ColumnElement[Any] = type_coerce(_value(name, dialect), String)
+    if FIELDS[name] is Kind.INTEGER and dialect != "sqlite":  # PostgreSQL won't mix types
+        value = cast(users.c[name], Text)
+    if FIELDS[name] is Kind.TEXT:
+        find = func.instr if dialect == "sqlite" else func.strpos
+        quoted = literal('"') + func.replace(value, '"', '""') + literal('"')
+        needs_quotes = or_(*(find(value, special) > 0 for special in CSV_SPECIALS))
+        value = case((needs_quotes, quoted), else_=value)
+    return func.coalesce(value, "")
+
+
+def _csv_line(fields: tuple[str, ...], dialect: str) -> ColumnElement[Any]:
+    """The row as one CSV line. A lone empty field is written as ``""``, as csv.writer
+    does, so that the line is not blank."""
+    parts = [type_coerce(_csv_field(name, dialect), String) for name in fields]
+    if len(parts) == 1:
+        return case((parts[0] == "", '""'), else_=parts[0])
+    line: ColumnElement[Any] = parts[0]
+    for part in parts[1:]:
+        line = line + "," + part
+    return line
+
+
+def _utf8(text: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """Text as UTF-8 bytes, so that no row is decoded into a Python str and encoded back."""
+    if dialect == "sqlite":  # a UTF-8 database (SQLite's default) stores exactly these bytes
+        return cast(text, LargeBinary)
+    return func.convert_to(text, "UTF8")
+
+
 def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
     """How many rows ``build_statement`` gives for this query (limit included)."""
     ids = build_statement(replace(query, fields=("id",)), dialect)
@@ -258,7 +297,9 @@ def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
 def build_statement(query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES) -> Select[Any]:
     if shape is Shape.JSON:
         column, source = _json_object(query.fields, dialect)
-        statement = select(column).select_from(source)
+        statement = select(_utf8(column, dialect)).select_from(source)
+    elif shape is Shape.CSV:
+        statement = select(_utf8(_csv_line(query.fields, dialect), dialect))
     else:
         statement = select(*(_value(name, dialect).label(name) for name in query.fields))
     if query.countries:

@@ -19,26 +19,24 @@ import asyncio
 import logging
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from exporter.config import Settings
+from exporter.cursors import open_blocks
 from exporter.db import backend_name, snapshot
 from exporter.errors import ExportsBusy
 from exporter.formats import FORMATS, Encoder
-from exporter.queries import ExportQuery, Shape, build_count, build_statement
+from exporter.queries import ExportQuery, build_count, build_statement
 
 log = logging.getLogger("exporter.streaming")
 
 ChunkStream = AsyncGenerator[bytes, None]
 GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's way of asking for a gzip header and trailer
-READ_AHEAD = 2  # batches fetched ahead of the encoder: enough to keep the database busy
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,45 +53,6 @@ class Progress:
         self.bytes += size
         if self.on_batch is not None:
             self.on_batch(rows, size)
-
-
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
-
-
-async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncGenerator[T, None]:
-    """Iterate ``source`` in a task of its own, up to ``depth`` items ahead of the reader.
-
-    The database fills the next batch (SQLite renders it in its own thread, outside the
-    GIL; PostgreSQL in its own process) while this task encodes and sends the last one.
-    Closing the generator cancels the reading task and waits for it, so the connection is
-    never used by two tasks at once.
-    """
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
-
-    async def pump() -> None:
-        try:
-            async for item in source:
-                await queue.put(item)
-        except Exception as error:  # handed to the reader, which raises it
-            await queue.put(_Failed(error))
-        else:
-            await queue.put(_DONE)
-
-    task = asyncio.create_task(pump())
-    try:
-        while (item := await queue.get()) is not _DONE:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item  # type: ignore[misc]
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 async def export_chunks(
@@ -118,18 +77,14 @@ async def export_chunks(
     async with snapshot(engine) as conn:
         if count:
             progress.total = (await conn.execute(build_count(query, dialect))).scalar_one()
-        result = await conn.stream(statement.execution_options(yield_per=batch_rows))
-        json_rows = encoder.shape is Shape.JSON
-        batches = read_ahead(
-            result.scalars().partitions() if json_rows else result.partitions(), READ_AHEAD
-        )
+        blocks = open_blocks(conn, statement, encoder.join, batch_rows)
         pending = [encoder.begin()]
         pending_size = len(pending[0])
         first = True
-        async with aclosing(batches):
-            async for rows in batches:
-                data = encoder.encode(rows)
-                progress.add(len(rows), len(data))
+        async with aclosing(blocks):
+            async for rows, block in blocks:
+                data = encoder.frame(block)
+                progress.add(rows, len(data))
                 pending.append(data)
                 pending_size += len(data)
                 if first or pending_size >= chunk_bytes:

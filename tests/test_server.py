@@ -5,6 +5,7 @@ leaves an incomplete body, and a full house answers 503."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -146,17 +147,37 @@ def test_exports_beyond_the_limit_get_503_with_retry_after(server: str) -> None:
 
 @pytest.fixture(scope="module")
 def corrupted_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A SQLite database with a row whose text is not valid UTF-8: reading it fails."""
+    """A SQLite database whose pages after the one holding row 2000 are lost: reading on
+    fails."""
     import asyncio
 
     data_dir = tmp_path_factory.mktemp("corrupted")
     database = asyncio.run(build_database("sqlite", data_dir, SEEDED_USERS, SEED))
-    import sqlite3
-
-    with sqlite3.connect(data_dir / "exporter.db") as conn:
-        conn.execute("UPDATE users SET bio = CAST(X'C328FF' AS TEXT) WHERE id = 2000")
+    zero_pages_after_row(data_dir / "exporter.db", 2000)
     with running_server(database.env(**SMALL_BATCHES)) as base_url:
         yield base_url
+
+
+def zero_pages_after_row(path: Path, row_id: int) -> None:
+    """Zero every page after the table page holding ``row_id``, as lost disk writes would
+    (a shorter file SQLite refuses at once). Bulk-inserted rows fill table pages in id
+    order, so every later row is lost."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (email,) = conn.execute("SELECT email FROM users WHERE id = ?", (row_id,)).fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    data = path.read_bytes()
+    table_leaf = 0x0D  # the b-tree page type byte of a table's leaf page
+    for found in re.finditer(re.escape(email.encode()), data):
+        page = found.start() // page_size
+        if data[page * page_size] == table_leaf:
+            end = (page + 1) * page_size
+            path.write_bytes(data[:end] + bytes(len(data) - end))
+            return
+    raise AssertionError(f"row {row_id} was not found in a table page")
 
 
 def test_a_failure_mid_stream_makes_httpx_raise_not_return_a_short_body(
@@ -206,7 +227,10 @@ async def test_a_database_connection_killed_mid_stream_aborts_the_body(
                                 await conn.execute(text(
                                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                     "WHERE datname = current_database() "
-                                    "AND pid <> pg_backend_pid() AND query ILIKE '%lifetime_value%'"
+                                    "AND pid <> pg_backend_pid() "
+                                    # the export's transaction: its query text is cut off
+                                    # at track_activity_query_size, so match by state
+                                    "AND state IN ('active', 'idle in transaction')"
                                 ))
         finally:
             await engine.dispose()

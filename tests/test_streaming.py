@@ -121,7 +121,7 @@ async def test_counting_gives_the_number_of_rows_the_export_then_streams(
 
 
 async def test_read_ahead_gives_every_item_in_order_and_passes_errors_on() -> None:
-    from exporter.streaming import read_ahead
+    from exporter.cursors import read_ahead
 
     async def numbers(fail_at: int | None = None) -> AsyncGenerator[int, None]:
         for i in range(10):
@@ -140,7 +140,7 @@ async def test_read_ahead_gives_every_item_in_order_and_passes_errors_on() -> No
 async def test_closing_read_ahead_early_stops_and_closes_its_source() -> None:
     from contextlib import aclosing
 
-    from exporter.streaming import read_ahead
+    from exporter.cursors import read_ahead
 
     source = Source()
     async with aclosing(read_ahead(source.chunks(), depth=2)) as ahead:
