@@ -36,9 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(
             settings.resolved_database_url,
             pool_size=settings.db_pool_size,
-            # A running job holds one connection for its export and briefly takes another
-            # for each heartbeat.
-            max_overflow=settings.max_concurrent_exports + 2 * settings.worker_concurrency,
+            # A running job holds an export's connections and briefly takes one more for
+            # each heartbeat; sized so that no export waits for a connection.
+            max_overflow=(settings.max_concurrent_exports + settings.worker_concurrency)
+            * settings.connections_per_export + settings.worker_concurrency,
         )
         app.state.engine = engine
         app.state.schema_revision = head_revision()

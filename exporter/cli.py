@@ -112,7 +112,7 @@ async def _worker(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     engine = create_engine(
         settings.resolved_database_url, pool_size=2 * settings.worker_concurrency + 1,
-        max_overflow=settings.worker_concurrency,
+        max_overflow=settings.worker_concurrency * settings.connections_per_export,
     )
     worker = Worker(engine, settings)
     stop = asyncio.Event()

@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     chunk_bytes: int = Field(
         256 * 1024, ge=1, description="Encoded bytes gathered before a chunk is sent."
     )
+    sqlite_readers: int = Field(
+        2, ge=1, le=16,
+        description=(
+            "SQLite connections that render one export's batches in turn, in one snapshot; "
+            "2 uses both cores of a 2-core machine. Each export also holds one more "
+            "connection that plans its batches."
+        ),
+    )
     gzip_level: int = Field(
         6, ge=1, le=9, description="zlib level for gzip bodies (Accept-Encoding: gzip)."
     )
@@ -152,6 +160,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'exporter.db').resolve()}"
+
+    @property
+    def connections_per_export(self) -> int:
+        """Most connections one export holds: SQLite's readers, its planner, and for a
+        moment the lock that lines their snapshots up."""
+        if self.resolved_database_url.startswith("sqlite"):
+            return self.sqlite_readers + 2
+        return 1
 
     @property
     def files_dir(self) -> Path:

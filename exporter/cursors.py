@@ -4,77 +4,145 @@ Every route yields ``Block``s, ``(rows, bytes)``, joined by the export's encoder
 caller's snapshot transaction; closing the generator stops the read and leaves the
 connection free for the caller to end the transaction.
 
-- SQLite: the driver's own cursor (aiosqlite), with ``AHEAD`` fetches queued on its thread,
-  so SQLite renders the next batches while the loop sends this one. Through SQLAlchemy's
-  result, each fetch would wait for the loop to ask for it, and each row would become a
-  ``Row`` object first (measured: 12% more CPU, and the SQLite thread idle a fifth of the
-  time).
+- SQLite: batches planned by id on one connection and rendered, each by one statement
+  step that joins its rows (``group_concat``), in turn by several readers sharing one
+  snapshot, through the driver (aiosqlite) with ``AHEAD`` batches queued on each reader's
+  thread. SQLite releases the GIL for a whole batch, so two readers render on two cores
+  while the loop sends. Row by row, each row would take the GIL back; through SQLAlchemy's
+  result, each fetch would wait for the loop and each row would become a ``Row`` first.
 - Any other backend: SQLAlchemy's streaming result, read ahead in a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, suppress
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
-from exporter.formats import Block
+from exporter.formats import Block, Encoder
+from exporter.queries import ExportQuery, build_batch, build_plan, build_statement
 
-AHEAD = 2  # batches fetched ahead of the one being sent: enough to keep the database busy
+AHEAD = 2  # batches queued per reader: enough to keep each one busy
+MIN_ID = -(2**63)  # below every SQLite rowid: "from the start"
 T = TypeVar("T")
-Join = Callable[[Sequence[bytes]], bytes]
 
 
-def driver_sql(statement: Select[Any], dialect: Dialect) -> tuple[str, tuple[Any, ...]]:
-    """The statement as the driver takes it: SQL text and positional parameters, each
-    converted as SQLAlchemy would convert it (a datetime to SQLite's stored text)."""
-    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    values = compiled.construct_params()
-    # The same per-parameter converters SQLAlchemy's execution applies; IN lists are
-    # expanded under their own names, which is why this is not read off compiled.binds.
-    processors = compiled._bind_processors
-    arguments = []
-    for name in compiled.positiontup or ():
-        convert = processors.get(name)
-        arguments.append(convert(values[name]) if callable(convert) else values[name])
-    return compiled.string, tuple(arguments)
+class DriverStatement:
+    """A statement compiled once for the driver: SQL text, and positional parameters
+    converted as SQLAlchemy's own execution would convert them (a datetime to SQLite's
+    stored text), with named ones filled in per execution."""
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, statement.compile(
+            dialect=dialect, compile_kwargs={"render_postcompile": True}
+        ))
+        self.sql = compiled.string
+        self._names = compiled.positiontup or []
+        self._values = compiled.construct_params() or {}
+        # IN lists are expanded under names of their own: compiled.binds doesn't know
+        # them, SQLAlchemy's table of converters does.
+        self._converters = compiled._bind_processors
+
+    def arguments(self, **values: Any) -> tuple[Any, ...]:
+        merged = {**self._values, **values}
+        converted = []
+        for name in self._names:
+            convert = self._converters.get(name)
+            converted.append(convert(merged[name]) if callable(convert) else merged[name])
+        return tuple(converted)
+
+
+@dataclass(frozen=True)
+class Planned:
+    after: int  # the batch's rows have ids above this one
+    until: int  # ... and up to this one
+    rows: int
+
+
+async def plan_batches(
+    planner: AsyncConnection, query: ExportQuery, batch_rows: int
+) -> AsyncGenerator[Planned, None]:
+    """Split the export into batches of ``batch_rows`` rows by reading ids only (on its own
+    connection, so that planning never waits behind a batch)."""
+    plan = DriverStatement(build_plan(query), planner.dialect)
+    driver = await _driver(planner)
+    after = query.after_id if query.after_id is not None else MIN_ID
+    remaining = query.limit
+    while remaining is None or remaining > 0:
+        rows = batch_rows if remaining is None else min(batch_rows, remaining)
+        [(until, count)] = await driver.execute_fetchall(
+            plan.sql, plan.arguments(batch_after=after, batch_rows=rows)
+        )
+        if not count:
+            return
+        yield Planned(after, until, count)
+        after = until
+        if remaining is not None:
+            remaining -= count
 
 
 async def sqlite_blocks(
-    conn: AsyncConnection, statement: Select[Any], join: Join, batch_rows: int
+    planner: AsyncConnection,
+    readers: Sequence[AsyncConnection],
+    query: ExportQuery,
+    encoder: Encoder,
+    batch_rows: int,
 ) -> AsyncGenerator[Block, None]:
-    sql, arguments = driver_sql(statement, conn.dialect)
+    """The export's batches, rendered in turn by each reader: with two readers SQLite
+    renders on two cores. Every connection is in the same snapshot (db.shared_snapshot)."""
+    drivers = [await _driver(conn) for conn in readers]
+    render = DriverStatement(
+        build_batch(query, "sqlite", encoder.shape, encoder.separator.decode()),
+        planner.dialect,
+    )
+    plan = plan_batches(planner, query, batch_rows)
+    turns = itertools.cycle(drivers)
+    pending: deque[tuple[asyncio.Future[Any], Planned]] = deque()
+
+    async def submit() -> None:
+        # aiosqlite runs requests one after another on its thread: batches queued on a
+        # reader run back to back, whatever the loop is doing.
+        planned = await anext(plan, None)
+        if planned is not None:
+            arguments = render.arguments(batch_after=planned.after, batch_until=planned.until)
+            fetch = next(turns).execute_fetchall(render.sql, arguments)
+            pending.append((asyncio.ensure_future(fetch), planned))
+
+    try:
+        for _ in range(len(drivers) * AHEAD):
+            await submit()
+        while pending:
+            future, planned = pending[0]
+            [(data, rows)] = await future
+            pending.popleft()
+            if rows != planned.rows:
+                raise RuntimeError(
+                    f"batch after id {planned.after} gave {rows} rows, planned "
+                    f"{planned.rows}: the readers do not share one snapshot"
+                )
+            await submit()
+            block = data + encoder.terminator
+            check_utf8(block)
+            yield rows, block
+    finally:
+        # Queued batches still run on the readers' threads: let them end first.
+        await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
+        await plan.aclose()
+
+
+async def _driver(conn: AsyncConnection) -> Any:
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
-    cursor = await driver.execute(sql, arguments)
-    # aiosqlite runs requests one after another on its thread: queued fetches run
-    # back to back, whatever the loop is doing.
-    ahead = deque(asyncio.ensure_future(cursor.fetchmany(batch_rows)) for _ in range(AHEAD))
-    try:
-        while rows := await ahead.popleft():
-            ahead.append(asyncio.ensure_future(cursor.fetchmany(batch_rows)))
-            block = join([row[0] for row in rows])
-            check_utf8(block)
-            yield len(rows), block
-    finally:
-        # The queued fetches still hold the cursor: let them end before closing it.
-        await asyncio.gather(*ahead, return_exceptions=True)
-        await cursor.close()
-
-
-async def streamed_blocks(
-    conn: AsyncConnection, statement: Select[Any], join: Join, batch_rows: int
-) -> AsyncGenerator[Block, None]:
-    result = await conn.stream(statement.execution_options(yield_per=batch_rows))
-    async with aclosing(read_ahead(result.scalars().partitions(), AHEAD)) as batches:
-        async for rows in batches:
-            yield len(rows), join(rows)
+    return driver
 
 
 def check_utf8(block: bytes) -> None:
@@ -84,11 +152,15 @@ def check_utf8(block: bytes) -> None:
         block.decode()
 
 
-def open_blocks(
-    conn: AsyncConnection, statement: Select[Any], join: Join, batch_rows: int
+async def streamed_blocks(
+    conn: AsyncConnection, query: ExportQuery, encoder: Encoder, batch_rows: int
 ) -> AsyncGenerator[Block, None]:
-    route = sqlite_blocks if conn.dialect.name == "sqlite" else streamed_blocks
-    return route(conn, statement, join, batch_rows)
+    """Any backend: SQLAlchemy's streaming result, read ahead in a task of its own."""
+    statement = build_statement(query, conn.dialect.name, encoder.shape)
+    result = await conn.stream(statement.execution_options(yield_per=batch_rows))
+    async with aclosing(read_ahead(result.scalars().partitions(), AHEAD)) as batches:
+        async for rows in batches:
+            yield len(rows), encoder.join(rows)
 
 
 class _Failed:

@@ -9,7 +9,7 @@ PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,40 @@ async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             )
         async with conn.begin():
             yield conn
+
+
+@asynccontextmanager
+async def shared_snapshot(
+    engine: AsyncEngine, readers: int
+) -> AsyncIterator[list[AsyncConnection]]:
+    """SQLite: ``readers`` connections whose read transactions all see the same data, so
+    that one export can read on several threads at once.
+
+    A WAL reader sees the last commit before its first read. Holding the write lock (``BEGIN
+    IMMEDIATE`` on one more connection) while the readers start means no commit can fall
+    between them; writers wait for that moment only (about a millisecond, within
+    busy_timeout).
+    """
+    if readers == 1:
+        async with snapshot(engine) as conn:
+            yield [conn]
+        return
+    async with AsyncExitStack() as stack:
+        connections = []
+        async with engine.connect() as lock:
+            driver = (await lock.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute("BEGIN IMMEDIATE")
+            try:
+                for _ in range(readers):
+                    conn = await stack.enter_async_context(engine.connect())
+                    await stack.enter_async_context(conn.begin())
+                    # The read transaction, and so its snapshot, starts at the first read.
+                    await conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+                    connections.append(conn)
+            finally:
+                await driver.execute("ROLLBACK")
+        yield connections
 
 
 def _alembic_config(connection: Any = None) -> Any:

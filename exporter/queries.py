@@ -25,6 +25,7 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    bindparam,
     case,
     cast,
     func,
@@ -294,14 +295,51 @@ def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
     return select(func.count()).select_from(ids.subquery())
 
 
-def build_statement(query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES) -> Select[Any]:
+def build_statement(
+    query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES, *, utf8: bool = True
+) -> Select[Any]:
     if shape is Shape.JSON:
         column, source = _json_object(query.fields, dialect)
-        statement = select(_utf8(column, dialect)).select_from(source)
+        statement = select(_utf8(column, dialect) if utf8 else column).select_from(source)
     elif shape is Shape.CSV:
-        statement = select(_utf8(_csv_line(query.fields, dialect), dialect))
+        line = _csv_line(query.fields, dialect)
+        statement = select(_utf8(line, dialect) if utf8 else line)
     else:
         statement = select(*(_value(name, dialect).label(name) for name in query.fields))
+    statement = _matching(statement, query).order_by(users.c.id)
+    if query.limit is not None:
+        statement = statement.limit(literal(query.limit, BigInteger()))
+    return statement
+
+
+# Given per execution (cursors.DriverStatement):
+AFTER = bindparam("batch_after", None, BigInteger())  # a batch's rows come after this id
+UNTIL = bindparam("batch_until", None, BigInteger())  # ... up to and with this one
+ROWS = bindparam("batch_rows", None, BigInteger())
+
+
+def build_plan(query: ExportQuery) -> Select[Any, int]:
+    """The next batch: the last id and the number of the next ``:batch_rows`` rows after
+    ``:batch_after``. Reads ids only, so planning costs little beside rendering."""
+    ids = _matching(select(users.c.id), query).where(users.c.id > AFTER)
+    batch = ids.order_by(users.c.id).limit(ROWS).subquery()
+    return select(func.max(batch.c.id), func.count())
+
+
+def build_batch(query: ExportQuery, dialect: str, shape: Shape, separator: str) -> Select[Any]:
+    """The rows of a planned batch (``:batch_after`` < id <= ``:batch_until``) joined by
+    ``separator`` into one value, and how many they were. One step of the statement renders
+    the whole batch, outside Python's GIL."""
+    rows = build_statement(replace(query, limit=None), dialect, shape, utf8=False)
+    batch = rows.where(users.c.id > AFTER, users.c.id <= UNTIL).subquery()
+    # The subquery is ordered and, being under an aggregate, is not flattened into it:
+    # SQLite hands group_concat its rows in id order.
+    joined = func.group_concat(batch.c[0], separator)
+    return select(_utf8(joined, dialect), func.count())
+
+
+def _matching(statement: Select[Any], query: ExportQuery) -> Select[Any]:
+    """``statement`` restricted to the rows ``query`` asks for."""
     if query.countries:
         statement = statement.where(users.c.country.in_(query.countries))
     if query.plans:
@@ -316,7 +354,4 @@ def build_statement(query: ExportQuery, dialect: str, shape: Shape = Shape.VALUE
     # on values past 2**31 that the parser accepts.
     if query.after_id is not None:
         statement = statement.where(users.c.id > literal(query.after_id, BigInteger()))
-    statement = statement.order_by(users.c.id)
-    if query.limit is not None:
-        statement = statement.limit(literal(query.limit, BigInteger()))
     return statement

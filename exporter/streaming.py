@@ -19,19 +19,19 @@ import asyncio
 import logging
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from exporter.config import Settings
-from exporter.cursors import open_blocks
-from exporter.db import backend_name, snapshot
+from exporter.cursors import sqlite_blocks, streamed_blocks
+from exporter.db import backend_name, shared_snapshot, snapshot
 from exporter.errors import ExportsBusy
-from exporter.formats import FORMATS, Encoder
-from exporter.queries import ExportQuery, build_count, build_statement
+from exporter.formats import FORMATS, Block, Encoder
+from exporter.queries import ExportQuery, build_count
 
 log = logging.getLogger("exporter.streaming")
 
@@ -62,6 +62,7 @@ async def export_chunks(
     *,
     batch_rows: int,
     chunk_bytes: int,
+    readers: int = 1,
     progress: Progress | None = None,
     count: bool = False,
 ) -> ChunkStream:
@@ -72,12 +73,10 @@ async def export_chunks(
     ``count``, ``progress.total`` is set first, counted in the same snapshot as the rows.
     """
     progress = progress or Progress()
-    dialect = backend_name(engine)
-    statement = build_statement(query, dialect, encoder.shape)
-    async with snapshot(engine) as conn:
+    async with _blocks(engine, query, encoder, batch_rows, readers) as (conn, blocks):
         if count:
-            progress.total = (await conn.execute(build_count(query, dialect))).scalar_one()
-        blocks = open_blocks(conn, statement, encoder.join, batch_rows)
+            count_rows = build_count(query, backend_name(engine))
+            progress.total = (await conn.execute(count_rows)).scalar_one()
         pending = [encoder.begin()]
         pending_size = len(pending[0])
         first = True
@@ -97,6 +96,19 @@ async def export_chunks(
         yield b"".join(pending)
 
 
+@asynccontextmanager
+async def _blocks(
+    engine: AsyncEngine, query: ExportQuery, encoder: Encoder, batch_rows: int, readers: int
+) -> AsyncIterator[tuple[AsyncConnection, AsyncGenerator[Block, None]]]:
+    """The export's blocks, and a connection in the same snapshot to count on."""
+    if backend_name(engine) == "sqlite":
+        async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
+            yield planner, sqlite_blocks(planner, renderers, query, encoder, batch_rows)
+    else:
+        async with snapshot(engine) as conn:
+            yield conn, streamed_blocks(conn, query, encoder, batch_rows)
+
+
 def open_export(
     engine: AsyncEngine,
     query: ExportQuery,
@@ -114,6 +126,7 @@ def open_export(
         FORMATS[fmt](query.fields),
         batch_rows=settings.batch_rows,
         chunk_bytes=settings.chunk_bytes,
+        readers=settings.sqlite_readers,
         progress=progress,
         count=count,
     )

@@ -1,0 +1,90 @@
+"""SQLite's parallel route: readers that share one snapshot, and batches planned by id."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from pathlib import Path
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exporter.cursors import sqlite_blocks
+from exporter.db import create_engine, shared_snapshot
+from exporter.formats import NdjsonEncoder
+from exporter.models import users
+from exporter.queries import ExportQuery
+from tests.conftest import Database, build_database
+
+
+async def count_users(conn: AsyncConnection) -> int:
+    return (await conn.execute(select(func.count()).select_from(users))).scalar_one()
+
+
+async def test_readers_share_one_snapshot_and_writers_go_on_once_it_is_taken(
+    tmp_path: Path,
+) -> None:
+    database = await build_database("sqlite", tmp_path, 200, seed=5)
+    engine = create_engine(database.url, max_overflow=10)
+    try:
+        async with shared_snapshot(engine, 3) as readers:
+            before = [await count_users(conn) for conn in readers]
+            # The write lock was given back: this commit does not wait for the export.
+            async with asyncio.timeout(1), engine.begin() as writer:
+                row = {column: value for column, value in (await writer.execute(
+                    select(users).where(users.c.id == 1))).mappings().one().items()}
+                await writer.execute(insert(users).values(
+                    {**row, "id": 10_000, "email": "late@example.com"}))
+            after = [await count_users(conn) for conn in readers]
+        async with engine.connect() as conn:
+            now = await count_users(conn)
+    finally:
+        await engine.dispose()
+    assert len(set(before)) == 1, "every reader sees the same rows"
+    assert after == before, "a commit after the snapshot is not seen"
+    assert now == before[0] + 1
+
+
+async def test_batches_cover_every_row_once_in_order_whatever_the_batch_size(
+    sqlite_database: Database,
+) -> None:
+    engine = create_engine(sqlite_database.url, max_overflow=10)
+    query = ExportQuery(fields=("id",), after_id=7, limit=400, countries=("DE", "FR"))
+    try:
+        results = []
+        for batch_rows, readers in ((1, 2), (100, 2), (1000, 3), (5000, 1)):
+            async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
+                blocks = sqlite_blocks(
+                    planner, renderers, query, NdjsonEncoder(query.fields), batch_rows
+                )
+                async with aclosing(blocks):
+                    got = [block async for block in blocks]
+            assert all(rows <= batch_rows for rows, _ in got)
+            assert sum(rows for rows, _ in got) == b"".join(d for _, d in got).count(b"\n")
+            results.append(b"".join(data for _, data in got))
+        async with engine.connect() as conn:
+            expected = (await conn.execute(
+                select(users.c.id).where(users.c.id > 7, users.c.country.in_(("DE", "FR")))
+                .order_by(users.c.id).limit(400)
+            )).scalars().all()
+    finally:
+        await engine.dispose()
+    wanted = b"".join(b'{"id":%d}\n' % user_id for user_id in expected)
+    assert len(expected) == 400, "the limit, not the data, ends the export"
+    assert results == [wanted] * 4
+
+
+async def test_closing_the_blocks_early_leaves_every_connection_usable(
+    sqlite_database: Database,
+) -> None:
+    engine = create_engine(sqlite_database.url, max_overflow=10)
+    try:
+        async with shared_snapshot(engine, 3) as (planner, *renderers):
+            query = ExportQuery(fields=("id", "bio"))
+            blocks = sqlite_blocks(planner, renderers, query, NdjsonEncoder(query.fields), 10)
+            async with aclosing(blocks):
+                await anext(blocks)
+            for conn in (planner, *renderers):
+                assert await count_users(conn) > 0
+    finally:
+        await engine.dispose()
