@@ -888,7 +888,7 @@ http {{
             "SQLite library (python)": sqlite3.sqlite_version,
             "curl": first_line(["curl", "--version"]).split()[1],
         })
-        for package in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite", "orjson"):
+        for package in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite", "asyncpg"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 self.versions[package] = importlib.metadata.version(package)
 

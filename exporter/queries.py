@@ -246,7 +246,7 @@ def _json_object(
     fields: tuple[str, ...], dialect: str
 ) -> tuple[ColumnElement[Any], FromClause]:
     """The row as compact JSON text, and what to select it from. SQLite's json_object and
-    PostgreSQL's row_to_json escape exactly as orjson does (checked for every ASCII
+    PostgreSQL's row_to_json escape exactly alike (checked for every ASCII
     character and astral ones), so both backends give the same bytes."""
     if dialect == "sqlite":
         pairs = [part for name in fields for part in (literal(name), _json_value(name, dialect))]
