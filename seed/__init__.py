@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exporter import models
 from exporter.db import backend_name, migrate
 from seed.files import SeedImage, write_images, write_large_file
-from seed.sqlite import sqlite_rows
+from seed.sqlite import seed_cache, sqlite_rows
 from seed.users import SeedUser, draw_users, seed_user
 
 INSERT_BATCH = 20_000
@@ -78,8 +78,9 @@ async def seed_database(
             await _copy(conn, "images", IMAGE_COLUMNS, _batches(written_images))
             await _copy(conn, "users", USER_COLUMNS, user_batches(map(seed_user, drawn)))
         else:
-            await _insert(conn, "images", IMAGE_COLUMNS, _batches(written_images))
-            await _insert(conn, "users", USER_COLUMNS, user_batches(sqlite_rows(drawn)))
+            async with seed_cache(conn):
+                await _insert(conn, "images", IMAGE_COLUMNS, _batches(written_images))
+                await _insert(conn, "users", USER_COLUMNS, user_batches(sqlite_rows(drawn)))
     progress(f"seeded {plan.users} users in {time.perf_counter() - started:.1f} s")
     return True
 

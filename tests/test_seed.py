@@ -202,3 +202,16 @@ def test_sqlite_timestamps_are_written_in_sqlalchemys_own_format() -> None:
         moment = EPOCH + timedelta(seconds=seconds)
         assert sqlite_timestamp(seconds) == moment.strftime(SQLITE_TIMESTAMP)
         assert sqlite_timestamp(seconds) == f"{moment:%Y-%m-%d %H:%M:%S}.000000"
+
+
+async def test_seeding_sqlite_gives_the_pooled_connection_its_own_cache_size_back(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'exporter.db'}", pool_size=1)
+    try:
+        plan = SeedPlan(users=10, seed=3, images=2, large_file_bytes=1024)
+        assert await seed_database(engine, tmp_path, plan, progress=lambda _m: None)
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA cache_size")).scalar() == -2000
+    finally:
+        await engine.dispose()
