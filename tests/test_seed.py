@@ -197,7 +197,7 @@ def test_the_generator_draws_exactly_what_randrange_and_choice_drew(
 
 
 def test_sqlite_timestamps_are_written_in_sqlalchemys_own_format() -> None:
-    last = CREATED_SPAN_SECONDS + 300 * 86400  # the latest last_login_at
+    last = CREATED_SPAN_SECONDS + 300 * 86400  # just past the latest last_login_at
     for seconds in (0, 59, 86399, 86400, last - 1, *range(0, last, 86400 * 29 + 3607)):
         moment = EPOCH + timedelta(seconds=seconds)
         assert sqlite_timestamp(seconds) == moment.strftime(SQLITE_TIMESTAMP)
