@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exporter import models
 from exporter.db import backend_name, migrate
 from seed.files import SeedImage, write_images, write_large_file
-from seed.users import SeedUser, generate_users
+from seed.sqlite import seed_cache, sqlite_rows
+from seed.users import SeedUser, draw_users, seed_user
 
 INSERT_BATCH = 20_000
 PROGRESS_EVERY = 100_000
 USER_COLUMNS = tuple(SeedUser._fields)
 IMAGE_COLUMNS = tuple(SeedImage._fields)
 LARGE_FILE_NAME = "large-file.bin"
-# SQLAlchemy's own SQLite DATETIME storage format, so its filters compare correctly.
-SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 Progress = Callable[[str], None]
+Batch = list[Any]
 
 
 @dataclass(frozen=True)
@@ -68,16 +67,20 @@ async def seed_database(
         f"wrote {len(written_images)} images and {LARGE_FILE_NAME} "
         f"({plan.large_file_bytes} bytes, sha256 {digest})"
     )
-    rows = generate_users(plan.users, plan.seed, len(written_images))
+    drawn = draw_users(plan.users, plan.seed, len(written_images))
+
+    def user_batches(rows: Iterable[Any]) -> Iterator[Batch]:
+        return _reporting(_batches(rows), plan.users, progress)
+
     async with engine.begin() as conn:
         await _clear(conn)  # first, so that COPY runs inside this same transaction
-        reported = _reporting(rows, plan.users, progress)
         if backend_name(engine) == "postgresql":
-            await _copy(conn, "images", IMAGE_COLUMNS, written_images)
-            await _copy(conn, "users", USER_COLUMNS, reported)
+            await _copy(conn, "images", IMAGE_COLUMNS, _batches(written_images))
+            await _copy(conn, "users", USER_COLUMNS, user_batches(map(seed_user, drawn)))
         else:
-            await _insert(conn, "images", IMAGE_COLUMNS, written_images)
-            await _insert(conn, "users", USER_COLUMNS, map(_sqlite_row, reported))
+            async with seed_cache(conn):
+                await _insert(conn, "images", IMAGE_COLUMNS, _batches(written_images))
+                await _insert(conn, "users", USER_COLUMNS, user_batches(sqlite_rows(drawn)))
     progress(f"seeded {plan.users} users in {time.perf_counter() - started:.1f} s")
     return True
 
@@ -90,53 +93,36 @@ async def _clear(conn: AsyncConnection) -> None:
         await conn.execute(models.images.delete())
 
 
-def _sqlite_timestamp(moment: datetime) -> str:
-    # isoformat is C-fast; for these UTC times it equals strftime(SQLITE_TIMESTAMP) plus an
-    # offset, which is cut off (tests/test_seed.py checks they agree).
-    return moment.isoformat(" ", "microseconds")[:26]
-
-
-def _sqlite_row(user: SeedUser) -> tuple[Any, ...]:
-    last_login = user.last_login_at
-    return (
-        *user[:6],
-        int(user.is_active),
-        f"{user.lifetime_value:.2f}",
-        _sqlite_timestamp(user.created_at),
-        None if last_login is None else _sqlite_timestamp(last_login),
-        user.bio,
-        user.avatar_image_id,
-    )
-
-
-def _reporting(rows: Iterable[SeedUser], total: int, progress: Progress) -> Iterator[SeedUser]:
+def _reporting(batches: Iterable[Batch], total: int, progress: Progress) -> Iterator[Batch]:
     started = time.perf_counter()
-    for count, row in enumerate(rows, start=1):
-        yield row
-        if count % PROGRESS_EVERY == 0:
-            progress(f"  {count}/{total} users ({time.perf_counter() - started:.1f} s)")
+    done = 0
+    for batch in batches:
+        yield batch
+        before, done = done, done + len(batch)
+        if done // PROGRESS_EVERY > before // PROGRESS_EVERY:
+            progress(f"  {done}/{total} users ({time.perf_counter() - started:.1f} s)")
 
 
-def _batches(rows: Iterable[Any]) -> Iterator[list[Any]]:
+def _batches(rows: Iterable[Any]) -> Iterator[Batch]:
     iterator = iter(rows)
     while batch := list(islice(iterator, INSERT_BATCH)):
         yield batch
 
 
 async def _insert(
-    conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: Iterable[Any]
+    conn: AsyncConnection, table: str, columns: tuple[str, ...], batches: Iterable[Batch]
 ) -> None:
     statement = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     )
-    for batch in _batches(rows):
+    for batch in batches:
         await conn.exec_driver_sql(statement, batch)
 
 
 async def _copy(
-    conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: Iterable[Any]
+    conn: AsyncConnection, table: str, columns: tuple[str, ...], batches: Iterable[Batch]
 ) -> None:
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
-    for batch in _batches(rows):
+    for batch in batches:
         await raw.copy_records_to_table(table, records=batch, columns=list(columns))

@@ -1,19 +1,22 @@
 """Deterministic, realistic and deliberately hostile user rows.
 
 ``generate_users(n, seed)`` yields the same ``SeedUser`` tuples for the same arguments on
-every machine: it uses only ``random.Random`` methods whose output CPython keeps stable
-(``random``, ``randrange``, ``choice``), and whole-second UTC timestamps so that every
-backend stores exactly what was generated.
+every machine: its numbers are those of ``random.Random`` methods whose output CPython
+keeps stable (``random``, ``randrange``, ``choice``), and its timestamps are whole-second
+UTC times so that every backend stores exactly what was generated.
+
+``draw_users`` is the same rows before their storage types (cents, seconds): a backend
+that stores text (SQLite) need never build a ``Decimal`` or a ``datetime``, which cost
+more than drawing the row.
 """
 
 from __future__ import annotations
 
 import random
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import cache
 from typing import NamedTuple
 
 FIRST_NAMES = (
@@ -65,6 +68,8 @@ BIOS = (
 )
 EPOCH = datetime(2015, 1, 1, tzinfo=UTC)
 CREATED_SPAN_SECONDS = int((datetime(2026, 1, 1, tzinfo=UTC) - EPOCH).total_seconds())
+LAST_LOGIN_SPAN_SECONDS = 300 * 86400  # after created_at
+MAX_CENTS = 100_000_000  # exclusive
 
 
 class SeedUser(NamedTuple):
@@ -82,55 +87,107 @@ class SeedUser(NamedTuple):
     avatar_image_id: int | None
 
 
-@cache  # names come from short fixed lists: normalise each once
+# A SeedUser with lifetime_value in cents and both timestamps in seconds since EPOCH.
+DrawnUser = tuple[
+    int, str, str, str, str | None, str, bool, int, int, int | None, str | None, int | None
+]
+# rng.randrange(n) for one n, as a call without arguments.
+Die = Callable[[], int]
+
+
 def _ascii_slug(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(c for c in folded.lower() if c.isalnum()) or "user"
 
 
-def _plan(rng: random.Random) -> str:
-    roll = rng.randrange(100)
-    for plan, weight in PLAN_WEIGHTS:
-        if roll < weight:
-            return plan
-        roll -= weight
-    raise AssertionError("plan weights must add up to 100")
+FIRST_SLUGS = tuple(map(_ascii_slug, FIRST_NAMES))
+LAST_SLUGS = tuple(map(_ascii_slug, LAST_NAMES))
+CITIES = tuple(COUNTRY_CITIES[country] for country in COUNTRIES)
+PLAN_BY_PERCENT = tuple(plan for plan, weight in PLAN_WEIGHTS for _ in range(weight))
+assert len(PLAN_BY_PERCENT) == 100, "plan weights must add up to 100"
+
+
+def _die(rng: random.Random, faces: int) -> Die:
+    """``rng.randrange(faces)``, drawing the very same numbers from the same stream.
+
+    CPython's ``randrange(n)`` and ``choice(seq)`` (with n = len(seq)) both come down to
+    ``_randbelow(n)``: getrandbits(n.bit_length()) until the result is below n. Doing just
+    that skips their argument checks, which cost more than the draw itself.
+    tests/test_seed.py holds ``draw_users`` to a copy written with randrange and choice.
+    """
+    bits = faces.bit_length()
+    getrandbits = rng.getrandbits
+
+    def roll() -> int:
+        number = getrandbits(bits)
+        while number >= faces:
+            number = getrandbits(bits)
+        return number
+
+    return roll
+
+
+def draw_users(count: int, seed: int, image_count: int) -> Iterator[DrawnUser]:
+    rng = random.Random(seed)
+    d2, d5, d10, d20, d100 = (_die(rng, faces) for faces in (2, 5, 10, 20, 100))
+    whole_name = _die(rng, len(WHOLE_NAMES))
+    first_name, last_name = _die(rng, len(FIRST_NAMES)), _die(rng, len(LAST_NAMES))
+    country_of = _die(rng, len(COUNTRIES))
+    city_in = tuple(_die(rng, len(cities)) for cities in CITIES)
+    domain = _die(rng, len(DOMAINS))
+    bio = _die(rng, len(BIOS))
+    # randrange(1, n) is 1 + randrange(n - 1): hence the "- 1"s here and "1 +"s below.
+    paid_cents = _die(rng, MAX_CENTS - 1)
+    created_second = _die(rng, CREATED_SPAN_SECONDS)
+    login_delay = _die(rng, LAST_LOGIN_SPAN_SECONDS - 1)
+    avatar = _die(rng, image_count) if image_count else None
+    for user_id in range(1, count + 1):
+        if d20() == 0:
+            full_name = WHOLE_NAMES[whole_name()]
+            slug = "user"
+        else:
+            first, last = first_name(), last_name()
+            full_name = f"{FIRST_NAMES[first]} {LAST_NAMES[last]}"
+            slug = f"{FIRST_SLUGS[first]}.{LAST_SLUGS[last]}"
+        country = country_of()
+        city = None if d10() == 0 else CITIES[country][city_in[country]()]
+        plan = PLAN_BY_PERCENT[d100()]
+        cents = 0 if plan == "free" and d2() else 1 + paid_cents()
+        created_at = created_second()
+        last_login_at = None if d5() == 0 else created_at + 1 + login_delay()
+        yield (
+            user_id,
+            f"{slug}{user_id}@{DOMAINS[domain()]}",
+            full_name,
+            COUNTRIES[country],
+            city,
+            plan,
+            d100() < 85,
+            cents,
+            created_at,
+            last_login_at,
+            None if d10() < 3 else BIOS[bio()],
+            None if avatar is None or d5() < 2 else 1 + avatar(),
+        )
+
+
+def _moment(seconds: int) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)
+
+
+def seed_user(drawn: DrawnUser) -> SeedUser:
+    """The drawn row with a ``Decimal`` and ``datetime``s, as asyncpg's COPY wants them."""
+    (user_id, email, full_name, country, city, plan, is_active, cents, created_at,
+     last_login_at, bio, avatar_image_id) = drawn
+    return SeedUser(
+        user_id, email, full_name, country, city, plan, is_active,
+        lifetime_value=Decimal(cents).scaleb(-2),
+        created_at=_moment(created_at),
+        last_login_at=None if last_login_at is None else _moment(last_login_at),
+        bio=bio,
+        avatar_image_id=avatar_image_id,
+    )
 
 
 def generate_users(count: int, seed: int, image_count: int) -> Iterator[SeedUser]:
-    rng = random.Random(seed)
-    for user_id in range(1, count + 1):
-        if rng.randrange(20) == 0:
-            full_name = rng.choice(WHOLE_NAMES)
-            slug = "user"
-        else:
-            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-            full_name = f"{first} {last}"
-            slug = f"{_ascii_slug(first)}.{_ascii_slug(last)}"
-        country = rng.choice(COUNTRIES)
-        city = None if rng.randrange(10) == 0 else rng.choice(COUNTRY_CITIES[country])
-        plan = _plan(rng)
-        cents = 0 if plan == "free" and rng.randrange(2) else rng.randrange(1, 100_000_000)
-        created_at = EPOCH + timedelta(seconds=rng.randrange(CREATED_SPAN_SECONDS))
-        last_login_at = (
-            None
-            if rng.randrange(5) == 0
-            else created_at + timedelta(seconds=rng.randrange(1, 300 * 86400))
-        )
-        yield SeedUser(
-            id=user_id,
-            email=f"{slug}{user_id}@{rng.choice(DOMAINS)}",
-            full_name=full_name,
-            country=country,
-            city=city,
-            plan=plan,
-            is_active=rng.randrange(100) < 85,
-            lifetime_value=Decimal(cents).scaleb(-2),
-            created_at=created_at,
-            last_login_at=last_login_at,
-            bio=None if rng.randrange(10) < 3 else rng.choice(BIOS),
-            avatar_image_id=(
-                None if image_count == 0 or rng.randrange(5) < 2
-                else rng.randrange(1, image_count + 1)
-            ),
-        )
+    return map(seed_user, draw_users(count, seed, image_count))

@@ -6,7 +6,12 @@ import csv
 import hashlib
 import io
 import json
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +22,22 @@ from exporter.app import create_app
 from exporter.db import create_engine
 from exporter.models import images, users
 from seed import SeedPlan, seed_database
+from seed.sqlite import SQLITE_TIMESTAMP, sqlite_rows, sqlite_timestamp
+from seed.users import (
+    BIOS,
+    COUNTRIES,
+    COUNTRY_CITIES,
+    CREATED_SPAN_SECONDS,
+    DOMAINS,
+    EPOCH,
+    FIRST_NAMES,
+    LAST_NAMES,
+    WHOLE_NAMES,
+    SeedUser,
+    _ascii_slug,
+    draw_users,
+    generate_users,
+)
 from tests.conftest import Database, build_database
 
 
@@ -109,11 +130,88 @@ async def test_tiny_seeds_work(tmp_path: Path, users_count: int) -> None:
     assert len(list(csv.reader(io.StringIO(text, newline="")))) == 1 + users_count + 4
 
 
+def reference_users(count: int, seed: int, image_count: int) -> Iterator[SeedUser]:
+    """The seeder as first written, with randrange and choice: the values it must keep."""
+    rng = random.Random(seed)
+    for user_id in range(1, count + 1):
+        if rng.randrange(20) == 0:
+            full_name = rng.choice(WHOLE_NAMES)
+            slug = "user"
+        else:
+            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+            full_name = f"{first} {last}"
+            slug = f"{_ascii_slug(first)}.{_ascii_slug(last)}"
+        country = rng.choice(COUNTRIES)
+        city = None if rng.randrange(10) == 0 else rng.choice(COUNTRY_CITIES[country])
+        roll = rng.randrange(100)
+        plan = "free" if roll < 70 else "pro" if roll < 95 else "enterprise"
+        cents = 0 if plan == "free" and rng.randrange(2) else rng.randrange(1, 100_000_000)
+        created_at = EPOCH + timedelta(seconds=rng.randrange(CREATED_SPAN_SECONDS))
+        last_login_at = (
+            None
+            if rng.randrange(5) == 0
+            else created_at + timedelta(seconds=rng.randrange(1, 300 * 86400))
+        )
+        yield SeedUser(
+            id=user_id,
+            email=f"{slug}{user_id}@{rng.choice(DOMAINS)}",
+            full_name=full_name,
+            country=country,
+            city=city,
+            plan=plan,
+            is_active=rng.randrange(100) < 85,
+            lifetime_value=Decimal(cents).scaleb(-2),
+            created_at=created_at,
+            last_login_at=last_login_at,
+            bio=None if rng.randrange(10) < 3 else rng.choice(BIOS),
+            avatar_image_id=(
+                None if image_count == 0 or rng.randrange(5) < 2
+                else rng.randrange(1, image_count + 1)
+            ),
+        )
+
+
+def reference_sqlite_row(user: SeedUser) -> tuple[Any, ...]:
+    last_login = user.last_login_at
+    return (
+        *user[:6],
+        int(user.is_active),
+        f"{user.lifetime_value:.2f}",
+        user.created_at.strftime(SQLITE_TIMESTAMP),
+        None if last_login is None else last_login.strftime(SQLITE_TIMESTAMP),
+        user.bio,
+        user.avatar_image_id,
+    )
+
+
+@pytest.mark.parametrize(("count", "seed", "image_count"), [(20_000, 1, 20), (2_000, 7, 0)])
+def test_the_generator_draws_exactly_what_randrange_and_choice_drew(
+    count: int, seed: int, image_count: int
+) -> None:
+    # repr, not ==: Decimal("0") == Decimal("0.00") and 1 == True, but neither is stored alike.
+    expected = list(reference_users(count, seed, image_count))
+    assert repr(list(generate_users(count, seed, image_count))) == repr(expected)
+    assert repr(list(sqlite_rows(draw_users(count, seed, image_count)))) == repr(
+        [reference_sqlite_row(user) for user in expected]
+    )
+
+
 def test_sqlite_timestamps_are_written_in_sqlalchemys_own_format() -> None:
-    from datetime import UTC, datetime
+    last = CREATED_SPAN_SECONDS + 300 * 86400  # just past the latest last_login_at
+    for seconds in (0, 59, 86399, 86400, last - 1, *range(0, last, 86400 * 29 + 3607)):
+        moment = EPOCH + timedelta(seconds=seconds)
+        assert sqlite_timestamp(seconds) == moment.strftime(SQLITE_TIMESTAMP)
+        assert sqlite_timestamp(seconds) == f"{moment:%Y-%m-%d %H:%M:%S}.000000"
 
-    from seed import SQLITE_TIMESTAMP, _sqlite_timestamp
 
-    for moment in (datetime(2015, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, 23, 59, tzinfo=UTC),
-                   datetime(2024, 2, 29, 0, 0, 7, tzinfo=UTC)):
-        assert _sqlite_timestamp(moment) == moment.strftime(SQLITE_TIMESTAMP)
+async def test_seeding_sqlite_gives_the_pooled_connection_its_own_cache_size_back(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'exporter.db'}", pool_size=1)
+    try:
+        plan = SeedPlan(users=10, seed=3, images=2, large_file_bytes=1024)
+        assert await seed_database(engine, tmp_path, plan, progress=lambda _m: None)
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA cache_size")).scalar() == -2000
+    finally:
+        await engine.dispose()
