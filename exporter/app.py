@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # each heartbeat; sized so that no export waits for a connection.
             max_overflow=(settings.max_concurrent_exports + settings.worker_concurrency)
             * settings.connections_per_export + settings.worker_concurrency,
+            sqlite_nice=settings.sqlite_nice,
         )
         app.state.engine = engine
         app.state.schema_revision = head_revision()

@@ -113,6 +113,7 @@ async def _worker(settings: Settings) -> int:
     engine = create_engine(
         settings.resolved_database_url, pool_size=2 * settings.worker_concurrency + 1,
         max_overflow=settings.worker_concurrency * settings.connections_per_export,
+        sqlite_nice=settings.sqlite_nice,
     )
     worker = Worker(engine, settings)
     stop = asyncio.Event()

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
             "connection that plans its batches."
         ),
     )
+    sqlite_nice: int = Field(
+        10, ge=0, le=19,
+        description=(
+            "CPU niceness of the threads that run SQLite (Linux), so that rendering exports "
+            "cannot delay the event loop: /health and new requests stay fast; 0 leaves them "
+            "at the service's own priority."
+        ),
+    )
     gzip_level: int = Field(
         6, ge=1, le=9, description="zlib level for gzip bodies (Accept-Encoding: gzip)."
     )

@@ -8,6 +8,8 @@ PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -25,22 +27,27 @@ SQLITE_PRAGMAS = (
 )
 
 
-def create_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
-    """``pool_size`` connections stay open; up to ``max_overflow`` more open under load."""
+def create_engine(
+    url: str, pool_size: int = 5, max_overflow: int = 10, sqlite_nice: int = 0
+) -> AsyncEngine:
+    """``pool_size`` connections stay open; up to ``max_overflow`` more open under load.
+    ``sqlite_nice``: the CPU niceness of each SQLite connection's thread (Linux)."""
     parsed = make_url(url)
     pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, **pool)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_nice)
         return engine
     return create_async_engine(url, pool_pre_ping=True, **pool)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, nice: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if nice:
+            _lower_priority(dbapi_connection.driver_connection, nice)
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
@@ -50,6 +57,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN")
+
+
+def _lower_priority(driver: Any, nice: int) -> None:
+    """SQLite renders exports on the connection's own thread (aiosqlite's); at a lower CPU
+    priority than the event loop, a busy export cannot delay the loop's next turn (a Linux
+    thread is a task of its own, so ``setpriority`` takes its id)."""
+    thread = getattr(driver, "_thread", None)  # aiosqlite's worker; private, so looked up
+    native_id = getattr(thread, "native_id", None)
+    if sys.platform == "linux" and native_id is not None:
+        # Only ever lower the priority: raising it back would need privileges.
+        current = os.getpriority(os.PRIO_PROCESS, native_id)
+        os.setpriority(os.PRIO_PROCESS, native_id, max(nice, current))
 
 
 def backend_name(engine: AsyncEngine | AsyncConnection) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from contextlib import aclosing
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -86,5 +89,20 @@ async def test_closing_the_blocks_early_leaves_every_connection_usable(
                 await anext(blocks)
             for conn in (planner, *renderers):
                 assert await count_users(conn) > 0
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
+async def test_sqlite_threads_run_at_the_configured_niceness(sqlite_database: Database) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    engine = create_engine(sqlite_database.url, sqlite_nice=min(base + 5, 19))
+    try:
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            thread_id = driver._thread.native_id  # type: ignore[union-attr]
+            assert os.getpriority(os.PRIO_PROCESS, thread_id) == min(base + 5, 19)
+            assert await count_users(conn) > 0
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base, "the loop's thread is left alone"
     finally:
         await engine.dispose()
