@@ -179,7 +179,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="postgresql+asyncpg://... with users")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--formats", default="csv")
+    parser.add_argument("--formats", default="csv,ndjson,json")
     parser.add_argument("--chunk-bytes", type=int, default=load_settings().chunk_bytes)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop",
                         help="uvloop is what uvicorn runs the service on")

@@ -1,8 +1,8 @@
 """PostgreSQL exports through ``COPY (SELECT ...) TO STDOUT``: the database writes the bytes.
 
 ``copy_blocks`` gives an export's rows as blocks of whole rows, already in their final form,
-byte for byte what ``formats`` makes of the same rows (the header is left to the encoder).
-CSV only, for now. Python only fixes COPY's output up
+byte for byte what ``formats`` makes of the same rows (the header, the JSON array's brackets
+and separators between blocks are left to the encoder). Python only fixes COPY's output up
 with a bytes method or two per chunk, so the export runs at COPY's speed.
 
 CSV: ``COPY ... (FORMAT csv)`` quotes exactly the fields ``csv.writer`` quotes (those holding
@@ -17,6 +17,10 @@ a comma, a quote, CR or LF) and doubles quotes the same way. It differs in three
 - One field: ``csv.writer`` writes an empty lone field as ``""`` (else the row would be a
   blank line), so the field is ``COALESCE``d to ``''``, which COPY quotes. COPY would also
   quote a lone ``\\.``; with the row-end column it never has a lone field.
+
+NDJSON and JSON: COPY's text format, one ``row_to_json`` object per line (the same query as
+``formats`` reads). JSON escapes every control character, so the only COPY text escape an
+object can hold is a doubled backslash, undone with one ``replace``.
 
 Whole rows: COPY sends one CopyData message per row (a protocol guarantee) and asyncpg hands
 its sink whole messages, so every chunk ends at a row end; this is checked, not assumed.
@@ -54,6 +58,15 @@ def _csv_rows(chunk: bytes) -> Block:
     return len(rows) - 1, b"\r\n".join(rows)
 
 
+def _json_rows(chunk: bytes) -> Block:
+    rows = chunk.count(b"\n")
+    return rows, chunk.replace(b"\\\\", b"\\") if b"\\" in chunk else chunk
+
+
+def _json_array_join(parts: list[bytes]) -> bytes:
+    return b"".join(parts)[:-1].replace(b"\n", b",\n")
+
+
 @dataclass(frozen=True)
 class Framing:
     """How one export format is asked of COPY and how its chunks are made final."""
@@ -67,6 +80,8 @@ class Framing:
 
 FRAMINGS: dict[str, Framing] = {
     "csv": Framing("csv", Shape.VALUES, CSV_ROW_END, _csv_rows, b"".join),
+    "ndjson": Framing("text", Shape.JSON, b"\n", _json_rows, b"".join),
+    "json": Framing("text", Shape.JSON, b"\n", _json_rows, _json_array_join),
 }
 
 
@@ -74,6 +89,8 @@ def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
     """The ``SELECT`` that COPY runs for this export: ``build_statement``'s, with the CSV
     columns adjusted as the module docstring explains."""
     statement = build_statement(query, "postgresql", FRAMINGS[fmt].shape)
+    if FRAMINGS[fmt].shape is Shape.JSON:
+        return statement
     columns: list[ColumnElement[Any]] = list(statement.selected_columns)
     if len(columns) == 1:
         columns = [func.coalesce(cast(columns[0], Text), "")]
@@ -229,7 +246,8 @@ async def copy_blocks(
     conn: AsyncConnection, query: ExportQuery, fmt: str, *, chunk_bytes: int
 ) -> AsyncGenerator[Block, None]:
     """The export's rows, in id order, as blocks of about ``chunk_bytes`` of whole rows in
-    their final form: CSV rows each ending in CRLF (no header).
+    their final form: CSV rows each ending in CRLF (no header), NDJSON objects each ending
+    in LF, JSON objects joined by ``,\\n`` (no brackets, no separator before or after).
 
     ``conn`` is inside the export's snapshot (``db.snapshot``). The first block goes out as
     soon as COPY's first chunk arrives, so that the client sees bytes at once. An error,

@@ -162,7 +162,7 @@ def rows_in(fmt: str, data: bytes) -> int:
     return len(json.loads(b"[" + data + b"]"))
 
 
-@pytest.mark.parametrize("fmt", ["csv"])
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
 async def test_hostile_rows_copy_out_as_the_golden_bytes(engine: AsyncEngine, fmt: str) -> None:
     query = query_of(f"after_id={GOLDEN_AFTER_ID}&limit=4")
     golden = {"csv": GOLDEN_CSV, "ndjson": GOLDEN_NDJSON, "json": GOLDEN_JSON}[fmt]
@@ -170,7 +170,7 @@ async def test_hostile_rows_copy_out_as_the_golden_bytes(engine: AsyncEngine, fm
 
 
 @pytest.mark.parametrize("fields", FIELD_SETS)
-@pytest.mark.parametrize("fmt", ["csv"])
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
 async def test_copy_gives_the_row_pipelines_bytes_for_any_fields(
     engine: AsyncEngine, hostile: Database, fmt: str, fields: str
 ) -> None:
@@ -181,7 +181,7 @@ async def test_copy_gives_the_row_pipelines_bytes_for_any_fields(
 
 
 @pytest.mark.parametrize("filters", FILTERS)
-@pytest.mark.parametrize("fmt", ["csv"])
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
 async def test_copy_gives_the_row_pipelines_bytes_for_any_filters(
     engine: AsyncEngine, hostile: Database, fmt: str, filters: str
 ) -> None:
@@ -192,7 +192,7 @@ async def test_copy_gives_the_row_pipelines_bytes_for_any_filters(
     assert sum(rows for rows, _ in blocks) == rows_of_export(fmt, expected)
 
 
-@pytest.mark.parametrize("fmt", ["csv"])
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
 async def test_every_block_holds_whole_rows_and_says_how_many(big: Database, fmt: str) -> None:
     engine = create_engine(big.url)
     try:
@@ -215,16 +215,18 @@ async def test_blocks_are_about_chunk_bytes_after_a_quick_first_one(
 
 
 async def test_an_export_with_no_rows_gives_no_blocks(engine: AsyncEngine) -> None:
-    assert await copied(engine, query_of("limit=0"), "csv") == []
+    for fmt in ("csv", "ndjson", "json"):
+        assert await copied(engine, query_of("limit=0"), fmt) == []
 
 
 def test_filter_values_are_bound_as_parameters_not_pasted_into_the_sql() -> None:
     query = query_of("country=QX,QY&plan=enterprise&created_from=1999-12-31&after_id=123456789")
-    sql, args = positional(copy_statement(query, "csv"), asyncpg_dialect())
-    for value in ("QX", "QY", "enterprise", "1999", "123456789"):
-        assert value not in sql
-    assert {"QX", "QY", "enterprise", 123456789} <= set(args)
-    assert at("1999-12-31T00:00:00") in args
+    for fmt in ("csv", "json"):
+        sql, args = positional(copy_statement(query, fmt), asyncpg_dialect())
+        for value in ("QX", "QY", "enterprise", "1999", "123456789"):
+            assert value not in sql
+        assert {"QX", "QY", "enterprise", 123456789} <= set(args)
+        assert at("1999-12-31T00:00:00") in args
 
 
 async def test_copy_reads_the_snapshot_of_the_export_transaction(hostile: Database) -> None:
@@ -260,7 +262,7 @@ async def backend_state(pid: int) -> str | None:
 
 
 @pytest.mark.parametrize("reader_pause", [0, 0.2], ids=["reader-keeping-up", "reader-behind"])
-@pytest.mark.parametrize("fmt", ["csv"])
+@pytest.mark.parametrize("fmt", ["csv", "json"])
 async def test_closing_early_cancels_the_copy_and_the_connection_serves_the_next_export(
     big: Database, fmt: str, reader_pause: float
 ) -> None:
