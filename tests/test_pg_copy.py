@@ -1,0 +1,354 @@
+"""PostgreSQL COPY exports: the bytes of the row pipeline, whole rows, and clean failures."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter.db import create_engine, snapshot
+from exporter.models import users
+from exporter.pg_copy import Block, copy_blocks, copy_statement, positional
+from exporter.queries import ExportQuery, parse_export_query
+from exporter.streaming import open_export
+from tests.conftest import (
+    GOLDEN_AFTER_ID,
+    SEED,
+    SEEDED_USERS,
+    Database,
+    at,
+    build_database,
+    postgres_url,
+    recreate_postgres_database,
+)
+from tests.test_exports import GOLDEN_CSV, GOLDEN_JSON, GOLDEN_NDJSON
+
+# More hostile rows, after the golden ones: empty strings in every text column, COPY's own
+# markers (a lone \., \N), what this module's CSV row end looks like (,"\r"\n) inside values,
+# lone CR and LF, control characters, backslash escapes spelled out as text.
+EXTRA_ROWS = [
+    dict(id=900005, email="", full_name="\\.", country="", city="", plan="", is_active=False,
+         lifetime_value=Decimal("-0.50"), created_at=at("2024-03-01T12:00:00.999999"),
+         last_login_at=None, bio="\\.", avatar_image_id=None),
+    dict(id=900006, email="\\N", full_name='"', country='\\"', city="\r", plan=",",
+         is_active=True, lifetime_value=Decimal("1"), created_at=at("2024-03-01T12:00:02"),
+         last_login_at=at("2024-03-01T12:00:03"), bio=',"\r"\n', avatar_image_id=3),
+    dict(id=900007, email="tab\there", full_name="\x01\x7f\b\f\v", country="FR",
+         city="\u2028\u2029", plan='"\r"', is_active=False, lifetime_value=Decimal("10.10"),
+         created_at=at("2024-03-01T12:00:04"), last_login_at=None,
+         bio='a\n"\r"\nb\r\n\\r\\n\\\\ \\t', avatar_image_id=None),
+    dict(id=900008, email="x,y", full_name='""', country="DE", city="\n", plan="free",
+         is_active=True, lifetime_value=Decimal("0.01"), created_at=at("2024-03-01T12:00:05"),
+         last_login_at=None, bio="\r", avatar_image_id=None),
+    dict(id=900009, email='quote"s', full_name="\\", country="DE", city=None, plan="pro",
+         is_active=True, lifetime_value=Decimal("2.00"), created_at=at("2024-03-01T12:00:06"),
+         last_login_at=None, bio='"\r"\n', avatar_image_id=4),
+    dict(id=900010, email=" ", full_name=" ", country="JP", city=" ", plan="enterprise",
+         is_active=False, lifetime_value=Decimal("3.00"), created_at=at("2024-03-01T12:00:07"),
+         last_login_at=None, bio=None, avatar_image_id=None),
+]
+BULK_ROWS = 100_000  # ~30 MB of CSV: more than the socket buffers and the read-ahead hold
+
+FIELD_SETS = [
+    "", "id", "bio", "city", "full_name", "email", "plan", "last_login_at", "avatar_image_id",
+    "lifetime_value", "email,bio", "bio,id", "city,bio,full_name,country,plan",
+    "is_active,lifetime_value,created_at,last_login_at",
+]
+FILTERS = [
+    "", "country=DE,FR", "plan=pro", "is_active=false", "created_from=2024-03-01T12:00:00Z",
+    "created_to=2024-03-01T12:00:00Z", "limit=7", "after_id=2990&limit=20",
+    "country=JP&plan=enterprise&is_active=true", "limit=0",
+]
+
+
+def query_of(raw: str) -> ExportQuery:
+    return parse_export_query(
+        tuple(pair.split("=", 1)) for pair in raw.split("&") if pair  # type: ignore[misc]
+    )
+
+
+@pytest.fixture(scope="module")
+async def hostile(tmp_path_factory: pytest.TempPathFactory) -> Database:
+    """The seeded PostgreSQL database, with the extra hostile rows."""
+    url = await recreate_postgres_database("pgcopy")
+    database = await build_database(
+        "postgresql", tmp_path_factory.mktemp("pgcopy"), SEEDED_USERS, SEED, url=url
+    )
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(users), EXTRA_ROWS)
+    finally:
+        await engine.dispose()
+    return database
+
+
+@pytest.fixture(scope="module")
+async def big(tmp_path_factory: pytest.TempPathFactory) -> Database:
+    """The seeded database plus enough bulk rows (~30 MB of CSV) that an export cannot be
+    all in flight, in socket buffers and read-ahead, while its reader waits."""
+    url = await recreate_postgres_database("pgcopy_big")
+    database = await build_database(
+        "postgresql", tmp_path_factory.mktemp("pgcopy_big"), SEEDED_USERS, SEED, url=url
+    )
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO users (id, email, full_name, country, city, plan, is_active,"
+                " lifetime_value, created_at, last_login_at, bio, avatar_image_id)"
+                " SELECT g, 'bulk' || g || '@example.com', 'Bulk User', 'DE', 'Berlin', 'pro',"
+                " true, 12.30, now(), NULL, repeat('bulk, \"bio\" ', 20), NULL"
+                " FROM generate_series(1000001, 1000000 + :rows) AS g"
+            ), {"rows": BULK_ROWS})
+    finally:
+        await engine.dispose()
+    return database
+
+
+@pytest.fixture(scope="module")
+async def engine(hostile: Database) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(hostile.url)
+    yield engine
+    await engine.dispose()
+
+
+async def copied(engine: AsyncEngine, query: ExportQuery, fmt: str, chunk_bytes: int = 65536
+                 ) -> list[Block]:
+    async with snapshot(engine) as conn:
+        return [block async for block in copy_blocks(conn, query, fmt, chunk_bytes=chunk_bytes)]
+
+
+async def piped(engine: AsyncEngine, database: Database, query: ExportQuery, fmt: str) -> bytes:
+    """What the row pipeline gives for the same export."""
+    return b"".join([chunk async for chunk in open_export(engine, query, fmt, database.settings())])
+
+
+def framed(fmt: str, query: ExportQuery, blocks: list[Block]) -> bytes:
+    """Blocks with what an encoder adds around them: the CSV header, the JSON brackets."""
+    datas = [data for _, data in blocks]
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\r\n").writerow(query.fields)
+        return out.getvalue().encode() + b"".join(datas)
+    if fmt == "ndjson":
+        return b"".join(datas)
+    return b"[\n" + b",\n".join(datas) + b"\n]\n" if datas else b"[]\n"
+
+
+def rows_of_export(fmt: str, data: bytes) -> int:
+    if fmt == "json":
+        return len(json.loads(data))
+    return rows_in(fmt, data) - (fmt == "csv")  # the header
+
+
+def rows_in(fmt: str, data: bytes) -> int:
+    """Rows in one block's bytes."""
+    if fmt == "csv":
+        return len(list(csv.reader(io.StringIO(data.decode(), newline=""))))
+    if fmt == "ndjson":
+        return len(data.splitlines())
+    return len(json.loads(b"[" + data + b"]"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_hostile_rows_copy_out_as_the_golden_bytes(engine: AsyncEngine, fmt: str) -> None:
+    query = query_of(f"after_id={GOLDEN_AFTER_ID}&limit=4")
+    golden = {"csv": GOLDEN_CSV, "ndjson": GOLDEN_NDJSON, "json": GOLDEN_JSON}[fmt]
+    assert framed(fmt, query, await copied(engine, query, fmt)) == golden
+
+
+@pytest.mark.parametrize("fields", FIELD_SETS)
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_copy_gives_the_row_pipelines_bytes_for_any_fields(
+    engine: AsyncEngine, hostile: Database, fmt: str, fields: str
+) -> None:
+    query = query_of(f"after_id=2900&fields={fields}" if fields else "after_id=2900")
+    blocks = await copied(engine, query, fmt)
+    assert framed(fmt, query, blocks) == await piped(engine, hostile, query, fmt)
+    assert sum(rows for rows, _ in blocks) == SEEDED_USERS - 2900 + 4 + len(EXTRA_ROWS)
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_copy_gives_the_row_pipelines_bytes_for_any_filters(
+    engine: AsyncEngine, hostile: Database, fmt: str, filters: str
+) -> None:
+    query = query_of(filters)
+    blocks = await copied(engine, query, fmt)
+    expected = await piped(engine, hostile, query, fmt)
+    assert framed(fmt, query, blocks) == expected
+    assert sum(rows for rows, _ in blocks) == rows_of_export(fmt, expected)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_every_block_holds_whole_rows_and_says_how_many(big: Database, fmt: str) -> None:
+    engine = create_engine(big.url)
+    try:
+        blocks = await copied(engine, query_of("after_id=2000&limit=20000"), fmt, chunk_bytes=4096)
+    finally:
+        await engine.dispose()
+    assert len(blocks) > 10
+    for rows, data in blocks:
+        assert rows > 0
+        assert rows_in(fmt, data) == rows
+    assert sum(rows for rows, _ in blocks) == 20000
+
+
+async def test_blocks_are_about_chunk_bytes_after_a_quick_first_one(
+    engine: AsyncEngine,
+) -> None:
+    blocks = await copied(engine, ExportQuery(), "csv", chunk_bytes=32768)
+    assert all(len(data) >= 32768 for _, data in blocks[1:-1])
+    assert all(len(data) < 2 * 32768 + 256 * 1024 for _, data in blocks)
+
+
+async def test_an_export_with_no_rows_gives_no_blocks(engine: AsyncEngine) -> None:
+    for fmt in ("csv", "ndjson", "json"):
+        assert await copied(engine, query_of("limit=0"), fmt) == []
+
+
+def test_filter_values_are_bound_as_parameters_not_pasted_into_the_sql() -> None:
+    query = query_of("country=QX,QY&plan=enterprise&created_from=1999-12-31&after_id=123456789")
+    for fmt in ("csv", "json"):
+        sql, args = positional(copy_statement(query, fmt), asyncpg_dialect())
+        for value in ("QX", "QY", "enterprise", "1999", "123456789"):
+            assert value not in sql
+        assert {"QX", "QY", "enterprise", 123456789} <= set(args)
+        assert at("1999-12-31T00:00:00") in args
+
+
+async def test_copy_reads_the_snapshot_of_the_export_transaction(hostile: Database) -> None:
+    engine = create_engine(hostile.url)
+    newcomer = dict(EXTRA_ROWS[-1], id=950000, email="newcomer@example.com")
+    try:
+        async with snapshot(engine) as conn:
+            before = await copied_in(conn, query_of("after_id=900000&fields=id"))
+            async with engine.begin() as writer:
+                await writer.execute(insert(users), [newcomer])
+            assert await copied_in(conn, query_of("after_id=900000&fields=id")) == before
+            read_only = (await conn.execute(text("SHOW transaction_read_only"))).scalar_one()
+            assert read_only == "on"
+    finally:
+        async with engine.begin() as writer:
+            await writer.execute(users.delete().where(users.c.id == 950000))
+        await engine.dispose()
+    assert b"950000" not in before
+
+
+async def copied_in(conn: Any, query: ExportQuery) -> bytes:
+    return b"".join([data async for _, data in copy_blocks(conn, query, "csv", chunk_bytes=1)])
+
+
+async def backend_state(pid: int) -> str | None:
+    admin = await asyncpg.connect(postgres_url().replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return await admin.fetchval(  # type: ignore[no-any-return]
+            "SELECT state || ': ' || query FROM pg_stat_activity WHERE pid = $1", pid
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("reader_pause", [0, 0.2], ids=["reader-keeping-up", "reader-behind"])
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+async def test_closing_early_cancels_the_copy_and_the_connection_serves_the_next_export(
+    big: Database, fmt: str, reader_pause: float
+) -> None:
+    engine = create_engine(big.url, pool_size=1, max_overflow=0)  # the next export reuses it
+    try:
+        async with snapshot(engine) as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            blocks = copy_blocks(conn, ExportQuery(), fmt, chunk_bytes=65536)
+            await anext(blocks)
+            await anext(blocks)
+            await asyncio.sleep(reader_pause)  # behind: the read-ahead is full, COPY waits
+            started = time.monotonic()
+            await blocks.aclose()
+            closed_in = time.monotonic() - started
+        assert closed_in < 0.5
+        state = await backend_state(pid)
+        assert state is not None and state.startswith("idle:"), state
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() == pid
+        blocks_after = await copied(engine, query_of("after_id=900000&limit=10"), fmt)
+        assert sum(rows for rows, _ in blocks_after) == 10
+    finally:
+        await engine.dispose()
+
+
+async def test_a_disconnect_while_the_database_sends_nothing_closes_the_connection(
+    big: Database,
+) -> None:
+    engine = create_engine(big.url, pool_size=1, max_overflow=0)
+    locker = create_engine(big.url)
+    try:
+        async with locker.connect() as lock:
+            await lock.execute(text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(asyncio.CancelledError):  # rolls the snapshot back
+                async with snapshot(engine) as conn:
+                    pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                    blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
+                    first = asyncio.create_task(anext(blocks))  # the COPY waits for the lock
+                    await asyncio.sleep(0.2)
+                    first.cancel()  # as a server cancels the body of a client that left
+                    started = time.monotonic()
+                    try:
+                        await first
+                    finally:
+                        closed_in = time.monotonic() - started
+            await lock.rollback()
+        assert closed_in < 1
+        blocks_after = await copied(engine, query_of("after_id=900000&limit=10"), "csv")
+        assert sum(rows for rows, _ in blocks_after) == 10
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
+        for _ in range(50):  # the old backend ends once it writes to the closed socket
+            if await backend_state(pid) is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await backend_state(pid) is None
+    finally:
+        await engine.dispose()
+        await locker.dispose()
+
+
+async def test_a_terminated_backend_raises_out_of_the_blocks_and_the_next_export_works(
+    big: Database,
+) -> None:
+    engine = create_engine(big.url, pool_size=1, max_overflow=0)
+    received = 0
+    try:
+        with pytest.raises(asyncpg.PostgresConnectionError, match="administrator command"):
+            async with snapshot(engine) as conn:
+                pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
+                received += (await anext(blocks))[0]
+                await terminate(pid)
+                async for rows, _ in blocks:
+                    received += rows
+        assert 0 < received < SEEDED_USERS + BULK_ROWS
+        blocks_after = await copied(engine, query_of("after_id=900000&limit=10"), "csv")
+        assert sum(rows for rows, _ in blocks_after) == 10
+    finally:
+        await engine.dispose()
+
+
+async def terminate(pid: int) -> None:
+    admin = await asyncpg.connect(postgres_url().replace("postgresql+asyncpg", "postgresql"))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.1)
