@@ -10,7 +10,7 @@ connection free for the caller to end the transaction.
   thread. SQLite releases the GIL for a whole batch, so two readers render on two cores
   while the loop sends. Row by row, each row would take the GIL back; through SQLAlchemy's
   result, each fetch would wait for the loop and each row would become a ``Row`` first.
-- Any other backend: SQLAlchemy's streaming result, read ahead in a task of its own.
+- PostgreSQL: ``COPY ... TO STDOUT`` (``pg_copy.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing, suppress
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,11 +28,10 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from exporter.formats import Block, Encoder
-from exporter.queries import ExportQuery, build_batch, build_plan, build_statement
+from exporter.queries import ExportQuery, build_batch, build_plan
 
 AHEAD = 2  # batches queued per reader: enough to keep each one busy
 MIN_ID = -(2**63)  # below every SQLite rowid: "from the start"
-T = TypeVar("T")
 
 
 class DriverStatement:
@@ -150,52 +148,3 @@ def check_utf8(block: bytes) -> None:
     export (as decoding it would) rather than go out in a document that says UTF-8."""
     if not block.isascii():
         block.decode()
-
-
-async def streamed_blocks(
-    conn: AsyncConnection, query: ExportQuery, encoder: Encoder, batch_rows: int
-) -> AsyncGenerator[Block, None]:
-    """Any backend: SQLAlchemy's streaming result, read ahead in a task of its own."""
-    statement = build_statement(query, conn.dialect.name, encoder.shape)
-    result = await conn.stream(statement.execution_options(yield_per=batch_rows))
-    async with aclosing(read_ahead(result.scalars().partitions(), AHEAD)) as batches:
-        async for rows in batches:
-            yield len(rows), encoder.join(rows)
-
-
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
-
-
-async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncGenerator[T, None]:
-    """Iterate ``source`` in a task of its own, up to ``depth`` items ahead of the reader.
-
-    The database fills the next batch while this task sends the last one. Closing the
-    generator cancels the reading task and waits for it, so the connection is never used
-    by two tasks at once.
-    """
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
-
-    async def pump() -> None:
-        try:
-            async for item in source:
-                await queue.put(item)
-        except Exception as error:  # handed to the reader, which raises it
-            await queue.put(_Failed(error))
-        else:
-            await queue.put(_DONE)
-
-    task = asyncio.create_task(pump())
-    try:
-        while (item := await queue.get()) is not _DONE:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item  # type: ignore[misc]
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task

@@ -39,9 +39,9 @@ from sqlalchemy import ColumnElement, Select, Text, cast, func, literal_column
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exporter.formats import Block
 from exporter.queries import FIELDS, ExportQuery, Kind, Shape, build_statement
 
-Block = tuple[int, bytes]  # (rows in it, their bytes)
 BLOCKS_AHEAD = 2  # blocks made ahead of the reader, as streaming.READ_AHEAD batches
 # Each chunk asyncpg hands over costs ~50 us of Python; COPY sends 8 KB at a time, and a
 # reader that keeps up gets them one by one (17,000 chunks for 1M users). Pausing 1 ms after
@@ -88,7 +88,7 @@ FRAMINGS: dict[str, Framing] = {
 def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
     """The ``SELECT`` that COPY runs for this export: ``build_statement``'s, with the CSV
     columns adjusted as the module docstring explains."""
-    statement = build_statement(query, "postgresql", FRAMINGS[fmt].shape)
+    statement = build_statement(query, "postgresql", FRAMINGS[fmt].shape, utf8=False)
     if FRAMINGS[fmt].shape is Shape.JSON:
         return statement
     columns: list[ColumnElement[Any]] = list(statement.selected_columns)

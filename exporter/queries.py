@@ -197,9 +197,9 @@ def _natural(name: str, raw: str) -> int:
 class Shape(Enum):
     """What each row of the statement is; each encoder asks for the one it needs."""
 
-    VALUES = "values"  # one column per field, already text where CSV needs text
-    JSON = "json"  # one column: the row as JSON object bytes, built by the database
-    CSV = "csv"  # one column: the row as a CSV line's bytes, without its CRLF
+    VALUES = "values"  # one column per field, text where CSV needs text (PostgreSQL's COPY)
+    JSON = "json"  # one column: the row as a JSON object, built by the database
+    CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
 
 
 CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
@@ -258,38 +258,18 @@ def _json_object(
     return column, users.join(lateral, true())
 
 
-def _csv_field(name: str, dialect: str) -> ColumnElement[Any]:
-    """A field as Python's csv.writer would write it: quoted only where needed, NULL empty."""
-    value: ColumnElement[Any] = type_coerce(_value(name, dialect), String)
-    if FIELDS[name] is Kind.INTEGER and dialect != "sqlite":  # PostgreSQL won't mix types
-        value = cast(users.c[name], Text)
-    kind = FIELDS[name]
-    if kind is Kind.TEXT:
-        quoted = literal('"') + func.replace(value, '"', '""') + literal('"')
-        value = case((_holds_any(value, CSV_SPECIALS, dialect), quoted), else_=value)
-    # strftime gives NULL for text it cannot read as a time, even in a NOT NULL column.
-    if users.c[name].nullable or kind is Kind.TIMESTAMP:
-        value = func.coalesce(value, "")
-    return value
-
-
-def _holds_any(value: ColumnElement[Any], needles: tuple[str, ...], dialect: str) -> Any:
-    if dialect == "sqlite":  # instr's position is true when found: no comparison to run
-        return or_(*(type_coerce(func.instr(value, needle), Boolean) for needle in needles))
-    return or_(*(func.strpos(value, needle) > 0 for needle in needles))
+def _holds_any(value: ColumnElement[Any], needles: tuple[str, ...]) -> Any:
+    # instr's position is true when found: no comparison to run
+    return or_(*(type_coerce(func.instr(value, needle), Boolean) for needle in needles))
 
 
 def _csv_line(fields: tuple[str, ...], dialect: str) -> ColumnElement[Any]:
     """The row as one CSV line. A lone empty field is written as ``""``, as csv.writer
-    does, so that the line is not blank."""
-    line: ColumnElement[Any]
-    if dialect == "sqlite":
-        line = _sqlite_csv_line(fields)
-    else:
-        parts = [type_coerce(_csv_field(name, dialect), String) for name in fields]
-        line = parts[0]
-        for part in parts[1:]:
-            line = line + "," + part
+    does, so that the line is not blank. SQLite only: PostgreSQL's COPY writes CSV itself
+    (pg_copy.py)."""
+    if dialect != "sqlite":
+        raise ValueError("CSV lines are built in SQL on SQLite only")
+    line = _sqlite_csv_line(fields)
     if len(fields) == 1:
         return case((line == "", '""'), else_=line)
     return line
@@ -308,7 +288,7 @@ def _sqlite_csv_line(fields: tuple[str, ...]) -> ColumnElement[Any]:
         elif kind is Kind.TEXT:
             quoted = literal('"') + func.replace(column, '"', '""') + literal('"')
             formats.append("%s")
-            values.append(case((_holds_any(column, CSV_SPECIALS, "sqlite"), quoted), else_=column))
+            values.append(case((_holds_any(column, CSV_SPECIALS), quoted), else_=column))
         else:
             formats.append("%s")
             values.append(_value(name, "sqlite"))

@@ -27,10 +27,11 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from exporter.config import Settings
-from exporter.cursors import sqlite_blocks, streamed_blocks
+from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot, snapshot
 from exporter.errors import ExportsBusy
-from exporter.formats import FORMATS, Block, Encoder
+from exporter.formats import FORMATS, Block
+from exporter.pg_copy import copy_blocks
 from exporter.queries import ExportQuery, build_count
 
 log = logging.getLogger("exporter.streaming")
@@ -58,7 +59,7 @@ class Progress:
 async def export_chunks(
     engine: AsyncEngine,
     query: ExportQuery,
-    encoder: Encoder,
+    fmt: str,
     *,
     batch_rows: int,
     chunk_bytes: int,
@@ -73,7 +74,8 @@ async def export_chunks(
     ``count``, ``progress.total`` is set first, counted in the same snapshot as the rows.
     """
     progress = progress or Progress()
-    async with _blocks(engine, query, encoder, batch_rows, readers) as (conn, blocks):
+    encoder = FORMATS[fmt](query.fields)
+    async with _blocks(engine, query, fmt, batch_rows, chunk_bytes, readers) as (conn, blocks):
         if count:
             count_rows = build_count(query, backend_name(engine))
             progress.total = (await conn.execute(count_rows)).scalar_one()
@@ -98,15 +100,23 @@ async def export_chunks(
 
 @asynccontextmanager
 async def _blocks(
-    engine: AsyncEngine, query: ExportQuery, encoder: Encoder, batch_rows: int, readers: int
+    engine: AsyncEngine,
+    query: ExportQuery,
+    fmt: str,
+    batch_rows: int,
+    chunk_bytes: int,
+    readers: int,
 ) -> AsyncIterator[tuple[AsyncConnection, AsyncGenerator[Block, None]]]:
-    """The export's blocks, and a connection in the same snapshot to count on."""
+    """The export's blocks, by each backend's fastest route, and a connection in the same
+    snapshot to count on: SQLite's parallel readers (cursors.py), PostgreSQL's COPY
+    (pg_copy.py)."""
     if backend_name(engine) == "sqlite":
+        encoder = FORMATS[fmt](query.fields)
         async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
             yield planner, sqlite_blocks(planner, renderers, query, encoder, batch_rows)
     else:
         async with snapshot(engine) as conn:
-            yield conn, streamed_blocks(conn, query, encoder, batch_rows)
+            yield conn, copy_blocks(conn, query, fmt, chunk_bytes=chunk_bytes)
 
 
 def open_export(
@@ -123,7 +133,7 @@ def open_export(
     stream = export_chunks(
         engine,
         query,
-        FORMATS[fmt](query.fields),
+        fmt,
         batch_rows=settings.batch_rows,
         chunk_bytes=settings.chunk_bytes,
         readers=settings.sqlite_readers,

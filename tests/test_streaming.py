@@ -118,35 +118,3 @@ async def test_counting_gives_the_number_of_rows_the_export_then_streams(
         await engine.dispose()
     assert progress.total == progress.rows == data.count(b"\n")
     assert progress.total > 0
-
-
-async def test_read_ahead_gives_every_item_in_order_and_passes_errors_on() -> None:
-    from exporter.cursors import read_ahead
-
-    async def numbers(fail_at: int | None = None) -> AsyncGenerator[int, None]:
-        for i in range(10):
-            if i == fail_at:
-                raise ValueError(f"broke at {i}")
-            yield i
-
-    assert [i async for i in read_ahead(numbers(), depth=2)] == list(range(10))
-    seen = []
-    with pytest.raises(ValueError, match="broke at 6"):
-        async for i in read_ahead(numbers(fail_at=6), depth=2):
-            seen.append(i)
-    assert seen == [0, 1, 2, 3, 4, 5]
-
-
-async def test_closing_read_ahead_early_stops_and_closes_its_source() -> None:
-    from contextlib import aclosing
-
-    from exporter.cursors import read_ahead
-
-    source = Source()
-    async with aclosing(read_ahead(source.chunks(), depth=2)) as ahead:
-        async for _ in ahead:
-            break
-    assert source.closed
-    sent = source.sent
-    await asyncio.sleep(0.01)
-    assert source.sent == sent, "nothing is read after closing"
