@@ -109,10 +109,13 @@ def _no_empty_string(name: str, column: ColumnElement[Any]) -> ColumnElement[Any
 
 def positional(statement: Select[Any], dialect: Dialect) -> tuple[str, list[Any]]:
     """SQL with ``$n`` placeholders and its arguments, for asyncpg to bind. (COPY takes no
-    parameters: asyncpg has the server quote each value, ``quote_literal``, into the text.)
-    None of the query's parameter types has a bind processor under asyncpg, so the values
-    go as they are."""
+    parameters: asyncpg has the server ``quote_literal`` each value into the text.) The
+    values go as they are, which is right only while no parameter type has a bind
+    processor under asyncpg (none of the query's has: strings, integers, datetimes)."""
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    for bind in compiled.binds.values():
+        if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+            raise NotImplementedError(f"{bind.key}'s type {bind.type!r} processes its values")
     params = compiled.params
     return compiled.string, [params[name] for name in compiled.positiontup or ()]
 

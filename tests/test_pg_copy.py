@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
 
@@ -251,14 +252,41 @@ async def copied_in(conn: Any, query: ExportQuery) -> bytes:
     return b"".join([data async for _, data in copy_blocks(conn, query, "csv", chunk_bytes=1)])
 
 
-async def backend_state(pid: int) -> str | None:
+async def activity(pid: int, column: str) -> str | None:
+    """What pg_stat_activity says of a backend (``column`` is SQL), seen from elsewhere."""
     admin = await asyncpg.connect(postgres_url().replace("postgresql+asyncpg", "postgresql"))
     try:
         return await admin.fetchval(  # type: ignore[no-any-return]
-            "SELECT state || ': ' || query FROM pg_stat_activity WHERE pid = $1", pid
+            f"SELECT {column} FROM pg_stat_activity WHERE pid = $1", pid
         )
     finally:
         await admin.close()
+
+
+async def backend_wait(pid: int) -> str | None:
+    return await activity(pid, "wait_event_type || ': ' || wait_event")
+
+
+async def backend_state(pid: int) -> str | None:
+    return await activity(pid, "state || ': ' || query")
+
+
+async def test_a_reader_that_stops_reading_holds_the_copy_back_at_the_server(
+    big: Database,
+) -> None:
+    engine = create_engine(big.url, pool_size=1, max_overflow=0)
+    try:
+        async with snapshot(engine) as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
+            async with aclosing(blocks):
+                await anext(blocks)
+                await asyncio.sleep(0.5)
+                assert await backend_wait(pid) == "Client: ClientWrite"
+                rows = sum([rows async for rows, _ in blocks])
+        assert rows > BULK_ROWS
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.parametrize("reader_pause", [0, 0.2], ids=["reader-keeping-up", "reader-behind"])
@@ -330,7 +358,7 @@ async def test_a_terminated_backend_raises_out_of_the_blocks_and_the_next_export
     engine = create_engine(big.url, pool_size=1, max_overflow=0)
     received = 0
     try:
-        with pytest.raises(asyncpg.PostgresConnectionError, match="administrator command"):
+        with pytest.raises(asyncpg.PostgresConnectionError):  # its message varies
             async with snapshot(engine) as conn:
                 pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
                 blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
