@@ -124,8 +124,9 @@ async def sqlite_blocks(
             pending.popleft()
             if rows != planned.rows:
                 raise RuntimeError(
-                    f"batch after id {planned.after} gave {rows} rows, planned "
-                    f"{planned.rows}: the readers do not share one snapshot"
+                    f"the batch after id {planned.after} gave {rows} lines for "
+                    f"{planned.rows} planned rows: a row rendered as NULL, or the readers "
+                    "do not share one snapshot"
                 )
             await submit()
             block = data + encoder.terminator

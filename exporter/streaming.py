@@ -112,8 +112,13 @@ async def _blocks(
     (pg_copy.py)."""
     if backend_name(engine) == "sqlite":
         encoder = FORMATS[fmt](query.fields)
-        async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
-            yield planner, sqlite_blocks(planner, renderers, query, encoder, batch_rows)
+        # One reader plans and renders on one connection; more readers need a planner
+        # of their own, so that planning never waits behind a batch.
+        async with shared_snapshot(engine, readers + 1 if readers > 1 else 1) as (
+            planner, *renderers
+        ):
+            readers_ = renderers or [planner]
+            yield planner, sqlite_blocks(planner, readers_, query, encoder, batch_rows)
     else:
         async with snapshot(engine) as conn:
             yield conn, copy_blocks(conn, query, fmt, chunk_bytes=chunk_bytes)

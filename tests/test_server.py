@@ -103,9 +103,10 @@ async def server(
 
 
 def held_by_one_export(server: str) -> int:
-    """SQLite: the readers and the planner (the default settings); PostgreSQL: one."""
-    if SERVER_DATABASE_URLS[server].startswith("sqlite"):
-        return Settings().sqlite_readers + 1
+    """SQLite with more than one reader: the readers and the planner; else one."""
+    readers = Settings().sqlite_readers
+    if SERVER_DATABASE_URLS[server].startswith("sqlite") and readers > 1:
+        return readers + 1
     return 1
 
 
