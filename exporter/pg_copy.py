@@ -255,6 +255,11 @@ async def copy_blocks(
     ``conn`` is inside the export's snapshot (``db.snapshot``). The first block goes out as
     soon as COPY's first chunk arrives, so that the client sees bytes at once. An error,
     such as the server ending the connection, is raised, never taken for the end.
+
+    Closing the generator early cancels the COPY and leaves the connection usable (its
+    transaction aborted), unless the server sent nothing for ``STOP_WAIT`` seconds: then
+    the connection is closed and invalidated, and the snapshot must be left by the exception
+    that closed the generator (a rollback); committing it would raise.
     """
     framing = FRAMINGS[fmt]
     sql, args = positional(copy_statement(query, fmt), conn.dialect)
