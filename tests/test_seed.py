@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from exporter.app import create_app
 from exporter.db import create_engine
@@ -215,3 +215,19 @@ async def test_seeding_sqlite_gives_the_pooled_connection_its_own_cache_size_bac
             assert (await conn.exec_driver_sql("PRAGMA cache_size")).scalar() == -2000
     finally:
         await engine.dispose()
+
+
+async def test_a_seeded_postgresql_table_has_planner_statistics(database: Database) -> None:
+    """Without them (autovacuum may be off, or not have come yet) PostgreSQL plans an
+    export as a sort of the whole table, and the first row waits for it."""
+    if database.backend == "sqlite":
+        pytest.skip("PostgreSQL's statistics")
+    engine = create_engine(database.url)
+    try:
+        async with engine.connect() as conn:
+            estimate = (await conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE relname = 'users'")
+            )).scalar_one()
+    finally:
+        await engine.dispose()
+    assert estimate > 0
