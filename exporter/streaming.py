@@ -1,8 +1,9 @@
-"""Batches -> encoded chunks -> (gzip) -> the response body, with its failure modes decided.
+"""Blocks of rendered rows -> chunks -> (gzip) -> the response body, failure modes decided.
 
-- One snapshot, one server-side cursor: ``export_chunks`` opens its connection inside the
-  generator, so closing the generator (``aclose``) ends the query and returns the
-  connection, whoever closes it.
+- One snapshot: ``export_chunks`` opens its connection(s) inside the generator and reads
+  blocks by the backend's route (SQLite's batches in cursors.py, PostgreSQL's COPY in
+  pg_copy.py), so closing the generator (``aclose``) ends the read and returns the
+  connections, whoever closes it.
 - Between batches the loop gets control back (``await asyncio.sleep(0)``).
 - Before the first byte: ``prime`` runs the query up to its first chunk while the route can
   still answer with a JSON error status.
