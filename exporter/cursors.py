@@ -99,7 +99,7 @@ async def sqlite_blocks(
     renders on two cores. Every connection is in the same snapshot (db.shared_snapshot)."""
     drivers = [await _driver(conn) for conn in readers]
     render = DriverStatement(
-        build_batch(query, "sqlite", encoder.shape, encoder.separator.decode()),
+        build_batch(query, encoder.shape, encoder.separator.decode()),
         planner.dialect,
     )
     plan = plan_batches(planner, query, batch_rows)

@@ -31,12 +31,6 @@ class Encoder:
     def __init__(self, fields: Sequence[str]) -> None:
         self.fields = [str(name) for name in fields]
 
-    def join(self, rows: Sequence[bytes]) -> bytes:
-        """A block: these rows as they appear in the document, in the given order."""
-        if not rows:
-            return b""
-        return self.separator.join(rows) + self.terminator
-
     def begin(self) -> bytes:
         return b""
 

@@ -94,7 +94,7 @@ FRAMINGS: dict[str, Framing] = {
 def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
     """The ``SELECT`` that COPY runs for this export: ``build_statement``'s, with the CSV
     columns adjusted as the module docstring explains."""
-    statement = build_statement(query, "postgresql", FRAMINGS[fmt].shape, utf8=False)
+    statement = build_statement(query, "postgresql", FRAMINGS[fmt].shape)
     if FRAMINGS[fmt].shape is Shape.JSON:
         return statement
     columns: list[ColumnElement[Any]] = list(statement.selected_columns)

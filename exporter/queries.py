@@ -2,10 +2,11 @@
 
 ``parse_export_query`` turns raw parameters (from a URL or the command line) into an
 ``ExportQuery`` or an ``InvalidParameter`` naming what was wrong. ``build_statement`` turns
-that into one ``SELECT`` that gives each row in its final form as UTF-8 bytes: a CSV line
-or a JSON object, with money and timestamps as ``12.30`` and ``2024-03-01T12:00:00Z``.
-The database does that rendering in C, outside Python's GIL, and SQLite and PostgreSQL
-give identical bytes, so the encoders only join and frame rows.
+that into one ``SELECT`` that gives each row in its final form: a CSV line (SQLite), the
+columns COPY writes as CSV (PostgreSQL), or a JSON object, with money and timestamps as
+``12.30`` and ``2024-03-01T12:00:00Z``. The database does that rendering in C, outside
+Python's GIL, and both backends give identical bytes, so the encoders only frame blocks.
+``build_plan`` and ``build_batch`` split a SQLite export into batches.
 """
 
 from __future__ import annotations
@@ -295,13 +296,6 @@ def _sqlite_csv_line(fields: tuple[str, ...]) -> ColumnElement[Any]:
     return type_coerce(func.printf(",".join(formats), *values), String)
 
 
-def _utf8(text: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """Text as UTF-8 bytes, so that no row is decoded into a Python str and encoded back."""
-    if dialect == "sqlite":  # a UTF-8 database (SQLite's default) stores exactly these bytes
-        return cast(text, LargeBinary)
-    return func.convert_to(text, "UTF8")
-
-
 def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
     """How many rows ``build_statement`` gives for this query (limit included)."""
     ids = build_statement(replace(query, fields=("id",)), dialect)
@@ -309,14 +303,13 @@ def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
 
 
 def build_statement(
-    query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES, *, utf8: bool = True
+    query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES
 ) -> Select[Any]:
     if shape is Shape.JSON:
         column, source = _json_object(query.fields, dialect)
-        statement = select(_utf8(column, dialect) if utf8 else column).select_from(source)
+        statement = select(column).select_from(source)
     elif shape is Shape.CSV:
-        line = _csv_line(query.fields, dialect)
-        statement = select(_utf8(line, dialect) if utf8 else line)
+        statement = select(_csv_line(query.fields, dialect))
     else:
         statement = select(*(_value(name, dialect).label(name) for name in query.fields))
     statement = _matching(statement, query).order_by(users.c.id)
@@ -339,17 +332,19 @@ def build_plan(query: ExportQuery) -> Select[Any, int]:
     return select(func.max(batch.c.id), func.count())
 
 
-def build_batch(query: ExportQuery, dialect: str, shape: Shape, separator: str) -> Select[Any]:
-    """The rows of a planned batch (``:batch_after`` < id <= ``:batch_until``) joined by
-    ``separator`` into one value, and how many they were. One step of the statement renders
+def build_batch(query: ExportQuery, shape: Shape, separator: str) -> Select[bytes, int]:
+    """SQLite: the rows of a planned batch (``:batch_after`` < id <= ``:batch_until``)
+    joined by ``separator`` into one value, as UTF-8 bytes (so that no row is decoded into a
+    Python str and encoded back), and how many they were. One step of the statement renders
     the whole batch, outside Python's GIL."""
-    rows = build_statement(replace(query, limit=None), dialect, shape, utf8=False)
+    rows = build_statement(replace(query, limit=None), "sqlite", shape)
     batch = rows.where(users.c.id > AFTER, users.c.id <= UNTIL).subquery()
     # The subquery is ordered and, being under an aggregate, is not flattened into it:
     # SQLite hands group_concat its rows in id order.
     joined = func.group_concat(batch.c[0], separator)
     # group_concat skips NULLs: counting lines, not rows, makes a NULL line fail the batch.
-    return select(_utf8(joined, dialect), func.count(batch.c[0]))
+    # A UTF-8 database (SQLite's default) stores exactly these bytes.
+    return select(cast(joined, LargeBinary), func.count(batch.c[0]))
 
 
 def _matching(statement: Select[Any], query: ExportQuery) -> Select[Any]:
