@@ -20,43 +20,16 @@ import itertools
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
 
+from exporter.db import DriverStatement
 from exporter.formats import Block, Encoder
 from exporter.queries import ExportQuery, build_batch, build_plan
 
 AHEAD = 2  # batches queued per reader: enough to keep each one busy
 MIN_ID = -(2**63)  # below every SQLite rowid: "from the start"
-
-
-class DriverStatement:
-    """A statement compiled once for the driver: SQL text, and positional parameters
-    converted as SQLAlchemy's own execution would convert them (a datetime to SQLite's
-    stored text), with named ones filled in per execution."""
-
-    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
-        compiled = cast(SQLCompiler, statement.compile(
-            dialect=dialect, compile_kwargs={"render_postcompile": True}
-        ))
-        self.sql = compiled.string
-        self._names = compiled.positiontup or []
-        self._values = compiled.construct_params() or {}
-        # IN lists are expanded under names of their own: compiled.binds doesn't know
-        # them, SQLAlchemy's table of converters does.
-        self._converters = compiled._bind_processors
-
-    def arguments(self, **values: Any) -> tuple[Any, ...]:
-        merged = {**self._values, **values}
-        converted = []
-        for name in self._names:
-            convert = self._converters.get(name)
-            converted.append(convert(merged[name]) if callable(convert) else merged[name])
-        return tuple(converted)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -120,6 +122,32 @@ async def shared_snapshot(
             finally:
                 await driver.execute("ROLLBACK")
         yield connections
+
+
+class DriverStatement:
+    """A statement compiled once for the driver, for routes that bypass SQLAlchemy's
+    execution (SQLite's batches, PostgreSQL's COPY): SQL text, and positional parameters
+    converted as SQLAlchemy's own execution would convert them (a datetime to SQLite's
+    stored text), with named ones filled in per execution."""
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, statement.compile(
+            dialect=dialect, compile_kwargs={"render_postcompile": True}
+        ))
+        self.sql = compiled.string
+        self._names = compiled.positiontup or []
+        self._values = compiled.construct_params() or {}
+        # IN lists are expanded under names of their own: compiled.binds doesn't know
+        # them, SQLAlchemy's table of converters does.
+        self._converters = compiled._bind_processors
+
+    def arguments(self, **values: Any) -> tuple[Any, ...]:
+        merged = {**self._values, **values}
+        converted = []
+        for name in self._names:
+            convert = self._converters.get(name)
+            converted.append(convert(merged[name]) if callable(convert) else merged[name])
+        return tuple(converted)
 
 
 def _alembic_config(connection: Any = None) -> Any:

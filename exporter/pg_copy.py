@@ -42,9 +42,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import ColumnElement, Select, Text, cast, func, literal_column
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exporter.db import DriverStatement
 from exporter.formats import Block
 from exporter.queries import FIELDS, ExportQuery, Kind, Shape, build_statement
 
@@ -111,19 +111,6 @@ def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
 def _no_empty_string(name: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
     # Only text columns can hold ''; the rendered ones (money, timestamps) never are empty.
     return func.nullif(column, "") if FIELDS[name] is Kind.TEXT else column
-
-
-def positional(statement: Select[Any], dialect: Dialect) -> tuple[str, list[Any]]:
-    """SQL with ``$n`` placeholders and its arguments, for asyncpg to bind. (COPY takes no
-    parameters: asyncpg has the server ``quote_literal`` each value into the text.) The
-    values go as they are, which is right only while no parameter type has a bind
-    processor under asyncpg (none of the query's has: strings, integers, datetimes)."""
-    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    for bind in compiled.binds.values():
-        if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
-            raise NotImplementedError(f"{bind.key}'s type {bind.type!r} processes its values")
-    params = compiled.params
-    return compiled.string, [params[name] for name in compiled.positiontup or ()]
 
 
 async def _driver_in_snapshot(conn: AsyncConnection) -> asyncpg.Connection:
@@ -268,9 +255,10 @@ async def copy_blocks(
     that closed the generator (a rollback); committing it would raise.
     """
     framing = FRAMINGS[fmt]
-    sql, args = positional(copy_statement(query, fmt), conn.dialect)
+    # COPY takes no parameters: asyncpg has the server quote_literal() each value into it.
+    statement = DriverStatement(copy_statement(query, fmt), conn.dialect)
     driver = await _driver_in_snapshot(conn)
-    copy = CopyOut(driver, sql, args, framing, chunk_bytes)
+    copy = CopyOut(driver, statement.sql, list(statement.arguments()), framing, chunk_bytes)
     stopped = False
     try:
         async with aclosing(copy.blocks()) as blocks:

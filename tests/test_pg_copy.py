@@ -18,9 +18,9 @@ from sqlalchemy import insert, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.db import create_engine, snapshot
+from exporter.db import DriverStatement, create_engine, snapshot
 from exporter.models import users
-from exporter.pg_copy import Block, copy_blocks, copy_statement, positional
+from exporter.pg_copy import Block, copy_blocks, copy_statement
 from exporter.queries import ExportQuery, parse_export_query
 from exporter.streaming import open_export
 from tests.conftest import (
@@ -223,7 +223,8 @@ async def test_an_export_with_no_rows_gives_no_blocks(engine: AsyncEngine) -> No
 def test_filter_values_are_bound_as_parameters_not_pasted_into_the_sql() -> None:
     query = query_of("country=QX,QY&plan=enterprise&created_from=1999-12-31&after_id=123456789")
     for fmt in ("csv", "json"):
-        sql, args = positional(copy_statement(query, fmt), asyncpg_dialect())
+        statement = DriverStatement(copy_statement(query, fmt), asyncpg_dialect())
+        sql, args = statement.sql, statement.arguments()
         for value in ("QX", "QY", "enterprise", "1999", "123456789"):
             assert value not in sql
         assert {"QX", "QY", "enterprise", 123456789} <= set(args)
