@@ -689,23 +689,30 @@ http {{
         url = f"{base}/{self.db.stem}/users.csv?_stream=on&_size=max"
         try:
             wait_for_http(f"{base}/-/versions.json", proc, 60, "datasette", self.procs)
-            for run in range(1, self.args.runs + 1):
-                self.say(f"datasette: run {run}/{self.args.runs}")
-                if run == 1:  # the first run's body is kept once, to count its rows
-                    copy = self.work / "datasette.csv"
-                    self.record("datasette csv", curl(url, self.args.timeout, str(copy)).seconds)
-                    records = count_csv_records(copy)
-                    copy.unlink()
-                    if records != self.users:
-                        raise BenchError(f"Datasette sent {records} rows, not {self.users}")
-                else:
-                    self.record("datasette csv", curl(url, self.args.timeout).seconds)
+            self.peer_runs("datasette csv", "Datasette", url, self.args.runs,
+                           "datasette.csv", count_csv_records)
         finally:
             self.procs.stop(proc)
         theirs, ours = self.median("datasette csv"), self.median("exporter csv")
         row.exporter, row.anchor = seconds(ours), f"Datasette: {seconds(theirs)}"
         row.value = f"{theirs / ours:.1f}x faster"
         row.result = verdict(theirs / ours >= 5)
+
+    def peer_runs(self, key: str, who: str, url: str, runs: int, keep_as: str,
+                  count: Callable[[Path], int]) -> None:
+        """Time ``runs`` downloads of a peer's export under ``key``; the first run's body is
+        kept once, to check it holds every row."""
+        for run in range(1, runs + 1):
+            self.say(f"{who}: run {run}/{runs}")
+            if run == 1:
+                copy = self.work / keep_as
+                self.record(key, curl(url, self.args.timeout, str(copy)).seconds)
+                rows = count(copy)
+                copy.unlink()
+                if rows != self.users:
+                    raise BenchError(f"{who} sent {rows} rows, not {self.users}")
+            else:
+                self.record(key, curl(url, self.args.timeout).seconds)
 
     def ensure_datasette(self) -> Path:
         datasette = DATASETTE_VENV / "bin" / "datasette"
@@ -738,18 +745,8 @@ http {{
         base = f"http://{LOOPBACK}:{port}"
         try:
             wait_for_http(f"{base}/health", proc, 60, "naive", self.procs)
-            for run in range(1, self.args.naive_runs + 1):
-                self.say(f"naive endpoint: run {run}/{self.args.naive_runs}")
-                if run == 1:  # the first run's body is kept once, to count its rows
-                    copy = self.work / "naive.ndjson"
-                    got = curl(f"{base}/users.ndjson", self.args.timeout, str(copy))
-                    lines = count_lines(copy)
-                    copy.unlink()
-                    if lines != self.users:
-                        raise BenchError(f"the naive endpoint sent {lines} rows")
-                else:
-                    got = curl(f"{base}/users.ndjson", self.args.timeout)
-                self.record("naive ndjson", got.seconds)
+            self.peer_runs("naive ndjson", "the naive endpoint", f"{base}/users.ndjson",
+                           self.args.naive_runs, "naive.ndjson", count_lines)
         finally:
             self.procs.stop(proc)
         theirs, ours = self.median("naive ndjson"), self.median("exporter ndjson")
