@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.db import DriverStatement, create_engine, snapshot
 from exporter.models import users
@@ -82,37 +82,40 @@ def query_of(raw: str) -> ExportQuery:
 @pytest.fixture(scope="module")
 async def hostile(tmp_path_factory: pytest.TempPathFactory) -> Database:
     """The seeded PostgreSQL database, with the extra hostile rows."""
-    url = await recreate_postgres_database("pgcopy")
-    database = await build_database(
-        "postgresql", tmp_path_factory.mktemp("pgcopy"), SEEDED_USERS, SEED, url=url
+    return await seeded_plus(
+        tmp_path_factory, "pgcopy", lambda conn: conn.execute(insert(users), EXTRA_ROWS)
     )
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(insert(users), EXTRA_ROWS)
-    finally:
-        await engine.dispose()
-    return database
 
 
 @pytest.fixture(scope="module")
 async def big(tmp_path_factory: pytest.TempPathFactory) -> Database:
     """The seeded database plus enough bulk rows (~30 MB of CSV) that an export cannot be
     all in flight, in socket buffers and read-ahead, while its reader waits."""
-    url = await recreate_postgres_database("pgcopy_big")
+    bulk = text(
+        "INSERT INTO users (id, email, full_name, country, city, plan, is_active,"
+        " lifetime_value, created_at, last_login_at, bio, avatar_image_id)"
+        " SELECT g, 'bulk' || g || '@example.com', 'Bulk User', 'DE', 'Berlin', 'pro',"
+        " true, 12.30, now(), NULL, repeat('bulk, \"bio\" ', 20), NULL"
+        " FROM generate_series(1000001, 1000000 + :rows) AS g"
+    )
+    return await seeded_plus(
+        tmp_path_factory, "pgcopy_big", lambda conn: conn.execute(bulk, {"rows": BULK_ROWS})
+    )
+
+
+async def seeded_plus(
+    tmp_path_factory: pytest.TempPathFactory, name: str,
+    add: Callable[[AsyncConnection], Awaitable[object]],
+) -> Database:
+    """A seeded PostgreSQL database of its own, with ``add``'s rows on top."""
+    url = await recreate_postgres_database(name)
     database = await build_database(
-        "postgresql", tmp_path_factory.mktemp("pgcopy_big"), SEEDED_USERS, SEED, url=url
+        "postgresql", tmp_path_factory.mktemp(name), SEEDED_USERS, SEED, url=url
     )
     engine = create_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO users (id, email, full_name, country, city, plan, is_active,"
-                " lifetime_value, created_at, last_login_at, bio, avatar_image_id)"
-                " SELECT g, 'bulk' || g || '@example.com', 'Bulk User', 'DE', 'Berlin', 'pro',"
-                " true, 12.30, now(), NULL, repeat('bulk, \"bio\" ', 20), NULL"
-                " FROM generate_series(1000001, 1000000 + :rows) AS g"
-            ), {"rows": BULK_ROWS})
+            await add(conn)
     finally:
         await engine.dispose()
     return database
