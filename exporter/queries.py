@@ -265,26 +265,19 @@ def _holds_any(value: ColumnElement[Any], needles: tuple[str, ...]) -> Any:
 
 
 def _csv_line(fields: tuple[str, ...], dialect: str) -> ColumnElement[Any]:
-    """The row as one CSV line. A lone empty field is written as ``""``, as csv.writer
-    does, so that the line is not blank. SQLite only: PostgreSQL's COPY writes CSV itself
-    (pg_copy.py)."""
+    """The row as one CSV line, SQLite only (PostgreSQL's COPY writes CSV itself, see
+    pg_copy.py). One printf builds the whole line: a chain of ``||`` would copy the growing
+    line once per field (callgrind: the biggest cost); printf's ``%s`` writes NULL as
+    nothing. A lone empty field is written as ``""``, as csv.writer does, so that the line
+    is not blank."""
     if dialect != "sqlite":
         raise ValueError("CSV lines are built in SQL on SQLite only")
-    line = _sqlite_csv_line(fields)
-    if len(fields) == 1:
-        return case((line == "", '""'), else_=line)
-    return line
-
-
-def _sqlite_csv_line(fields: tuple[str, ...]) -> ColumnElement[Any]:
-    """One printf builds the whole line: a chain of ``||`` would copy the growing line once
-    per field (callgrind: the biggest cost). printf's ``%s`` writes NULL as nothing."""
     formats: list[str] = []
     values: list[ColumnElement[Any]] = []
     for name in fields:
         column, kind = users.c[name], FIELDS[name]
         if kind is Kind.MONEY:
-            formats.append("%.2f")  # stored as REAL: exact for numeric(12,2), rounded here
+            formats.append("%.2f")  # _money_sql's printf, folded into the line's
             values.append(column)
         elif kind is Kind.TEXT:
             quoted = literal('"') + func.replace(column, '"', '""') + literal('"')
@@ -292,8 +285,11 @@ def _sqlite_csv_line(fields: tuple[str, ...]) -> ColumnElement[Any]:
             values.append(case((_holds_any(column, CSV_SPECIALS), quoted), else_=column))
         else:
             formats.append("%s")
-            values.append(_value(name, "sqlite"))
-    return type_coerce(func.printf(",".join(formats), *values), String)
+            values.append(_value(name, dialect))
+    line = type_coerce(func.printf(",".join(formats), *values), String)
+    if len(fields) == 1:
+        return case((line == "", '""'), else_=line)
+    return line
 
 
 def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
