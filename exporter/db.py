@@ -8,8 +8,12 @@ PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -20,6 +24,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+
+log = logging.getLogger("exporter.db")
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -39,10 +45,62 @@ def create_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        uncount_sqlite_memory()
         engine = create_async_engine(url, **pool)
         _configure_sqlite(engine, sqlite_nice)
         return engine
     return create_async_engine(url, pool_pre_ping=True, **pool)
+
+
+SQLITE_CONFIG_MEMSTATUS = 9  # sqlite3.h
+_memory_counting = threading.Lock()
+_memory_uncounted: bool | None = None  # None: not tried yet in this process
+
+
+def uncount_sqlite_memory() -> bool:
+    """Stop SQLite counting its memory (``SQLITE_CONFIG_MEMSTATUS``), once per process.
+
+    With the count on (SQLite's default), every allocation takes one process-wide mutex,
+    so two threads rendering one export take turns: measured with Debian's SQLite 3.40,
+    two threads rendered 1M CSV lines in 4.9 s wall (9.2 s CPU) with it, 2.4 s (4.6 s
+    CPU) without. Nothing here reads the count (no soft heap limit is set).
+
+    The setting can only change while SQLite is shut down, and Python's ``sqlite3`` starts
+    it on import, so it is shut down and started again, and only while SQLite holds no
+    memory at all, i.e. no connection of any thread is open. Python's ``sqlite3`` module
+    has no call for this; ``ctypes`` reaches the library it is linked to, and a connection
+    opened to check that it is the same one. Returns whether the count is off.
+    """
+    global _memory_uncounted
+    with _memory_counting:
+        if _memory_uncounted is None:
+            _memory_uncounted = _uncount_sqlite_memory()
+        return _memory_uncounted
+
+
+def _uncount_sqlite_memory() -> bool:
+    try:
+        library = ctypes.CDLL("libsqlite3.so.0" if sys.platform == "linux" else "libsqlite3")
+    except OSError:
+        return False  # e.g. SQLite built into Python itself: left as it is
+    used = library.sqlite3_memory_used
+    used.restype = ctypes.c_int64
+    if used() != 0:
+        return False  # a connection is open somewhere; shutting SQLite down would break it
+    probe = sqlite3.connect(":memory:")
+    probe.execute("SELECT 1").fetchall()
+    shared = used() != 0  # Python's connection allocates in this library
+    probe.close()
+    if not shared or used() != 0:
+        return False
+    library.sqlite3_config.argtypes = [ctypes.c_int, ctypes.c_int]
+    if library.sqlite3_shutdown() != 0:
+        return False
+    configured = library.sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == 0
+    if library.sqlite3_initialize() != 0:
+        raise RuntimeError("SQLite could not start again after its memory count was set")
+    log.debug("SQLite memory counting %s", "off" if configured else "left on")
+    return configured
 
 
 def _configure_sqlite(engine: AsyncEngine, nice: int) -> None:
