@@ -7,10 +7,10 @@ update matched inserts the job, in the same transaction, and the unique constrai
 
 The job is for the latest scheduled time that has passed, and ``next_run_at`` moves to the
 first time after now: a worker that was down (or late) makes one catch-up run, never one
-per missed time. Workers sleep until the next time due, so on time they miss none. A
-schedule runs one job at a time: a time that comes while its previous job is still queued
-or running is skipped (and logged), so a schedule faster than its export cannot grow the
-queue without end.
+per missed time. Workers sleep until the next time due, so on time they miss none. A time
+that comes while the schedule's previous job is still queued or running makes its job all
+the same (the contract: one job per scheduled time), and a warning says the schedule is
+falling behind: a schedule faster than its export queues its jobs.
 
 Cron expressions are croniter's: five fields (minute hour day-of-month month day-of-week),
 or six with seconds as the sixth, last field (``* * * * * */2``: every two seconds), or an
@@ -300,14 +300,11 @@ async def _fire(
             )
             if not claimed.rowcount or spec is None:
                 return None  # another worker fired this tick (or there is nothing to run)
-            # Read after the claim (a write first, so that SQLite takes its write lock with
-            # the transaction): whoever claimed the time before committed its job first.
-            busy = await _in_flight(conn, schedule.id)
+            busy = await _in_flight(conn, schedule.id)  # only to warn: the job is made anyway
             if busy is not None:
-                log.info("schedule %s: skipping %s, as its job %s for %s is still %s",
-                         schedule.id, scheduled_for, busy.id, as_utc(busy.scheduled_for),
-                         busy.status)
-                return None
+                log.warning("schedule %s is falling behind: its job %s for %s is still %s "
+                            "as the job for %s is queued", schedule.id, busy.id,
+                            as_utc(busy.scheduled_for), busy.status, scheduled_for)
             await conn.execute(update(schedules).where(schedules.c.id == schedule.id)
                                .values(last_run_at=scheduled_for))
             job = await insert_job(conn, job_values(spec, now, schedule.id, scheduled_for))
@@ -319,8 +316,7 @@ async def _fire(
 
 
 async def _in_flight(conn: AsyncConnection, schedule_id: str) -> Row[Any, Any, Any] | None:
-    """The schedule's job that is still queued or running, if any: a schedule runs one job
-    at a time, or a schedule faster than its export would grow the queue without end."""
+    """The schedule's job that is still queued or running, if any."""
     return (await conn.execute(
         select(export_jobs.c.id, export_jobs.c.status, export_jobs.c.scheduled_for)
         .where(export_jobs.c.schedule_id == schedule_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -771,8 +772,8 @@ def test_a_worker_is_gone_only_when_certainly_dead() -> None:
     assert not worker.owner_is_gone(f"{host}:{ended.pid}:0badc0de", me)
 
 
-async def test_a_tick_is_skipped_while_the_schedule_job_before_it_is_queued_or_running(
-    engines: tuple[AsyncEngine, AsyncEngine],
+async def test_every_tick_makes_its_job_while_the_one_before_is_queued_or_running(
+    engines: tuple[AsyncEngine, AsyncEngine], caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine, now = engines[0], at("2026-03-10T09:30:00.5")
     request = ScheduleRequest.model_validate({"cron": "* * * * * *", "job": {"format": "csv"}})
@@ -783,18 +784,20 @@ async def test_a_tick_is_skipped_while_the_schedule_job_before_it_is_queued_or_r
         return [job.scheduled_for for job in made]
 
     assert await fire(1) == [at("2026-03-10T09:30:01")]
-    assert await fire(2) == [], "the 09:30:01 job is still queued"
+    with caplog.at_level(logging.WARNING, logger="exporter.schedules"):
+        assert await fire(2) == [at("2026-03-10T09:30:02")], "the 09:30:01 job is queued"
+    assert "falling behind" in caplog.text
     first = await leases.claim_job(engine, "worker", now, LEASE, 3)
     assert first is not None
-    assert await fire(3) == [], "and then running"
+    assert await fire(3) == [at("2026-03-10T09:30:03")], "and then running"
     assert await leases.finish(engine, first.id, "worker", jobs.FAILED, now)
-    assert await fire(4) == [at("2026-03-10T09:30:04")], "the next time after a skipped one"
+    assert await fire(4) == [at("2026-03-10T09:30:04")]
     stored = await find_schedule(engine, schedule.id)
     assert stored.last_run_at == at("2026-03-10T09:30:04")
     assert stored.next_run_at == at("2026-03-10T09:30:05")
     listed = await jobs.list_jobs(engine, 10, schedule_id=schedule.id)
     assert sorted(job.scheduled_for for job in listed) == [  # type: ignore[type-var]
-        at("2026-03-10T09:30:01"), at("2026-03-10T09:30:04"),
+        at(f"2026-03-10T09:30:0{second}") for second in (1, 2, 3, 4)
     ]
 
 
