@@ -31,7 +31,11 @@ class Settings(BaseSettings):
         8, ge=1, description="Streams running at once; the next one gets 503 with Retry-After."
     )
     batch_rows: int = Field(
-        5000, ge=1, description="Rows fetched from the server-side cursor per batch."
+        5000, ge=1,
+        description=(
+            "Rows per batch: one SQLite statement step; on PostgreSQL with several "
+            "readers, a COPY range is 4 batches."
+        ),
     )
     chunk_bytes: int = Field(
         256 * 1024, ge=1, description="Encoded bytes gathered before a chunk is sent."
@@ -43,6 +47,15 @@ class Settings(BaseSettings):
             "each on a thread of its own: 2 render on two cores (1M CSV rows in 3.0 s "
             "against 5.8 s with 1, measured on 2 cores). More than 1 holds one more "
             "connection each, plus one that plans the batches."
+        ),
+    )
+    postgres_readers: int = Field(
+        2, ge=1, le=16,
+        description=(
+            "PostgreSQL connections that COPY one export's id ranges in turn, in one "
+            "snapshot (pg_export_snapshot), so that several server processes render it; "
+            "with 1, one COPY of the whole export. More than 1 holds one more connection "
+            "each, plus one that plans the ranges."
         ),
     )
     sqlite_nice: int = Field(
@@ -172,11 +185,18 @@ class Settings(BaseSettings):
 
     @property
     def connections_per_export(self) -> int:
-        """Most connections one export holds: SQLite's readers, its planner, and for a
+        """Most connections one export holds: its readers, its planner, and on SQLite for a
         moment the lock that lines their snapshots up."""
-        if self.resolved_database_url.startswith("sqlite") and self.sqlite_readers > 1:
-            return self.sqlite_readers + 2
-        return 1
+        if self.resolved_database_url.startswith("sqlite"):
+            return self.sqlite_readers + 2 if self.sqlite_readers > 1 else 1
+        return self.postgres_readers + 1 if self.postgres_readers > 1 else 1
+
+    @property
+    def readers(self) -> int:
+        """Connections that render one export, for this database's backend."""
+        if self.resolved_database_url.startswith("sqlite"):
+            return self.sqlite_readers
+        return self.postgres_readers
 
     @property
     def files_dir(self) -> Path:

@@ -19,46 +19,32 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.db import DriverStatement
 from exporter.formats import Block, Encoder
-from exporter.queries import ExportQuery, build_batch, build_plan
+from exporter.queries import ExportQuery, Planned, build_batch, build_plan, plan_ranges
 
 AHEAD = 2  # batches queued per reader: enough to keep each one busy
-MIN_ID = -(2**63)  # below every SQLite rowid: "from the start"
 
 
-@dataclass(frozen=True)
-class Planned:
-    after: int  # the batch's rows have ids above this one
-    until: int  # ... and up to this one
-    rows: int
-
-
-async def plan_batches(
+def plan_batches(
     planner: AsyncConnection, query: ExportQuery, batch_rows: int
 ) -> AsyncGenerator[Planned, None]:
     """Split the export into batches of ``batch_rows`` rows by reading ids only (on its own
     connection, so that planning never waits behind a batch)."""
     plan = DriverStatement(build_plan(query), planner.dialect)
-    driver = await _driver(planner)
-    after = query.after_id if query.after_id is not None else MIN_ID
-    remaining = query.limit
-    while remaining is None or remaining > 0:
-        rows = batch_rows if remaining is None else min(batch_rows, remaining)
+
+    async def step(after: int, rows: int) -> tuple[int | None, int]:
+        driver = await _driver(planner)
         [(until, count)] = await driver.execute_fetchall(
             plan.sql, plan.arguments(batch_after=after, batch_rows=rows)
         )
-        if not count:
-            return
-        yield Planned(after, until, count)
-        after = until
-        if remaining is not None:
-            remaining -= count
+        return until, count
+
+    return plan_ranges(step, query, batch_rows)
 
 
 async def sqlite_blocks(

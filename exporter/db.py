@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -152,10 +153,12 @@ async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 async def shared_snapshot(
     engine: AsyncEngine, readers: int
 ) -> AsyncIterator[list[AsyncConnection]]:
-    """SQLite: ``readers`` connections whose read transactions all see the same data, so
-    that one export can read on several threads at once.
+    """``readers`` connections whose transactions all see the same data, so that one
+    export can read on several connections at once.
 
-    A WAL reader sees the last commit before its first read. Holding the write lock (``BEGIN
+    PostgreSQL: the first connection's snapshot is exported (``pg_export_snapshot``) and
+    the others' transactions start in it (``SET TRANSACTION SNAPSHOT``). SQLite: a WAL
+    reader sees the last commit before its first read. Holding the write lock (``BEGIN
     IMMEDIATE`` on one more connection) while the readers start means no commit can fall
     between them; writers wait for that moment only (about a millisecond, within
     busy_timeout).
@@ -165,21 +168,50 @@ async def shared_snapshot(
             yield [conn]
         return
     async with AsyncExitStack() as stack:
-        connections = []
-        async with engine.connect() as lock:
-            driver = (await lock.get_raw_connection()).driver_connection
-            assert driver is not None
-            await driver.execute("BEGIN IMMEDIATE")
-            try:
-                for _ in range(readers):
-                    conn = await stack.enter_async_context(engine.connect())
-                    await stack.enter_async_context(conn.begin())
-                    # The read transaction, and so its snapshot, starts at the first read.
-                    await conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
-                    connections.append(conn)
-            finally:
-                await driver.execute("ROLLBACK")
+        if backend_name(engine) == "postgresql":
+            connections = await _postgresql_shared(engine, readers, stack)
+        else:
+            connections = await _sqlite_shared(engine, readers, stack)
         yield connections
+
+
+SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+async def _postgresql_shared(
+    engine: AsyncEngine, readers: int, stack: AsyncExitStack
+) -> list[AsyncConnection]:
+    first = await stack.enter_async_context(snapshot(engine))
+    exported = (await first.exec_driver_sql("SELECT pg_export_snapshot()")).scalar_one()
+    if not SNAPSHOT_ID.fullmatch(exported):  # it goes into SQL text below
+        raise RuntimeError(f"unexpected snapshot id from PostgreSQL: {exported!r}")
+    connections = [first]
+    for _ in range(readers - 1):
+        conn = await stack.enter_async_context(snapshot(engine))
+        # The first statement of the transaction, as PostgreSQL requires.
+        await conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+        connections.append(conn)
+    return connections
+
+
+async def _sqlite_shared(
+    engine: AsyncEngine, readers: int, stack: AsyncExitStack
+) -> list[AsyncConnection]:
+    connections = []
+    async with engine.connect() as lock:
+        driver = (await lock.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.execute("BEGIN IMMEDIATE")
+        try:
+            for _ in range(readers):
+                conn = await stack.enter_async_context(engine.connect())
+                await stack.enter_async_context(conn.begin())
+                # The read transaction, and so its snapshot, starts at the first read.
+                await conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+                connections.append(conn)
+        finally:
+            await driver.execute("ROLLBACK")
+    return connections
 
 
 class DriverStatement:

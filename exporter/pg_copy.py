@@ -35,9 +35,10 @@ its sink whole messages, so every chunk ends at a row end; this is checked, not 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -46,7 +47,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.db import DriverStatement
 from exporter.formats import Block
-from exporter.queries import FIELDS, ExportQuery, Kind, Shape, build_statement
+from exporter.models import users
+from exporter.queries import (
+    AFTER,
+    FIELDS,
+    UNTIL,
+    ExportQuery,
+    Kind,
+    Planned,
+    Shape,
+    build_plan,
+    build_statement,
+    plan_ranges,
+)
 
 BLOCKS_AHEAD = 2  # blocks made ahead of the reader, as streaming.READ_AHEAD batches
 # Each chunk asyncpg hands over costs ~50 us of Python; COPY sends 8 KB at a time, and a
@@ -55,6 +68,7 @@ BLOCKS_AHEAD = 2  # blocks made ahead of the reader, as streaming.READ_AHEAD bat
 GATHER_BYTES = 64 * 1024  # a chunk smaller than this means the reader is keeping up
 GATHER_SECONDS = 0.001
 STOP_WAIT = 0.25  # seconds an early stop waits for the next chunk before closing the connection
+RANGE_END_WAIT = 5.0  # seconds an early stop lets a range's COPY run to its end
 ROW_END_COLUMN: ColumnElement[str] = literal_column("E'\\r'")  # closes every CSV row
 CSV_ROW_END = b',"\r"\n'  # that column, as COPY writes it, and the row end
 
@@ -151,11 +165,13 @@ class CopyOut:
     If no chunk comes for ``STOP_WAIT`` seconds (a slow scan), ``stop`` gives up and says so.
     """
 
-    def __init__(self, driver: asyncpg.Connection, sql: str, args: list[Any], framing: Framing,
-                 chunk_bytes: int) -> None:
+    def __init__(self, driver: asyncpg.Connection, sql: str, args: Sequence[Any],
+                 framing: Framing, chunk_bytes: int, ahead: int = BLOCKS_AHEAD) -> None:
         self.framing = framing
         self.chunk_bytes = chunk_bytes
-        self.queue: asyncio.Queue[Block | _End] = asyncio.Queue(maxsize=BLOCKS_AHEAD)
+        # ahead=0: no bound (a range's COPY, bounded by its rows, runs while the one before
+        # it is read)
+        self.queue: asyncio.Queue[Block | _End] = asyncio.Queue(maxsize=ahead)
         self.parts: list[bytes] = []
         self.size = self.rows = 0
         self.first = True  # the first chunk goes out alone, so that the client sees bytes
@@ -163,7 +179,7 @@ class CopyOut:
         self.stopping = False
         self.task = asyncio.create_task(self._copy(driver, sql, args))
 
-    async def _copy(self, driver: asyncpg.Connection, sql: str, args: list[Any]) -> None:
+    async def _copy(self, driver: asyncpg.Connection, sql: str, args: Sequence[Any]) -> None:
         try:
             await driver.copy_from_query(
                 sql, *args, output=self._sink, format=self.framing.copy_format
@@ -231,6 +247,19 @@ class CopyOut:
             await self.task
         return True
 
+    async def finish(self, seconds: float) -> bool:
+        """Let the COPY run to its end, its blocks dropped: for a COPY whose rows are few
+        (a range), rather than ``stop``, since asyncpg waits forever for a cancel that
+        comes after the COPY's last message was read. False if it did not end in time."""
+        await asyncio.wait({self.task}, timeout=seconds)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        if not self.task.done():
+            return False
+        with suppress(Exception):  # a failure of a COPY no one reads any more
+            await self.task
+        return True
+
     async def abandon(self) -> None:
         """End the task once its connection is closed."""
         self.task.cancel()
@@ -258,8 +287,7 @@ async def copy_blocks(
     # COPY takes no parameters: asyncpg has the server quote_literal() each value into it.
     statement = DriverStatement(copy_statement(query, fmt), conn.dialect)
     driver = await _driver_in_snapshot(conn)
-    copy = CopyOut(driver, statement.sql, list(statement.arguments()), framing, chunk_bytes)
-    stopped = False
+    copy = CopyOut(driver, statement.sql, statement.arguments(), framing, chunk_bytes)
     try:
         async with aclosing(copy.blocks()) as blocks:
             async for block in blocks:
@@ -269,11 +297,102 @@ async def copy_blocks(
             await conn.invalidate()
         raise
     finally:
+        await _end(conn, driver, copy)
+
+
+async def copy_ranges(
+    planner: AsyncConnection,
+    readers: Sequence[AsyncConnection],
+    query: ExportQuery,
+    fmt: str,
+    *,
+    chunk_bytes: int,
+    range_rows: int,
+) -> AsyncGenerator[Block, None]:
+    """``copy_blocks``, with the server's rendering spread over several connections: the
+    export is cut into ranges of ``range_rows`` ids (planned on ``planner``), each one
+    COPY, run by the readers in turn, so that while one range is read the next ones are
+    rendered by other server processes. Every connection is in one snapshot
+    (``db.shared_snapshot``). A range's count of rows is checked against its plan.
+
+    At most one range per reader is ahead of the one being read, held in memory: about
+    ``range_rows`` rendered rows each. Closing early lets each running COPY end (a range
+    at most), dropping its rows, or closes its connection after ``RANGE_END_WAIT``.
+    """
+    framing = FRAMINGS[fmt]
+    statement = DriverStatement(range_statement(query, fmt), planner.dialect)
+    drivers = [await _driver_in_snapshot(conn) for conn in readers]
+    ranges = _plan(planner, query, range_rows)
+    running: deque[tuple[CopyOut, Planned, int]] = deque()  # oldest first, with its reader
+
+    async def start(reader: int) -> None:
+        planned = await anext(ranges, None)
+        if planned is not None:
+            arguments = statement.arguments(batch_after=planned.after, batch_until=planned.until)
+            copy = CopyOut(drivers[reader], statement.sql, arguments, framing, chunk_bytes, 0)
+            running.append((copy, planned, reader))
+
+    try:
+        for reader in range(len(drivers)):
+            await start(reader)
+        while running:
+            copy, planned, reader = running[0]
+            rows = 0
+            async with aclosing(copy.blocks()) as blocks:
+                async for block in blocks:
+                    rows += block[0]
+                    yield block
+            if rows != planned.rows:
+                raise RuntimeError(
+                    f"the range after id {planned.after} gave {rows} rows for {planned.rows} "
+                    "planned: the readers do not share one snapshot"
+                )
+            running.popleft()
+            await start(reader)
+    except Exception:
+        for conn, driver in zip(readers, drivers, strict=True):
+            if driver.is_closed():
+                await conn.invalidate()
+        raise
+    finally:
         try:
-            stopped = await copy.stop()
+            for copy, _, reader in running:
+                if not await copy.finish(RANGE_END_WAIT):
+                    await _close(readers[reader], drivers[reader], copy)
         finally:
-            if not stopped:
-                await _close(conn, driver, copy)
+            await ranges.aclose()
+
+
+def range_statement(query: ExportQuery, fmt: str) -> Select[Any]:
+    """``copy_statement`` for the rows after ``:batch_after`` up to ``:batch_until``."""
+    statement = copy_statement(replace(query, limit=None), fmt)
+    return statement.where(users.c.id > AFTER, users.c.id <= UNTIL)
+
+
+def _plan(planner: AsyncConnection, query: ExportQuery, range_rows: int
+          ) -> AsyncGenerator[Planned, None]:
+    plan = DriverStatement(build_plan(query), planner.dialect)
+
+    async def step(after: int, rows: int) -> tuple[int | None, int]:
+        # On the driver, as the COPYs are: asyncpg cancels a query cleanly when a
+        # disconnect cancels the export mid-plan, and the snapshot's rollback follows.
+        driver = await _driver_in_snapshot(planner)
+        until, count = await driver.fetchrow(
+            plan.sql, *plan.arguments(batch_after=after, batch_rows=rows)
+        )
+        return until, count
+
+    return plan_ranges(step, query, range_rows)
+
+
+async def _end(conn: AsyncConnection, driver: asyncpg.Connection, copy: CopyOut) -> None:
+    """Stop a COPY that may still run, or else close its connection."""
+    stopped = False
+    try:
+        stopped = await copy.stop()
+    finally:
+        if not stopped:
+            await _close(conn, driver, copy)
 
 
 async def _close(conn: AsyncConnection, driver: asyncpg.Connection, copy: CopyOut) -> None:

@@ -12,7 +12,7 @@ Python's GIL, and both backends give identical bytes, so the encoders only frame
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -326,6 +326,39 @@ def build_plan(query: ExportQuery) -> Select[Any, int]:
     ids = _matching(select(users.c.id), query).where(users.c.id > AFTER)
     batch = ids.order_by(users.c.id).limit(ROWS).subquery()
     return select(func.max(batch.c.id), func.count())
+
+
+MIN_ID = -(2**63)  # below every id: "from the start"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One range of an export's rows, planned by ``build_plan``."""
+
+    after: int  # its rows have ids above this one
+    until: int  # ... and up to this one
+    rows: int
+
+
+PlanStep = Callable[[int, int], Awaitable[tuple[int | None, int]]]  # (after, rows) -> plan row
+
+
+async def plan_ranges(
+    step: PlanStep, query: ExportQuery, rows_each: int
+) -> AsyncGenerator[Planned, None]:
+    """Split an export into ranges of ``rows_each`` rows, in id order; ``step`` runs
+    ``build_plan`` on the caller's connection."""
+    after = query.after_id if query.after_id is not None else MIN_ID
+    remaining = query.limit
+    while remaining is None or remaining > 0:
+        rows = rows_each if remaining is None else min(rows_each, remaining)
+        until, count = await step(after, rows)
+        if not count or until is None:
+            return
+        yield Planned(after, until, count)
+        after = until
+        if remaining is not None:
+            remaining -= count
 
 
 def build_batch(query: ExportQuery, shape: Shape, separator: str) -> Select[bytes, int]:

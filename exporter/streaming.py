@@ -29,16 +29,18 @@ from starlette.types import Receive, Scope, Send
 
 from exporter.config import Settings
 from exporter.cursors import sqlite_blocks
-from exporter.db import backend_name, shared_snapshot, snapshot
+from exporter.db import backend_name, shared_snapshot
 from exporter.errors import ExportsBusy
 from exporter.formats import FORMATS, Block
-from exporter.pg_copy import copy_blocks
+from exporter.pg_copy import copy_blocks, copy_ranges
 from exporter.queries import ExportQuery, build_count
 
 log = logging.getLogger("exporter.streaming")
 
 ChunkStream = AsyncGenerator[bytes, None]
 GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's way of asking for a gzip header and trailer
+# A COPY costs a round trip or two to start: PostgreSQL's ranges are this many batches long.
+PG_RANGE_BATCHES = 4
 
 
 @dataclass
@@ -111,18 +113,22 @@ async def _blocks(
     """The export's blocks, by each backend's fastest route, and a connection in the same
     snapshot to count on: SQLite's parallel readers (cursors.py), PostgreSQL's COPY
     (pg_copy.py)."""
-    if backend_name(engine) == "sqlite":
-        encoder = FORMATS[fmt](query.fields)
-        # One reader plans and renders on one connection; more readers need a planner
-        # of their own, so that planning never waits behind a batch.
-        async with shared_snapshot(engine, readers + 1 if readers > 1 else 1) as (
-            planner, *renderers
-        ):
+    # One reader plans and renders on one connection; more readers need a planner of their
+    # own, so that planning never waits behind a batch.
+    async with shared_snapshot(engine, readers + 1 if readers > 1 else 1) as (
+        planner, *renderers
+    ):
+        if backend_name(engine) == "sqlite":
+            encoder = FORMATS[fmt](query.fields)
             readers_ = renderers or [planner]
             yield planner, sqlite_blocks(planner, readers_, query, encoder, batch_rows)
-    else:
-        async with snapshot(engine) as conn:
-            yield conn, copy_blocks(conn, query, fmt, chunk_bytes=chunk_bytes)
+        elif renderers:
+            yield planner, copy_ranges(
+                planner, renderers, query, fmt,
+                chunk_bytes=chunk_bytes, range_rows=batch_rows * PG_RANGE_BATCHES,
+            )
+        else:
+            yield planner, copy_blocks(planner, query, fmt, chunk_bytes=chunk_bytes)
 
 
 def open_export(
@@ -142,7 +148,7 @@ def open_export(
         fmt,
         batch_rows=settings.batch_rows,
         chunk_bytes=settings.chunk_bytes,
-        readers=settings.sqlite_readers,
+        readers=settings.readers,
         progress=progress,
         count=count,
     )
@@ -205,21 +211,38 @@ class ExportSlots:
 
 class PrimedStream:
     """A stream whose first chunk was already produced, so that failures before it
-    could still become an error status. ``aclose`` closes the underlying stream."""
+    could still become an error status. ``aclose`` closes the underlying stream.
+
+    Each later chunk is made in a task of its own and awaited through a shield. Starlette
+    iterates the body inside an anyio cancel scope that it cancels on a disconnect, and
+    anyio cancels again at every await until the scope is left: code unwinding inside the
+    stream (stopping COPYs, rolling back the snapshot) would be cut short at each step,
+    and a connection could go back to the pool mid-transaction. Shielded, the chunk being
+    made finishes, and ``aclose``, outside the scope, ends the stream in order."""
 
     def __init__(self, first: bytes, rest: ChunkStream) -> None:
         self.first = first
         self.rest = rest
+        self.step: asyncio.Future[bytes] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         yield self.first
-        async for chunk in self.rest:
+        while True:
+            self.step = asyncio.ensure_future(anext(self.rest))
+            try:
+                chunk = await asyncio.shield(self.step)
+            except StopAsyncIteration:
+                return
             yield chunk
 
     async def aclose(self) -> None:
+        if self.step is not None:
+            await asyncio.wait({self.step})  # it may still run, shielded
+            if not self.step.cancelled():
+                self.step.exception()  # retrieved: it was raised in _iterate, or is moot
         await self.rest.aclose()
 
 

@@ -8,19 +8,20 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from exporter.db import DriverStatement, create_engine, snapshot
+from exporter import db
+from exporter.db import DriverStatement, create_engine, shared_snapshot, snapshot
 from exporter.models import users
-from exporter.pg_copy import Block, copy_blocks, copy_statement
+from exporter.pg_copy import Block, copy_blocks, copy_ranges, copy_statement
 from exporter.queries import ExportQuery, parse_export_query
 from exporter.streaming import open_export
 from tests.conftest import (
@@ -384,3 +385,102 @@ async def terminate(pid: int) -> None:
     finally:
         await admin.close()
     await asyncio.sleep(0.1)
+
+
+# Several readers: ranges of a few rows, so that every export crosses many of them.
+async def ranged(engine: AsyncEngine, query: ExportQuery, fmt: str, range_rows: int = 7,
+                 readers: int = 2) -> list[Block]:
+    async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
+        ranges = copy_ranges(planner, renderers, query, fmt, chunk_bytes=4096,
+                             range_rows=range_rows)
+        return [block async for block in ranges]
+
+
+@pytest.mark.parametrize("filters", FILTERS + ["after_id=2900", "after_id=2900&limit=8"])
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_ranges_over_several_connections_give_the_single_copys_bytes(
+    engine: AsyncEngine, fmt: str, filters: str
+) -> None:
+    query = query_of(filters)
+    single = await copied(engine, query, fmt)
+    blocks = await ranged(engine, query, fmt)
+    assert framed(fmt, query, blocks) == framed(fmt, query, single)
+    assert sum(rows for rows, _ in blocks) == sum(rows for rows, _ in single)
+
+
+async def test_every_reader_reads_the_snapshot_of_the_first(
+    hostile: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(hostile.url)
+    leaving = dict(EXTRA_ROWS[-1], id=950001, email="leaving@example.com")
+    query = query_of("after_id=2900&fields=id,email")
+    opened = 0
+
+    @asynccontextmanager
+    async def commit_between(engine_: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        """The snapshot of each connection, with a commit after the first one's began."""
+        nonlocal opened
+        opened += 1
+        if opened == 2:
+            async with engine.begin() as writer:
+                await writer.execute(users.update().where(users.c.id == 2950)
+                                     .values(email="changed@example.com"))
+                await writer.execute(users.delete().where(users.c.id == 950001))
+        async with snapshot(engine_) as conn:
+            yield conn
+
+    async with engine.connect() as conn:
+        email = (await conn.execute(select(users.c.email).where(users.c.id == 2950))).scalar()
+    try:
+        async with engine.begin() as writer:
+            await writer.execute(insert(users), [leaving])
+        monkeypatch.setattr(db, "snapshot", commit_between)
+        async with db.shared_snapshot(engine, 3) as (planner, *renderers):
+            ranges = copy_ranges(planner, renderers, query, "csv", chunk_bytes=1, range_rows=3)
+            data = b"".join([data async for _, data in ranges])
+            read_only = [
+                (await conn.execute(text("SHOW transaction_read_only"))).scalar_one()
+                for conn in (planner, *renderers)
+            ]
+        async with snapshot(engine) as conn:
+            now = await copied_in(conn, query)
+    finally:
+        async with engine.begin() as writer:
+            await writer.execute(users.update().where(users.c.id == 2950)
+                                 .values(email=email))
+            await writer.execute(users.delete().where(users.c.id == 950001))
+        await engine.dispose()
+    assert opened == 3
+    assert b"changed@example.com" not in data and b"leaving@example.com" in data
+    assert data.count(b"\r\n") == SEEDED_USERS - 2900 + 4 + len(EXTRA_ROWS) + 1
+    assert b"changed@example.com" in now and b"leaving@example.com" not in now
+    assert read_only == ["on", "on", "on"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+async def test_closing_ranges_early_leaves_every_connection_idle_and_reusable(
+    big: Database, fmt: str
+) -> None:
+    engine = create_engine(big.url, pool_size=3, max_overflow=0)  # the next export reuses them
+    try:
+        async with shared_snapshot(engine, 3) as connections:
+            pids = [(await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                    for conn in connections]
+            planner, *renderers = connections
+            blocks = copy_ranges(planner, renderers, ExportQuery(), fmt, chunk_bytes=65536,
+                                 range_rows=20_000)
+            await anext(blocks)
+            await anext(blocks)
+            started = time.monotonic()
+            await blocks.aclose()
+            closed_in = time.monotonic() - started
+        assert closed_in < 2
+        for pid in pids:
+            state = await backend_state(pid)
+            assert state is not None and state.startswith("idle:"), state
+        blocks_after = await ranged(engine, query_of("after_id=900000&limit=10"), fmt, 3)
+        assert sum(rows for rows, _ in blocks_after) == 10
+        async with engine.connect() as conn:  # still the same three: none was closed
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() in pids
+    finally:
+        await engine.dispose()
