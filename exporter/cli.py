@@ -13,7 +13,9 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import BinaryIO
 
-from exporter.config import Settings, load_settings
+from pydantic import ValidationError
+
+from exporter.config import Settings, describe, load_settings
 from exporter.db import create_engine, migrate
 from exporter.errors import InvalidParameter
 from exporter.formats import FORMATS
@@ -68,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-    except ValueError as exc:
-        print(f"exporter: invalid settings: {exc}", file=sys.stderr)
+    except ValueError as exc:  # pydantic's ValidationError, or pydantic-settings' SettingsError
+        shown = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"exporter: invalid settings: {shown}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
         return _serve(args)
