@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
+from exporter.auth import listen_refusal
 from exporter.config import Settings, describe, load_settings
 from exporter.db import create_engine, migrate
 from exporter.errors import InvalidParameter
@@ -34,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service under uvicorn")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to bind (default: loopback); another needs EXPORTER_API_KEYS, or "
+             "EXPORTER_ALLOW_OPEN=true",
+    )
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
 
@@ -75,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exporter: invalid settings: {shown}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, settings)
     if args.command == "worker":
         return asyncio.run(_worker(settings))
     if args.command == "migrate":
@@ -87,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _export(settings, args)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    refusal = listen_refusal(args.host, settings)
+    if refusal:
+        print(f"exporter serve: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+
     import copy
 
     import uvicorn
