@@ -27,4 +27,7 @@ ENV EXPORTER_DATA_DIR=/data
 USER exporter
 EXPOSE 8000
 
+# All interfaces, or the published port reaches nothing; so the service starts only with
+# EXPORTER_API_KEYS set, or with EXPORTER_ALLOW_OPEN=true where the port is published on the
+# host's loopback alone (docker-compose.yml does that).
 CMD ["exporter", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -14,6 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from exporter.auth import Access
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import DatabaseUnavailable, ExporterError, echo
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.digests = DigestCache()
         app.state.worker = None
+        _log_access(settings)
         try:
             if settings.run_worker:  # raises, and the service does not start, if it cannot run
                 worker = Worker(engine, settings, app.state.metrics)
@@ -71,6 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(
+        Access,
+        keys=[key.get_secret_value() for key in settings.api_keys],
+        allow_open=settings.allow_open,
+    )
     app.include_router(exports.router)
     app.include_router(files.router)
     app.include_router(jobs.router)
@@ -79,6 +86,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     _add_error_handlers(app)
     return app
+
+
+def _log_access(settings: Settings) -> None:
+    if settings.api_keys:
+        log.info("%d API key(s): every endpoint but /health and /ready needs one",
+                 len(settings.api_keys))
+    elif settings.allow_open:
+        log.info("no API keys, and EXPORTER_ALLOW_OPEN=true: open to whoever reaches the port")
+    else:
+        log.info("no API keys: answering on loopback addresses only")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

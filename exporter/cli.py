@@ -13,7 +13,10 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import BinaryIO
 
-from exporter.config import Settings, load_settings
+from pydantic import ValidationError
+
+from exporter.auth import listen_refusal
+from exporter.config import Settings, describe, load_settings
 from exporter.db import create_engine, migrate
 from exporter.errors import InvalidParameter
 from exporter.formats import FORMATS
@@ -32,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service under uvicorn")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to bind (default: loopback); another needs EXPORTER_API_KEYS, or "
+             "EXPORTER_ALLOW_OPEN=true",
+    )
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
 
@@ -68,11 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-    except ValueError as exc:
-        print(f"exporter: invalid settings: {exc}", file=sys.stderr)
+    except ValueError as exc:  # pydantic's ValidationError, or pydantic-settings' SettingsError
+        shown = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"exporter: invalid settings: {shown}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, settings)
     if args.command == "worker":
         return asyncio.run(_worker(settings))
     if args.command == "migrate":
@@ -84,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _export(settings, args)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    refusal = listen_refusal(args.host, settings)
+    if refusal:
+        print(f"exporter serve: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+
     import copy
 
     import uvicorn

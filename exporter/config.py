@@ -3,18 +3,30 @@
 Nothing here runs at import time: ``load_settings()`` is the factory, called by the CLI and
 by ``create_app``. The README's settings table is checked against ``Settings.model_fields``
 by ``tests/test_docs.py``, so a setting cannot exist without being documented.
+
+API keys are secrets: they are held as ``SecretStr`` (``repr`` shows asterisks), and no
+error quotes them back. Validation errors hide every input (``hide_input_in_errors``), and
+``describe()`` puts back the inputs of the settings that are not secret.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRET_SETTINGS = frozenset({"api_keys"})
+# What an Authorization header carries safely: visible ASCII (RFC 9110 field values are
+# bytes; anything else depends on the client's encoding).
+KEY_CHARACTERS = frozenset(map(chr, range(0x21, 0x7F)))
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EXPORTER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="EXPORTER_", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(
         Path("./data"),
@@ -25,6 +37,22 @@ class Settings(BaseSettings):
         description=(
             "SQLAlchemy async URL. Unset: sqlite+aiosqlite:///<data_dir>/exporter.db. "
             "For scale-out: postgresql+asyncpg://user@host/db."
+        ),
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description=(
+            "API keys, separated by commas: every endpoint but /health and /ready then needs "
+            "`Authorization: Bearer <key>` with one of them. Unset or empty: no keys, and "
+            "`exporter serve` listens on loopback only unless allow_open is true."
+        ),
+    )
+    allow_open: bool = Field(
+        False,
+        description=(
+            "Without API keys, let `exporter serve` listen on an address that is not loopback, "
+            "and answer there: for a port published on loopback alone (as docker-compose.yml "
+            "does), or behind a proxy that authenticates. No effect when keys are set."
         ),
     )
     max_concurrent_exports: int = Field(
@@ -165,6 +193,20 @@ class Settings(BaseSettings):
             )
         return url
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: one string, comma-separated
+            value = value.split(",") if value else []
+        if not isinstance(value, list | tuple):
+            return value
+        keys = [k.get_secret_value() if isinstance(k, SecretStr) else k for k in value]
+        for number, key in enumerate(keys, 1):
+            problem = _key_problem(key) if isinstance(key, str) else None
+            if problem:  # never the key itself: the message goes to logs and terminals
+                raise ValueError(f"key {number} of {len(keys)} {problem}")
+        return keys
+
     @model_validator(mode="after")
     def _heartbeats_fit_in_a_lease(self) -> Settings:
         # A worker gives a job up after half a lease without a heartbeat: at least two
@@ -211,6 +253,35 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs"
 
 
+def _key_problem(key: str) -> str | None:
+    if not key:
+        return "is empty (a comma at either end, or two in a row); separate keys with one comma"
+    if any(character.isspace() for character in key):
+        return (
+            "contains whitespace; separate keys with commas alone, and keep spaces, tabs and "
+            "newlines out of keys"
+        )
+    if not set(key) <= KEY_CHARACTERS:
+        return (
+            "contains a character that is not visible ASCII, which an Authorization header "
+            "cannot carry reliably; use letters, digits and punctuation (secrets.token_urlsafe)"
+        )
+    return None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides winning."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def describe(error: ValidationError) -> str:
+    """A settings error for a terminal: each problem naming its variable, and quoting the value
+    given unless the setting is secret (or the message already names it)."""
+    problems = []
+    for detail in error.errors():
+        name = str(detail["loc"][0]) if detail["loc"] else ""
+        message = detail["msg"].removeprefix("Value error, ")
+        if name and name not in SECRET_SETTINGS and detail["type"] != "value_error":
+            message += f" (got {detail['input']!r})"
+        problems.append(f"EXPORTER_{name.upper()}: {message}" if name else message)
+    return "; ".join(problems)

@@ -1,6 +1,10 @@
 """Every error the service raises on purpose, and the HTTP answer each one becomes.
 
     ExporterError                 500  base: carries status, code, message and details
+    ├── Unauthorized              401  API keys are set and the request lacks a valid
+    │                                  Authorization: Bearer <key> (with WWW-Authenticate)
+    ├── LoopbackOnly              403  no API keys, not told to be open, and the request
+    │                                  came in on an address that is not loopback
     ├── InvalidParameter          422  a query parameter, body field or option is wrong;
     │                                  names the parameter, the bad value, what is valid
     ├── NotFound                  404  no such resource (also every name or id that
@@ -64,6 +68,37 @@ class ExporterError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+
+class Unauthorized(ExporterError):
+    """The message says what was wrong (no header, another scheme, an unknown key) but never
+    quotes the header back: whatever was sent there may be someone's key."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, oauth_error: str | None = None) -> None:
+        super().__init__(message)
+        self.oauth_error = oauth_error  # RFC 6750 3.1: absent when no credentials were sent
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="exporter"'
+        if self.oauth_error:
+            challenge += f', error="{self.oauth_error}"'
+        return {"WWW-Authenticate": challenge}
+
+
+class LoopbackOnly(ExporterError):
+    status = 403
+    code = "loopback_only"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"this service has no API keys (EXPORTER_API_KEYS) and is not meant to be open "
+            f"(EXPORTER_ALLOW_OPEN), so it answers on loopback addresses only, not on "
+            f"{echo(address)}",
+            address=echo(address),
+        )
 
 
 class InvalidParameter(ExporterError):

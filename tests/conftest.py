@@ -188,11 +188,13 @@ def running_server(env: dict[str, str]) -> Iterator[str]:
 
 
 @contextmanager
-def serving(env: dict[str, str]) -> Iterator[Server]:
-    """``running_server``, telling the process id too."""
+def serving(env: dict[str, str], host: str = "127.0.0.1") -> Iterator[Server]:
+    """``running_server``, telling the process id too; ``host`` is the address it binds
+    (the base URL is on loopback, which 0.0.0.0 includes)."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "exporter", "serve", "--host", host, "--port", str(port),
+         "--log-level", "warning"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"

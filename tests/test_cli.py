@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Database
+from tests.conftest import Database, free_port, serving
 
 QUERY = {"country": "DE,FR,JP", "fields": "id,full_name,lifetime_value,bio,is_active,created_at"}
 
@@ -87,3 +87,47 @@ def test_python_dash_m_exporter_shows_every_command() -> None:
     assert result.returncode == 0
     for command in (b"serve", b"migrate", b"seed", b"export"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_serve_beyond_loopback_without_keys_exits_before_binding_naming_the_ways_out(
+    sqlite_database: Database, host: str
+) -> None:
+    result = subprocess.run(  # at uvicorn's own log level, which says so when it binds
+        [sys.executable, "-m", "exporter", "serve", "--host", host, "--port", str(free_port())],
+        env=sqlite_database.env(), capture_output=True, timeout=30,
+    )
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert f"refusing to listen on {host}, which is not a loopback address" in stderr
+    assert "EXPORTER_API_KEYS=" in stderr and "EXPORTER_ALLOW_OPEN=true" in stderr
+    assert "Uvicorn running" not in stderr + result.stdout.decode()
+
+
+def test_serve_on_all_interfaces_starts_when_told_it_is_open(sqlite_database: Database) -> None:
+    env = sqlite_database.env(EXPORTER_ALLOW_OPEN="true", EXPORTER_RUN_WORKER="false")
+    with serving(env, host="0.0.0.0") as server:
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        assert httpx.get(f"{server.url}/files").status_code == 200, "open: no key needed"
+
+
+def test_serve_on_all_interfaces_starts_with_api_keys_and_asks_for_one(
+    sqlite_database: Database,
+) -> None:
+    env = sqlite_database.env(EXPORTER_API_KEYS="cli-key-Pq3", EXPORTER_RUN_WORKER="false")
+    with serving(env, host="0.0.0.0") as server:
+        assert httpx.get(f"{server.url}/files").status_code == 401
+        answer = httpx.get(f"{server.url}/files", headers={"Authorization": "Bearer cli-key-Pq3"})
+        assert answer.status_code == 200
+
+
+def test_a_bad_key_list_stops_every_command_without_showing_a_key(
+    sqlite_database: Database,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "migrate"], capture_output=True, timeout=30,
+        env=sqlite_database.env(EXPORTER_API_KEYS="hunter2-Xy,,other-Zw"),
+    )
+    assert result.returncode == 2
+    assert b"EXPORTER_API_KEYS: key 2 of 3 is empty" in result.stderr
+    assert b"hunter2" not in result.stderr and b"other-Zw" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -13,14 +14,14 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from exporter.auth import listen_refusal
 from exporter.cli import build_parser
-from exporter.config import Settings
+from exporter.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 # Compose interpolation, resolved to the defaults: ${VAR:-default} or ${VAR-default}.
-COMPOSE = yaml.safe_load(
-    re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", (ROOT / "docker-compose.yml").read_text())
-)
+COMPOSE = yaml.safe_load(re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", COMPOSE_TEXT))
 SERVICES = COMPOSE["services"]
 DOCKERFILE = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
 INSTRUCTIONS = [
@@ -34,6 +35,19 @@ def env(service: str) -> dict[str, str]:
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
     return {key: str(value) for key, value in raw.items()}
+
+
+def settings_under(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a process would load in exactly this environment."""
+    for name in [name for name in os.environ if name.startswith("EXPORTER_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def serve_host(command: list[object]) -> str:
+    return str(build_parser().parse_args([str(part) for part in command[1:]]).host)
 
 
 def instruction_args(name: str) -> list[str]:
@@ -117,9 +131,33 @@ def test_the_dockerfile_copies_every_package_pyproject_installs() -> None:
 
 def test_the_api_listens_on_all_interfaces_at_the_exposed_and_published_port() -> None:
     host_side, _, container_port = SERVICES["api"]["ports"][0].rpartition(":")
-    assert host_side.startswith("127.0.0.1:"), "published beyond loopback, with no authentication"
+    assert host_side.startswith("127.0.0.1:"), "published beyond loopback while open to all"
     for command in (SERVICES["api"]["command"], json.loads(instruction_args("CMD")[-1])):
         args = build_parser().parse_args([str(part) for part in command[1:]])
         assert (args.command, args.host, str(args.port)) == ("serve", "0.0.0.0", container_port)
     assert container_port in " ".join(instruction_args("EXPOSE")).split()
     assert f"127.0.0.1:{container_port}/ready" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+
+
+def test_the_api_service_would_start_on_all_interfaces_even_without_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_under(env("api"), monkeypatch)  # EXPORTER_API_KEYS unset: empty
+    assert listen_refusal(serve_host(SERVICES["api"]["command"]), settings) is None
+
+
+def test_the_api_service_takes_api_keys_from_the_environment_of_compose() -> None:
+    raw = yaml.safe_load(COMPOSE_TEXT)["services"]["api"]["environment"]
+    assert raw["EXPORTER_API_KEYS"] == "${EXPORTER_API_KEYS:-}"
+
+
+def test_the_image_alone_does_not_serve_all_interfaces_without_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image_env = dict(
+        pair.split("=", 1) for args in instruction_args("ENV") for pair in shlex.split(args)
+    )
+    host = serve_host(json.loads(instruction_args("CMD")[-1]))
+    assert listen_refusal(host, settings_under(image_env, monkeypatch)) is not None
+    with_keys = {**image_env, "EXPORTER_API_KEYS": "key-one"}
+    assert listen_refusal(host, settings_under(with_keys, monkeypatch)) is None
