@@ -1,7 +1,8 @@
 """Real, decodable images and large binary files, written under the data directory.
 
 Bytes depend only on the seed (and the Pillow/zlib build for the images), so a re-seed
-writes identical files and the recorded sha256 stays true.
+writes identical files and the recorded sha256 stays true. Every file is written aside,
+then renamed over its name.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,29 +41,42 @@ def _draw(rng: random.Random) -> Image.Image:
     return image
 
 
-def write_images(images_dir: Path, count: int, seed: int) -> list[SeedImage]:
-    """Alternate PNG and JPEG avatars; return their rows for the ``images`` table."""
-    images_dir.mkdir(parents=True, exist_ok=True)
+def draw_images(count: int, seed: int) -> Iterator[tuple[SeedImage, bytes]]:
+    """Alternate PNG and JPEG avatars, each with its row for the ``images`` table. One
+    random stream draws them in id order, so the first k are the same whatever ``count``."""
     rng = random.Random(f"images-{seed}")
-    written = []
     for image_id in range(1, count + 1):
         is_png = image_id % 2 == 1
         filename = f"avatar-{image_id:04d}.{'png' if is_png else 'jpg'}"
         buffer = io.BytesIO()
         _draw(rng).save(buffer, format="PNG" if is_png else "JPEG", quality=85)
         data = buffer.getvalue()
-        (images_dir / filename).write_bytes(data)
-        written.append(
-            SeedImage(
-                id=image_id,
-                filename=filename,
-                content_type="image/png" if is_png else "image/jpeg",
-                byte_size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                storage_path=f"images/{filename}",
-            )
+        record = SeedImage(
+            id=image_id,
+            filename=filename,
+            content_type="image/png" if is_png else "image/jpeg",
+            byte_size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            storage_path=f"images/{filename}",
         )
+        yield record, data
+
+
+def write_images(images_dir: Path, count: int, seed: int) -> list[SeedImage]:
+    """Write the avatars under ``images_dir``; return their rows for the ``images`` table."""
+    written = []
+    for record, data in draw_images(count, seed):
+        write_aside(images_dir / record.filename, data)
+        written.append(record)
     return written
+
+
+def write_aside(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial(path)
+    partial.write_bytes(data)
+    partial.replace(path)
 
 
 def write_large_file(path: Path, size: int, seed: int) -> str:
@@ -69,7 +84,7 @@ def write_large_file(path: Path, size: int, seed: int) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"large-{seed}")
     digest = hashlib.sha256()
-    partial = path.with_name(path.name + ".part")
+    partial = _partial(path)
     with partial.open("wb") as out:
         remaining = size
         while remaining:
@@ -79,3 +94,8 @@ def write_large_file(path: Path, size: int, seed: int) -> str:
             remaining -= len(block)
     partial.replace(path)
     return digest.hexdigest()
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".part")  # never served: storage.TEMPORARY_SUFFIXES
+
