@@ -1,8 +1,9 @@
 """Real, decodable images and large binary files, written under the data directory.
 
 Bytes depend only on the seed (and the Pillow/zlib build for the images), so a re-seed
-writes identical files and the recorded sha256 stays true. Every file is written aside,
-then renamed over its name.
+writes identical files and the recorded sha256 stays true. That is also how a populated
+database gets back images its data directory lost: drawn again, and written only if they
+hash to what it records. Every file is written aside, then renamed over its name.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -71,6 +72,27 @@ def write_images(images_dir: Path, count: int, seed: int) -> list[SeedImage]:
     return written
 
 
+def damaged_images(data_dir: Path, recorded: Iterable[SeedImage]) -> list[SeedImage]:
+    """The recorded images whose file is missing or does not hash to the recorded sha256."""
+    return [record for record in recorded
+            if _sha256_of(data_dir / record.storage_path) != record.sha256]
+
+
+def rewrite_images(
+    data_dir: Path, damaged: Iterable[SeedImage], count: int, seed: int
+) -> list[SeedImage]:
+    """Draw the images again and write each damaged one that comes out exactly as recorded
+    (row and sha256); return those that do not: another seed or count drew them."""
+    unwritten = {record.id: record for record in damaged}
+    if not unwritten:
+        return []
+    for drawn, data in draw_images(min(count, max(unwritten)), seed):
+        if unwritten.get(drawn.id) == drawn:
+            write_aside(data_dir / drawn.storage_path, data)
+            del unwritten[drawn.id]
+    return list(unwritten.values())
+
+
 def write_aside(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,3 +121,11 @@ def write_large_file(path: Path, size: int, seed: int) -> str:
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".part")  # never served: storage.TEMPORARY_SUFFIXES
 
+
+def _sha256_of(path: Path) -> str | None:
+    """The file's sha256, or None if there is no file."""
+    try:
+        with path.open("rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
