@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="bring the database schema up to date")
 
     seed = commands.add_parser(
-        "seed", help="migrate, then fill an empty database with deterministic users and files"
+        "seed", help="migrate, then fill an empty database with deterministic users and files;"
+        " a populated one gets back the files it lost"
     )
     seed.add_argument("--users", type=int, default=1_000_000, help="users (default 1000000)")
     seed.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -87,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate(settings))
         return 0
     if args.command == "seed":
-        asyncio.run(_seed(settings, args))
-        return 0
+        return asyncio.run(_seed(settings, args))
     return _export(settings, args)
 
 
@@ -159,8 +159,8 @@ async def _migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
-async def _seed(settings: Settings, args: argparse.Namespace) -> None:
-    from seed import SeedPlan, seed_database
+async def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from seed import SeedMismatch, SeedPlan, seed_database
 
     plan = SeedPlan(
         users=args.users,
@@ -173,8 +173,12 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> None:
     engine = create_engine(settings.resolved_database_url)
     try:
         await seed_database(engine, settings.data_dir, plan)
+    except SeedMismatch as exc:
+        print(f"exporter seed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         await engine.dispose()
+    return 0
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:

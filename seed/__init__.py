@@ -3,6 +3,9 @@
 SQLite gets batched ``executemany`` inserts inside one transaction; PostgreSQL gets
 ``COPY`` through asyncpg's ``copy_records_to_table``. Both store the same values, so both
 export the same bytes.
+
+A database that already holds users is left alone (unless ``reset``), but the files it
+refers to are made whole again: ``restore_files``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter import models
 from exporter.db import backend_name, migrate
-from seed.files import SeedImage, write_images, write_large_file
+from seed.files import (
+    SeedImage,
+    damaged_images,
+    rewrite_images,
+    write_images,
+    write_large_file,
+)
 from seed.sqlite import seed_cache, sqlite_rows
 from seed.users import SeedUser, draw_users, seed_user
 
@@ -29,6 +38,7 @@ PROGRESS_EVERY = 100_000
 USER_COLUMNS = tuple(SeedUser._fields)
 IMAGE_COLUMNS = tuple(SeedImage._fields)
 LARGE_FILE_NAME = "large-file.bin"
+NAMES_SHOWN = 5  # file names a message lists before "and N more"
 
 Progress = Callable[[str], None]
 Batch = list[Any]
@@ -43,6 +53,10 @@ class SeedPlan:
     reset: bool = False
 
 
+class SeedMismatch(Exception):
+    """Seeded images are lost, and this plan draws other bytes than the database records."""
+
+
 def print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -50,13 +64,15 @@ def print_progress(message: str) -> None:
 async def seed_database(
     engine: AsyncEngine, data_dir: Path, plan: SeedPlan, progress: Progress = print_progress
 ) -> bool:
-    """Seed an empty database (or any, with ``reset``); return False if it was left alone."""
+    """Seed an empty database (or any, with ``reset``); return False if its users were left
+    alone, after ``restore_files``."""
     await migrate(engine)
     async with engine.begin() as conn:
         existing = (await conn.execute(select(func.count()).select_from(models.users))).scalar_one()
-        if existing and not plan.reset:
-            progress(f"database already holds {existing} users; not seeding (use --reset)")
-            return False
+    if existing and not plan.reset:
+        progress(f"database already holds {existing} users; not seeding (use --reset)")
+        await restore_files(engine, data_dir, plan, progress)
+        return False
 
     started = time.perf_counter()
     written_images = write_images(data_dir / "images", plan.images, plan.seed)
@@ -86,6 +102,52 @@ async def seed_database(
                 await _insert(conn, "users", USER_COLUMNS, user_batches(sqlite_rows(drawn)))
     progress(f"seeded {plan.users} users in {time.perf_counter() - started:.1f} s")
     return True
+
+
+async def restore_files(
+    engine: AsyncEngine, data_dir: Path, plan: SeedPlan, progress: Progress = print_progress
+) -> None:
+    """Write again the seeded files the data directory lost, never touching a good one.
+
+    Images whose file is missing or does not hash to its recorded sha256 are drawn again
+    with the plan's seed and count, and written only where they come out as recorded;
+    SeedMismatch is raised for the others, once the rest is done. The large file is
+    written if it is missing (the database does not record it: the plan decides its bytes)
+    and never read otherwise: hashing 256 MiB on every start would be too slow.
+    """
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(models.images).order_by(models.images.c.id))
+        recorded = [SeedImage(**row._mapping) for row in rows]
+    damaged = damaged_images(data_dir, recorded)
+    unwritten = rewrite_images(data_dir, damaged, plan.images, plan.seed)
+    rewritten = [record for record in damaged if record not in unwritten]
+    if rewritten:
+        progress(f"recreated {len(rewritten)} of {len(recorded)} images: {_names(rewritten)}")
+    large_file = data_dir / "files" / LARGE_FILE_NAME
+    if not large_file.exists():
+        digest = write_large_file(large_file, plan.large_file_bytes, plan.seed)
+        progress(
+            f"recreated {LARGE_FILE_NAME} from --seed {plan.seed} and --large-file-mb "
+            f"({plan.large_file_bytes} bytes, sha256 {digest}); the database does not record "
+            "the original, so these arguments decide its bytes"
+        )
+    elif not damaged:
+        progress(f"all {len(recorded)} images and {LARGE_FILE_NAME} are in place")
+    if unwritten:
+        raise SeedMismatch(
+            f"cannot recreate {len(unwritten)} of {len(recorded)} images "
+            f"({_names(unwritten)}): --seed {plan.seed} --images {plan.images} draw other "
+            "bytes than the database records, so it was seeded with another --seed or "
+            "--images (or another Pillow build). Run exporter seed again with the original "
+            "--seed and --images, or with --reset to seed everything afresh (which replaces "
+            "every user)"
+        )
+
+
+def _names(records: list[SeedImage]) -> str:
+    shown = ", ".join(record.filename for record in records[:NAMES_SHOWN])
+    more = len(records) - NAMES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 async def _clear(conn: AsyncConnection) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import random
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -21,7 +25,7 @@ from sqlalchemy import func, select, text
 from exporter.app import create_app
 from exporter.db import create_engine
 from exporter.models import images, users
-from seed import SeedPlan, seed_database
+from seed import SeedMismatch, SeedPlan, seed_database
 from seed.sqlite import SQLITE_TIMESTAMP, sqlite_rows, sqlite_timestamp
 from seed.users import (
     BIOS,
@@ -38,7 +42,7 @@ from seed.users import (
     draw_users,
     generate_users,
 )
-from tests.conftest import Database, build_database
+from tests.conftest import GOLDEN_ROWS, Database, build_database, scratch_postgres_url
 
 
 async def export(database: Database, fmt: str) -> bytes:
@@ -231,3 +235,167 @@ async def test_a_seeded_postgresql_table_has_planner_statistics(database: Databa
     finally:
         await engine.dispose()
     assert estimate > 0
+
+
+# A populated database whose data directory lost files: seeding again brings them back.
+
+RESEED = SeedPlan(users=300, seed=5, images=4, large_file_bytes=64 * 1024)  # build_database's
+LARGE_FILE = "files/large-file.bin"
+
+
+@pytest.fixture
+async def populated(database: Database, tmp_path: Path) -> Database:
+    """Seeded as ``RESEED`` says, on ``database``'s backend, with files of its own to lose."""
+    url = await scratch_postgres_url("files") if database.backend == "postgresql" else None
+    return await build_database(database.backend, tmp_path, RESEED.users, RESEED.seed, url)
+
+
+def seeded_files(data_dir: Path) -> dict[str, bytes]:
+    paths = [*sorted((data_dir / "images").iterdir()), data_dir / LARGE_FILE]
+    return {str(path.relative_to(data_dir)): path.read_bytes() for path in paths}
+
+
+def file_versions(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each seeded file's inode and mtime: a file written again, even in place, changes."""
+    return {name: (status.st_ino, status.st_mtime_ns)
+            for name in seeded_files(data_dir)
+            for status in [(data_dir / name).stat()]}
+
+
+async def all_users(database: Database) -> list[tuple[Any, ...]]:
+    engine = create_engine(database.url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(select(users).order_by(users.c.id))]
+    finally:
+        await engine.dispose()
+
+
+async def reseed(database: Database, plan: SeedPlan = RESEED) -> list[str]:
+    """Seed the populated database again; the progress messages."""
+    messages: list[str] = []
+    engine = create_engine(database.url)
+    try:
+        assert not await seed_database(engine, database.data_dir, plan, messages.append)
+    finally:
+        await engine.dispose()
+    return messages
+
+
+async def test_seeding_a_populated_database_writes_its_lost_files_back_and_keeps_its_users(
+    populated: Database,
+) -> None:
+    files, rows = seeded_files(populated.data_dir), await all_users(populated)
+    (populated.data_dir / "images" / "avatar-0002.jpg").unlink()
+    (populated.data_dir / LARGE_FILE).unlink()
+    messages = await reseed(populated)
+    assert seeded_files(populated.data_dir) == files
+    assert await all_users(populated) == rows
+    assert len(rows) == RESEED.users + len(GOLDEN_ROWS)
+    said = "\n".join(messages)
+    assert "recreated 1 of 4 images: avatar-0002.jpg" in said
+    assert "recreated large-file.bin" in said and "does not record" in said
+    assert not list(populated.data_dir.rglob("*.part")), "written aside, then renamed"
+
+
+async def test_seeding_a_populated_database_recreates_a_lost_images_directory(
+    populated: Database,
+) -> None:
+    files = seeded_files(populated.data_dir)
+    shutil.rmtree(populated.data_dir / "images")
+    assert "recreated 4 of 4 images" in "\n".join(await reseed(populated))
+    assert seeded_files(populated.data_dir) == files
+
+
+async def test_a_corrupted_image_is_rewritten_and_the_good_ones_are_not_touched(
+    populated: Database,
+) -> None:
+    files = seeded_files(populated.data_dir)
+    corrupted = populated.data_dir / "images" / "avatar-0003.png"
+    corrupted.write_bytes(bytes(len(files["images/avatar-0003.png"])))  # same size, zeros
+    before = file_versions(populated.data_dir)
+    messages = await reseed(populated)
+    assert seeded_files(populated.data_dir) == files
+    after = file_versions(populated.data_dir)
+    assert after.pop("images/avatar-0003.png") != before.pop("images/avatar-0003.png")
+    assert after == before
+    assert "recreated 1 of 4 images: avatar-0003.png" in "\n".join(messages)
+
+
+async def test_seeding_a_whole_data_directory_again_writes_nothing(populated: Database) -> None:
+    before = file_versions(populated.data_dir)
+    messages = await reseed(populated)
+    assert "all 4 images and large-file.bin are in place" in messages[-1]
+    # The large file is not read, let alone hashed, so another size leaves it alone too.
+    await reseed(populated, dataclasses.replace(RESEED, large_file_bytes=1024))
+    assert file_versions(populated.data_dir) == before
+
+
+async def test_images_another_seed_draws_are_not_written_and_the_seeder_says_why(
+    populated: Database,
+) -> None:
+    files = seeded_files(populated.data_dir)
+    (populated.data_dir / "images" / "avatar-0001.png").unlink()
+    engine = create_engine(populated.url)
+    try:
+        with pytest.raises(SeedMismatch) as raised:
+            await seed_database(engine, populated.data_dir, dataclasses.replace(RESEED, seed=6),
+                                progress=lambda _m: None)
+    finally:
+        await engine.dispose()
+    assert "cannot recreate 1 of 4 images (avatar-0001.png)" in str(raised.value)
+    assert "--reset" in str(raised.value) and "--seed" in str(raised.value)
+    assert not (populated.data_dir / "images" / "avatar-0001.png").exists()
+    assert seeded_files(populated.data_dir) == {
+        name: data for name, data in files.items() if name != "images/avatar-0001.png"
+    }
+
+
+async def test_fewer_images_than_recorded_recreate_those_they_draw_and_no_others(
+    populated: Database,
+) -> None:
+    files = seeded_files(populated.data_dir)
+    for name in ("avatar-0001.png", "avatar-0004.jpg"):
+        (populated.data_dir / "images" / name).unlink()
+    engine = create_engine(populated.url)
+    try:
+        with pytest.raises(SeedMismatch, match=r"1 of 4 images \(avatar-0004\.jpg\)"):
+            await seed_database(engine, populated.data_dir,
+                                dataclasses.replace(RESEED, images=2), progress=lambda _m: None)
+    finally:
+        await engine.dispose()
+    restored = populated.data_dir / "images" / "avatar-0001.png"
+    assert restored.read_bytes() == files["images/avatar-0001.png"]
+    assert not (populated.data_dir / "images" / "avatar-0004.jpg").exists()
+
+
+def seed_command(database: Database, *args: str) -> subprocess.CompletedProcess[str]:
+    flags = ["--users", str(RESEED.users), "--images", str(RESEED.images),
+             "--large-file-mb", str(RESEED.large_file_bytes / 1024 / 1024)]
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "seed", *flags, *args], env=database.env(),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_exporter_seed_brings_lost_files_back_and_says_so(populated: Database) -> None:
+    files = seeded_files(populated.data_dir)
+    (populated.data_dir / "images" / "avatar-0004.jpg").unlink()
+    (populated.data_dir / LARGE_FILE).unlink()
+    result = seed_command(populated, "--seed", str(RESEED.seed))
+    assert result.returncode == 0, result.stderr
+    assert "recreated 1 of 4 images: avatar-0004.jpg" in result.stderr
+    assert "recreated large-file.bin" in result.stderr
+    assert seeded_files(populated.data_dir) == files
+
+
+def test_exporter_seed_with_another_seed_recreates_nothing_and_exits_non_zero(
+    populated: Database,
+) -> None:
+    (populated.data_dir / "images" / "avatar-0002.jpg").unlink()
+    result = seed_command(populated, "--seed", str(RESEED.seed + 1))
+    assert result.returncode == 1
+    assert "exporter seed: cannot recreate 1 of 4 images (avatar-0002.jpg)" in result.stderr
+    assert "--reset" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (populated.data_dir / "images" / "avatar-0002.jpg").exists()
