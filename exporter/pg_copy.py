@@ -3,7 +3,9 @@
 ``copy_blocks`` gives an export's rows as blocks of whole rows, already in their final form,
 byte for byte what ``formats`` makes of the same rows (the header, the JSON array's brackets
 and separators between blocks are left to the encoder). Python only fixes COPY's output up
-with a bytes method or two per chunk, so the export runs at COPY's speed.
+with a bytes method or two per chunk, so the export runs at COPY's speed. ``copy_ranges``
+gives the same blocks from several connections in one snapshot, each COPYing a range of ids
+in turn, so that the rendering, the server's work, runs in several server processes.
 
 CSV: ``COPY ... (FORMAT csv)`` quotes exactly the fields ``csv.writer`` quotes (those holding
 a comma, a quote, CR or LF) and doubles quotes the same way. It differs in three places:
@@ -374,8 +376,7 @@ def _plan(planner: AsyncConnection, query: ExportQuery, range_rows: int
     plan = DriverStatement(build_plan(query), planner.dialect)
 
     async def step(after: int, rows: int) -> tuple[int | None, int]:
-        # On the driver, as the COPYs are: asyncpg cancels a query cleanly when a
-        # disconnect cancels the export mid-plan, and the snapshot's rollback follows.
+        # On the driver, as the COPYs are: one row needs none of SQLAlchemy's result.
         driver = await _driver_in_snapshot(planner)
         until, count = await driver.fetchrow(
             plan.sql, *plan.arguments(batch_after=after, batch_rows=rows)
