@@ -458,33 +458,32 @@ class Bench:
     # ---- SQLite: downloads, memory, health, large file
 
     def sqlite_stage(self) -> None:
+        self.stage(["mem_idle", "mem_growth"], self.memory)
         with self.exporter_server("exporter") as (base, proc):
-            self.stage(["mem_idle", "mem_growth"], lambda: self.memory(base, proc.pid))
             self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
             self.stage(["health"], lambda: self.health(base))
             self.stage(["large_file"], lambda: self.large_file(base))
 
-    def memory(self, base: str, pid: int) -> None:
-        self.say("memory: idle, 100k-row and all-row CSV exports")
-        curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)  # warm: imports, pools
-        time.sleep(0.5)
-        with RssSampler(pid) as idle:
-            time.sleep(1.0)
+    def memory(self) -> None:
+        """Peak RSS only ever rises (freed memory mostly stays with the allocator), so each
+        measured export gets a fresh server, warmed up by the same 100k-row export: the
+        100k and full runs then differ only in rows, and nothing one run kept can hide in
+        another's peak."""
+        self.say("memory: idle, 100k-row and all-row CSV exports, each on a fresh server")
         slice_rows = min(MEMORY_SLICE_ROWS, self.users)
-        # Peak RSS only ever rises (freed memory mostly stays with the allocator), and a
-        # first full export lifts it by ~10 MB of allocator and page-cache warm-up that a
-        # first 100k export does not reach: measured cold, the 100k runs would be compared
-        # with warm full ones. One full export first, then, so that the two differ only in
-        # rows. The idle figure above is taken before it, so "above idle" includes it.
-        curl(f"{base}/exports/users.csv", self.args.timeout)
+        small_path = f"/exports/users.csv?limit={slice_rows}"
+        with self.exporter_server("exporter-idle") as (base, proc):
+            curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)  # imports, pools
+            time.sleep(0.5)
+            with RssSampler(proc.pid) as idle:
+                time.sleep(1.0)
         for _ in range(self.args.runs):
-            with RssSampler(pid) as small:
-                curl(f"{base}/exports/users.csv?limit={slice_rows}", self.args.timeout)
-            self.record("rss_100k_mb", small.peak_mb)
-        for _ in range(self.args.runs):
-            with RssSampler(pid) as full:
-                curl(f"{base}/exports/users.csv", self.args.timeout)
-            self.record("rss_full_mb", full.peak_mb)
+            for key, path in (("rss_100k_mb", small_path), ("rss_full_mb", "/exports/users.csv")):
+                with self.exporter_server("exporter-memory") as (base, proc):
+                    curl(f"{base}{small_path}", self.args.timeout)  # the same warm-up
+                    with RssSampler(proc.pid) as peak:
+                        curl(f"{base}{path}", self.args.timeout)
+                self.record(key, peak.peak_mb)
         idle_mb = idle.peak_mb
         self.raw["rss_idle_mb"] = [idle_mb]
         small_mb, full_mb = self.median("rss_100k_mb"), self.median("rss_full_mb")
@@ -982,9 +981,10 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
   per yield), `/users.ndjson`; {plural(args.naive_runs, "run")} (`--naive-runs`: each takes
   minutes and the row has no target); the first run's body is kept and its lines counted.
 - Memory: `VmRSS` of the server process every 50 ms. Idle is the peak over 1 s after a
-  10-row warm-up export; then one full export (peak RSS only rises: without it, cold 100k
-  runs would be compared with warm full ones), {args.runs} exports of `?limit=100000` and
-  {args.runs} full exports (CSV), each run's peak, medians compared.
+  10-row warm-up export; then {args.runs} exports of `?limit=100000` and {args.runs} full
+  exports (CSV), each on a fresh server warmed up by one `?limit=100000` export (peak RSS
+  only rises, so runs on one server would hide each other), each run's peak, medians
+  compared.
 - `/health`: {CONCURRENT_EXPORTS} concurrent full CSV downloads (curl) while one persistent
   httpx client requests `/health` every 10 ms until they finish; p50/p99 per run, medians.
 - Large file: `curl` of `/files/large-file.bin` from the exporter (n/a while that endpoint is
