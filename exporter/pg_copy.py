@@ -45,7 +45,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import ColumnElement, Select, Text, cast, func, literal_column
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.db import DriverStatement
 from exporter.formats import Block
@@ -352,8 +352,10 @@ async def copy_ranges(
             running.popleft()
             await start(reader)
     except Exception:
-        for conn, driver in zip(readers, drivers, strict=True):
-            if driver.is_closed():
+        # Tell SQLAlchemy of every closed connection, the planner's too, or the snapshot's
+        # rollback fails on it and hides the error that closed it.
+        for conn in (planner, *readers):
+            if not conn.invalidated and await _is_closed(conn):
                 await conn.invalidate()
         raise
     finally:
@@ -363,6 +365,21 @@ async def copy_ranges(
                     await _close(readers[reader], drivers[reader], copy)
         finally:
             await ranges.aclose()
+
+
+async def _is_closed(conn: AsyncConnection) -> bool:
+    driver = (await conn.get_raw_connection()).driver_connection
+    return driver is None or bool(driver.is_closed())
+
+
+async def ends_idle_transactions(engine: AsyncEngine) -> bool:
+    """Whether the server ends a transaction left idle for a while
+    (``idle_in_transaction_session_timeout``). ``copy_ranges``' connections wait idle in
+    their transactions while a slow client reads (a range done early, the planner), so on
+    such a server an export takes one COPY on one connection, which stays busy."""
+    async with engine.connect() as conn:
+        setting = await conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
+        return str(setting.scalar_one()) not in ("0", "0ms")
 
 
 def range_statement(query: ExportQuery, fmt: str) -> Select[Any]:

@@ -32,13 +32,14 @@ from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
 from exporter.errors import ExportsBusy
 from exporter.formats import FORMATS, Block
-from exporter.pg_copy import copy_blocks, copy_ranges
+from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count
 
 log = logging.getLogger("exporter.streaming")
 
 ChunkStream = AsyncGenerator[bytes, None]
 GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's way of asking for a gzip header and trailer
+CLOSE_WAIT = 10.0  # seconds a closed export may take to unwind (stop its reads, roll back)
 # A COPY costs a round trip or two to start: PostgreSQL's ranges are this many batches long.
 PG_RANGE_BATCHES = 4
 
@@ -113,6 +114,9 @@ async def _blocks(
     """The export's blocks, by each backend's fastest route, and a connection in the same
     snapshot to count on: SQLite's parallel readers (cursors.py), PostgreSQL's COPY
     (pg_copy.py)."""
+    if readers > 1 and backend_name(engine) == "postgresql" \
+            and await ends_idle_transactions(engine):
+        readers = 1
     # One reader plans and renders on one connection; more readers need a planner of their
     # own, so that planning never waits behind a batch.
     async with shared_snapshot(engine, readers + 1 if readers > 1 else 1) as (
@@ -218,7 +222,8 @@ class PrimedStream:
     anyio cancels again at every await until the scope is left: code unwinding inside the
     stream (stopping COPYs, rolling back the snapshot) would be cut short at each step,
     and a connection could go back to the pool mid-transaction. Shielded, the chunk being
-    made finishes, and ``aclose``, outside the scope, ends the stream in order."""
+    made goes on until ``aclose``, outside the scope, cancels it once, so that the stream
+    unwinds in order."""
 
     def __init__(self, first: bytes, rest: ChunkStream) -> None:
         self.first = first
@@ -239,10 +244,17 @@ class PrimedStream:
             yield chunk
 
     async def aclose(self) -> None:
-        if self.step is not None:
-            await asyncio.wait({self.step})  # it may still run, shielded
-            if not self.step.cancelled():
-                self.step.exception()  # retrieved: it was raised in _iterate, or is moot
+        step = self.step
+        if step is not None and not step.done():
+            # Cancelled once, outside Starlette's scope, the stream unwinds in order.
+            step.cancel()
+            await asyncio.wait({step}, timeout=CLOSE_WAIT)
+            if not step.done():
+                log.error("an export did not end within %s s of being closed; it is left "
+                          "to end on its own", CLOSE_WAIT)
+                return
+        if step is not None and not step.cancelled():
+            step.exception()  # retrieved: it was raised in _iterate, or is moot now
         await self.rest.aclose()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, make_url, select, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,7 +23,7 @@ from exporter.db import DriverStatement, create_engine, shared_snapshot, snapsho
 from exporter.models import users
 from exporter.pg_copy import Block, copy_blocks, copy_ranges, copy_statement
 from exporter.queries import ExportQuery, parse_export_query
-from exporter.streaming import open_export
+from exporter.streaming import export_chunks, open_export
 from tests.conftest import (
     GOLDEN_AFTER_ID,
     SEED,
@@ -484,3 +484,54 @@ async def test_closing_ranges_early_leaves_every_connection_idle_and_reusable(
             assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() in pids
     finally:
         await engine.dispose()
+
+
+async def test_a_terminated_planner_raises_its_own_error_not_the_rollbacks(
+    big: Database,
+) -> None:
+    engine = create_engine(big.url)
+    try:
+        with pytest.raises(Exception) as raised:
+            async with shared_snapshot(engine, 3) as (planner, *renderers):
+                pid = (await planner.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                blocks = copy_ranges(planner, renderers, ExportQuery(), "csv",
+                                     chunk_bytes=65536, range_rows=5_000)
+                async with aclosing(blocks):
+                    await anext(blocks)
+                    await terminate(pid)
+                    async for _ in blocks:
+                        pass
+        assert "rollback" not in str(raised.value), raised.value
+        assert "terminat" in str(raised.value) or "closed" in str(raised.value), raised.value
+        blocks_after = await ranged(engine, query_of("after_id=900000&limit=10"), "csv", 3)
+        assert sum(rows for rows, _ in blocks_after) == 10
+    finally:
+        await engine.dispose()
+
+
+async def test_a_slow_reader_on_a_server_that_ends_idle_transactions_gets_every_row(
+    big: Database,
+) -> None:
+    name = make_url(big.url).database
+    admin = create_engine(big.url)
+    async with admin.connect() as conn:
+        await conn.execute(text(f'ALTER DATABASE "{name}" '
+                                "SET idle_in_transaction_session_timeout = '500ms'"))
+        await conn.commit()
+    engine = create_engine(big.url)  # new connections: the setting applies to them
+    try:
+        chunks = export_chunks(engine, ExportQuery(), "csv", batch_rows=5_000,
+                               chunk_bytes=65536, readers=2)
+        async with aclosing(chunks):
+            body = [await anext(chunks)]
+            await asyncio.sleep(1.5)  # past the timeout: a range reader would sit idle
+            body += [chunk async for chunk in chunks]
+        rows = rows_of_export("csv", b"".join(body))
+        assert rows == BULK_ROWS + SEEDED_USERS + 4  # the golden rows too
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f'ALTER DATABASE "{name}" '
+                                    "RESET idle_in_transaction_session_timeout"))
+            await conn.commit()
+        await admin.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -51,6 +52,55 @@ async def test_a_response_closes_its_stream_when_the_client_disconnects() -> Non
     await asyncio.wait_for(response({"type": "http", "asgi": {}}, receive, send), 5)
     assert source.closed
     assert not any(m.get("more_body") is False for m in sent), "must not look complete"
+
+
+class SlowSource:
+    """A stream that waits inside itself for its next chunk (a read in progress), and whose
+    cleanup takes several awaits, as stopping reads and rolling back a snapshot do."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.cleaned = False
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            while True:
+                yield b"x" * 10
+                await asyncio.sleep(self.wait)
+        finally:
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+            self.cleaned = True
+
+
+async def disconnect_during(response: ExportResponse, scope: dict[str, Any]) -> float:
+    """Run the response, disconnect once its first chunk is sent; seconds until it ends."""
+    sent = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("body"):
+            sent.set()
+
+    started = time.monotonic()
+    await asyncio.wait_for(response(scope, receive, send), 5)
+    return time.monotonic() - started
+
+
+async def test_a_disconnect_lets_the_stream_clean_up_in_full_and_at_once() -> None:
+    # Below ASGI 2.4 (uvicorn says 2.3) Starlette streams in an anyio task group and cancels
+    # its scope on a disconnect: anyio then cancels every await in that scope again, which
+    # would cut the stream's cleanup short (a connection back in the pool mid-transaction).
+    source = SlowSource(wait=30)
+    stream = source.chunks()
+    response = ExportResponse(await prime(stream))
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
+    took = await disconnect_during(response, scope)
+    assert source.cleaned, "the cleanup ran to its end"
+    assert took < 2, "the read in progress was stopped, not waited for"
 
 
 async def test_a_failure_before_the_first_chunk_is_raised_by_prime() -> None:
