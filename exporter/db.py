@@ -76,6 +76,13 @@ def uncount_sqlite_memory() -> bool:
     with _memory_counting:
         if _memory_uncounted is None:
             _memory_uncounted = _uncount_sqlite_memory()
+            if not _memory_uncounted:
+                log.warning(
+                    "SQLite's memory count stays on (a connection was already open, or "
+                    "Python's SQLite is not libsqlite3.so.0): several SQLite readers take "
+                    "turns rather than render at once; EXPORTER_SQLITE_READERS=1 then gives "
+                    "the same speed for half the CPU"
+                )
         return _memory_uncounted
 
 
