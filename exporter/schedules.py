@@ -7,10 +7,12 @@ update matched inserts the job, in the same transaction, and the unique constrai
 
 The job is for the latest scheduled time that has passed, and ``next_run_at`` moves to the
 first time after now: a worker that was down (or late) makes one catch-up run, never one
-per missed time. Workers sleep until the next time due, so on time they miss none. A time
-that comes while the schedule's previous job is still queued or running makes its job all
-the same (the contract: one job per scheduled time), and a warning says the schedule is
-falling behind: a schedule faster than its export queues its jobs.
+per missed time (a choice: the contract's "one job per scheduled time" is kept for every
+time that comes while a worker runs; a backlog of stale runs after an outage is not).
+Workers sleep until the next time due, so on time they miss none. A time that comes while
+the schedule's previous job is still queued or running makes its job all the same (the
+contract: one job per scheduled time), and a warning says the schedule is falling behind:
+a schedule faster than its export queues its jobs.
 
 Cron expressions are croniter's: five fields (minute hour day-of-month month day-of-week),
 or six with seconds as the sixth, last field (``* * * * * */2``: every two seconds), or an

@@ -465,8 +465,9 @@ def test_seconds_schedules_fire_once_per_tick_and_keep_only_keep_last(shared: Se
     may = ticks("* * * * * */2", created, stopped)
     assert_each_time_fired_once(fired, must, may)
     assert len(must) >= 3
-    # keep_last=2: only the newest two succeeded runs stayed (and the one in flight).
-    assert len(kept) <= 3, kept
+    # keep_last=2: only the newest two succeeded runs stayed (and those queued or running:
+    # with a job per tick, more than one may be in flight on a loaded machine).
+    assert sum(job["status"] == "succeeded" for job in kept) <= 2, kept
     oldest = min(seen.values(), key=lambda job: job["scheduled_for"])
     assert oldest["id"] not in {job["id"] for job in kept}, "the oldest run was removed"
     # Every file on disk belongs to a job that is listed as succeeded.
