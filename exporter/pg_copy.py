@@ -295,8 +295,7 @@ async def copy_blocks(
             async for block in blocks:
                 yield block
     except Exception:
-        if driver.is_closed():  # tell SQLAlchemy, or its rollback fails on it too
-            await conn.invalidate()
+        await _invalidate_closed(conn)
         raise
     finally:
         await _end(conn, driver, copy)
@@ -352,11 +351,7 @@ async def copy_ranges(
             running.popleft()
             await start(reader)
     except Exception:
-        # Tell SQLAlchemy of every closed connection, the planner's too, or the snapshot's
-        # rollback fails on it and hides the error that closed it.
-        for conn in (planner, *readers):
-            if not conn.invalidated and await _is_closed(conn):
-                await conn.invalidate()
+        await _invalidate_closed(planner, *readers)
         raise
     finally:
         try:
@@ -367,9 +362,15 @@ async def copy_ranges(
             await ranges.aclose()
 
 
-async def _is_closed(conn: AsyncConnection) -> bool:
-    driver = (await conn.get_raw_connection()).driver_connection
-    return driver is None or bool(driver.is_closed())
+async def _invalidate_closed(*connections: AsyncConnection) -> None:
+    """Tell SQLAlchemy of each connection the error closed (the planner's too), or the
+    snapshot's rollback fails on it and hides the error that closed it."""
+    for conn in connections:
+        if conn.invalidated:
+            continue
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is None or driver.is_closed():
+            await conn.invalidate()
 
 
 async def ends_idle_transactions(engine: AsyncEngine) -> bool:
