@@ -229,9 +229,9 @@ class Settings(BaseSettings):
     def connections_per_export(self) -> int:
         """Most connections one export holds: its readers, its planner, and on SQLite for a
         moment the lock that lines their snapshots up."""
-        if self.resolved_database_url.startswith("sqlite"):
-            return self.sqlite_readers + 2 if self.sqlite_readers > 1 else 1
-        return self.postgres_readers + 1 if self.postgres_readers > 1 else 1
+        if self.readers == 1:
+            return 1
+        return self.readers + (2 if self.resolved_database_url.startswith("sqlite") else 1)
 
     @property
     def readers(self) -> int:
