@@ -31,7 +31,7 @@ from exporter.config import Settings
 from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
 from exporter.errors import ExportsBusy
-from exporter.formats import FORMATS, Block
+from exporter.formats import FORMATS, Block, Encoder
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count
 
@@ -79,7 +79,9 @@ async def export_chunks(
     """
     progress = progress or Progress()
     encoder = FORMATS[fmt](query.fields)
-    async with _blocks(engine, query, fmt, batch_rows, chunk_bytes, readers) as (conn, blocks):
+    async with _blocks(engine, query, encoder, fmt, batch_rows, chunk_bytes, readers) as (
+        conn, blocks
+    ):
         if count:
             count_rows = build_count(query, backend_name(engine))
             progress.total = (await conn.execute(count_rows)).scalar_one()
@@ -106,6 +108,7 @@ async def export_chunks(
 async def _blocks(
     engine: AsyncEngine,
     query: ExportQuery,
+    encoder: Encoder,
     fmt: str,
     batch_rows: int,
     chunk_bytes: int,
@@ -123,7 +126,6 @@ async def _blocks(
         planner, *renderers
     ):
         if backend_name(engine) == "sqlite":
-            encoder = FORMATS[fmt](query.fields)
             readers_ = renderers or [planner]
             yield planner, sqlite_blocks(planner, readers_, query, encoder, batch_rows)
         elif renderers:
