@@ -132,7 +132,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             f"the database could not be used ({cause}); GET /ready tells whether it is "
             "reachable and migrated"
         )
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exporter.db import DriverStatement
+from exporter.db import DriverStatement, driver_connection
 from exporter.formats import Block, Encoder
 from exporter.queries import ExportQuery, Planned, build_batch, build_plan, plan_ranges
 
@@ -38,7 +38,7 @@ def plan_batches(
     plan = DriverStatement(build_plan(query), planner.dialect)
 
     async def step(after: int, rows: int) -> tuple[int | None, int]:
-        driver = await _driver(planner)
+        driver = await driver_connection(planner)
         [(until, count)] = await driver.execute_fetchall(
             plan.sql, plan.arguments(batch_after=after, batch_rows=rows)
         )
@@ -56,7 +56,7 @@ async def sqlite_blocks(
 ) -> AsyncGenerator[Block, None]:
     """The export's batches, rendered in turn by each reader: with two readers SQLite
     renders on two cores. Every connection is in the same snapshot (db.shared_snapshot)."""
-    drivers = [await _driver(conn) for conn in readers]
+    drivers = [await driver_connection(conn) for conn in readers]
     render = DriverStatement(
         build_batch(query, encoder.shape, encoder.separator.decode()),
         planner.dialect,
@@ -95,12 +95,6 @@ async def sqlite_blocks(
         # Queued batches still run on the readers' threads: let them end first.
         await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
         await plan.aclose()
-
-
-async def _driver(conn: AsyncConnection) -> Any:
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None
-    return driver
 
 
 def check_utf8(block: bytes) -> None:

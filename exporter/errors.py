@@ -17,8 +17,9 @@
     ├── RangeNotSatisfiable       416  no range of the Range header lies within the file
     │                                  (with Content-Range: bytes */<size>)
     ├── ExportsBusy               503  every export slot is taken (with Retry-After)
-    └── DatabaseUnavailable       503  the database could not be reached (or no pooled
-                                       connection was free) before the first byte was sent
+    └── DatabaseUnavailable       503  the database could not be reached, was busy, or no
+                                       pooled connection was free, before the first byte
+                                       was sent (with Retry-After)
     anything else                 500  a bug: JSON too, and logged
 
 The body is always JSON: ``{"error": code, "message": ..., **details}``. A failure after
@@ -29,6 +30,7 @@ the connection instead, so that the client sees an incomplete body.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,9 +38,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 # Raised before the first byte, these mean "the database cannot serve us now": 503.
+# sqlite3's own: the SQLite routes call the driver directly (cursors.py, db.py).
 DATABASE_UNREACHABLE = (
     OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError,
+    sqlite3.OperationalError,
 )
+DATABASE_RETRY_AFTER = 1  # seconds: a busy or restarting database is often back by then
 
 ECHO_LIMIT = 200  # characters of a client's value or header quoted back in an error
 
@@ -190,3 +195,6 @@ class ExportsBusy(ExporterError):
 class DatabaseUnavailable(ExporterError):
     status = 503
     code = "database_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(DATABASE_RETRY_AFTER)}
