@@ -15,12 +15,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from exporter.auth import Access
+from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
 from exporter.metrics import Metrics
-from exporter.routes import exports, files, jobs, ops, pages, schedules
+from exporter.routes import exports, files, jobs, ops, pages, schedules, tables
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
 from exporter.worker import Worker
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sqlite_nice=settings.sqlite_nice,
         )
         app.state.engine = engine
+        app.state.catalog = Catalog.from_settings(engine, settings)
         app.state.schema_revision = head_revision()
         app.state.metrics = Metrics(engine)
         app.state.export_slots = ExportSlots(
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _log_access(settings)
         try:
             if settings.run_worker:  # raises, and the service does not start, if it cannot run
-                worker = Worker(engine, settings, app.state.metrics)
+                worker = Worker(engine, settings, app.state.metrics, app.state.catalog)
                 worker.start()
                 app.state.worker = worker
             yield
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys=[key.get_secret_value() for key in settings.api_keys],
         allow_open=settings.allow_open,
     )
+    app.include_router(tables.router)
     app.include_router(exports.router)
     app.include_router(files.router)
     app.include_router(jobs.router)

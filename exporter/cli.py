@@ -16,11 +16,12 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from exporter.auth import listen_refusal
+from exporter.catalog import Catalog
 from exporter.config import Settings, describe, load_settings
 from exporter.db import create_engine, migrate
-from exporter.errors import InvalidParameter
-from exporter.formats import FORMATS
-from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
+from exporter.errors import InvalidParameter, NotFound
+from exporter.formats import FORMATS, Format
+from exporter.params import parse_query
 from exporter.streaming import open_export
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,12 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = commands.add_parser("export", help="write an export without HTTP")
+    export.add_argument("--table", default="users", help="table or view (default users)")
     export.add_argument("--format", required=True, choices=sorted(FORMATS))
     export.add_argument("--out", default="-", help="file to write, or - for stdout (default)")
-    for name in PARAMETERS:
+    for name in NAMED_PARAMETERS:
         export.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
                             help=f"as the {name}= query parameter")
+    export.add_argument(
+        "--where", action="append", default=[], metavar="NAME=VALUE",
+        help="any other query parameter, e.g. --where 'created_at__gte=2024-01-01' "
+             "(repeatable)",
+    )
     return parser
+
+
+# Options of their own; any other parameter goes through --where.
+NAMED_PARAMETERS = ("fields", "limit", "after", "after_id", "country", "plan", "is_active",
+                    "created_from", "created_to")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,14 +194,17 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
-    pairs = [(name, getattr(args, name)) for name in PARAMETERS if getattr(args, name) is not None]
-    try:
-        query = parse_export_query(pairs)
-    except InvalidParameter as exc:
-        print(f"exporter export: --{exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+    pairs = [(name, getattr(args, name)) for name in NAMED_PARAMETERS
+             if getattr(args, name) is not None]
+    for item in args.where:
+        name, equals, value = item.partition("=")
+        if not equals:
+            print(f"exporter export: --where {item!r} is not NAME=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        pairs.append((name, value))
+    fmt = FORMATS[args.format]
     if args.out == "-":
-        return asyncio.run(_write_export(settings, args.format, query, sys.stdout.buffer))
+        return asyncio.run(_write_export(settings, args.table, pairs, fmt, sys.stdout.buffer))
     # Written aside and renamed, so that a failed export never looks like a complete file.
     target = Path(args.out)
     partial = target.with_name(f".{target.name}.part")
@@ -199,7 +214,7 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with partial.open("wb") as out:
-            status = asyncio.run(_write_export(settings, args.format, query, out))
+            status = asyncio.run(_write_export(settings, args.table, pairs, fmt, out))
             out.flush()
             os.fsync(out.fileno())
         if status == 0:
@@ -210,9 +225,18 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _write_export(
-    settings: Settings, fmt: str, query: ExportQuery, out: BinaryIO
+    settings: Settings, table_name: str, pairs: list[tuple[str, str]], fmt: type[Format],
+    out: BinaryIO,
 ) -> int:
     engine = create_engine(settings.resolved_database_url)
+    try:
+        table = await Catalog.from_settings(engine, settings).get(table_name)
+        query = parse_query(table, pairs)
+    except (InvalidParameter, NotFound) as exc:
+        prefix = "--" if isinstance(exc, InvalidParameter) else "--table: "
+        print(f"exporter export: {prefix}{exc.message}", file=sys.stderr)
+        await engine.dispose()
+        return EXIT_USAGE
     try:
         async with aclosing(open_export(engine, query, fmt, settings)) as chunks:
             async for chunk in chunks:

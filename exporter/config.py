@@ -39,6 +39,28 @@ class Settings(BaseSettings):
             "For scale-out: postgresql+asyncpg://user@host/db."
         ),
     )
+    tables: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*",),
+        description=(
+            "The tables and views that can be listed and exported, separated by commas; "
+            "shell-style globs (`orders,report_*`). Default: every table and view of the "
+            "database (on PostgreSQL, of its current schema)."
+        ),
+    )
+    hidden_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Columns never listed, exported, filtered on or resumed on, as `table.column`, "
+            "separated by commas; globs in either part (`users.password_hash,*.secret_*`)."
+        ),
+    )
+    catalog_refresh_seconds: float = Field(
+        2.0, ge=0,
+        description=(
+            "How old the list of tables and columns may get: a table or column added while "
+            "the service runs is exported within this many seconds."
+        ),
+    )
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
         description=(
@@ -192,6 +214,24 @@ class Settings(BaseSettings):
                 f"it must start with one of {', '.join(allowed)}"
             )
         return url
+
+    @field_validator("tables", "hidden_columns", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: one string, comma-separated
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("hidden_columns")
+    @classmethod
+    def _table_dot_column(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if "." not in item.strip("."):
+                raise ValueError(
+                    f"{item!r} is not table.column; name each hidden column with its table, "
+                    "e.g. users.password_hash (or *.password_hash for every table)"
+                )
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ Every route yields ``Block``s, ``(rows, bytes)``, joined by the export's encoder
 caller's snapshot transaction; closing the generator stops the read and leaves the
 connection free for the caller to end the transaction.
 
-- SQLite: batches planned by id on one connection and rendered, each by one statement
+- SQLite: batches planned by key on one connection and rendered, each by one statement
   step that joins its rows (``group_concat``), in turn by several readers sharing one
   snapshot, through the driver (aiosqlite) with ``AHEAD`` batches queued on each reader's
   thread. SQLite releases the GIL for a whole batch, so two readers render on two cores
@@ -21,11 +21,23 @@ from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+from sqlalchemy import LargeBinary, cast, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.db import DriverStatement, driver_connection
-from exporter.formats import Block, Encoder
-from exporter.queries import ExportQuery, Planned, build_batch, build_plan, plan_ranges
+from exporter.formats import Block, Format
+from exporter.queries import (
+    ExportQuery,
+    Keyed,
+    Planned,
+    build_batch,
+    build_plan,
+    build_statement,
+    key_arguments,
+    order_key,
+    plan_ranges,
+    plan_row,
+)
 
 AHEAD = 2  # batches queued per reader: enough to keep each one busy
 
@@ -33,16 +45,16 @@ AHEAD = 2  # batches queued per reader: enough to keep each one busy
 def plan_batches(
     planner: AsyncConnection, query: ExportQuery, batch_rows: int
 ) -> AsyncGenerator[Planned, None]:
-    """Split the export into batches of ``batch_rows`` rows by reading ids only (on its own
+    """Split the export into batches of ``batch_rows`` rows by reading keys only (on its own
     connection, so that planning never waits behind a batch)."""
-    plan = DriverStatement(build_plan(query), planner.dialect)
+    plan = Keyed(lambda first: build_plan(query, "sqlite", first), planner.dialect)
 
-    async def step(after: int, rows: int) -> tuple[int | None, int]:
+    async def step(after: tuple[Any, ...] | None, rows: int
+                   ) -> tuple[tuple[Any, ...] | None, int]:
         driver = await driver_connection(planner)
-        [(until, count)] = await driver.execute_fetchall(
-            plan.sql, plan.arguments(batch_after=after, batch_rows=rows)
-        )
-        return until, count
+        sql, arguments = plan.call(after, batch_rows=rows)
+        found = await driver.execute_fetchall(sql, arguments)
+        return plan_row(found[0] if found else None)
 
     return plan_ranges(step, query, batch_rows)
 
@@ -51,14 +63,20 @@ async def sqlite_blocks(
     planner: AsyncConnection,
     readers: Sequence[AsyncConnection],
     query: ExportQuery,
-    encoder: Encoder,
+    fmt: Format,
     batch_rows: int,
 ) -> AsyncGenerator[Block, None]:
     """The export's batches, rendered in turn by each reader: with two readers SQLite
-    renders on two cores. Every connection is in the same snapshot (db.shared_snapshot)."""
+    renders on two cores. Every connection is in the same snapshot (db.shared_snapshot).
+    A view without a key has nothing to cut batches by: its rows are read in one statement
+    (``sqlite_rows``)."""
+    if not order_key(query, "sqlite"):
+        async for block in sqlite_rows(planner, query, fmt, batch_rows):
+            yield block
+        return
     drivers = [await driver_connection(conn) for conn in readers]
-    render = DriverStatement(
-        build_batch(query, encoder.shape, encoder.separator.decode()),
+    render = Keyed(
+        lambda first: build_batch(query, fmt.shape, fmt.separator.decode(), first),
         planner.dialect,
     )
     plan = plan_batches(planner, query, batch_rows)
@@ -70,8 +88,8 @@ async def sqlite_blocks(
         # reader run back to back, whatever the loop is doing.
         planned = await anext(plan, None)
         if planned is not None:
-            arguments = render.arguments(batch_after=planned.after, batch_until=planned.until)
-            fetch = next(turns).execute_fetchall(render.sql, arguments)
+            sql, arguments = render.call(planned.after, **key_arguments("until", planned.until))
+            fetch = next(turns).execute_fetchall(sql, arguments)
             pending.append((asyncio.ensure_future(fetch), planned))
 
     try:
@@ -83,18 +101,35 @@ async def sqlite_blocks(
             pending.popleft()
             if rows != planned.rows:
                 raise RuntimeError(
-                    f"the batch after id {planned.after} gave {rows} lines for "
+                    f"the batch after key {planned.after} gave {rows} lines for "
                     f"{planned.rows} planned rows: a row rendered as NULL, or the readers "
                     "do not share one snapshot"
                 )
             await submit()
-            block = data + encoder.terminator
+            block = data + fmt.terminator
             check_utf8(block)
             yield rows, block
     finally:
         # Queued batches still run on the readers' threads: let them end first.
         await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
         await plan.aclose()
+
+
+async def sqlite_rows(
+    conn: AsyncConnection, query: ExportQuery, fmt: Format, batch_rows: int
+) -> AsyncGenerator[Block, None]:
+    """Rows of one statement, ``batch_rows`` at a time, each rendered by SQLite: for what
+    has no key to batch by. Slower than batches (a fetch takes the GIL for every row)."""
+    rows = build_statement(query, "sqlite", fmt.shape).subquery()
+    statement = DriverStatement(select(cast(rows.c[0], LargeBinary)), conn.dialect)
+    driver = await driver_connection(conn)
+    async with driver.execute(statement.sql, statement.arguments()) as cursor:
+        while found := await cursor.fetchmany(batch_rows):
+            if any(row is None for (row,) in found):
+                raise RuntimeError("a row rendered as NULL")
+            block = fmt.separator.join(row for (row,) in found) + fmt.terminator
+            check_utf8(block)
+            yield len(found), block
 
 
 def check_utf8(block: bytes) -> None:

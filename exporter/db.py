@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from exporter import render
+
 log = logging.getLogger("exporter.db")
 
 BUSY_TIMEOUT_MS = 5000  # how long a SQLite statement waits for a lock before it fails
@@ -123,6 +125,10 @@ def _configure_sqlite(engine: AsyncEngine, nice: int) -> None:
         if nice:
             _lower_priority(dbapi_connection.driver_connection, nice)
         dbapi_connection.isolation_level = None
+        # SQLite has no base64 of its own; bytes columns are rare, so a Python function will do.
+        dbapi_connection.create_function(
+            render.BASE64, 1, render.sqlite_base64, deterministic=True
+        )
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)

@@ -27,17 +27,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from exporter.errors import Conflict, InvalidParameter, NotFound, echo
-from exporter.formats import FORMATS
+from exporter.catalog import Catalog
+from exporter.errors import Conflict, InvalidParameter, NotFound
+from exporter.formats import FORMATS, Format
 from exporter.models import export_jobs, utc_values
-from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
+from exporter.params import parse_query
+from exporter.queries import ExportQuery
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
     "queued", "running", "succeeded", "failed", "canceled", "expired",
 )
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED)
 FINISHED = (SUCCEEDED, FAILED, CANCELED, EXPIRED)
-FILTERS = tuple(name for name in PARAMETERS if name != "fields")
 GZIP_MEDIA_TYPE = "application/gzip"
 ERROR_LIMIT = 2000  # characters of an exception kept as a failed job's error
 
@@ -47,6 +48,9 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    table: Annotated[str, Field(
+        min_length=1, description="The table or view to export (GET /tables lists them).",
+    )] = "users"
     format: Literal["csv", "ndjson", "json"]
     fields: Annotated[
         list[str] | None,
@@ -56,8 +60,9 @@ class JobRequest(BaseModel):
     filters: Annotated[
         dict[str, Any],
         Field(description=(
-            f"Any of {', '.join(FILTERS)}, with the values of the export query parameters: "
-            "a string, a whole number, true/false, or a list of strings for a comma list."
+            "The export's query parameters but fields (col, col__gt, col__isnull, after, "
+            "limit...), each with a string, a number, true/false, or a list of strings for "
+            "a comma list."
         )),
     ] = {}
     compression: Literal["none", "gzip"] = "none"
@@ -71,30 +76,21 @@ class JobRequest(BaseModel):
                                        "give each field as its own list item")
         filters: dict[str, str] = {}
         for name, value in self.filters.items():
-            if name not in FILTERS:
-                reason = (
-                    "fields is not a filter; give it as the top-level fields list"
-                    if name == "fields" else "unknown filter"
+            if name == "fields":
+                raise InvalidParameter(
+                    "filters.fields", value,
+                    "fields is not a filter; give it as the top-level fields list",
                 )
-                raise InvalidParameter(f"filters.{echo(name)}", value, reason, FILTERS)
-            text = _query_value(name, value)
-            try:
-                parse_export_query([(name, text)])
-            except InvalidParameter as exc:
-                raise exc.within("filters") from None
-            filters[name] = text
-        spec = JobSpec(
-            self.format, tuple(self.fields) if self.fields else None, filters, self.compression
-        )
-        spec.query()  # the filters together (created_to before created_from) and the fields
-        return spec
+            filters[name] = _query_value(name, value)
+        return JobSpec(self.format, tuple(self.fields) if self.fields else None, filters,
+                       self.compression, self.table)
 
 
 def _query_value(name: str, value: Any) -> str:
     """A JSON filter value as the query string would give it."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str | int):
+    if isinstance(value, str | int | float):
         return str(value)
     if isinstance(value, list) and all(
         isinstance(item, str) and "," not in item for item in value
@@ -115,6 +111,7 @@ class JobSpec:
     fields: tuple[str, ...] | None
     filters: dict[str, str]
     compression: str
+    table: str = "users"
 
     def pairs(self) -> list[tuple[str, str]]:
         pairs = list(self.filters.items())
@@ -122,9 +119,16 @@ class JobSpec:
             pairs.append(("fields", ",".join(self.fields)))
         return pairs
 
-    def query(self) -> ExportQuery:
+    async def query(self, catalog: Catalog) -> ExportQuery:
+        """The export, validated against its table as the live export's query string is:
+        same names, same values, same messages, with the JSON path of the bad value."""
         try:
-            return parse_export_query(self.pairs())
+            table = await catalog.get(self.table)
+        except NotFound as exc:
+            raise InvalidParameter("table", self.table, "no exportable table or view by "
+                                   "that name", exc.details.get("valid")) from None
+        try:
+            return parse_query(table, self.pairs())
         except InvalidParameter as exc:
             if exc.parameter == "fields":
                 raise InvalidParameter("fields", list(self.fields or ()), exc.reason,
@@ -132,16 +136,20 @@ class JobSpec:
             raise exc.within("filters") from None
 
     @property
+    def fmt(self) -> type[Format]:
+        return FORMATS[self.format]
+
+    @property
     def gzip(self) -> bool:
         return self.compression == "gzip"
 
     @property
     def extension(self) -> str:
-        return FORMATS[self.format].extension + (".gz" if self.gzip else "")
+        return self.fmt.extension + (".gz" if self.gzip else "")
 
     @property
     def media_type(self) -> str:
-        return GZIP_MEDIA_TYPE if self.gzip else FORMATS[self.format].media_type
+        return GZIP_MEDIA_TYPE if self.gzip else self.fmt.media_type
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,8 @@ class Job:
     @property
     def spec(self) -> JobSpec:
         fields_ = tuple(self.fields) if self.fields else None
-        return JobSpec(self.format, fields_, dict(self.filters), self.compression)
+        return JobSpec(self.format, fields_, dict(self.filters), self.compression,
+                       getattr(self, "table_name", "users"))
 
     @property
     def finished(self) -> bool:
@@ -211,7 +220,7 @@ def new_id() -> str:
 
 
 def download_name(job_id: str, spec: JobSpec) -> str:
-    return f"users-{job_id}.{spec.extension}"
+    return f"{spec.table}-{job_id}.{spec.extension}"
 
 
 def job_values(

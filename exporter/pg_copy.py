@@ -7,22 +7,8 @@ with a bytes method or two per chunk, so the export runs at COPY's speed. ``copy
 gives the same blocks from several connections in one snapshot, each COPYing a range of ids
 in turn, so that the rendering, the server's work, runs in several server processes.
 
-CSV: ``COPY ... (FORMAT csv)`` quotes exactly the fields ``csv.writer`` quotes (those holding
-a comma, a quote, CR or LF) and doubles quotes the same way. It differs in three places:
-
-- Row ends: LF, where ours are CRLF, and a quoted field may hold a bare LF too. Every row
-  gets one more column, a lone CR, which COPY writes quoted: a row ends in ``,"\\r"\\n``.
-  That cannot occur anywhere else (inside a quoted field every quote is doubled), so
-  splitting on it gives the rows, joined again with ``\\r\\n``.
-- Empty strings: COPY writes ``""`` to tell them from NULL; ``csv.writer`` writes nothing.
-  ``NULLIF(text, '')`` makes them NULL.
-- One field: ``csv.writer`` writes an empty lone field as ``""`` (else the row would be a
-  blank line), so the field is ``COALESCE``d to ``''``, which COPY quotes. COPY would also
-  quote a lone ``\\.``; with the row-end column it never has a lone field.
-
-NDJSON and JSON: COPY's text format, one ``row_to_json`` object per line (the same query as
-``formats`` reads). JSON escapes every control character, so the only COPY text escape an
-object can hold is a doubled backslash, undone with one ``replace``.
+How each format asks COPY for its rows and makes COPY's output its bytes is the format's
+own (formats/csv.py, formats/ndjson.py).
 
 Rejected by measurement (1M users, load 7-9): building each CSV line in SQL and COPYing it as
 text, which costs the server more (psql \\copy 3.75 s against 3.10 s) and the client a
@@ -38,32 +24,31 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import ColumnElement, Select, Text, cast, func, literal_column
+from sqlalchemy import ColumnElement, Select, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.db import DriverStatement
-from exporter.formats import Block
-from exporter.models import users
+from exporter.formats import Block, Format
 from exporter.queries import (
-    AFTER,
-    FIELDS,
-    UNTIL,
     ExportQuery,
-    Kind,
+    Keyed,
     Planned,
     Shape,
+    batch_rows,
     build_plan,
     build_statement,
+    key_arguments,
     plan_ranges,
+    plan_row,
 )
 
-BLOCKS_AHEAD = 2  # blocks made ahead of the reader, as streaming.READ_AHEAD batches
+BLOCKS_AHEAD = 2  # blocks made ahead of the reader
 # Each chunk asyncpg hands over costs ~50 us of Python; COPY sends 8 KB at a time, and a
 # reader that keeps up gets them one by one (17,000 chunks for 1M users). Pausing 1 ms after
 # a small chunk gathers ~40 KB per chunk: 3,500 chunks, client CPU 0.9 s -> 0.35 s.
@@ -72,61 +57,20 @@ GATHER_SECONDS = 0.001
 STOP_WAIT = 0.25  # seconds an early stop waits for the next chunk before closing the connection
 RANGE_END_WAIT = 5.0  # seconds an early stop lets a range's COPY run to its end
 ROW_END_COLUMN: ColumnElement[str] = literal_column("E'\\r'")  # closes every CSV row
-CSV_ROW_END = b',"\r"\n'  # that column, as COPY writes it, and the row end
 
 
-def _csv_rows(chunk: bytes) -> Block:
-    rows = chunk.split(CSV_ROW_END)  # one pass; replace() would search twice (count, copy)
-    return len(rows) - 1, b"\r\n".join(rows)
+def copy_statement(query: ExportQuery, fmt: type[Format]) -> Select[Any]:
+    """The ``SELECT`` that COPY runs for this export: ``build_statement``'s, with the
+    row-end column CSV needs (formats/csv.py)."""
+    return _with_row_end(build_statement(query, "postgresql", fmt.copy_shape), fmt)
 
 
-def _json_rows(chunk: bytes) -> Block:
-    rows = chunk.count(b"\n")
-    return rows, chunk.replace(b"\\\\", b"\\") if b"\\" in chunk else chunk
-
-
-def _json_array_join(parts: list[bytes]) -> bytes:
-    return b"".join(parts)[:-1].replace(b"\n", b",\n")
-
-
-@dataclass(frozen=True)
-class Framing:
-    """How one export format is asked of COPY and how its chunks are made final."""
-
-    copy_format: str  # COPY's FORMAT option
-    shape: Shape  # what build_statement selects
-    row_end: bytes  # what every COPY row ends with
-    rows: Callable[[bytes], Block]  # a COPY chunk -> its row count and final bytes
-    join: Callable[[list[bytes]], bytes]  # final chunks -> one block
-
-
-FRAMINGS: dict[str, Framing] = {
-    "csv": Framing("csv", Shape.VALUES, CSV_ROW_END, _csv_rows, b"".join),
-    "ndjson": Framing("text", Shape.JSON, b"\n", _json_rows, b"".join),
-    "json": Framing("text", Shape.JSON, b"\n", _json_rows, _json_array_join),
-}
-
-
-def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
-    """The ``SELECT`` that COPY runs for this export: ``build_statement``'s, with the CSV
-    columns adjusted as the module docstring explains."""
-    statement = build_statement(query, "postgresql", FRAMINGS[fmt].shape)
-    if FRAMINGS[fmt].shape is Shape.JSON:
+def _with_row_end(statement: Select[Any], fmt: type[Format]) -> Select[Any]:
+    if fmt.copy_shape is not Shape.VALUES:
         return statement
     columns: list[ColumnElement[Any]] = list(statement.selected_columns)
-    if len(columns) == 1:
-        columns = [func.coalesce(cast(columns[0], Text), "")]
-    else:
-        columns = [_no_empty_string(name, column) for name, column in zip(
-            query.fields, columns, strict=True
-        )]
-    csv_statement: Select[Any] = statement.with_only_columns(*columns, ROW_END_COLUMN)
-    return csv_statement
-
-
-def _no_empty_string(name: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
-    # Only text columns can hold ''; the rendered ones (money, timestamps) never are empty.
-    return func.nullif(column, "") if FIELDS[name] is Kind.TEXT else column
+    with_end: Select[Any] = statement.with_only_columns(*columns, ROW_END_COLUMN)
+    return with_end
 
 
 async def _driver_in_snapshot(conn: AsyncConnection) -> asyncpg.Connection:
@@ -168,8 +112,8 @@ class CopyOut:
     """
 
     def __init__(self, driver: asyncpg.Connection, sql: str, args: Sequence[Any],
-                 framing: Framing, chunk_bytes: int, ahead: int = BLOCKS_AHEAD) -> None:
-        self.framing = framing
+                 fmt: type[Format], chunk_bytes: int, ahead: int = BLOCKS_AHEAD) -> None:
+        self.fmt = fmt
         self.chunk_bytes = chunk_bytes
         # ahead=0: no bound (a range's COPY, bounded by its rows, runs while the one before
         # it is read)
@@ -184,7 +128,7 @@ class CopyOut:
     async def _copy(self, driver: asyncpg.Connection, sql: str, args: Sequence[Any]) -> None:
         try:
             await driver.copy_from_query(
-                sql, *args, output=self._sink, format=self.framing.copy_format
+                sql, *args, output=self._sink, format=self.fmt.copy_format
             )
             if self.parts:
                 await self.queue.put(self._block())
@@ -198,9 +142,9 @@ class CopyOut:
     async def _sink(self, chunk: bytes) -> None:
         if self.stopping:
             raise _Stopped
-        if not chunk.endswith(self.framing.row_end):
+        if not chunk.endswith(self.fmt.copy_row_end):
             raise TornRow(f"a COPY chunk of {len(chunk)} bytes ends inside a row")
-        rows, data = self.framing.rows(chunk)
+        rows, data = self.fmt.copy_rows(chunk)
         self.parts.append(data)
         self.size += len(data)
         self.rows += rows
@@ -220,7 +164,7 @@ class CopyOut:
             self.waiting = False
 
     def _block(self) -> Block:
-        block = self.rows, self.framing.join(self.parts)
+        block = self.rows, self.fmt.copy_join(self.parts)
         self.parts.clear()
         self.size = self.rows = 0
         return block
@@ -270,7 +214,7 @@ class CopyOut:
 
 
 async def copy_blocks(
-    conn: AsyncConnection, query: ExportQuery, fmt: str, *, chunk_bytes: int
+    conn: AsyncConnection, query: ExportQuery, fmt: type[Format], *, chunk_bytes: int
 ) -> AsyncGenerator[Block, None]:
     """The export's rows, in id order, as blocks of about ``chunk_bytes`` of whole rows in
     their final form: CSV rows each ending in CRLF (no header), NDJSON objects each ending
@@ -285,11 +229,10 @@ async def copy_blocks(
     the connection is closed and invalidated, and the snapshot must be left by the exception
     that closed the generator (a rollback); committing it would raise.
     """
-    framing = FRAMINGS[fmt]
     # COPY takes no parameters: asyncpg has the server quote_literal() each value into it.
     statement = DriverStatement(copy_statement(query, fmt), conn.dialect)
     driver = await _driver_in_snapshot(conn)
-    copy = CopyOut(driver, statement.sql, statement.arguments(), framing, chunk_bytes)
+    copy = CopyOut(driver, statement.sql, statement.arguments(), fmt, chunk_bytes)
     try:
         async with aclosing(copy.blocks()) as blocks:
             async for block in blocks:
@@ -305,13 +248,13 @@ async def copy_ranges(
     planner: AsyncConnection,
     readers: Sequence[AsyncConnection],
     query: ExportQuery,
-    fmt: str,
+    fmt: type[Format],
     *,
     chunk_bytes: int,
     range_rows: int,
 ) -> AsyncGenerator[Block, None]:
     """``copy_blocks``, with the server's rendering spread over several connections: the
-    export is cut into ranges of ``range_rows`` ids (planned on ``planner``), each one
+    export is cut into ranges of ``range_rows`` rows by its key (planned on ``planner``), each one
     COPY, run by the readers in turn, so that while one range is read the next ones are
     rendered by other server processes. Every connection is in one snapshot
     (``db.shared_snapshot``). A range's count of rows is checked against its plan.
@@ -320,8 +263,7 @@ async def copy_ranges(
     ``range_rows`` rendered rows each. Closing early lets each running COPY end (a range
     at most), dropping its rows, or closes its connection after ``RANGE_END_WAIT``.
     """
-    framing = FRAMINGS[fmt]
-    statement = DriverStatement(range_statement(query, fmt), planner.dialect)
+    statement = Keyed(lambda first: range_statement(query, fmt, first), planner.dialect)
     drivers = [await _driver_in_snapshot(conn) for conn in readers]
     ranges = _plan(planner, query, range_rows)
     running: deque[tuple[CopyOut, Planned, int]] = deque()  # oldest first, with its reader
@@ -329,8 +271,8 @@ async def copy_ranges(
     async def start(reader: int) -> None:
         planned = await anext(ranges, None)
         if planned is not None:
-            arguments = statement.arguments(batch_after=planned.after, batch_until=planned.until)
-            copy = CopyOut(drivers[reader], statement.sql, arguments, framing, chunk_bytes, 0)
+            sql, arguments = statement.call(planned.after, **key_arguments("until", planned.until))
+            copy = CopyOut(drivers[reader], sql, arguments, fmt, chunk_bytes, 0)
             running.append((copy, planned, reader))
 
     try:
@@ -345,7 +287,7 @@ async def copy_ranges(
                     yield block
             if rows != planned.rows:
                 raise RuntimeError(
-                    f"the range after id {planned.after} gave {rows} rows for {planned.rows} "
+                    f"the range after key {planned.after} gave {rows} rows for {planned.rows} "
                     "planned: the readers do not share one snapshot"
                 )
             running.popleft()
@@ -383,23 +325,21 @@ async def ends_idle_transactions(engine: AsyncEngine) -> bool:
         return str(setting.scalar_one()) not in ("0", "0ms")
 
 
-def range_statement(query: ExportQuery, fmt: str) -> Select[Any]:
-    """``copy_statement`` for the rows after ``:batch_after`` up to ``:batch_until``."""
-    statement = copy_statement(replace(query, limit=None), fmt)
-    return statement.where(users.c.id > AFTER, users.c.id <= UNTIL)
+def range_statement(query: ExportQuery, fmt: type[Format], first: bool) -> Select[Any]:
+    """``copy_statement`` for the rows of one planned range."""
+    return _with_row_end(batch_rows(query, "postgresql", fmt.copy_shape, first), fmt)
 
 
 def _plan(planner: AsyncConnection, query: ExportQuery, range_rows: int
           ) -> AsyncGenerator[Planned, None]:
-    plan = DriverStatement(build_plan(query), planner.dialect)
+    plan = Keyed(lambda first: build_plan(query, "postgresql", first), planner.dialect)
 
-    async def step(after: int, rows: int) -> tuple[int | None, int]:
+    async def step(after: tuple[Any, ...] | None, rows: int
+                   ) -> tuple[tuple[Any, ...] | None, int]:
         # On the driver, as the COPYs are: one row needs none of SQLAlchemy's result.
         driver = await _driver_in_snapshot(planner)
-        until, count = await driver.fetchrow(
-            plan.sql, *plan.arguments(batch_after=after, batch_rows=rows)
-        )
-        return until, count
+        sql, arguments = plan.call(after, batch_rows=rows)
+        return plan_row(await driver.fetchrow(sql, *arguments))
 
     return plan_ranges(step, query, range_rows)
 

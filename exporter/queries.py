@@ -1,354 +1,324 @@
-"""The users query: which fields, which rows, in id order, rendered the same on every backend.
+"""``ExportQuery`` -> SQL: which fields, which rows, in key order, rendered by the database.
 
-``parse_export_query`` turns raw parameters (from a URL or the command line) into an
-``ExportQuery`` or an ``InvalidParameter`` naming what was wrong. ``build_statement`` turns
-that into one ``SELECT`` that gives each row in its final form: a CSV line (SQLite), the
-columns COPY writes as CSV (PostgreSQL), or a JSON object, with money and timestamps as
-``12.30`` and ``2024-03-01T12:00:00Z``. The database does that rendering in C, outside
-Python's GIL, and both backends give identical bytes, so the encoders only frame blocks.
-``build_plan`` and ``build_batch`` split a SQLite export into batches.
+``build_statement`` gives each row in its final form (render.py): a CSV line (SQLite), the
+columns COPY writes as CSV (PostgreSQL), or a JSON object. ``build_plan`` and
+``build_batch`` split an export into batches by its key, so that SQLite renders a whole
+batch in one statement step and PostgreSQL COPYs ranges on several connections.
+
+Rows come in primary-key order. A table without a primary key has no order of its own:
+SQLite's tables are read in rowid order (their physical order, and a key to batch on); views
+and PostgreSQL's tables without a key come in the order the database reads them, in one
+statement.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC
 from enum import Enum
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     ColumnElement,
     FromClause,
     LargeBinary,
     Select,
     String,
     Text,
+    and_,
     bindparam,
     case,
     cast,
     func,
     literal,
+    literal_column,
     or_,
     select,
     true,
+    tuple_,
     type_coerce,
 )
+from sqlalchemy.engine import Dialect
 
-from exporter.errors import InvalidParameter, echo
-from exporter.models import PLANS, users
+from exporter import render
+from exporter.catalog import Kind, Table
+from exporter.db import DriverStatement
 
-
-class Kind(Enum):
-    """How a column is rendered; the encoders only need to tell these apart."""
-
-    INTEGER = "integer"
-    TEXT = "text"
-    BOOLEAN = "boolean"
-    MONEY = "money"  # text like "12.30" from the database; a JSON number
-    TIMESTAMP = "timestamp"  # text like "2024-03-01T12:00:00Z" from the database
+SQL = ColumnElement[Any]
+ROWID_NAMES = ("rowid", "_rowid_", "oid")  # SQLite's names for it, unless a column has one
 
 
-FIELDS: dict[str, Kind] = {
-    "id": Kind.INTEGER,
-    "email": Kind.TEXT,
-    "full_name": Kind.TEXT,
-    "country": Kind.TEXT,
-    "city": Kind.TEXT,
-    "plan": Kind.TEXT,
-    "is_active": Kind.BOOLEAN,
-    "lifetime_value": Kind.MONEY,
-    "created_at": Kind.TIMESTAMP,
-    "last_login_at": Kind.TIMESTAMP,
-    "bio": Kind.TEXT,
-    "avatar_image_id": Kind.INTEGER,
-}
-PARAMETERS = (
-    "fields", "country", "plan", "is_active", "created_from", "created_to", "after_id", "limit",
-)
-BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
-COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
-MAX_INTEGER = 2**63 - 1
+class Op(Enum):
+    """A filter's comparison (Datasette's names)."""
+
+    EXACT = "exact"  # equal to any of the values
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+    ISNULL = "isnull"
+
+
+@dataclass(frozen=True)
+class Filter:
+    column: str
+    op: Op
+    values: tuple[Any, ...]  # parsed by the column's kind (params.py); one bool for ISNULL
 
 
 @dataclass(frozen=True)
 class ExportQuery:
-    fields: tuple[str, ...] = tuple(FIELDS)
-    countries: tuple[str, ...] = ()
-    plans: tuple[str, ...] = ()
-    is_active: bool | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-    after_id: int | None = None
+    """One export of one table: validated against that table (params.py)."""
+
+    table: Table
+    fields: tuple[str, ...]
+    filters: tuple[Filter, ...] = ()
+    after: tuple[Any, ...] | None = None  # keyset resume: rows after this primary key
     limit: int | None = None
 
 
-def parse_export_query(params: Iterable[tuple[str, str]]) -> ExportQuery:
-    """Validate raw ``(name, value)`` pairs; unknown or repeated names are errors too."""
-    values: dict[str, str] = {}
-    for name, value in params:
-        if name not in PARAMETERS:
-            raise InvalidParameter(name, value, "unknown query parameter", PARAMETERS)
-        if name in values:
-            raise InvalidParameter(name, value, "given more than once; use a comma list")
-        values[name] = value
-    return _build(values)
-
-
-def _build(values: Mapping[str, str]) -> ExportQuery:
-    query: dict[str, Any] = {}
-    if "fields" in values:
-        query["fields"] = _fields(values["fields"])
-    if "country" in values:
-        query["countries"] = _countries(values["country"])
-    if "plan" in values:
-        query["plans"] = _choices("plan", values["plan"], PLANS)
-    if "is_active" in values:
-        query["is_active"] = _boolean("is_active", values["is_active"])
-    for name in ("created_from", "created_to"):
-        if name in values:
-            query[name] = _timestamp(name, values[name])
-    for name in ("after_id", "limit"):
-        if name in values:
-            query[name] = _natural(name, values[name])
-    start, end = query.get("created_from"), query.get("created_to")
-    if start is not None and end is not None and start > end:
-        raise InvalidParameter(
-            "created_to", values["created_to"],
-            f"is before created_from={echo(values['created_from'])!r}; were they swapped?",
-        )
-    return ExportQuery(**query)
-
-
-def _items(name: str, raw: str) -> list[str]:
-    items = [item.strip() for item in raw.split(",")]
-    if not raw.strip() or any(not item for item in items):
-        raise InvalidParameter(name, raw, "expected a comma-separated list with no empty items")
-    return items
-
-
-def _fields(raw: str) -> tuple[str, ...]:
-    names = _items("fields", raw)
-    unknown = [name for name in names if name not in FIELDS]
-    if unknown:
-        raise InvalidParameter(
-            "fields", raw, f"unknown field {echo(unknown[0])!r}", tuple(FIELDS)
-        )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise InvalidParameter("fields", raw, f"field {echo(repeated[0])!r} is listed twice")
-    return tuple(names)
-
-
-def _countries(raw: str) -> tuple[str, ...]:
-    codes = _items("country", raw)
-    for code in codes:
-        if not COUNTRY_CODE.fullmatch(code):
-            raise InvalidParameter(
-                "country", raw,
-                f"{echo(code)!r} is not an ISO 3166-1 alpha-2 code such as DE or FR",
-            )
-    return tuple(dict.fromkeys(code.upper() for code in codes))
-
-
-def _choices(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    items = _items(name, raw)
-    for item in items:
-        if item not in allowed:
-            raise InvalidParameter(name, raw, f"unknown value {echo(item)!r}", allowed)
-    return tuple(dict.fromkeys(items))
-
-
-def _boolean(name: str, raw: str) -> bool:
-    try:
-        return BOOLEANS[raw.strip().lower()]
-    except KeyError:
-        raise InvalidParameter(name, raw, "expected a boolean", ("true", "false")) from None
-
-
-def _timestamp(name: str, raw: str) -> datetime:
-    text = raw.strip()
-    if ":60" in text:
-        raise InvalidParameter(name, raw, "leap seconds are not supported; use :59")
-    try:
-        moment = datetime.fromisoformat(text)
-        if moment.tzinfo is None:
-            return moment.replace(tzinfo=UTC)  # documented: a time without an offset is UTC
-        return moment.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise InvalidParameter(
-            name, raw,
-            "expected an ISO 8601 date or time between years 0001 and 9999 in UTC, "
-            "e.g. 2024-03-01 or 2024-03-01T12:00:00Z",
-        ) from None
-
-
-def _natural(name: str, raw: str) -> int:
-    text = raw.strip()
-    # Length first: int() of a huge digit string is slow, then refused by Python itself.
-    if len(text) > len(str(MAX_INTEGER)) or not text.isdigit() or not text.isascii() \
-            or int(text) > MAX_INTEGER:
-        raise InvalidParameter(name, raw, f"expected a whole number from 0 to {MAX_INTEGER}")
-    return int(text)
-
-
 class Shape(Enum):
-    """What each row of the statement is; each encoder asks for the one it needs."""
+    """What each row of the statement is; each format asks for the one it needs."""
 
-    VALUES = "values"  # one column per field, text where CSV needs text (PostgreSQL's COPY)
+    VALUES = "values"  # one column per field, as COPY should write them (PostgreSQL)
     JSON = "json"  # one column: the row as a JSON object, built by the database
     CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
 
 
-CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
+def order_key(query: ExportQuery, dialect: str) -> list[SQL]:
+    """The columns rows come in order of, and batches are cut by: the primary key; SQLite's
+    rowid for a table without one; none for a view without one, or on PostgreSQL."""
+    table = query.table
+    if table.key:
+        return [table.sql.c[name] for name in table.key]
+    if dialect == "sqlite" and not table.view:
+        free = next(name for name in ROWID_NAMES if not table.has(name))
+        return [literal_column(free)]
+    return []
 
 
-def _money_sql(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    if dialect == "sqlite":  # stored as REAL: exact for numeric(12,2), rounded back here
-        return type_coerce(func.printf("%.2f", column), String)
-    return cast(column, Text)  # numeric(12,2) prints with exactly two decimals
+def _key_values(key: Sequence[SQL], values: Sequence[Any]) -> tuple[SQL, SQL]:
+    if len(key) == 1:
+        return key[0], values[0]
+    return tuple_(*key), tuple_(*values)
 
 
-def _timestamp_sql(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Select[Any]:
+    """``statement`` restricted to the rows ``query`` asks for."""
+    for item in query.filters:
+        statement = statement.where(_condition(query.table, item, dialect))
+    if query.after is not None:
+        key = order_key(query, dialect)
+        columns = [query.table.column(name) for name in query.table.key]
+        values = [_bound(column.kind, value, dialect, column.declared)
+                  for column, value in zip(columns, query.after, strict=True)]
+        left, right = _key_values(key, values)
+        statement = statement.where(left > right)
+    return statement
+
+
+def _bound(kind: Kind, value: Any, dialect: str, declared: str = "") -> Any:
+    """A parsed value as a parameter the database compares as the column's kind."""
+    if kind is Kind.INTEGER:
+        return literal(value, BigInteger())  # else PostgreSQL takes it as INTEGER
+    if dialect == "sqlite" and kind in SQLITE_MOMENTS:
+        return literal(value.strftime(SQLITE_MOMENTS[kind])[:MOMENT_LENGTH[kind]], String())
+    if dialect == "postgresql":
+        if kind is Kind.TIMESTAMP and "with time zone" not in declared:
+            return literal(value.astimezone(UTC).replace(tzinfo=None))  # taken as UTC
+        if kind in (Kind.TEXT, Kind.UUID, Kind.ANY):
+            return literal(value, Text())
+    return literal(value)
+
+
+# SQLite's moments are compared in the text its own functions give (``_compared``), whatever
+# form they were stored in: strftime's %f has milliseconds.
+SQLITE_MOMENTS = {Kind.TIMESTAMP: "%Y-%m-%d %H:%M:%S.%f", Kind.DATE: "%Y-%m-%d",
+                  Kind.TIME: "%H:%M:%S"}
+MOMENT_LENGTH = {Kind.TIMESTAMP: 23, Kind.DATE: 10, Kind.TIME: 8}
+
+
+def _compared(table: Table, name: str, dialect: str) -> SQL:
+    """A column as its filters compare it: SQLite's moments in one text form, whatever form
+    they were stored in; PostgreSQL's text-like types as text."""
+    column = table.column(name)
+    value: SQL = table.sql.c[name]
     if dialect == "sqlite":
-        return type_coerce(func.strftime("%Y-%m-%dT%H:%M:%SZ", column), String)
-    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        if column.kind is Kind.TIMESTAMP:
+            return func.strftime("%Y-%m-%d %H:%M:%f", value)
+        if column.kind is Kind.DATE:
+            return func.date(value)
+        if column.kind is Kind.TIME:
+            return func.time(value)
+        return value
+    if column.kind in (Kind.TEXT, Kind.UUID, Kind.ANY) and "char" not in column.declared \
+            and column.declared != "text":
+        return cast(value, Text)  # enums, uuids, network addresses: compared as their text
+    return value
 
 
-def _value(name: str, dialect: str) -> ColumnElement[Any]:
-    """A field as CSV wants it: text for money, timestamps and booleans."""
-    column, kind = users.c[name], FIELDS[name]
-    if kind is Kind.MONEY:
-        return _money_sql(column, dialect)
-    if kind is Kind.TIMESTAMP:
-        return _timestamp_sql(column, dialect)
-    if kind is Kind.BOOLEAN:
-        return case((column, "true"), else_="false")
-    return column
+def _condition(table: Table, item: Filter, dialect: str) -> SQL:
+    column = table.column(item.column)
+    value = _compared(table, item.column, dialect)
+    if item.op is Op.ISNULL:
+        return value.is_(None) if item.values[0] else value.is_not(None)
+    bound = [_bound(column.kind, v, dialect, column.declared) for v in item.values]
+    if column.kind is Kind.BOOLEAN:
+        return or_(*(value.is_(v) if dialect == "postgresql" else value == int(v)
+                     for v in item.values))
+    if item.op is Op.EXACT:
+        return value == bound[0] if len(bound) == 1 else or_(*(value == b for b in bound))
+    compare = {Op.GT: value.__gt__, Op.GTE: value.__ge__, Op.LT: value.__lt__,
+               Op.LTE: value.__le__}[item.op]
+    return and_(*(compare(b) for b in bound))
 
 
-def _json_value(name: str, dialect: str) -> ColumnElement[Any]:
-    """A field as a JSON object member wants it: money a number, booleans true/false."""
-    column, kind = users.c[name], FIELDS[name]
-    if kind is Kind.TIMESTAMP:
-        return _timestamp_sql(column, dialect)
-    if dialect != "sqlite":  # PostgreSQL's row_to_json renders numeric and boolean itself
-        return column
-    if kind is Kind.MONEY:
-        return func.json(_money_sql(column, dialect))
-    if kind is Kind.BOOLEAN:
-        return case((column, func.json("true")), else_=func.json("false"))
-    return column
-
-
-def _json_object(
-    fields: tuple[str, ...], dialect: str
-) -> tuple[ColumnElement[Any], FromClause]:
+def _json_object(query: ExportQuery, dialect: str) -> tuple[SQL, FromClause]:
     """The row as compact JSON text, and what to select it from. SQLite's json_object and
-    PostgreSQL's row_to_json escape exactly alike (checked for every ASCII
-    character and astral ones), so both backends give the same bytes."""
+    PostgreSQL's row_to_json escape exactly alike (checked for every ASCII character and
+    astral ones), so both backends give the same bytes."""
+    table = query.table
     if dialect == "sqlite":
-        pairs = [part for name in fields for part in (literal(name), _json_value(name, dialect))]
-        return type_coerce(func.json_object(*pairs), String), users
-    row = select(*(_json_value(name, dialect).label(name) for name in fields))
-    lateral = row.correlate(users).lateral("t")  # only the asked fields, in their order
+        pairs = [part for name in query.fields for part in (
+            literal(name), render.sqlite_json_value(table.column(name), table.sql.c[name]))]
+        return type_coerce(func.json_object(*pairs), String), table.sql
+    row = select(*(render.pg_json_value(table.column(name), table.sql.c[name]).label(name)
+                   for name in query.fields))
+    lateral = row.correlate(table.sql).lateral("t")  # only the asked fields, in their order
     column = cast(func.row_to_json(lateral.table_valued()), Text)
-    return column, users.join(lateral, true())
+    return column, table.sql.join(lateral, true())
 
 
-def _holds_any(value: ColumnElement[Any], needles: tuple[str, ...]) -> Any:
-    # instr's position is true when found: no comparison to run
-    return or_(*(type_coerce(func.instr(value, needle), Boolean) for needle in needles))
-
-
-def _csv_line(fields: tuple[str, ...], dialect: str) -> ColumnElement[Any]:
+def _csv_line(query: ExportQuery) -> SQL:
     """The row as one CSV line, SQLite only (PostgreSQL's COPY writes CSV itself, see
     pg_copy.py). One printf builds the whole line: a chain of ``||`` would copy the growing
     line once per field (callgrind: the biggest cost); printf's ``%s`` writes NULL as
     nothing. A lone empty field is written as ``""``, as csv.writer does, so that the line
     is not blank."""
-    if dialect != "sqlite":
-        raise ValueError("CSV lines are built in SQL on SQLite only")
-    formats: list[str] = []
-    values: list[ColumnElement[Any]] = []
-    for name in fields:
-        column, kind = users.c[name], FIELDS[name]
-        if kind is Kind.MONEY:
-            formats.append("%.2f")  # _money_sql's printf, folded into the line's
-            values.append(column)
-        elif kind is Kind.TEXT:
-            quoted = literal('"') + func.replace(column, '"', '""') + literal('"')
-            formats.append("%s")
-            values.append(case((_holds_any(column, CSV_SPECIALS), quoted), else_=column))
-        else:
-            formats.append("%s")
-            values.append(_value(name, dialect))
+    table = query.table
+    formats, values = zip(*(render.sqlite_csv_field(table.column(name), table.sql.c[name])
+                            for name in query.fields), strict=True)
     line = type_coerce(func.printf(",".join(formats), *values), String)
-    if len(fields) == 1:
+    if len(query.fields) == 1:
         return case((line == "", '""'), else_=line)
     return line
 
 
-def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
-    """How many rows ``build_statement`` gives for this query (limit included)."""
-    ids = build_statement(replace(query, fields=("id",)), dialect)
-    return select(func.count()).select_from(ids.subquery())
+def _csv_values(query: ExportQuery) -> list[SQL]:
+    table = query.table
+    alone = len(query.fields) == 1
+    return [render.pg_csv_value(table.column(name), table.sql.c[name], alone).label(name)
+            for name in query.fields]
 
 
-def build_statement(
-    query: ExportQuery, dialect: str, shape: Shape = Shape.VALUES
-) -> Select[Any]:
+def build_statement(query: ExportQuery, dialect: str, shape: Shape) -> Select[Any]:
     if shape is Shape.JSON:
-        column, source = _json_object(query.fields, dialect)
+        column, source = _json_object(query, dialect)
         statement = select(column).select_from(source)
     elif shape is Shape.CSV:
-        statement = select(_csv_line(query.fields, dialect))
+        statement = select(_csv_line(query)).select_from(query.table.sql)
     else:
-        statement = select(*(_value(name, dialect).label(name) for name in query.fields))
-    statement = _matching(statement, query).order_by(users.c.id)
+        statement = select(*_csv_values(query)).select_from(query.table.sql)
+    statement = _matching(statement, query, dialect).order_by(*order_key(query, dialect))
     if query.limit is not None:
         statement = statement.limit(literal(query.limit, BigInteger()))
     return statement
 
 
-# Given per execution (cursors.DriverStatement):
-AFTER = bindparam("batch_after", None, BigInteger())  # a batch's rows come after this id
-UNTIL = bindparam("batch_until", None, BigInteger())  # ... up to and with this one
+def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
+    """How many rows ``build_statement`` gives for this query (limit included)."""
+    rows = _matching(select(literal(1)).select_from(query.table.sql), query, dialect)
+    if query.limit is not None:
+        rows = rows.limit(literal(query.limit, BigInteger()))
+    return select(func.count()).select_from(rows.subquery())
+
+
+# --- Batches --------------------------------------------------------------------------------
+# A batch is the rows after one key (``:after_<i>``) up to and with another (``:until_<i>``),
+# given per execution (db.DriverStatement); the first batch has no lower bound.
+
 ROWS = bindparam("batch_rows", None, BigInteger())
 
 
-def build_plan(query: ExportQuery) -> Select[Any, int]:
-    """The next batch: the last id and the number of the next ``:batch_rows`` rows after
-    ``:batch_after``. Reads ids only, so planning costs little beside rendering."""
-    ids = _matching(select(users.c.id), query).where(users.c.id > AFTER)
-    batch = ids.order_by(users.c.id).limit(ROWS).subquery()
-    return select(func.max(batch.c.id), func.count())
+def _key_params(prefix: str, size: int) -> list[Any]:
+    return [bindparam(f"{prefix}_{i}", None) for i in range(size)]
 
 
-MIN_ID = -(2**63)  # below every id: "from the start"
+def key_arguments(prefix: str, key: tuple[Any, ...] | None) -> dict[str, Any]:
+    """A planned key as the named parameters of ``build_plan``/``build_batch``."""
+    return {f"{prefix}_{i}": value for i, value in enumerate(key or ())}
+
+
+def _after(statement: Select[Any], key: Sequence[SQL], first: bool) -> Select[Any]:
+    if first:
+        return statement
+    left, right = _key_values(key, _key_params("after", len(key)))
+    return statement.where(left > right)
+
+
+def build_plan(query: ExportQuery, dialect: str, first: bool) -> Select[Any, Any]:
+    """The next batch: the last key and the number of the next ``:batch_rows`` rows (after
+    ``:after_<i>`` unless ``first``). Reads keys only, so planning costs little beside
+    rendering."""
+    key = order_key(query, dialect)
+    keys = _matching(select(*(k.label(f"k{i}") for i, k in enumerate(key)))
+                     .select_from(query.table.sql), query, dialect)
+    batch = _after(keys, key, first).order_by(*key).limit(ROWS).subquery()
+    columns = [batch.c[f"k{i}"] for i in range(len(key))]
+    if len(key) == 1:
+        last: Select[Any, Any] = select(func.max(columns[0]), func.count())
+        return last
+    counted: Select[Any, Any] = select(*columns, func.count().over())
+    return counted.order_by(*(c.desc() for c in columns)).limit(1)
+
+
+def build_batch(query: ExportQuery, shape: Shape, separator: str, first: bool
+                ) -> Select[Any, Any]:
+    """SQLite: the rows of a planned batch joined by ``separator`` into one value, as UTF-8
+    bytes (so that no row is decoded into a Python str and encoded back), and how many they
+    were. One step of the statement renders the whole batch, outside Python's GIL."""
+    rows = batch_rows(replace(query, limit=None), "sqlite", shape, first)
+    batch = rows.subquery()
+    # The subquery is ordered and, being under an aggregate, is not flattened into it:
+    # SQLite hands group_concat its rows in key order.
+    joined = func.group_concat(batch.c[0], separator)
+    # group_concat skips NULLs: counting lines, not rows, makes a NULL line fail the batch.
+    # A UTF-8 database (SQLite's default) stores exactly these bytes.
+    joined_rows: Select[Any, Any] = select(cast(joined, LargeBinary), func.count(batch.c[0]))
+    return joined_rows
+
+
+def batch_rows(query: ExportQuery, dialect: str, shape: Shape, first: bool) -> Select[Any]:
+    """``build_statement``'s rows of one planned batch (or range)."""
+    key = order_key(query, dialect)
+    statement = _after(build_statement(replace(query, limit=None), dialect, shape), key, first)
+    until = _key_params("until", len(key))
+    left, right = _key_values(key, until)
+    return statement.where(left <= right)
 
 
 @dataclass(frozen=True)
 class Planned:
     """One range of an export's rows, planned by ``build_plan``."""
 
-    after: int  # its rows have ids above this one
-    until: int  # ... and up to this one
+    after: tuple[Any, ...] | None  # its rows come after this key (None: from the start)
+    until: tuple[Any, ...]  # ... up to and with this one
     rows: int
 
 
-PlanStep = Callable[[int, int], Awaitable[tuple[int | None, int]]]  # (after, rows) -> plan row
+PlanStep = Callable[[tuple[Any, ...] | None, int],
+                    Awaitable[tuple[tuple[Any, ...] | None, int]]]  # (after, rows) -> plan
 
 
 async def plan_ranges(
     step: PlanStep, query: ExportQuery, rows_each: int
 ) -> AsyncGenerator[Planned, None]:
-    """Split an export into ranges of ``rows_each`` rows, in id order; ``step`` runs
-    ``build_plan`` on the caller's connection."""
-    after = query.after_id if query.after_id is not None else MIN_ID
+    """Split an export into ranges of ``rows_each`` rows, in key order; ``step`` runs
+    ``build_plan`` on the caller's connection. The first range has no lower bound of its
+    own: the query's ``after`` holds for every range (``_matching``)."""
+    after: tuple[Any, ...] | None = None
     remaining = query.limit
     while remaining is None or remaining > 0:
         rows = rows_each if remaining is None else min(rows_each, remaining)
@@ -361,35 +331,23 @@ async def plan_ranges(
             remaining -= count
 
 
-def build_batch(query: ExportQuery, shape: Shape, separator: str) -> Select[bytes, int]:
-    """SQLite: the rows of a planned batch (``:batch_after`` < id <= ``:batch_until``)
-    joined by ``separator`` into one value, as UTF-8 bytes (so that no row is decoded into a
-    Python str and encoded back), and how many they were. One step of the statement renders
-    the whole batch, outside Python's GIL."""
-    rows = build_statement(replace(query, limit=None), "sqlite", shape)
-    batch = rows.where(users.c.id > AFTER, users.c.id <= UNTIL).subquery()
-    # The subquery is ordered and, being under an aggregate, is not flattened into it:
-    # SQLite hands group_concat its rows in id order.
-    joined = func.group_concat(batch.c[0], separator)
-    # group_concat skips NULLs: counting lines, not rows, makes a NULL line fail the batch.
-    # A UTF-8 database (SQLite's default) stores exactly these bytes.
-    return select(cast(joined, LargeBinary), func.count(batch.c[0]))
+class Keyed:
+    """A batch statement compiled for the driver in its two variants: the first batch (no
+    lower bound) and the ones after a planned key."""
+
+    def __init__(self, build: Callable[[bool], Select[Any, Any]], dialect: Dialect) -> None:
+        self.first = DriverStatement(build(True), dialect)
+        self.next = DriverStatement(build(False), dialect)
+
+    def call(self, after: tuple[Any, ...] | None, **values: Any) -> tuple[str, tuple[Any, ...]]:
+        """SQL text and positional arguments for the batch after ``after``."""
+        statement = self.first if after is None else self.next
+        return statement.sql, statement.arguments(**key_arguments("after", after), **values)
 
 
-def _matching(statement: Select[Any], query: ExportQuery) -> Select[Any]:
-    """``statement`` restricted to the rows ``query`` asks for."""
-    if query.countries:
-        statement = statement.where(users.c.country.in_(query.countries))
-    if query.plans:
-        statement = statement.where(users.c.plan.in_(query.plans))
-    if query.is_active is not None:
-        statement = statement.where(users.c.is_active.is_(query.is_active))
-    if query.created_from is not None:
-        statement = statement.where(users.c.created_at >= query.created_from)
-    if query.created_to is not None:
-        statement = statement.where(users.c.created_at < query.created_to)
-    # Bound as BIGINT: PostgreSQL would otherwise cast the parameter to INTEGER and fail
-    # on values past 2**31 that the parser accepts.
-    if query.after_id is not None:
-        statement = statement.where(users.c.id > literal(query.after_id, BigInteger()))
-    return statement
+def plan_row(row: Sequence[Any] | None) -> tuple[tuple[Any, ...] | None, int]:
+    """A plan row as (the batch's last key, its rows); (None, 0) when it was empty."""
+    if row is None:
+        return None, 0
+    *key, count = row
+    return (None if key[0] is None else tuple(key)), count

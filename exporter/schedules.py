@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exporter.catalog import Catalog
 from exporter.errors import InvalidParameter, NotFound, echo
 from exporter.jobs import (
     FINISHED,
@@ -176,10 +177,10 @@ class Schedule:
 
 
 async def create_schedule(
-    engine: AsyncEngine, request: ScheduleRequest, now: datetime
+    engine: AsyncEngine, catalog: Catalog, request: ScheduleRequest, now: datetime
 ) -> Schedule:
     try:  # a 422 now rather than a failed job each night
-        request.job.spec()
+        await request.job.spec().query(catalog)
     except InvalidParameter as exc:
         raise exc.within("job") from None  # its path in this body: job.filters.plan
     schedule_id = new_id()

@@ -31,9 +31,9 @@ from exporter.config import Settings
 from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
 from exporter.errors import ExportsBusy
-from exporter.formats import FORMATS, Block, Encoder
+from exporter.formats import Block, Format
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
-from exporter.queries import ExportQuery, build_count
+from exporter.queries import ExportQuery, build_count, order_key
 
 log = logging.getLogger("exporter.streaming")
 
@@ -63,7 +63,7 @@ class Progress:
 async def export_chunks(
     engine: AsyncEngine,
     query: ExportQuery,
-    fmt: str,
+    fmt: type[Format],
     *,
     batch_rows: int,
     chunk_bytes: int,
@@ -78,8 +78,8 @@ async def export_chunks(
     ``count``, ``progress.total`` is set first, counted in the same snapshot as the rows.
     """
     progress = progress or Progress()
-    encoder = FORMATS[fmt](query.fields)
-    async with _blocks(engine, query, encoder, fmt, batch_rows, chunk_bytes, readers) as (
+    encoder = fmt(query.fields)
+    async with _blocks(engine, query, encoder, batch_rows, chunk_bytes, readers) as (
         conn, blocks
     ):
         if count:
@@ -108,24 +108,26 @@ async def export_chunks(
 async def _blocks(
     engine: AsyncEngine,
     query: ExportQuery,
-    encoder: Encoder,
-    fmt: str,
+    encoder: Format,
     batch_rows: int,
     chunk_bytes: int,
     readers: int,
 ) -> AsyncIterator[tuple[AsyncConnection, AsyncGenerator[Block, None]]]:
     """The export's blocks, by each backend's fastest route, and a connection in the same
     snapshot to count on: SQLite's parallel readers (cursors.py), PostgreSQL's COPY
-    (pg_copy.py)."""
-    if readers > 1 and backend_name(engine) == "postgresql" \
-            and await ends_idle_transactions(engine):
+    (pg_copy.py). What has no key to cut ranges by is read by one statement."""
+    backend = backend_name(engine)
+    if not order_key(query, backend):
+        readers = 1
+    if readers > 1 and backend == "postgresql" and await ends_idle_transactions(engine):
         readers = 1
     # One reader plans and renders on one connection; more readers need a planner of their
     # own, so that planning never waits behind a batch.
     async with shared_snapshot(engine, readers + 1 if readers > 1 else 1) as (
         planner, *renderers
     ):
-        if backend_name(engine) == "sqlite":
+        fmt = type(encoder)
+        if backend == "sqlite":
             readers_ = renderers or [planner]
             yield planner, sqlite_blocks(planner, readers_, query, encoder, batch_rows)
         elif renderers:
@@ -140,7 +142,7 @@ async def _blocks(
 def open_export(
     engine: AsyncEngine,
     query: ExportQuery,
-    fmt: str,
+    fmt: type[Format],
     settings: Settings,
     *,
     gzip: bool = False,

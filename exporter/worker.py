@@ -44,6 +44,7 @@ import aiofiles.os
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import jobs, leases
+from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.errors import NotFound
 from exporter.jobs import Job, JobSpec
@@ -145,7 +146,8 @@ class JobFile:
 
 
 async def write_job_file(
-    engine: AsyncEngine, spec: JobSpec, settings: Settings, stem: str, progress: JobProgress
+    engine: AsyncEngine, catalog: Catalog, spec: JobSpec, settings: Settings, stem: str,
+    progress: JobProgress,
 ) -> JobFile:
     """The export to ``<stem>.<ext>``, whole or not at all."""
     directory = settings.jobs_dir
@@ -153,7 +155,7 @@ async def write_job_file(
     final = directory / f"{stem}.{spec.extension}"
     digest = hashlib.sha256()
     chunks = open_export(
-        engine, spec.query(), spec.format, settings, gzip=spec.gzip,
+        engine, await spec.query(catalog), spec.fmt, settings, gzip=spec.gzip,
         progress=progress.export, count=True,
     )
     try:
@@ -196,10 +198,12 @@ class Worker:
     """Claims and runs up to ``worker_concurrency`` jobs, fires schedules, sweeps."""
 
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, metrics: Metrics | None = None
+        self, engine: AsyncEngine, settings: Settings, metrics: Metrics | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
+        self.catalog = catalog or Catalog.from_settings(engine, settings)
         self.metrics = metrics
         self.owner = worker_owner()
         self.lease = timedelta(seconds=settings.job_lease_seconds)
@@ -327,7 +331,7 @@ class Worker:
         await self._remove_files_of(job.id)  # left by earlier attempts, which are over
         progress = JobProgress()
         writer = asyncio.create_task(
-            write_job_file(self.engine, job.spec, self.settings, stem, progress)
+            write_job_file(self.engine, self.catalog, job.spec, self.settings, stem, progress)
         )
         try:
             verdict = await self._supervise(job, writer, progress)

@@ -18,22 +18,37 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 from sqlalchemy import insert, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from exporter.app import create_app
+from exporter.catalog import Table, reflect
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, downgrade_all
 from exporter.models import users
+from exporter.params import parse_query
+from exporter.queries import ExportQuery
 from seed import SeedPlan, seed_database
 
 PG_URL_VARIABLE = "EXPORTER_TEST_DATABASE_URL"
 SEEDED_USERS = 3000
 SEED = 7
 GOLDEN_AFTER_ID = 900000
+
+
+async def reflected(engine: AsyncEngine, name: str = "users") -> Table:
+    """A table as the catalog reflects it from the database."""
+    async with engine.connect() as conn:
+        return {table.name: table for table in await reflect(conn)}[name]
+
+
+def query_for(table: Table, raw: str = "") -> ExportQuery:
+    """An export query from a query string, as the route parses it."""
+    return parse_query(table, parse_qsl(raw, keep_blank_values=True))
 
 
 def at(text: str) -> datetime:

@@ -14,10 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.cursors import sqlite_blocks
 from exporter.db import create_engine, shared_snapshot
-from exporter.formats import NdjsonEncoder
+from exporter.formats import Ndjson
 from exporter.models import users
-from exporter.queries import ExportQuery
-from tests.conftest import Database, build_database
+from tests.conftest import Database, build_database, query_for, reflected
 
 
 async def count_users(conn: AsyncConnection) -> int:
@@ -52,13 +51,13 @@ async def test_batches_cover_every_row_once_in_order_whatever_the_batch_size(
     sqlite_database: Database,
 ) -> None:
     engine = create_engine(sqlite_database.url, max_overflow=10)
-    query = ExportQuery(fields=("id",), after_id=7, limit=400, countries=("DE", "FR"))
     try:
+        query = query_for(await reflected(engine), "fields=id&after_id=7&limit=400&country=DE,FR")
         results = []
         for batch_rows, readers in ((1, 2), (100, 2), (1000, 3), (5000, 1)):
             async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
                 blocks = sqlite_blocks(
-                    planner, renderers, query, NdjsonEncoder(query.fields), batch_rows
+                    planner, renderers, query, Ndjson(query.fields), batch_rows
                 )
                 async with aclosing(blocks):
                     got = [block async for block in blocks]
@@ -83,8 +82,8 @@ async def test_closing_the_blocks_early_leaves_every_connection_usable(
     engine = create_engine(sqlite_database.url, max_overflow=10)
     try:
         async with shared_snapshot(engine, 3) as (planner, *renderers):
-            query = ExportQuery(fields=("id", "bio"))
-            blocks = sqlite_blocks(planner, renderers, query, NdjsonEncoder(query.fields), 10)
+            query = query_for(await reflected(engine), "fields=id,bio")
+            blocks = sqlite_blocks(planner, renderers, query, Ndjson(query.fields), 10)
             async with aclosing(blocks):
                 await anext(blocks)
             for conn in (planner, *renderers):

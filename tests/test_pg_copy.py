@@ -19,10 +19,12 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter import db
+from exporter.catalog import Table
 from exporter.db import DriverStatement, create_engine, shared_snapshot, snapshot
+from exporter.formats import FORMATS
 from exporter.models import users
 from exporter.pg_copy import Block, copy_blocks, copy_ranges, copy_statement
-from exporter.queries import ExportQuery, parse_export_query
+from exporter.queries import ExportQuery
 from exporter.streaming import export_chunks, open_export
 from tests.conftest import (
     GOLDEN_AFTER_ID,
@@ -32,7 +34,9 @@ from tests.conftest import (
     at,
     build_database,
     postgres_url,
+    query_for,
     recreate_postgres_database,
+    reflected,
 )
 from tests.test_exports import GOLDEN_CSV, GOLDEN_JSON, GOLDEN_NDJSON
 
@@ -74,10 +78,11 @@ FILTERS = [
 ]
 
 
+USERS: list[Table] = []  # the users table, as the engine fixture reflected it
+
+
 def query_of(raw: str) -> ExportQuery:
-    return parse_export_query(
-        tuple(pair.split("=", 1)) for pair in raw.split("&") if pair  # type: ignore[misc]
-    )
+    return query_for(USERS[0], raw)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +130,7 @@ async def seeded_plus(
 @pytest.fixture(scope="module")
 async def engine(hostile: Database) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(hostile.url)
+    USERS[:] = [await reflected(engine)]
     yield engine
     await engine.dispose()
 
@@ -132,12 +138,14 @@ async def engine(hostile: Database) -> AsyncIterator[AsyncEngine]:
 async def copied(engine: AsyncEngine, query: ExportQuery, fmt: str, chunk_bytes: int = 65536
                  ) -> list[Block]:
     async with snapshot(engine) as conn:
-        return [block async for block in copy_blocks(conn, query, fmt, chunk_bytes=chunk_bytes)]
+        blocks = copy_blocks(conn, query, FORMATS[fmt], chunk_bytes=chunk_bytes)
+        return [block async for block in blocks]
 
 
 async def piped(engine: AsyncEngine, database: Database, query: ExportQuery, fmt: str) -> bytes:
     """What the row pipeline gives for the same export."""
-    return b"".join([chunk async for chunk in open_export(engine, query, fmt, database.settings())])
+    chunks = open_export(engine, query, FORMATS[fmt], database.settings())
+    return b"".join([chunk async for chunk in chunks])
 
 
 def framed(fmt: str, query: ExportQuery, blocks: list[Block]) -> bytes:
@@ -214,7 +222,7 @@ async def test_every_block_holds_whole_rows_and_says_how_many(big: Database, fmt
 async def test_blocks_are_about_chunk_bytes_after_a_quick_first_one(
     engine: AsyncEngine,
 ) -> None:
-    blocks = await copied(engine, ExportQuery(), "csv", chunk_bytes=32768)
+    blocks = await copied(engine, query_of(""), "csv", chunk_bytes=32768)
     assert all(len(data) >= 32768 for _, data in blocks[1:-1])
     assert all(len(data) < 2 * 32768 + 256 * 1024 for _, data in blocks)
 
@@ -224,10 +232,12 @@ async def test_an_export_with_no_rows_gives_no_blocks(engine: AsyncEngine) -> No
         assert await copied(engine, query_of("limit=0"), fmt) == []
 
 
-def test_filter_values_are_bound_as_parameters_not_pasted_into_the_sql() -> None:
+def test_filter_values_are_bound_as_parameters_not_pasted_into_the_sql(
+    engine: AsyncEngine,
+) -> None:
     query = query_of("country=QX,QY&plan=enterprise&created_from=1999-12-31&after_id=123456789")
     for fmt in ("csv", "json"):
-        statement = DriverStatement(copy_statement(query, fmt), asyncpg_dialect())
+        statement = DriverStatement(copy_statement(query, FORMATS[fmt]), asyncpg_dialect())
         sql, args = statement.sql, statement.arguments()
         for value in ("QX", "QY", "enterprise", "1999", "123456789"):
             assert value not in sql
@@ -254,7 +264,8 @@ async def test_copy_reads_the_snapshot_of_the_export_transaction(hostile: Databa
 
 
 async def copied_in(conn: Any, query: ExportQuery) -> bytes:
-    return b"".join([data async for _, data in copy_blocks(conn, query, "csv", chunk_bytes=1)])
+    blocks = copy_blocks(conn, query, FORMATS["csv"], chunk_bytes=1)
+    return b"".join([data async for _, data in blocks])
 
 
 async def activity(pid: int, column: str) -> str | None:
@@ -283,7 +294,7 @@ async def test_a_reader_that_stops_reading_holds_the_copy_back_at_the_server(
     try:
         async with snapshot(engine) as conn:
             pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-            blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
+            blocks = copy_blocks(conn, query_of(""), FORMATS["csv"], chunk_bytes=65536)
             async with aclosing(blocks):
                 await anext(blocks)
                 await asyncio.sleep(0.5)
@@ -303,7 +314,7 @@ async def test_closing_early_cancels_the_copy_and_the_connection_serves_the_next
     try:
         async with snapshot(engine) as conn:
             pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-            blocks = copy_blocks(conn, ExportQuery(), fmt, chunk_bytes=65536)
+            blocks = copy_blocks(conn, query_of(""), FORMATS[fmt], chunk_bytes=65536)
             await anext(blocks)
             await anext(blocks)
             await asyncio.sleep(reader_pause)  # behind: the read-ahead is full, COPY waits
@@ -332,7 +343,7 @@ async def test_a_disconnect_while_the_database_sends_nothing_closes_the_connecti
             with pytest.raises(asyncio.CancelledError):  # rolls the snapshot back
                 async with snapshot(engine) as conn:
                     pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-                    blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
+                    blocks = copy_blocks(conn, query_of(""), FORMATS["csv"], chunk_bytes=65536)
                     first = asyncio.create_task(anext(blocks))  # the COPY waits for the lock
                     await asyncio.sleep(0.2)
                     first.cancel()  # as a server cancels the body of a client that left
@@ -366,7 +377,7 @@ async def test_a_terminated_backend_raises_out_of_the_blocks_and_the_next_export
         with pytest.raises(asyncpg.PostgresConnectionError):  # its message varies
             async with snapshot(engine) as conn:
                 pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-                blocks = copy_blocks(conn, ExportQuery(), "csv", chunk_bytes=65536)
+                blocks = copy_blocks(conn, query_of(""), FORMATS["csv"], chunk_bytes=65536)
                 received += (await anext(blocks))[0]
                 await terminate(pid)
                 async for rows, _ in blocks:
@@ -391,7 +402,7 @@ async def terminate(pid: int) -> None:
 async def ranged(engine: AsyncEngine, query: ExportQuery, fmt: str, range_rows: int = 7,
                  readers: int = 2) -> list[Block]:
     async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
-        ranges = copy_ranges(planner, renderers, query, fmt, chunk_bytes=4096,
+        ranges = copy_ranges(planner, renderers, query, FORMATS[fmt], chunk_bytes=4096,
                              range_rows=range_rows)
         return [block async for block in ranges]
 
@@ -436,7 +447,8 @@ async def test_every_reader_reads_the_snapshot_of_the_first(
             await writer.execute(insert(users), [leaving])
         monkeypatch.setattr(db, "snapshot", commit_between)
         async with db.shared_snapshot(engine, 3) as (planner, *renderers):
-            ranges = copy_ranges(planner, renderers, query, "csv", chunk_bytes=1, range_rows=3)
+            ranges = copy_ranges(planner, renderers, query, FORMATS["csv"], chunk_bytes=1,
+                                 range_rows=3)
             data = b"".join([data async for _, data in ranges])
             read_only = [
                 (await conn.execute(text("SHOW transaction_read_only"))).scalar_one()
@@ -467,7 +479,7 @@ async def test_closing_ranges_early_leaves_every_connection_idle_and_reusable(
             pids = [(await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
                     for conn in connections]
             planner, *renderers = connections
-            blocks = copy_ranges(planner, renderers, ExportQuery(), fmt, chunk_bytes=65536,
+            blocks = copy_ranges(planner, renderers, query_of(""), FORMATS[fmt], chunk_bytes=65536,
                                  range_rows=20_000)
             await anext(blocks)
             await anext(blocks)
@@ -494,7 +506,7 @@ async def test_a_terminated_planner_raises_its_own_error_not_the_rollbacks(
         with pytest.raises(Exception) as raised:
             async with shared_snapshot(engine, 3) as (planner, *renderers):
                 pid = (await planner.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-                blocks = copy_ranges(planner, renderers, ExportQuery(), "csv",
+                blocks = copy_ranges(planner, renderers, query_of(""), FORMATS["csv"],
                                      chunk_bytes=65536, range_rows=5_000)
                 async with aclosing(blocks):
                     await anext(blocks)
@@ -520,7 +532,7 @@ async def test_a_slow_reader_on_a_server_that_ends_idle_transactions_gets_every_
         await conn.commit()
     engine = create_engine(big.url)  # new connections: the setting applies to them
     try:
-        chunks = export_chunks(engine, ExportQuery(), "csv", batch_rows=5_000,
+        chunks = export_chunks(engine, query_of(""), FORMATS["csv"], batch_rows=5_000,
                                chunk_bytes=65536, readers=2)
         async with aclosing(chunks):
             body = [await anext(chunks)]

@@ -1,16 +1,17 @@
-"""``GET /exports/users.{csv,ndjson,json}``: the streaming exports."""
+"""``GET /exports/{table}.{csv,ndjson,json}``: the streaming exports, of any exposed table."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 
-from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable
+from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound, echo
 from exporter.files import content_disposition
-from exporter.formats import FORMATS, Encoder
-from exporter.routes.deps import EngineDep, ExportQueryDep, MetricsDep, SettingsDep, SlotsDep
+from exporter.formats import BY_EXTENSION, FORMATS, Format
+from exporter.params import parse_query
+from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
 from exporter.streaming import ExportResponse, Progress, observed, open_export, prime
 
 router = APIRouter(tags=["exports"])
@@ -33,58 +34,74 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return allowed.get("gzip", allowed.get("x-gzip", allowed.get("*", False)))
 
 
-def export_filename(encoder: type[Encoder], now: datetime | None = None) -> str:
+def export_filename(table: str, fmt: type[Format], now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"users-{stamp}.{encoder.extension}"
+    return f"{table}-{stamp}.{fmt.extension}"
 
 
-def _endpoint(fmt: str) -> Callable[..., Awaitable[ExportResponse]]:
-    encoder_class = FORMATS[fmt]
-
-    async def export_users(
-        request: Request,
-        query: ExportQueryDep,
-        settings: SettingsDep,
-        engine: EngineDep,
-        metrics: MetricsDep,
-        slots: SlotsDep,
-    ) -> ExportResponse:
-        gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
-        slots.acquire()
-        on_batch, metrics_end = metrics.export_started(fmt)
-
-        def on_end(outcome: str) -> None:
-            slots.release()
-            metrics_end(outcome)
-
-        progress = Progress(on_batch=on_batch)
-        stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress)
-        try:
-            body = await prime(observed(stream, progress, on_end))
-        except DATABASE_UNREACHABLE as exc:
-            raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
-        headers = {
-            "Content-Disposition": content_disposition(
-                "attachment", export_filename(encoder_class)
-            ),
-            "Cache-Control": "no-store",
-            "Vary": "Accept-Encoding",
-            "X-Content-Type-Options": "nosniff",
-        }
-        if gzip:
-            headers["Content-Encoding"] = "gzip"
-        return ExportResponse(body, media_type=encoder_class.media_type, headers=headers)
-
-    export_users.__name__ = f"export_users_{fmt}"
-    export_users.__doc__ = f"Stream the users table as {fmt}, in ascending id, from one snapshot."
-    return export_users
+def split_export_name(name: str) -> tuple[str, type[Format]]:
+    """``users.csv`` -> ("users", Csv); a 404 listing the formats for another extension."""
+    table, dot, extension = name.rpartition(".")
+    if not dot or extension not in BY_EXTENSION:
+        raise NotFound(
+            f"{echo(name)!r} does not end in an export format's extension; valid: "
+            f"{', '.join('.' + fmt.extension for fmt in FORMATS.values())}",
+            valid=[fmt.extension for fmt in FORMATS.values()],
+        )
+    return table, BY_EXTENSION[extension]
 
 
-for _fmt, _encoder in FORMATS.items():
-    router.add_api_route(
-        f"/exports/users.{_encoder.extension}",
-        _endpoint(_fmt),
-        methods=["GET"],
-        response_class=ExportResponse,
-        responses={200: {"content": {_encoder.media_type.split(";")[0]: {}}}},
-    )
+MEDIA_TYPES: dict[str, dict[str, object]] = {
+    fmt.media_type.split(";")[0]: {} for fmt in FORMATS.values()
+}
+
+
+@router.get(
+    "/exports/{name}",
+    response_class=ExportResponse,
+    responses={200: {"content": MEDIA_TYPES},
+               404: {"description": "no such table, or no such format"},
+               422: {"description": "an unknown or bad parameter"},
+               503: {"description": "every export slot is taken, or the database is busy"}},
+)
+async def export_table(
+    request: Request,
+    name: Annotated[str, Path(description="`<table>.<csv|ndjson|json>`, e.g. users.csv")],
+    settings: SettingsDep,
+    engine: EngineDep,
+    catalog: CatalogDep,
+    metrics: MetricsDep,
+    slots: SlotsDep,
+) -> ExportResponse:
+    """Stream a table in primary-key order, from one snapshot. Query parameters
+    (Datasette's grammar): `fields=a,b`, `col=v1,v2`, `col__exact=`, `col__gt=`,
+    `col__gte=`, `col__lt=`, `col__lte=`, `col__isnull=true|false`, `limit=`, `after=`;
+    `GET /tables/{table}` lists a table's columns."""
+    table_name, fmt = split_export_name(name)
+    table = await catalog.get(table_name)
+    query = parse_query(table, request.query_params.multi_items())
+    gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
+    slots.acquire()
+    on_batch, metrics_end = metrics.export_started(fmt.name)
+
+    def on_end(outcome: str) -> None:
+        slots.release()
+        metrics_end(outcome)
+
+    progress = Progress(on_batch=on_batch)
+    stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress)
+    try:
+        body = await prime(observed(stream, progress, on_end))
+    except DATABASE_UNREACHABLE as exc:
+        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+    headers = {
+        "Content-Disposition": content_disposition(
+            "attachment", export_filename(table.name, fmt)
+        ),
+        "Cache-Control": "no-store",
+        "Vary": "Accept-Encoding",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    return ExportResponse(body, media_type=fmt.media_type, headers=headers)

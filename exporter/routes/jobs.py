@@ -25,6 +25,7 @@ from exporter.errors import DATABASE_UNREACHABLE, Conflict, Gone, InvalidParamet
 from exporter.files import strong_etag
 from exporter.jobs import Job, JobRequest
 from exporter.routes.deps import (
+    CatalogDep,
     DigestsDep,
     EngineDep,
     FileSenderDep,
@@ -106,10 +107,13 @@ def _now() -> datetime:
 
 @router.post("/jobs", status_code=202, responses={422: {"description": "a bad body field"}})
 async def start_job(
-    body: JobRequest, response: Response, engine: EngineDep, worker: WorkerDep
+    body: JobRequest, response: Response, engine: EngineDep, catalog: CatalogDep,
+    worker: WorkerDep,
 ) -> JobOut:
     """Queue an export to a file; follow it at the Location given."""
-    job = await jobs.create_job(engine, body.spec(), _now())
+    spec = body.spec()
+    await spec.query(catalog)  # a 422 now, naming the bad value, rather than a failed job
+    job = await jobs.create_job(engine, spec, _now())
     if worker is not None:
         worker.wake()
     response.headers["Location"] = f"/jobs/{job.id}"

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from exporter import schedules
-from exporter.routes.deps import EngineDep, SettingsDep, WorkerDep
+from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep, WorkerDep
 from exporter.schedules import Schedule, ScheduleRequest
 
 router = APIRouter(tags=["schedules"])
@@ -39,10 +39,11 @@ def schedule_out(schedule: Schedule) -> ScheduleOut:
 
 @router.post("/schedules", status_code=201, responses={422: {"description": "a bad field"}})
 async def create_schedule(
-    body: ScheduleRequest, response: Response, engine: EngineDep, worker: WorkerDep
+    body: ScheduleRequest, response: Response, engine: EngineDep, catalog: CatalogDep,
+    worker: WorkerDep,
 ) -> ScheduleOut:
     """Run a job on a cron schedule, keeping the newest ``keep_last`` files."""
-    schedule = await schedules.create_schedule(engine, body, datetime.now(UTC))
+    schedule = await schedules.create_schedule(engine, catalog, body, datetime.now(UTC))
     if worker is not None:
         worker.wake()  # so that it sleeps until this schedule's first time, if sooner
     response.headers["Location"] = f"/schedules/{schedule.id}"

@@ -1,0 +1,55 @@
+"""``Format``: everything about one export format, in one class.
+
+The database renders every row in its final form (queries.Shape): a CSV line quoted per
+RFC 4180, or a JSON object, so no per-row Python runs on the hot path. A format says which
+shape it asks each backend for, how PostgreSQL's COPY output becomes its bytes, and how
+blocks of rows are framed into one document (a header, separators, brackets). One instance
+frames one export; the class is what the edges (route, job, command line) resolve a name to
+and pass down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from exporter.queries import Shape
+
+Block = tuple[int, bytes]  # (rows in it, their bytes): whole rows, already joined
+
+
+class Format:
+    name: ClassVar[str]
+    media_type: ClassVar[str]
+    extension: ClassVar[str]
+    # SQLite: what each row of the statement is, and what joins and ends rows in a batch.
+    shape: ClassVar[Shape]
+    separator: ClassVar[bytes]  # between two rows
+    terminator: ClassVar[bytes] = b""  # after every row
+    # PostgreSQL: what COPY is asked for, and what ends each of its rows.
+    copy_shape: ClassVar[Shape]
+    copy_format: ClassVar[str]
+    copy_row_end: ClassVar[bytes]
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = [str(name) for name in fields]
+
+    @staticmethod
+    def copy_rows(chunk: bytes) -> Block:
+        """A COPY chunk (whole rows) -> its row count and its rows' final bytes."""
+        raise NotImplementedError
+
+    @staticmethod
+    def copy_join(parts: list[bytes]) -> bytes:
+        """Final COPY chunks -> one block of rows, as ``separator`` would join them."""
+        return b"".join(parts)
+
+    def begin(self) -> bytes:
+        return b""
+
+    def frame(self, block: bytes) -> bytes:
+        """What goes out for a block, given the blocks before it."""
+        return block
+
+    def end(self) -> bytes:
+        return b""

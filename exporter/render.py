@@ -1,0 +1,236 @@
+"""Each kind of column in its final text, rendered by the database, the same on both backends.
+
+The database renders every row in its final form in C, outside Python's GIL: on SQLite a
+CSV line (one ``printf``) or a JSON object (``json_object``); on PostgreSQL the columns that
+``COPY ... (FORMAT csv)`` writes, or a ``row_to_json`` object. This module holds, for each
+kind (catalog.Kind), the SQL that gives its text, so that both backends give the same bytes:
+
+- floats: the shortest text that reads back to the same double, in PostgreSQL's notation
+  (``39.81``, ``100``, ``1e+16``, ``1e-05``: exponent below -4 or from 15 up). PostgreSQL's
+  own output is that; SQLite tries 15, 16 then 17 significant digits and keeps the first
+  that reads back equal;
+- numerics with a declared scale: that many decimals (SQLite stores them as REAL);
+- timestamps: ``2024-03-01T12:00:00Z``, in UTC, to the second; a timestamp without a time
+  zone is taken as UTC; dates ``2024-03-01``; times ``12:00:00`` (to the second);
+- booleans ``true``/``false``; bytes base64; PostgreSQL arrays JSON arrays;
+- JSON embedded as JSON in the JSON formats, its text in CSV.
+
+SQLite lets any column hold any value. A value that does not fit its column's kind (a TEXT
+in an INTEGER column, a date that does not parse) is exported as it is stored, a string in
+JSON and a quoted field in CSV where it needs quotes: never a wrong number, never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    Interval,
+    String,
+    Text,
+    Time,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSON
+
+from exporter.catalog import Column, Kind
+
+SQL = ColumnElement[Any]
+CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+BASE64 = "exporter_base64"  # a function each SQLite connection gets (db.py): SQLite has none
+
+
+def sqlite_base64(value: bytes | None) -> str | None:
+    """SQLite's ``exporter_base64``: bytes as base64 text (what PostgreSQL's ``encode``
+    writes, less its line breaks); any other value as it is."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def _text(value: SQL) -> SQL:
+    return type_coerce(value, String)
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+
+def _typeof(column: SQL) -> SQL:
+    return func.typeof(column)
+
+
+def _sqlite_float(column: SQL) -> SQL:
+    """The shortest of 15, 16 or 17 significant digits that reads back to the same double,
+    written as PostgreSQL writes float8. printf's ``%g`` switches to an exponent from the
+    precision up, PostgreSQL from 15 up: between 1e15 and 1e17, ``%e`` gives those digits.
+    The ``!`` flag lifts printf's cap of 16 significant digits."""
+    def reads_back(text: SQL) -> SQL:
+        return cast(text, Float) == column
+
+    digits15, digits16 = func.printf("%.15g", column), func.printf("%!.16g", column)
+    wide16, wide17 = func.printf("%!.15e", column), func.printf("%!.16e", column)
+    wide = func.abs(column) >= 1e15
+    return _text(case(
+        (reads_back(digits15), digits15),
+        (wide & reads_back(wide16), wide16),
+        (wide, wide17),
+        (reads_back(digits16), digits16),
+        else_=func.printf("%!.17g", column),
+    ))
+
+
+def _quoted(value: SQL) -> SQL:
+    """A CSV field as csv.writer writes it: quoted only when it holds a special."""
+    needs = or_(*(type_coerce(func.instr(value, s), Boolean) for s in CSV_SPECIALS))
+    quoted = literal('"') + func.replace(value, '"', '""') + literal('"')
+    return _text(case((needs, quoted), else_=value))
+
+
+def _as_stored_csv(column: SQL) -> SQL:
+    """A value that does not fit its kind, as SQLite holds it."""
+    return _text(case(
+        (_typeof(column) == "real", _sqlite_float(column)),
+        (_typeof(column) == "blob", _base64(column)),
+        (_typeof(column) == "text", _quoted(column)),
+        else_=column,
+    ))
+
+
+def _base64(column: SQL) -> SQL:
+    return _text(getattr(func, BASE64)(column))
+
+
+def _numeric_format(scale: int) -> str:
+    return f"%.{scale}f"
+
+
+def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
+    """``(printf format, argument)`` for one field of SQLite's CSV line; ``%s`` writes NULL
+    as nothing."""
+    kind = column.kind
+    stored = _as_stored_csv(value)
+    if kind is Kind.TEXT or kind is Kind.UUID:
+        return "%s", _quoted(value)
+    if kind is Kind.INTEGER:
+        return "%s", case((_typeof(value) == "integer", value), else_=stored)
+    if kind is Kind.FLOAT:
+        return "%s", case((_typeof(value).in_(("real", "integer")), _sqlite_float(value)),
+                          else_=stored)
+    if kind is Kind.NUMERIC and column.scale is not None:
+        return "%s", case((_typeof(value).in_(("real", "integer")),
+                           func.printf(_numeric_format(column.scale), value)), else_=stored)
+    if kind is Kind.BOOLEAN:
+        return "%s", case((value == 1, "true"), (value == 0, "false"), else_=stored)
+    if kind in (Kind.TIMESTAMP, Kind.DATE, Kind.TIME):
+        rendered = _sqlite_moment(kind, value)
+        return "%s", case((_typeof(value) == "text", func.coalesce(rendered, _quoted(value))),
+                          else_=stored)
+    if kind is Kind.JSON:
+        return "%s", _quoted(value)
+    return "%s", stored  # BYTES, ANY, NUMERIC without a scale
+
+
+def _sqlite_moment(kind: Kind, value: SQL) -> SQL:
+    if kind is Kind.TIMESTAMP:
+        return func.strftime(TIMESTAMP_FORMAT, value)
+    if kind is Kind.DATE:
+        return func.date(value)
+    return func.time(value)
+
+
+def sqlite_json_value(column: Column, value: SQL) -> SQL:
+    """One member's value for SQLite's ``json_object``: numbers and booleans as JSON
+    (``json()``), text as strings; what does not fit its kind as stored."""
+    kind = column.kind
+    as_stored = case(
+        (_typeof(value) == "real", func.json(_sqlite_float(value))),
+        (_typeof(value) == "blob", _base64(value)),
+        else_=value,
+    )
+    if kind in (Kind.TEXT, Kind.UUID, Kind.INTEGER):
+        return value if kind is not Kind.INTEGER else case(
+            (_typeof(value) == "integer", value), else_=as_stored)
+    if kind is Kind.FLOAT:
+        return case((_typeof(value).in_(("real", "integer")), func.json(_sqlite_float(value))),
+                    else_=as_stored)
+    if kind is Kind.NUMERIC and column.scale is not None:
+        return case((_typeof(value).in_(("real", "integer")),
+                     func.json(func.printf(_numeric_format(column.scale), value))),
+                    else_=as_stored)
+    if kind is Kind.BOOLEAN:
+        return case((value == 1, func.json("true")), (value == 0, func.json("false")),
+                    else_=as_stored)
+    if kind in (Kind.TIMESTAMP, Kind.DATE, Kind.TIME):
+        return case((_typeof(value) == "text", func.coalesce(_sqlite_moment(kind, value), value)),
+                    else_=as_stored)
+    if kind is Kind.JSON:
+        return case((func.json_valid(value) == 1, func.json(value)), else_=as_stored)
+    return as_stored  # BYTES, ANY, NUMERIC without a scale
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+def _pg_timestamp(column: Column, value: SQL) -> SQL:
+    if "with time zone" in column.declared or column.declared == "timestamptz":
+        value = func.timezone("UTC", value)
+    return func.to_char(value, PG_TIMESTAMP_FORMAT)
+
+
+def _pg_rendered(column: Column, value: SQL) -> SQL | None:
+    """The text of kinds PostgreSQL would write otherwise than our rendering, in both
+    shapes; None where its own output (or row_to_json's) is already ours."""
+    kind = column.kind
+    if kind is Kind.TIMESTAMP:
+        return _pg_timestamp(column, value)
+    if kind is Kind.DATE:
+        return func.to_char(value, "YYYY-MM-DD")
+    if kind is Kind.TIME:  # to_char takes no time: as an interval, to the second
+        return func.to_char(cast(cast(value, Time()), Interval()), "HH24:MI:SS")
+    if kind is Kind.BYTES:
+        return func.translate(func.encode(value, "base64"), "\n", "")
+    return None
+
+
+def pg_csv_value(column: Column, value: SQL, alone: bool) -> SQL:
+    """One column of PostgreSQL's CSV COPY: text where COPY would write it otherwise than
+    csv.writer (booleans, empty strings: see pg_copy.py)."""
+    rendered = _pg_rendered(column, value)
+    kind = column.kind
+    if rendered is not None:
+        result = rendered
+    elif kind is Kind.BOOLEAN:
+        result = case((value, "true"), (~value, "false"))
+    elif kind is Kind.ARRAY:
+        result = cast(func.array_to_json(value), Text)
+    elif kind in (Kind.TEXT, Kind.ANY, Kind.JSON, Kind.UUID):
+        # COPY writes '' as "" to tell it from NULL; csv.writer writes nothing.
+        result = func.nullif(cast(value, Text), "")
+    else:
+        result = value
+    if alone:  # csv.writer writes a lone empty field as "": COPY quotes a lone ''
+        return func.coalesce(cast(result, Text), "")
+    return result
+
+
+def pg_json_value(column: Column, value: SQL) -> SQL:
+    """One member's value for PostgreSQL's ``row_to_json``, which renders numbers,
+    booleans, JSON, UUIDs and arrays as ours already."""
+    rendered = _pg_rendered(column, value)
+    if rendered is not None:
+        return rendered
+    if column.kind is Kind.JSON:
+        return type_coerce(value, JSON)
+    return value
+

@@ -1,0 +1,43 @@
+"""``GET /tables`` and ``GET /tables/{table}``: what can be exported, and how."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+
+from exporter.catalog import Table
+from exporter.formats import FORMATS
+from exporter.params import parameter_names
+from exporter.routes.deps import CatalogDep
+
+router = APIRouter(tags=["tables"])
+
+
+def describe(table: Table, request: Request) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
+    path = quote(table.name, safe="")
+    return {
+        "name": table.name,
+        "type": "view" if table.view else "table",
+        "columns": [column.describe() for column in table.columns],
+        "primary_key": list(table.key),
+        "approximate_rows": table.rows,
+        "exports": {fmt.name: f"{base}/exports/{path}.{fmt.extension}"
+                    for fmt in FORMATS.values()},
+        "parameters": parameter_names(table),
+    }
+
+
+@router.get("/tables")
+async def list_tables(request: Request, catalog: CatalogDep) -> dict[str, Any]:
+    """Every exportable table and view, with its columns, key, size and export URLs."""
+    tables = await catalog.tables()
+    return {"tables": [describe(tables[name], request) for name in sorted(tables)]}
+
+
+@router.get("/tables/{table}", responses={404: {"description": "no such table"}})
+async def get_table(table: str, request: Request, catalog: CatalogDep) -> dict[str, Any]:
+    """One table or view: its columns, key, size and export URLs."""
+    return describe(await catalog.get(table), request)
