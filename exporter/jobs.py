@@ -29,8 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.errors import Conflict, InvalidParameter, NotFound, echo
 from exporter.formats import FORMATS
-from exporter.models import export_jobs, utc_values
 from exporter.queries import PARAMETERS, ExportQuery, parse_export_query
+from exporter.state import export_jobs, utc_values
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
     "queued", "running", "succeeded", "failed", "canceled", "expired",
@@ -149,6 +149,7 @@ class Job:
     """One ``export_jobs`` row, timestamps in UTC."""
 
     id: str
+    table_name: str
     format: str
     fields: list[str] | None
     filters: dict[str, str]

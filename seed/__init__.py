@@ -4,6 +4,9 @@ SQLite gets batched ``executemany`` inserts inside one transaction; PostgreSQL g
 ``COPY`` through asyncpg's ``copy_records_to_table``. Both store the same values, so both
 export the same bytes.
 
+The seeder creates the demo's tables itself: the service's migrations make only its own
+state.
+
 A database that already holds users is left alone (unless ``reset``), but the files it
 refers to are made whole again: ``restore_files``.
 """
@@ -68,6 +71,7 @@ async def seed_database(
     alone, after ``restore_files``."""
     await migrate(engine)
     async with engine.begin() as conn:
+        await conn.run_sync(models.metadata.create_all)  # those missing: checkfirst
         existing = (await conn.execute(select(func.count()).select_from(models.users))).scalar_one()
     if existing and not plan.reset:
         progress(f"database already holds {existing} users; not seeding (use --reset)")
