@@ -386,11 +386,15 @@ async def current_revision(conn: AsyncConnection) -> str | None:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the service's state to the newest Alembic revision (idempotent)."""
+    """Bring the service's state to the newest Alembic revision, and move in the state an
+    older version kept among the user's tables (both idempotent)."""
     from alembic import command
+
+    from exporter.legacy import adopt_legacy_state
 
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+    await adopt_legacy_state(engine)
 
 
 async def downgrade_all(engine: AsyncEngine) -> None:
