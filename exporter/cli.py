@@ -178,7 +178,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:
-    from seed import SeedMismatch, SeedPlan, seed_database
+    from seed import NotTheDemo, SeedMismatch, SeedPlan, seed_database
 
     plan = SeedPlan(
         users=args.users,
@@ -191,7 +191,7 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
     try:
         await seed_database(engine, settings.data_dir, plan)
-    except SeedMismatch as exc:
+    except (SeedMismatch, NotTheDemo) as exc:
         print(f"exporter seed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
