@@ -269,7 +269,11 @@ async def _sqlite_shared(
     once timed out on the lock (47 of 96 answered 500 at a cap of 32). Exports of one
     process take turns for it on an asyncio lock instead, with their connections opened
     and their (deferred) transactions begun beforehand, so that each holds SQLite's lock
-    for three driver calls: BEGIN IMMEDIATE, the readers' first reads at once, ROLLBACK."""
+    for three driver calls: BEGIN IMMEDIATE, the readers' first reads at once, ROLLBACK.
+
+    BEGIN IMMEDIATE takes the write lock of every attached database, the state's too, so
+    jobs' progress writes wait out those three calls, as they did when jobs lived in the
+    user's file; the readers' snapshots are of the user's database alone."""
     connections = []
     for _ in range(readers):
         conn = await stack.enter_async_context(engine.connect())
