@@ -90,7 +90,7 @@ def _legacy_schema(conn: Connection) -> str | None:
     for name, columns in LEGACY_COLUMNS.items():
         if not inspector.has_table(name, schema=schema):
             return None
-        found = {found["name"] for found in inspector.get_columns(name, schema=schema)}
+        found = {described["name"] for described in inspector.get_columns(name, schema=schema)}
         if found != set(columns):
             log.warning("%s.%s has other columns than an earlier exporter gave it; left "
                         "alone as the user's", schema, name)

@@ -6,8 +6,8 @@ one set of statements serves both and no name of ours can meet one of the user's
 - PostgreSQL: the schema ``exporter`` of the configured database (the migrations create
   it), with Alembic's ``alembic_version`` in it too.
 - SQLite: a database file of its own, ``<data_dir>/exporter-state.db``, attached to every
-  connection as ``exporter`` (``exporter.db``), so that the user's file never holds a
-  table of ours.
+  connection under that name (so ``exporter.export_jobs`` names the same table on both),
+  and the user's file never holds a table of ours.
 
 Timestamps are stored in UTC. SQLite keeps them as naive text in SQLAlchemy's format, which
 compares correctly as text; ``as_utc`` puts the zone back on what is read.
