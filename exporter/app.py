@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(
             settings.resolved_database_url,
+            state_path=settings.state_database_path,
             pool_size=settings.db_pool_size,
             # A running job holds an export's connections and briefly takes one more for
             # each heartbeat; sized so that no export waits for a connection.

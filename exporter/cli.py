@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.auth import listen_refusal
 from exporter.catalog import Catalog
 from exporter.config import Settings, describe, load_settings
-from exporter.db import create_engine, migrate
+from exporter.db import StateUnavailable, create_engine, migrate
 from exporter.errors import InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
 from exporter.params import parse_query
@@ -48,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="run export jobs and schedules, without HTTP (until SIGTERM or SIGINT)"
     )
 
-    commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser(
+        "migrate", help="create or update the service's own state (schema exporter); the "
+        "user's tables are left alone"
+    )
 
     seed = commands.add_parser(
-        "seed", help="migrate, then fill an empty database with deterministic users and files;"
-        " a populated one gets back the files it lost"
+        "seed", help="migrate, create the demo's tables (users, images) and fill them with "
+        "deterministic users and files; a populated database gets back the files it lost"
     )
     seed.add_argument("--users", type=int, default=1_000_000, help="users (default 1000000)")
     seed.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -92,6 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = describe(exc) if isinstance(exc, ValidationError) else str(exc)
         print(f"exporter: invalid settings: {shown}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        return _run(args, settings)
+    except StateUnavailable as exc:
+        print(f"exporter {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         return _serve(args, settings)
     if args.command == "worker":
@@ -102,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "seed":
         return asyncio.run(_seed(settings, args))
     return _export(settings, args)
+
+
+def _engine(settings: Settings, **options: int) -> AsyncEngine:
+    return create_engine(
+        settings.resolved_database_url, state_path=settings.state_database_path, **options
+    )
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,8 +153,8 @@ async def _worker(settings: Settings) -> int:
     from exporter.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    engine = create_engine(
-        settings.resolved_database_url, pool_size=2 * settings.worker_concurrency + 1,
+    engine = _engine(
+        settings, pool_size=2 * settings.worker_concurrency + 1,
         max_overflow=settings.worker_concurrency * settings.connections_per_export,
         sqlite_nice=settings.sqlite_nice,
     )
@@ -164,7 +182,7 @@ async def _worker(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> None:
-    engine = create_engine(settings.resolved_database_url)
+    engine = _engine(settings)
     try:
         await migrate(engine)
     finally:
@@ -172,7 +190,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:
-    from seed import SeedMismatch, SeedPlan, seed_database
+    from seed import NotTheDemo, SeedMismatch, SeedPlan, seed_database
 
     plan = SeedPlan(
         users=args.users,
@@ -182,10 +200,10 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
         reset=args.reset,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.resolved_database_url)
+    engine = _engine(settings)
     try:
         await seed_database(engine, settings.data_dir, plan)
-    except SeedMismatch as exc:
+    except (SeedMismatch, NotTheDemo) as exc:
         print(f"exporter seed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -228,7 +246,7 @@ async def _write_export(
     settings: Settings, table_name: str, pairs: list[tuple[str, str]], fmt: type[Format],
     out: BinaryIO,
 ) -> int:
-    engine = create_engine(settings.resolved_database_url)
+    engine = _engine(settings)
     try:
         table = await Catalog.from_settings(engine, settings).get(table_name)
         query = parse_query(table, pairs)

@@ -17,6 +17,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from exporter.state import STATE_FILE_NAME
+
 SECRET_SETTINGS = frozenset({"api_keys"})
 # What an Authorization header carries safely: visible ASCII (RFC 9110 field values are
 # bytes; anything else depends on the client's encoding).
@@ -30,7 +32,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         Path("./data"),
-        description="Where the SQLite database, files, images and job outputs live.",
+        description=(
+            "Where the SQLite database, the service's own state on SQLite "
+            "(exporter-state.db), files, images and job outputs live."
+        ),
     )
     database_url: str | None = Field(
         None,
@@ -264,6 +269,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'exporter.db').resolve()}"
+
+    @property
+    def state_database_path(self) -> Path:
+        """SQLite's home for the service's own state, attached to every connection as the
+        schema ``exporter`` (PostgreSQL keeps it in that schema of its own database)."""
+        return (self.data_dir / STATE_FILE_NAME).resolve()
 
     @property
     def connections_per_export(self) -> int:

@@ -3,7 +3,10 @@
 SQLite: WAL so readers never block the writer, per-connection pragmas in a connect event,
 and the driver's own implicit transactions turned off so that ``BEGIN`` is ours to send
 (SQLAlchemy's documented recipe); an export then reads one snapshot from one ``BEGIN``.
-PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction.
+The service's own state is a second database file, attached to every connection as the
+schema ``exporter`` (``exporter.state``), so the user's file never holds a table of ours.
+PostgreSQL: the export runs in a READ ONLY, REPEATABLE READ transaction; the state is the
+schema ``exporter`` of the same database.
 """
 
 from __future__ import annotations
@@ -29,36 +32,78 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from exporter import render
+from exporter.state import STATE_SCHEMA, alembic_options
 
 log = logging.getLogger("exporter.db")
 
 BUSY_TIMEOUT_MS = 5000  # how long a SQLite statement waits for a lock before it fails
-SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
+SQLITE_CONNECTION_PRAGMAS = (
+    # First, so that switching a file to WAL below waits for a lock rather than fails.
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+    "PRAGMA foreign_keys=ON",
 )
+# Set on each database file, the user's (main) and the attached state alike. WAL is a
+# lasting setting of the file: the user's application keeps writing while exports read.
+SQLITE_FILE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL")
+IN_MEMORY = ":memory:"
 # How long an export waits for SQLite's write lock to line its readers' snapshots up before
 # it reads on one connection instead: the first byte should not wait on a foreign writer.
 SNAPSHOT_LOCK_WAIT_MS = 250
 
 
 def create_engine(
-    url: str, pool_size: int = 5, max_overflow: int = 10, sqlite_nice: int = 0
+    url: str, *, state_path: Path | None = None, pool_size: int = 5, max_overflow: int = 10,
+    sqlite_nice: int = 0,
 ) -> AsyncEngine:
     """``pool_size`` connections stay open; up to ``max_overflow`` more open under load.
-    ``sqlite_nice``: the CPU niceness of each SQLite connection's thread (Linux)."""
+    ``state_path``: SQLite's state database (``Settings.state_database_path``), attached
+    to every connection as the schema ``exporter``; required for a SQLite file, while an
+    in-memory database gets an in-memory state. PostgreSQL keeps its state in its own
+    database and ignores it. ``sqlite_nice``: the CPU niceness of each SQLite connection's
+    thread (Linux)."""
     parsed = make_url(url)
     pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        state = _sqlite_state(parsed.database, state_path)
+        if parsed.database and parsed.database != IN_MEMORY:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         uncount_sqlite_memory()
         engine = create_async_engine(url, **pool)
-        _configure_sqlite(engine, sqlite_nice)
+        _configure_sqlite(engine, state, sqlite_nice)
         return engine
     return create_async_engine(url, pool_pre_ping=True, **pool)
+
+
+def _sqlite_state(database: str | None, state_path: Path | None) -> str:
+    """What SQLite attaches as the schema ``exporter``: the state file, made ready."""
+    if not database or database == IN_MEMORY:
+        return IN_MEMORY if state_path is None else _state_file(state_path)
+    if state_path is None:
+        raise ValueError(
+            f"the SQLite database {database} needs a state_path: the file that holds the "
+            "service's own state (Settings.state_database_path)"
+        )
+    if Path(database).resolve() == state_path.resolve():
+        raise ValueError(
+            f"{database} is the service's own state database; point EXPORTER_DATABASE_URL "
+            "at the database to export"
+        )
+    return _state_file(state_path)
+
+
+class StateUnavailable(RuntimeError):
+    """SQLite's state database cannot be made where the settings put it."""
+
+
+def _state_file(state_path: Path) -> str:
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateUnavailable(
+            f"the service's state database {state_path} cannot be made ({exc}); "
+            "EXPORTER_DATA_DIR must be a writable directory"
+        ) from exc
+    return str(state_path)
 
 
 SQLITE_CONFIG_MEMSTATUS = 9  # sqlite3.h
@@ -119,7 +164,7 @@ def _uncount_sqlite_memory() -> bool:
     return configured
 
 
-def _configure_sqlite(engine: AsyncEngine, nice: int) -> None:
+def _configure_sqlite(engine: AsyncEngine, state: str, nice: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         if nice:
@@ -130,8 +175,13 @@ def _configure_sqlite(engine: AsyncEngine, nice: int) -> None:
             render.BASE64, 1, render.sqlite_base64, deterministic=True
         )
         cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in SQLITE_CONNECTION_PRAGMAS:
             cursor.execute(pragma)
+        # A bound parameter: the path goes to SQLite as a value, never as SQL text.
+        cursor.execute(f"ATTACH DATABASE ? AS {STATE_SCHEMA}", (state,))
+        for schema in ("main", STATE_SCHEMA):
+            for pragma in SQLITE_FILE_PRAGMAS:
+                cursor.execute(f"PRAGMA {schema}.{pragma}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -224,7 +274,11 @@ async def _sqlite_shared(
     once timed out on the lock (47 of 96 answered 500 at a cap of 32). Exports of one
     process take turns for it on an asyncio lock instead, with their connections opened
     and their (deferred) transactions begun beforehand, so that each holds SQLite's lock
-    for three driver calls: BEGIN IMMEDIATE, the readers' first reads at once, ROLLBACK."""
+    for three driver calls: BEGIN IMMEDIATE, the readers' first reads at once, ROLLBACK.
+
+    BEGIN IMMEDIATE takes the write lock of every attached database, the state's too, so
+    jobs' progress writes wait out those three calls, as they did when jobs lived in the
+    user's file; the readers' snapshots are of the user's database alone."""
     connections = []
     for _ in range(readers):
         conn = await stack.enter_async_context(engine.connect())
@@ -331,24 +385,30 @@ def head_revision() -> str:
 
 
 async def current_revision(conn: AsyncConnection) -> str | None:
-    """The migration the database is at; None if it was never migrated."""
+    """The migration the service's state is at; None if it was never migrated."""
     from alembic.migration import MigrationContext
 
     return await conn.run_sync(
-        lambda sync: MigrationContext.configure(sync).get_current_revision()
+        lambda sync: MigrationContext.configure(sync, opts=alembic_options())
+        .get_current_revision()
     )
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+    """Bring the service's state to the newest Alembic revision, and move in the state an
+    older version kept among the user's tables (both idempotent)."""
     from alembic import command
+
+    from exporter.legacy import adopt_legacy_state
 
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+    await adopt_legacy_state(engine)
 
 
 async def downgrade_all(engine: AsyncEngine) -> None:
-    """Drop every table the migrations made (tests use it to start a database afresh)."""
+    """Drop the service's state, every job and schedule (tests use it to start afresh).
+    The user's tables, the demo's among them, are not the migrations' to drop."""
     from alembic import command
 
     async with engine.begin() as conn:

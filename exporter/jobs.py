@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exporter.catalog import Catalog
 from exporter.errors import Conflict, InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
-from exporter.models import export_jobs, utc_values
 from exporter.params import parse_query
 from exporter.queries import ExportQuery
+from exporter.state import export_jobs, utc_values
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
     "queued", "running", "succeeded", "failed", "canceled", "expired",
@@ -157,6 +157,7 @@ class Job:
     """One ``export_jobs`` row, timestamps in UTC."""
 
     id: str
+    table_name: str
     format: str
     fields: list[str] | None
     filters: dict[str, str]
@@ -192,7 +193,7 @@ class Job:
     def spec(self) -> JobSpec:
         fields_ = tuple(self.fields) if self.fields else None
         return JobSpec(self.format, fields_, dict(self.filters), self.compression,
-                       getattr(self, "table_name", "users"))
+                       self.table_name)
 
     @property
     def finished(self) -> bool:
@@ -229,7 +230,7 @@ def job_values(
 ) -> dict[str, Any]:
     """A new queued job's row."""
     return {
-        "id": new_id(), "format": spec.format,
+        "id": new_id(), "table_name": spec.table, "format": spec.format,
         "fields": list(spec.fields) if spec.fields is not None else None,
         "filters": spec.filters, "compression": spec.compression, "status": QUEUED,
         "rows_written": 0, "bytes_written": 0, "revision": 1, "attempts": 0,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.db import backend_name
 from exporter.jobs import CANCELED, FAILED, QUEUED, RUNNING, Job
-from exporter.models import export_jobs
+from exporter.state import export_jobs
 
 RETURNING_SQLITE = (3, 35)  # the first SQLite with UPDATE ... RETURNING
 

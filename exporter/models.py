@@ -1,31 +1,25 @@
-"""Tables, as SQLAlchemy Core: exports read them with Core, never as ORM objects (5x slower).
+"""The demo's tables, ``users`` and ``images``, as SQLAlchemy Core: exports read them with
+Core, never as ORM objects (5x slower).
 
-Timestamps are stored in UTC. SQLite keeps them as naive text in SQLAlchemy's format, which
-compares correctly as text; ``as_utc`` puts the zone back on what is read.
+They belong to the user's side of the database: ``exporter seed`` creates them (the
+migrations make only the service's own state, ``exporter.state``). Timestamps are stored in
+UTC; SQLite keeps them as naive text in SQLAlchemy's format.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     MetaData,
     Numeric,
-    Row,
     String,
     Table,
     Text,
-    UniqueConstraint,
-    false,
 )
 
 metadata = MetaData()
@@ -60,68 +54,3 @@ users = Table(
 )
 
 PLANS = ("free", "pro", "enterprise")
-
-schedules = Table(
-    "schedules",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("cron", String(255), nullable=False),
-    Column("timezone", String(64), nullable=False),
-    Column("job", JSON, nullable=False),  # the POST /jobs body every run gets
-    Column("keep_last", Integer, nullable=False),
-    Column("next_run_at", DateTime(timezone=True), nullable=False),
-    Column("last_run_at", DateTime(timezone=True), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Index("ix_schedules_next_run_at", "next_run_at"),
-)
-
-export_jobs = Table(
-    "export_jobs",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("format", String(16), nullable=False),
-    Column("fields", JSON, nullable=True),  # None: every field
-    Column("filters", JSON, nullable=False),  # parameter name -> query-string value
-    Column("compression", String(16), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("rows_written", BigInteger, nullable=False, server_default="0"),
-    Column("total_rows", BigInteger, nullable=True),
-    Column("bytes_written", BigInteger, nullable=False, server_default="0"),
-    # Bumped by every change an event stream shows: the SSE event id.
-    Column("revision", Integer, nullable=False, server_default="0"),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=True),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
-    Column("expires_at", DateTime(timezone=True), nullable=True),
-    Column("error", Text, nullable=True),
-    Column("file_name", String(255), nullable=True),  # the download's name
-    Column("file_path", String(255), nullable=True),  # its name in <data_dir>/jobs
-    Column("file_size", BigInteger, nullable=True),
-    Column("row_count", BigInteger, nullable=True),
-    Column("sha256", String(64), nullable=True),
-    # The schedule that made it; kept after that schedule is deleted, as its provenance.
-    Column("schedule_id", String(32), nullable=True),
-    Column("scheduled_for", DateTime(timezone=True), nullable=True),
-    Column("lease_owner", String(200), nullable=True),  # the worker running it, or that ran it
-    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
-    # Each scheduled time makes one job, however many replicas fire the schedule.
-    UniqueConstraint("schedule_id", "scheduled_for", name="uq_export_jobs_schedule_tick"),
-    Index("ix_export_jobs_status_created_at", "status", "created_at"),
-    Index("ix_export_jobs_created_at", "created_at"),
-)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A stored timestamp as an aware UTC datetime (SQLite hands them back naive)."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
-def utc_values(row: Row[Any]) -> dict[str, Any]:
-    """A row as column name -> value, its timestamps aware and in UTC."""
-    return {name: as_utc(value) if isinstance(value, datetime) else value
-            for name, value in row._mapping.items()}

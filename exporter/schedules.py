@@ -51,7 +51,7 @@ from exporter.jobs import (
     job_values,
     new_id,
 )
-from exporter.models import as_utc, export_jobs, schedules, utc_values
+from exporter.state import as_utc, export_jobs, schedules, utc_values
 
 log = logging.getLogger("exporter.schedules")
 

@@ -4,6 +4,10 @@ SQLite gets batched ``executemany`` inserts inside one transaction; PostgreSQL g
 ``COPY`` through asyncpg's ``copy_records_to_table``. Both store the same values, so both
 export the same bytes.
 
+The seeder creates the demo's tables itself (the service's migrations make only its own
+state). A database whose ``users`` or ``images`` is a table of its own, with other columns,
+is refused before anything is written: ``NotTheDemo``.
+
 A database that already holds users is left alone (unless ``reset``), but the files it
 refers to are made whole again: ``restore_files``.
 """
@@ -18,7 +22,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter import models
@@ -57,6 +61,10 @@ class SeedMismatch(Exception):
     """Seeded images are lost, and this plan draws other bytes than the database records."""
 
 
+class NotTheDemo(Exception):
+    """The database has a ``users`` or ``images`` table of its own, which is not the demo's."""
+
+
 def print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -65,9 +73,12 @@ async def seed_database(
     engine: AsyncEngine, data_dir: Path, plan: SeedPlan, progress: Progress = print_progress
 ) -> bool:
     """Seed an empty database (or any, with ``reset``); return False if its users were left
-    alone, after ``restore_files``."""
+    alone, after ``restore_files``. Raises NotTheDemo, having written nothing, if the
+    database has tables of its own under the demo's names."""
+    await check_demo_tables(engine)
     await migrate(engine)
     async with engine.begin() as conn:
+        await conn.run_sync(models.metadata.create_all)  # those missing: checkfirst
         existing = (await conn.execute(select(func.count()).select_from(models.users))).scalar_one()
     if existing and not plan.reset:
         progress(f"database already holds {existing} users; not seeding (use --reset)")
@@ -102,6 +113,38 @@ async def seed_database(
                 await _insert(conn, "users", USER_COLUMNS, user_batches(sqlite_rows(drawn)))
     progress(f"seeded {plan.users} users in {time.perf_counter() - started:.1f} s")
     return True
+
+
+async def check_demo_tables(engine: AsyncEngine) -> None:
+    """NotTheDemo if the database has a ``users`` or ``images`` whose columns are not the
+    demo's: a table of the user's, which the seeder must neither fill nor alter."""
+    async with engine.connect() as conn:
+        foreign = await conn.run_sync(_foreign_demo_tables)
+    if foreign:
+        described = "; ".join(
+            f"{name} has the columns {', '.join(found)}, the demo's "
+            f"{', '.join(models.metadata.tables[name].c.keys())}"
+            for name, found in foreign
+        )
+        names = " and ".join(name for name, _ in foreign)
+        raise NotTheDemo(
+            f"this database already has its own table{'s' if len(foreign) > 1 else ''} "
+            f"{names}, not the demo's ({described}). "
+            "Nothing was written: the seeder never fills or alters a table it did not make. "
+            "Use another database for the demo: EXPORTER_DATABASE_URL naming an empty "
+            "PostgreSQL database or a new SQLite file"
+        )
+
+
+def _foreign_demo_tables(conn: Connection) -> list[tuple[str, list[str]]]:
+    inspector = inspect(conn)
+    foreign = []
+    for demo in models.metadata.sorted_tables:
+        if inspector.has_table(demo.name):
+            found = [column["name"] for column in inspector.get_columns(demo.name)]
+            if set(found) != set(demo.c.keys()):
+                foreign.append((demo.name, found))
+    return foreign
 
 
 async def restore_files(

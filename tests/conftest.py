@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from exporter import models
 from exporter.app import create_app
 from exporter.catalog import Table, reflect
 from exporter.config import Settings, load_settings
@@ -32,6 +33,7 @@ from exporter.db import create_engine, downgrade_all
 from exporter.models import users
 from exporter.params import parse_query
 from exporter.queries import ExportQuery
+from exporter.state import STATE_FILE_NAME
 from seed import SeedPlan, seed_database
 
 PG_URL_VARIABLE = "EXPORTER_TEST_DATABASE_URL"
@@ -94,6 +96,15 @@ class Database:
     def settings(self, **overrides: object) -> Settings:
         return load_settings(**{"database_url": self.url, "data_dir": self.data_dir, **overrides})
 
+    @property
+    def state_path(self) -> Path:
+        """Where SQLite keeps the service's state, as the service would have it."""
+        return self.settings().state_database_path
+
+    def engine(self, **options: int) -> AsyncEngine:
+        """An engine as the service makes one: on SQLite, with its state attached."""
+        return create_engine(self.url, state_path=self.state_path, **options)
+
 
 def postgres_url() -> str:
     url = os.environ.get(PG_URL_VARIABLE)
@@ -131,17 +142,20 @@ async def build_database(
             postgres_url() if backend == "postgresql"
             else f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
         )
-    engine = create_engine(url)
+    database = Database(backend, url, data_dir)
+    engine = database.engine()
     try:
-        if backend == "postgresql":
+        if backend == "postgresql":  # afresh: no jobs, and the demo's tables seeded anew
             await downgrade_all(engine)
+            async with engine.begin() as conn:
+                await conn.run_sync(models.metadata.drop_all)
         plan = SeedPlan(users=users_count, seed=seed, images=4, large_file_bytes=64 * 1024)
         await seed_database(engine, data_dir, plan, progress=lambda _message: None)
         async with engine.begin() as conn:
             await conn.execute(insert(users), GOLDEN_ROWS)
     finally:
         await engine.dispose()
-    return Database(backend, url, data_dir)
+    return database
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -175,9 +189,11 @@ async def clone_database(template: Database, data_dir: Path, suffix: str) -> Dat
     the SQLite file copied, or a PostgreSQL database made from the template database."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if template.backend == "sqlite":
-        for name in ("exporter.db", "exporter.db-wal"):  # no WAL once its engine is disposed
-            if (template.data_dir / name).exists():
-                shutil.copyfile(template.data_dir / name, data_dir / name)
+        # The user's database and the service's state; no WAL once their engine is disposed.
+        for database in ("exporter.db", STATE_FILE_NAME):
+            for name in (database, f"{database}-wal"):
+                if (template.data_dir / name).exists():
+                    shutil.copyfile(template.data_dir / name, data_dir / name)
         return Database("sqlite", f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}", data_dir)
     url = await recreate_postgres_database(suffix, template=make_url(template.url).database)
     return Database("postgresql", url, data_dir)

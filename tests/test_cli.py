@@ -56,7 +56,8 @@ def test_cli_export_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
 
     env = {**Database("sqlite", "", tmp_path).env(), "EXPORTER_DATABASE_URL": "",
            "EXPORTER_BATCH_ROWS": "10"}
-    subprocess.run([sys.executable, "-m", "exporter", "migrate"], env=env, check=True)
+    empty_demo = ["seed", "--users", "0", "--images", "1", "--large-file-mb", "0"]
+    subprocess.run([sys.executable, "-m", "exporter", *empty_demo], env=env, check=True)
     good = [(i, f"u{i}@x", "A", "DE", None, "free", 1, 1, "2024-01-01 00:00:00.000000", None,
              "fine", None) for i in range(1, 101)]
     with sqlite3.connect(tmp_path / "exporter.db") as conn:

@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.cursors import sqlite_blocks
-from exporter.db import create_engine, shared_snapshot
+from exporter.db import shared_snapshot
 from exporter.formats import Ndjson
 from exporter.models import users
 from tests.conftest import Database, build_database, query_for, reflected
@@ -27,7 +27,7 @@ async def test_readers_share_one_snapshot_and_writers_go_on_once_it_is_taken(
     tmp_path: Path,
 ) -> None:
     database = await build_database("sqlite", tmp_path, 200, seed=5)
-    engine = create_engine(database.url, max_overflow=10)
+    engine = database.engine(max_overflow=10)
     try:
         async with shared_snapshot(engine, 3) as readers:
             before = [await count_users(conn) for conn in readers]
@@ -50,7 +50,7 @@ async def test_readers_share_one_snapshot_and_writers_go_on_once_it_is_taken(
 async def test_batches_cover_every_row_once_in_order_whatever_the_batch_size(
     sqlite_database: Database,
 ) -> None:
-    engine = create_engine(sqlite_database.url, max_overflow=10)
+    engine = sqlite_database.engine(max_overflow=10)
     try:
         query = query_for(await reflected(engine), "fields=id&after_id=7&limit=400&country=DE,FR")
         results = []
@@ -79,7 +79,7 @@ async def test_batches_cover_every_row_once_in_order_whatever_the_batch_size(
 async def test_closing_the_blocks_early_leaves_every_connection_usable(
     sqlite_database: Database,
 ) -> None:
-    engine = create_engine(sqlite_database.url, max_overflow=10)
+    engine = sqlite_database.engine(max_overflow=10)
     try:
         async with shared_snapshot(engine, 3) as (planner, *renderers):
             query = query_for(await reflected(engine), "fields=id,bio")
@@ -95,7 +95,7 @@ async def test_closing_the_blocks_early_leaves_every_connection_usable(
 @pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
 async def test_sqlite_threads_run_at_the_configured_niceness(sqlite_database: Database) -> None:
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    engine = create_engine(sqlite_database.url, sqlite_nice=min(base + 5, 19))
+    engine = sqlite_database.engine(sqlite_nice=min(base + 5, 19))
     try:
         async with engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection

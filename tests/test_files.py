@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import insert, select
 
 from exporter.app import create_app
-from exporter.db import create_engine
 from exporter.files import content_disposition
 from exporter.models import images
 from tests.conftest import SEED, Database, build_database
@@ -306,7 +305,7 @@ async def test_names_that_must_not_be_served_are_404_as_json(served: Served, nam
 async def test_images_are_inline_with_their_stored_type_and_cached_for_a_year(
     served: Served, database: Database
 ) -> None:
-    engine = create_engine(database.url)
+    engine = database.engine()
     try:
         async with engine.connect() as conn:
             rows = (await conn.execute(select(images).order_by(images.c.id))).all()
@@ -371,7 +370,7 @@ async def hostile_images(tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
         (111, "images/avatar-0001.png", "image/png", 'zz"\r\nX-Evil: 1', size),
         (112, "images/avatar-0001.png", "image/png", "0" * 64, size + 1),
     ]
-    engine = create_engine(database.url)
+    engine = database.engine()
     try:
         async with engine.begin() as conn:
             await conn.execute(insert(images), [

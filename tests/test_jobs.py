@@ -24,12 +24,11 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import jobs, leases, worker
+from exporter import jobs, leases, models, worker
 from exporter.config import Settings, load_settings
-from exporter.db import create_engine, downgrade_all, migrate
+from exporter.db import downgrade_all, migrate
 from exporter.jobs import JobRequest
 from exporter.leases import Beat, Counts
-from exporter.models import schedules
 from exporter.queries import parse_export_query
 from exporter.schedules import (
     ScheduleRequest,
@@ -41,6 +40,7 @@ from exporter.schedules import (
     next_time,
     retention,
 )
+from exporter.state import schedules
 from exporter.worker import Worker, utcnow
 from tests.conftest import SEED, SEEDED_USERS, Database, build_database, scratch_postgres_url
 
@@ -301,24 +301,28 @@ def test_missed_times_collapse_into_the_latest_one() -> None:
 async def empty_database(
     database: Database, tmp_path_factory: pytest.TempPathFactory
 ) -> Database:
-    """Migrated and empty, of the same backend: these tests fill and race it."""
+    """Migrated, with the demo's tables empty, of the same backend: these tests fill and
+    race it."""
     if database.backend == "postgresql":
         url = await scratch_postgres_url("units")
         data_dir = tmp_path_factory.mktemp("units-pg")
     else:
         data_dir = tmp_path_factory.mktemp("units")
         url = f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
-    engine = create_engine(url)
+    empty = Database(database.backend, url, data_dir)
+    engine = empty.engine()
     await migrate(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(models.metadata.create_all)
     await engine.dispose()
-    return Database(database.backend, url, data_dir)
+    return empty
 
 
 @pytest.fixture
 async def engines(empty_database: Database) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """Two engines, as two worker processes would have, on an emptied database."""
-    first = create_engine(empty_database.url)
-    second = create_engine(empty_database.url)
+    first = empty_database.engine()
+    second = empty_database.engine()
     await downgrade_all(first)
     await migrate(first)
     yield first, second
@@ -473,7 +477,7 @@ async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no
     settings = database.settings(
         batch_rows=50, job_progress_seconds=0.05, worker_poll_seconds=0.05
     )
-    engine = create_engine(database.url)
+    engine = database.engine()
     worker = Worker(engine, settings)
     try:
         job = await jobs.create_job(engine, JobRequest(format="csv").spec(), datetime.now(UTC))

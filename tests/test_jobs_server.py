@@ -29,10 +29,9 @@ import pytest
 from sqlalchemy import update
 
 from exporter import jobs
-from exporter.db import create_engine
 from exporter.jobs import JobRequest
-from exporter.models import export_jobs
 from exporter.schedules import next_time
+from exporter.state import export_jobs
 from tests.conftest import (
     SEED,
     Database,
@@ -383,7 +382,7 @@ async def test_an_expired_job_is_410_and_its_file_is_swept(shared: Service) -> N
     done = shared.finished(shared.post_job({"format": "csv", "filters": {"limit": 5}})["id"])
     name = f"{done['id']}-1.csv"
     assert name in shared.files()
-    engine = create_engine(shared.database.url)
+    engine = shared.database.engine()
     try:
         async with engine.begin() as conn:
             await conn.execute(
@@ -525,7 +524,7 @@ async def test_a_job_of_a_worker_on_another_host_is_taken_over_when_its_lease_la
     values |= {"status": "running", "attempts": 1, "started_at": now,
                "lease_owner": "elsewhere:4242:0badc0de",
                "lease_expires_at": now + timedelta(seconds=5)}
-    engine = create_engine(shared.database.url)
+    engine = shared.database.engine()
     try:
         async with engine.begin() as conn:
             await jobs.insert_job(conn, values)

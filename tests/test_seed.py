@@ -23,7 +23,6 @@ from PIL import Image
 from sqlalchemy import func, select, text
 
 from exporter.app import create_app
-from exporter.db import create_engine
 from exporter.models import images, users
 from seed import SeedMismatch, SeedPlan, seed_database
 from seed.sqlite import SQLITE_TIMESTAMP, sqlite_rows, sqlite_timestamp
@@ -96,7 +95,7 @@ async def test_seeded_rows_hold_every_hostile_value(sqlite_database: Database) -
 async def test_seeded_images_decode_and_match_their_recorded_sha256(
     sqlite_database: Database,
 ) -> None:
-    engine = create_engine(sqlite_database.url)
+    engine = sqlite_database.engine()
     async with engine.connect() as conn:
         records = (await conn.execute(select(images))).mappings().all()
     await engine.dispose()
@@ -112,7 +111,7 @@ async def test_seeded_images_decode_and_match_their_recorded_sha256(
 
 async def test_seeding_leaves_a_populated_database_alone_unless_reset(tmp_path: Path) -> None:
     database = await build_database("sqlite", tmp_path, 50, seed=3)
-    engine = create_engine(database.url)
+    engine = database.engine()
     try:
         plan = SeedPlan(users=10, seed=3, images=2, large_file_bytes=1024)
         assert not await seed_database(engine, tmp_path, plan, progress=lambda _m: None)
@@ -211,7 +210,8 @@ def test_sqlite_timestamps_are_written_in_sqlalchemys_own_format() -> None:
 async def test_seeding_sqlite_gives_the_pooled_connection_its_own_cache_size_back(
     tmp_path: Path,
 ) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'exporter.db'}", pool_size=1)
+    fresh = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'exporter.db'}", tmp_path)
+    engine = fresh.engine(pool_size=1)
     try:
         plan = SeedPlan(users=10, seed=3, images=2, large_file_bytes=1024)
         assert await seed_database(engine, tmp_path, plan, progress=lambda _m: None)
@@ -226,7 +226,7 @@ async def test_a_seeded_postgresql_table_has_planner_statistics(database: Databa
     export as a sort of the whole table, and the first row waits for it."""
     if database.backend == "sqlite":
         pytest.skip("PostgreSQL's statistics")
-    engine = create_engine(database.url)
+    engine = database.engine()
     try:
         async with engine.connect() as conn:
             estimate = (await conn.execute(
@@ -263,7 +263,7 @@ def file_versions(data_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 async def all_users(database: Database) -> list[tuple[Any, ...]]:
-    engine = create_engine(database.url)
+    engine = database.engine()
     try:
         async with engine.connect() as conn:
             return [tuple(row) for row in await conn.execute(select(users).order_by(users.c.id))]
@@ -274,7 +274,7 @@ async def all_users(database: Database) -> list[tuple[Any, ...]]:
 async def reseed(database: Database, plan: SeedPlan = RESEED) -> list[str]:
     """Seed the populated database again; the progress messages."""
     messages: list[str] = []
-    engine = create_engine(database.url)
+    engine = database.engine()
     try:
         assert not await seed_database(engine, database.data_dir, plan, messages.append)
     finally:
@@ -336,7 +336,7 @@ async def test_images_another_seed_draws_are_not_written_and_the_seeder_says_why
 ) -> None:
     files = seeded_files(populated.data_dir)
     (populated.data_dir / "images" / "avatar-0001.png").unlink()
-    engine = create_engine(populated.url)
+    engine = populated.engine()
     try:
         with pytest.raises(SeedMismatch) as raised:
             await seed_database(engine, populated.data_dir, dataclasses.replace(RESEED, seed=6),
@@ -357,7 +357,7 @@ async def test_fewer_images_than_recorded_recreate_those_they_draw_and_no_others
     files = seeded_files(populated.data_dir)
     for name in ("avatar-0001.png", "avatar-0004.jpg"):
         (populated.data_dir / "images" / name).unlink()
-    engine = create_engine(populated.url)
+    engine = populated.engine()
     try:
         with pytest.raises(SeedMismatch, match=r"1 of 4 images \(avatar-0004\.jpg\)"):
             await seed_database(engine, populated.data_dir,

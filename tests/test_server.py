@@ -17,8 +17,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, insert, text, update
 
-from exporter.config import Settings
-from exporter.db import create_engine
 from exporter.models import users
 from tests.conftest import (
     GOLDEN_ROWS,
@@ -86,7 +84,7 @@ def read_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> byt
 # About 12 MB of NDJSON: well beyond what the kernel's socket buffers (tcp_wmem up to 4 MB
 # here) can hold, so a server that did not stream could not get its first bytes out early.
 BIG_USERS = 40_000
-SERVER_DATABASE_URLS: dict[str, str] = {}
+SERVER_DATABASES: dict[str, Database] = {}
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +96,13 @@ async def server(
         database.backend, tmp_path_factory.mktemp("big"), BIG_USERS, SEED, url
     )
     with running_server(big.env(**SMALL_BATCHES)) as base_url:
-        SERVER_DATABASE_URLS[base_url] = big.url
+        SERVER_DATABASES[base_url] = big
         yield base_url
 
 
 def held_by_one_export(server: str) -> int:
     """With more than one reader: the readers and the planner; else one."""
-    readers = Settings(database_url=SERVER_DATABASE_URLS[server]).readers
+    readers = SERVER_DATABASES[server].settings().readers
     return readers + 1 if readers > 1 else 1
 
 
@@ -221,10 +219,10 @@ def test_rows_before_the_corruption_still_export_completely(corrupted_sqlite: st
 
 async def test_a_database_connection_killed_mid_stream_aborts_the_body(server: str) -> None:
     # The big database: COPY streams a small one whole before the kill can land.
-    url = SERVER_DATABASE_URLS[server]
-    if not url.startswith("postgresql"):
+    big = SERVER_DATABASES[server]
+    if big.backend != "postgresql":
         pytest.skip("kills a PostgreSQL backend")
-    engine = create_engine(url)
+    engine = big.engine()
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012
@@ -260,7 +258,7 @@ def dechunk(raw: bytes) -> bytes:
 async def test_an_export_is_one_snapshot_even_while_rows_are_written(server: str) -> None:
     path = "/exports/users.ndjson?fields=id,email"
     before = httpx.get(f"{server}{path}").content
-    engine = create_engine(SERVER_DATABASE_URLS[server])
+    engine = SERVER_DATABASES[server].engine()
     last_seeded = BIG_USERS - 10
     try:
         with slow_reader(server, path) as sock:

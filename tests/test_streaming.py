@@ -153,11 +153,10 @@ def test_export_slots_refuse_past_the_limit_and_free_on_release() -> None:
 async def test_counting_gives_the_number_of_rows_the_export_then_streams(
     database: Database, params: list[tuple[str, str]]
 ) -> None:
-    from exporter.db import create_engine
     from exporter.queries import parse_export_query
     from exporter.streaming import Progress, open_export
 
-    engine = create_engine(database.url)
+    engine = database.engine()
     progress = Progress()
     query = parse_export_query(params)
     try:

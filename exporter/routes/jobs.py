@@ -58,6 +58,7 @@ class JobFileOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     status: str
+    table: str
     format: str
     fields: list[str] | None
     filters: dict[str, str]
@@ -89,7 +90,8 @@ def job_out(job: Job) -> JobOut:
             sha256=job.sha256, url=f"{base}/download",
         )
     return JobOut(
-        id=job.id, status=job.status, format=job.format, fields=job.fields,
+        id=job.id, status=job.status, table=job.table_name, format=job.format,
+        fields=job.fields,
         filters=job.filters, compression=job.compression, rows_written=job.rows_written,
         total_rows=job.total_rows, bytes_written=job.bytes_written, percent=job.percent,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,

@@ -22,7 +22,8 @@ async def health() -> dict[str, str]:
     "/ready", responses={503: {"description": "the database is unreachable or not migrated"}}
 )
 async def ready(engine: EngineDep, expected: SchemaRevisionDep) -> JSONResponse:
-    """Ready: the database answers, and its schema is the one this code expects."""
+    """Ready: the database answers, and the service's own state (the schema ``exporter``)
+    is migrated to the revision this code expects."""
     try:
         async with engine.connect() as conn:
             revision = await current_revision(conn)
@@ -31,8 +32,8 @@ async def ready(engine: EngineDep, expected: SchemaRevisionDep) -> JSONResponse:
     if revision != expected:
         return _unready(
             "schema_not_migrated",
-            f"the database schema is at revision {revision!r}, this code needs {expected!r}; "
-            "run `exporter migrate`",
+            f"the service's state (schema exporter) is at revision {revision!r}, this code "
+            f"needs {expected!r}; run `exporter migrate`",
         )
     return JSONResponse({"status": "ready", "database": engine.dialect.name})
 

@@ -1,8 +1,14 @@
-"""export jobs and schedules
+"""the service's state: export jobs and schedules, in the schema exporter
 
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-21
+Revision ID: state_0001
+Revises:
+Create Date: 2026-11-28
+
+The schema ``exporter`` is the state's own: on PostgreSQL a schema of the configured
+database (env.py creates it, as Alembic's version table lives there too), on SQLite the
+state file attached under that name. Earlier versions kept these tables, at revisions
+``0001`` and ``0002`` of another history, in the user's own schema;
+``exporter.legacy`` moves them in after this revision.
 """
 
 from collections.abc import Sequence
@@ -10,10 +16,12 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "state_0001"
+down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+SCHEMA = "exporter"
 
 
 def upgrade() -> None:
@@ -27,11 +35,13 @@ def upgrade() -> None:
         sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        schema=SCHEMA,
     )
-    op.create_index("ix_schedules_next_run_at", "schedules", ["next_run_at"])
+    op.create_index("ix_schedules_next_run_at", "schedules", ["next_run_at"], schema=SCHEMA)
     op.create_table(
         "export_jobs",
         sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("table_name", sa.String(255), nullable=False, server_default="users"),
         sa.Column("format", sa.String(16), nullable=False),
         sa.Column("fields", sa.JSON(), nullable=True),
         sa.Column("filters", sa.JSON(), nullable=False),
@@ -59,11 +69,15 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_export_jobs_schedule_tick"),
+        schema=SCHEMA,
     )
-    op.create_index("ix_export_jobs_status_created_at", "export_jobs", ["status", "created_at"])
-    op.create_index("ix_export_jobs_created_at", "export_jobs", ["created_at"])
+    op.create_index(
+        "ix_export_jobs_status_created_at", "export_jobs", ["status", "created_at"],
+        schema=SCHEMA,
+    )
+    op.create_index("ix_export_jobs_created_at", "export_jobs", ["created_at"], schema=SCHEMA)
 
 
 def downgrade() -> None:
-    op.drop_table("export_jobs")
-    op.drop_table("schedules")
+    op.drop_table("export_jobs", schema=SCHEMA)
+    op.drop_table("schedules", schema=SCHEMA)
