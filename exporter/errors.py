@@ -114,6 +114,7 @@ class InvalidParameter(ExporterError):
         self, parameter: str, value: object, reason: str, valid: Sequence[str] | None = None
     ) -> None:
         shown = echo(value)
+        parameter = str(echo(parameter))  # a client's own name may hold a lone surrogate
         message = f"{parameter}={shown!r}: {reason}"
         if valid is not None:
             message += f"; valid values: {', '.join(valid)}"

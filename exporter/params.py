@@ -44,6 +44,7 @@ OPS: dict[Kind, tuple[Op, ...]] = {
     Kind.JSON: (Op.ISNULL,), Kind.BYTES: (Op.ISNULL,), Kind.ARRAY: (Op.ISNULL,),
 }
 RESERVED = ("fields", "limit", "after")
+SUFFIXES = tuple(f"__{op.value}" for op in ORDERED)
 DEMO_ALIASES = ("after_id", "country", "plan", "is_active", "created_from", "created_to")
 
 
@@ -62,7 +63,9 @@ def parse_query(table: Table, params: Iterable[tuple[str, str]]) -> ExportQuery:
             fields = _fields(table, raw)
         elif name == "limit":
             limit = natural("limit", raw)
-        elif name in ("after", "after_id") and (name == "after" or _demo(table)):
+        elif name == "after" or (name == "after_id" and _demo(table)):
+            if name == "after_id":  # documented as a whole number from 0
+                natural(name, raw)
             after = _after(table, name, raw)
         elif _demo(table) and name in DEMO_ALIASES:
             filters.append(_alias(table, name, raw))
@@ -100,7 +103,8 @@ def _fields(table: Table, raw: str) -> tuple[str, ...]:
     unknown = [name for name in names if not table.has(name)]
     if unknown:
         raise InvalidParameter(
-            "fields", raw, f"{table.name!r} has no column {echo(unknown[0])!r}", table.names
+            "fields", raw, f"unknown field {echo(unknown[0])!r}: {table.name!r} has no such "
+            "column", table.names,
         )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -122,8 +126,9 @@ def _filter(table: Table, name: str, raw: str) -> Filter:
     if not table.has(column_name):
         raise InvalidParameter(
             name, raw, f"unknown parameter: {table.name!r} has no column "
-            f"{echo(column_name)!r}, and it is none of {', '.join(RESERVED)}",
-            parameter_names(table)[:60],
+            f"{echo(column_name)!r}, and it is none of {', '.join(RESERVED)}; a filter is a "
+            f"column name, alone or with one of the suffixes {', '.join(SUFFIXES)}",
+            list(dict.fromkeys([*RESERVED, *(DEMO_ALIASES if _demo(table) else ()), *table.names])),
         )
     column = table.column(column_name)
     allowed = OPS.get(column.kind, ORDERED)
@@ -133,12 +138,12 @@ def _filter(table: Table, name: str, raw: str) -> Filter:
             [f"{column.name}__{o.value}" if o is not Op.EXACT else column.name for o in allowed],
         )
     if op is Op.ISNULL:
-        return Filter(column.name, op, (boolean(name, raw),))
+        return Filter(column.name, op, (boolean(name, raw),), name)
     if op is Op.EXACT and not name.endswith("__exact"):
         values = tuple(value(column, name, item) for item in _items(name, raw))
     else:
         values = (value(column, name, raw),)
-    return Filter(column.name, op, values)
+    return Filter(column.name, op, values, name)
 
 
 def _after(table: Table, name: str, raw: str) -> tuple[Any, ...]:
@@ -167,17 +172,17 @@ def _alias(table: Table, name: str, raw: str) -> Filter:
                     name, raw, f"{echo(code)!r} is not an ISO 3166-1 alpha-2 code such as DE "
                     "or FR",
                 )
-        return Filter("country", Op.EXACT, tuple(dict.fromkeys(c.upper() for c in codes)))
+        return Filter("country", Op.EXACT, tuple(dict.fromkeys(c.upper() for c in codes)), name)
     if name == "plan":
         plans = _items(name, raw)
         for plan in plans:
             if plan not in DEMO_PLANS:
                 raise InvalidParameter(name, raw, f"unknown value {echo(plan)!r}", DEMO_PLANS)
-        return Filter("plan", Op.EXACT, tuple(dict.fromkeys(plans)))
+        return Filter("plan", Op.EXACT, tuple(dict.fromkeys(plans)), name)
     if name == "is_active":
-        return Filter("is_active", Op.EXACT, (boolean(name, raw),))
+        return Filter("is_active", Op.EXACT, (boolean(name, raw),), name)
     op = Op.GTE if name == "created_from" else Op.LT
-    return Filter("created_at", op, (value(table.column("created_at"), name, raw),))
+    return Filter("created_at", op, (value(table.column("created_at"), name, raw),), name)
 
 
 def _check_range(filters: list[Filter]) -> None:
@@ -188,8 +193,8 @@ def _check_range(filters: list[Filter]) -> None:
             if low.column == high.column and low.op in (Op.GT, Op.GTE) \
                     and high.op in (Op.LT, Op.LTE) and low.values[0] > high.values[0]:
                 raise InvalidParameter(
-                    f"{high.column}__{high.op.value}", str(high.values[0]),
-                    f"is below the lower bound {low.values[0]}; were they swapped?",
+                    high.parameter, str(high.values[0]),
+                    f"is below {low.parameter}={low.values[0]}; were they swapped?",
                 )
 
 
@@ -217,7 +222,7 @@ EXPECTED = {
     Kind.DATE: "a date such as 2024-03-01",
     Kind.TIME: "a time such as 12:00:00",
     Kind.TIMESTAMP: "an ISO 8601 date or time in UTC between years 0001 and 9999, such as "
-                    "2024-03-01 or 2024-03-01T12:00:00Z",
+                    "2024-03-01 or 2024-03-01T12:00:00Z (no leap seconds: use :59)",
     Kind.UUID: "a UUID such as 123e4567-e89b-12d3-a456-426614174000",
 }
 PATTERNS = {Kind.INTEGER: INTEGER, Kind.FLOAT: FLOAT, Kind.NUMERIC: DECIMAL, Kind.DATE: DATE,

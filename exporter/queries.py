@@ -14,7 +14,7 @@ statement.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from enum import Enum
 from typing import Any
@@ -66,6 +66,7 @@ class Filter:
     column: str
     op: Op
     values: tuple[Any, ...]  # parsed by the column's kind (params.py); one bool for ISNULL
+    parameter: str = field(default="", compare=False)  # as the client named it, for errors
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import jobs, leases, models, worker
+from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import downgrade_all, migrate
 from exporter.jobs import JobRequest
 from exporter.leases import Beat, Counts
-from exporter.queries import parse_export_query
+from exporter.params import parse_query
 from exporter.schedules import (
     ScheduleRequest,
     create_schedule,
@@ -42,7 +43,14 @@ from exporter.schedules import (
 )
 from exporter.state import schedules
 from exporter.worker import Worker, utcnow
-from tests.conftest import SEED, SEEDED_USERS, Database, build_database, scratch_postgres_url
+from tests.conftest import (
+    SEED,
+    SEEDED_USERS,
+    Database,
+    build_database,
+    reflected,
+    scratch_postgres_url,
+)
 
 LEASE = timedelta(seconds=30)
 
@@ -53,7 +61,9 @@ def at(text: str) -> datetime:
 
 # What a body may say: validated as the live export validates its query string.
 
-def test_job_filters_and_fields_are_the_export_query_parameters() -> None:
+async def test_job_filters_and_fields_are_the_export_query_parameters(
+    sqlite_database: Database,
+) -> None:
     request = JobRequest.model_validate({
         "format": "csv", "fields": ["id", "email"],
         "filters": {"country": ["de", "FR"], "is_active": True, "limit": 5,
@@ -62,10 +72,15 @@ def test_job_filters_and_fields_are_the_export_query_parameters() -> None:
     spec = request.spec()
     assert spec.filters == {"country": "de,FR", "is_active": "true", "limit": "5",
                             "created_from": "2024-01-01"}
-    assert spec.query() == parse_export_query(
-        [("country", "de,FR"), ("is_active", "true"), ("limit", "5"),
-         ("created_from", "2024-01-01"), ("fields", "id,email")]
-    )
+    engine = sqlite_database.engine()
+    try:
+        table = await reflected(engine)
+        assert await spec.query(Catalog(engine)) == parse_query(
+            table, [("country", "de,FR"), ("is_active", "true"), ("limit", "5"),
+                    ("created_from", "2024-01-01"), ("fields", "id,email")]
+        )
+    finally:
+        await engine.dispose()
     assert spec.extension == "csv" and spec.media_type == "text/csv; charset=utf-8"
     gzip = JobRequest(format="ndjson", compression="gzip").spec()
     assert gzip.extension == "ndjson.gz" and gzip.media_type == "application/gzip"
@@ -81,7 +96,7 @@ BAD_JOBS: list[tuple[dict[str, Any], str, str]] = [
     ({"format": "csv", "fields": ["id", "id"]}, "fields", "twice"),
     ({"format": "csv", "fields": ["id,email"]}, "fields", "own list item"),
     ({"format": "csv", "filters": {"plan": "gold"}}, "filters.plan", "'gold'"),
-    ({"format": "csv", "filters": {"limt": 5}}, "filters.limt", "unknown filter"),
+    ({"format": "csv", "filters": {"limt": 5}}, "filters.limt", "unknown parameter"),
     ({"format": "csv", "filters": {"fields": "id"}}, "filters.fields", "top-level"),
     ({"format": "csv", "filters": {"limit": -1}}, "filters.limit", "whole number"),
     ({"format": "csv", "filters": {"limit": 1.5}}, "filters.limit", "whole number"),
@@ -149,7 +164,7 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str, str]] = [
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"plan": "gold"}}},
      "job.filters.plan", "'gold'"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"limt": 5}}},
-     "job.filters.limt", "unknown filter"),
+     "job.filters.limt", "unknown parameter"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "fields": ["id", "nope"]}},
      "job.fields", "'nope'"),
     ({"cron": "0 2 * * *", "job": {"format": "xml"}}, "body.job.format", "csv"),
@@ -423,7 +438,7 @@ async def test_a_tick_fired_by_racing_workers_makes_one_job_and_a_missed_day_one
     request = ScheduleRequest.model_validate(
         {"cron": "0 2 * * *", "job": {"format": "csv"}, "keep_last": 2}
     )
-    schedule = await create_schedule(engines[0], request, now)
+    schedule = await create_schedule(engines[0], Catalog(engines[0]), request, now)
     # The service was down for five days: five 02:00s passed.
     async with engines[0].begin() as conn:
         await conn.execute(update(schedules).values(next_run_at=at("2026-03-05T02:00:00")))
@@ -445,7 +460,7 @@ async def test_retention_keeps_the_newest_succeeded_jobs_of_a_schedule(
     request = ScheduleRequest.model_validate(
         {"cron": "* * * * *", "job": {"format": "csv"}, "keep_last": 2}
     )
-    schedule = await create_schedule(engines[0], request, now)
+    schedule = await create_schedule(engines[0], Catalog(engines[0]), request, now)
     statuses = [jobs.SUCCEEDED, jobs.FAILED, jobs.SUCCEEDED, jobs.SUCCEEDED, jobs.RUNNING,
                 jobs.SUCCEEDED, jobs.FAILED, jobs.FAILED, jobs.FAILED]
     spec = request.job.spec()
@@ -534,7 +549,7 @@ async def test_a_job_whose_schedule_was_deleted_before_it_ran_expires_like_a_one
 ) -> None:
     engine, now = engines[0], datetime.now(UTC)
     request = ScheduleRequest.model_validate({"cron": "0 2 * * *", "job": {"format": "csv"}})
-    schedule = await create_schedule(engine, request, now)
+    schedule = await create_schedule(engine, Catalog(engine), request, now)
     async with engine.begin() as conn:
         queued = await jobs.insert_job(
             conn, jobs.job_values(request.job.spec(), now, schedule.id, now)
@@ -682,8 +697,8 @@ async def test_a_worker_whose_heartbeats_hang_gives_the_job_up_before_its_lease_
     stopped: list[float] = []
 
     async def endless_write(
-        _engine: AsyncEngine, _spec: jobs.JobSpec, settings: Settings, stem: str,
-        _progress: worker.JobProgress,
+        _engine: AsyncEngine, _catalog: Catalog, _spec: jobs.JobSpec, settings: Settings,
+        stem: str, _progress: worker.JobProgress,
     ) -> worker.JobFile:
         partial = settings.jobs_dir / f".{stem}.part"
         partial.write_bytes(b"id\r\n")
@@ -727,8 +742,9 @@ async def test_a_schedule_that_cannot_fire_stops_neither_the_others_nor_the_jobs
 ) -> None:
     engine, now = engines[0], datetime.now(UTC)
     every_minute = {"cron": "* * * * *", "job": {"format": "csv"}}
-    broken = await create_schedule(engine, ScheduleRequest.model_validate(every_minute), now)
-    healthy = await create_schedule(engine, ScheduleRequest.model_validate(every_minute), now)
+    request = ScheduleRequest.model_validate(every_minute)
+    broken = await create_schedule(engine, Catalog(engine), request, now)
+    healthy = await create_schedule(engine, Catalog(engine), request, now)
     async with engine.begin() as conn:  # as on a replica whose zone database lacks the zone
         await conn.execute(update(schedules).where(schedules.c.id == broken.id)
                            .values(timezone="Nowhere/Atlantis"))
@@ -781,7 +797,7 @@ async def test_every_tick_makes_its_job_while_the_one_before_is_queued_or_runnin
 ) -> None:
     engine, now = engines[0], at("2026-03-10T09:30:00.5")
     request = ScheduleRequest.model_validate({"cron": "* * * * * *", "job": {"format": "csv"}})
-    schedule = await create_schedule(engine, request, now)
+    schedule = await create_schedule(engine, Catalog(engine), request, now)
 
     async def fire(seconds: int) -> list[datetime | None]:
         made, _ = await fire_due(engine, now + timedelta(seconds=seconds))

@@ -153,15 +153,17 @@ def test_export_slots_refuse_past_the_limit_and_free_on_release() -> None:
 async def test_counting_gives_the_number_of_rows_the_export_then_streams(
     database: Database, params: list[tuple[str, str]]
 ) -> None:
-    from exporter.queries import parse_export_query
+    from exporter.catalog import Catalog
+    from exporter.formats import Ndjson
+    from exporter.params import parse_query
     from exporter.streaming import Progress, open_export
 
     engine = database.engine()
     progress = Progress()
-    query = parse_export_query(params)
     try:
+        query = parse_query(await Catalog(engine).get("users"), params)
         data = b"".join([c async for c in open_export(
-            engine, query, "ndjson", database.settings(), progress=progress, count=True
+            engine, query, Ndjson, database.settings(), progress=progress, count=True
         )])
     finally:
         await engine.dispose()

@@ -13,7 +13,7 @@ from exporter.formats.ndjson import Ndjson
 FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Ndjson, JsonArray)}
 BY_EXTENSION: dict[str, type[Format]] = {cls.extension: cls for cls in FORMATS.values()}
 
-__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Format", "get_format"]
+__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson", "get_format"]
 
 
 def get_format(name: str) -> type[Format]:
