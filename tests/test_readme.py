@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +32,7 @@ SAMPLE_SCHEDULE = "9b1e4d7c2a8f4e6b9c3d5a7e1f2b4c6d"
 KEY = "readme-test-key"
 CURL_OPTIONS = ["-sS", "--max-time", "60", "-w", "\n%{http_code}"]
 
-pytestmark = pytest.mark.skipif(not __import__("shutil").which("curl"), reason="needs curl")
+pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
 
 
 def readme_curl_lines() -> list[str]:
