@@ -17,12 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from exporter.app import create_app
+from exporter.config import load_settings
+from exporter.db import create_engine, migrate
 from exporter.files import content_disposition
 from exporter.models import images
-from tests.conftest import SEED, Database, build_database
+from tests.conftest import SEED, Database, build_database, scratch_postgres_url
 
 CHUNK = 4096  # small, so that ranges and files span many reads
 PAST = 1_600_000_000  # Sun, 13 Sep 2020 12:26:40 GMT: old enough for If-Range dates
@@ -336,7 +338,9 @@ async def test_images_are_inline_with_their_stored_type_and_cached_for_a_year(
 @pytest.mark.parametrize(
     ("image_id", "status"),
     [("999999", 404), ("abc", 422), ("0", 422), ("-1", 422), ("1.5", 422),
-     ("2147483648", 422), ("99999999999999999999999", 422), ("%2e%2e", 422)],
+     ("2147483648", 422), ("99999999999999999999999", 422), ("%2e%2e", 422),
+     # each of these would read as image 1 (or 10) to int(), and so name its bytes twice
+     ("01", 422), ("+1", 422), ("1.0", 422), ("%201", 422), ("1_0", 422), ("%D9%A1", 422)],
 )
 async def test_unknown_image_ids_are_404_and_malformed_ones_422(
     served: Served, image_id: str, status: int
@@ -413,3 +417,35 @@ async def test_an_image_row_that_lies_about_its_bytes_gets_their_real_etag(
         assert response.status_code == 200
         assert response.headers["etag"] == hostile_images.etag
         assert "x-evil" not in response.headers
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("own_images", [False, True], ids=["no images table", "its own images"])
+async def test_images_on_a_database_without_the_demos_images_table_are_404_not_503(
+    tmp_path: Path, backend: str, own_images: bool
+) -> None:
+    """A database the service did not create: no ``images``, or an ``images`` of its own.
+    Either is a 404 that says why; a 503 would have clients retry forever."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    url = (f"sqlite+aiosqlite:///{tmp_path / 'app.db'}" if backend == "sqlite"
+           else await scratch_postgres_url("images_absent"))
+    settings = load_settings(database_url=url, data_dir=data_dir)
+    engine = create_engine(url, state_path=settings.state_database_path)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE orders (id integer PRIMARY KEY)"))
+            if own_images:
+                await conn.execute(text("CREATE TABLE images (image_id integer PRIMARY KEY, "
+                                        "caption text)"))
+                await conn.execute(text("INSERT INTO images VALUES (1, 'ours')"))
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as client:
+            response = await client.get("/images/1")
+    assert response.status_code == 404, response.text
+    assert "no images table of the demo's" in response.json()["message"]

@@ -227,6 +227,24 @@ async def test_a_hostile_body_is_a_short_422_never_a_500(
     assert len((await client.get(path)).json()) == listed, "nothing stored"
 
 
+@pytest.mark.parametrize(("path", "raw", "parameter"), [
+    ("/jobs", '{"format": "csv", "format": "json"}', "body.format"),
+    ("/jobs", '{"format": "csv", "filters": {"limit": 5, "limit": 6}}', "body.filters.limit"),
+    ("/schedules", '{"cron": "0 2 * * *", "job": {"format": "csv", "format": "csv"}}',
+     "body.job.format"),
+])
+async def test_a_key_given_twice_in_a_json_body_is_a_422_not_the_last_value(
+    client: httpx.AsyncClient, path: str, raw: str, parameter: str
+) -> None:
+    listed = len((await client.get(path)).json())
+    response = await client.post(path, content=raw,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["parameter"] == parameter
+    assert "more than once" in response.json()["message"]
+    assert len((await client.get(path)).json()) == listed, "nothing stored"
+
+
 async def test_a_queued_job_is_canceled_at_once_and_canceling_it_again_changes_nothing(
     client: httpx.AsyncClient,
 ) -> None:

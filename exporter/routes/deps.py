@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.catalog import Catalog
 from exporter.config import Settings
+from exporter.errors import InvalidParameter
 from exporter.files import FileSender
 from exporter.metrics import Metrics
 from exporter.storage import DigestCache
@@ -36,3 +38,48 @@ FileSenderDep = Annotated[FileSender, Depends(_state("file_sender"))]
 DigestsDep = Annotated[DigestCache, Depends(_state("digests"))]
 CatalogDep = Annotated[Catalog, Depends(_state("catalog"))]
 WorkerDep = Annotated[Worker | None, Depends(_state("worker"))]
+
+
+class _Members(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept (``json``'s pairs hook)."""
+
+
+def _first_duplicate(value: Any, path: str) -> tuple[str, Any] | None:
+    if isinstance(value, _Members):
+        seen: set[str] = set()
+        for key, member in value:
+            where = f"{path}.{key}" if path else key
+            if key in seen:
+                return where, member
+            seen.add(key)
+            found = _first_duplicate(member, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_duplicate(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+async def unique_json_keys(request: Request) -> None:
+    """A 422 for a JSON body that names a key twice in one object: ``json`` would keep the
+    last value silently (``{"format": "csv", "format": "json"}`` would export JSON), and
+    which one a client meant cannot be known. A body that is not JSON is left to FastAPI's
+    own error."""
+    try:
+        parsed = json.loads(await request.body(), object_pairs_hook=_Members)
+    except ValueError:
+        return
+    found = _first_duplicate(parsed, "")
+    if found:
+        where, member = found
+        raise InvalidParameter(
+            f"body.{where}", member if isinstance(member, str | int | float | bool) else "...",
+            "this key is given more than once in one JSON object; give it once",
+        )
+
+
+StrictJsonBody = Depends(unique_json_keys)
+

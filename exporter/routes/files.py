@@ -18,9 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi import Path as PathParameter
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Connection, inspect, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound
+from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, InvalidParameter, NotFound
 from exporter.files import strong_etag
 from exporter.models import images
 from exporter.preconditions import http_date
@@ -41,6 +43,7 @@ INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/w
 DOWNLOAD_TYPE = "application/octet-stream"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_IMAGE_ID = 2**31 - 1  # images.id is a 32-bit integer on PostgreSQL
+IMAGE_ID = re.compile(r"[1-9][0-9]{0,9}")
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {DOWNLOAD_TYPE: {}}, "description": "the whole file"},
     206: {"description": "the ranges asked for (multipart/byteranges for several)"},
@@ -105,10 +108,42 @@ async def download_file(
     )
 
 
+async def _has_demo_images(engine: AsyncEngine) -> bool:
+    """Whether the database holds the demo's ``images`` table. Asked only when reading it
+    failed: a database the service did not create has no such table, or one of its own
+    by that name, and either is a 404, not a 503 to retry nor a 500."""
+    def columns(conn: Connection) -> set[str]:
+        found = inspect(conn)
+        if not found.has_table(images.name):
+            return set()
+        return {column["name"] for column in found.get_columns(images.name)}
+
+    try:
+        async with engine.connect() as conn:
+            present = await conn.run_sync(columns)
+    except DATABASE_UNREACHABLE:
+        return True  # the database itself is away: the caller's 503 stands
+    return set(images.c.keys()) <= present
+
+
+def _image_number(raw: str) -> int:
+    """An image id in plain digits: Python's ``int`` would also take ``01``, ``+1``,
+    `` 1``, ``1_0`` and non-ASCII digits, each then naming another resource's URL."""
+    if not IMAGE_ID.fullmatch(raw) or int(raw) > MAX_IMAGE_ID:
+        raise InvalidParameter(
+            "image_id", raw, f"expected a whole number from 1 to {MAX_IMAGE_ID} in plain "
+            "digits, with no sign, spaces or leading zeros",
+        )
+    return int(raw)
+
+
 @router.get("/images/{image_id}", response_class=Response, responses=IMAGE_RESPONSES)
 @router.head("/images/{image_id}", response_class=Response, responses=IMAGE_RESPONSES)
 async def get_image(
-    image_id: Annotated[int, PathParameter(ge=1, le=MAX_IMAGE_ID, description="images.id")],
+    image_id: Annotated[str, PathParameter(
+        description=f"images.id: a whole number from 1 to {MAX_IMAGE_ID}, in plain digits",
+        examples=["1"],
+    )],
     request: Request,
     settings: SettingsDep,
     engine: EngineDep,
@@ -116,17 +151,25 @@ async def get_image(
     digests: DigestsDep,
 ) -> Response:
     """One image, shown inline with its stored content type; cached for a year."""
+    number = _image_number(image_id)
     try:
         async with engine.connect() as conn:
-            row = (await conn.execute(select(images).where(images.c.id == image_id))).first()
-    except DATABASE_UNREACHABLE as exc:
-        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+            row = (await conn.execute(select(images).where(images.c.id == number))).first()
+    except (DBAPIError, *DATABASE_UNREACHABLE) as exc:
+        if not await _has_demo_images(engine):
+            raise NotFound(
+                "this database has no images table of the demo's (exporter seed makes it); "
+                "/images serves the demo's images only"
+            ) from None
+        if isinstance(exc, DATABASE_UNREACHABLE):
+            raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+        raise
     if row is None:
         raise NotFound(f"no image with id {image_id}")
     file = await open_within(settings.images_dir, settings.data_dir / row.storage_path)
     if file is None:
         log.warning("image %d: storage_path %r is missing or outside %s",
-                    image_id, row.storage_path, settings.images_dir)
+                    number, row.storage_path, settings.images_dir)
         raise NotFound(f"image {image_id} has no file")
     try:
         etag = await _image_etag(row.sha256, row.byte_size, file, digests)

@@ -30,6 +30,7 @@ from exporter.routes.deps import (
     EngineDep,
     FileSenderDep,
     SettingsDep,
+    StrictJsonBody,
     WorkerDep,
 )
 from exporter.routes.files import FILE_CACHE_CONTROL, FILE_RESPONSES
@@ -107,7 +108,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@router.post("/jobs", status_code=202, responses={422: {"description": "a bad body field"}})
+@router.post("/jobs", status_code=202, responses={422: {"description": "a bad body field"}},
+             dependencies=[StrictJsonBody])
 async def start_job(
     body: JobRequest, response: Response, engine: EngineDep, catalog: CatalogDep,
     worker: WorkerDep,

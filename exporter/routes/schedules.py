@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from exporter import schedules
-from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep, WorkerDep
+from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep, StrictJsonBody, WorkerDep
 from exporter.schedules import Schedule, ScheduleRequest
 
 router = APIRouter(tags=["schedules"])
@@ -37,7 +37,8 @@ def schedule_out(schedule: Schedule) -> ScheduleOut:
     )
 
 
-@router.post("/schedules", status_code=201, responses={422: {"description": "a bad field"}})
+@router.post("/schedules", status_code=201, responses={422: {"description": "a bad field"}},
+             dependencies=[StrictJsonBody])
 async def create_schedule(
     body: ScheduleRequest, response: Response, engine: EngineDep, catalog: CatalogDep,
     worker: WorkerDep,
