@@ -28,6 +28,7 @@ from exporter.streaming import open_export
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_STARTUP_FAILED = 3  # as uvicorn.run exits when the server could not start (a port taken)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,20 +134,25 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
+    from exporter.server import GracefulServer
+
     # The service's own loggers (the job worker's above all) print beside uvicorn's.
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"]["exporter"] = {
         "handlers": ["default"], "level": args.log_level.upper(), "propagate": False,
     }
-    uvicorn.run(
+    config = uvicorn.Config(
         "exporter.app:create_app",
         factory=True,
         log_config=log_config,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
-    return 0
+    server = GracefulServer(config)
+    server.run()
+    return 0 if server.started else EXIT_STARTUP_FAILED
 
 
 async def _worker(settings: Settings) -> int:

@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         5, ge=1, description="Retry-After sent with 503 when every export slot is taken."
     )
+    shutdown_grace_seconds: int = Field(
+        20, ge=0,
+        description=(
+            "On SIGTERM, how long `exporter serve` lets running responses finish after it "
+            "stops accepting connections; then it cuts what is left (the clients see an "
+            "incomplete body, never a complete-looking one) and exits. Under Kubernetes' "
+            "default 30 s termination grace, so that the cut is ours and logged."
+        ),
+    )
     db_pool_size: int = Field(
         5, ge=1,
         description=(

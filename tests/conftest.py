@@ -209,6 +209,7 @@ def free_port() -> int:
 class Server:
     url: str
     pid: int  # of the uvicorn process itself, for /proc/<pid>/status and /proc/<pid>/io
+    process: subprocess.Popen[bytes] | None = None  # to signal it, and read its exit and log
 
 
 @contextmanager
@@ -241,7 +242,7 @@ def serving(env: dict[str, str], host: str = "127.0.0.1") -> Iterator[Server]:
                 output = process.stdout.read().decode() if process.stdout else ""
                 raise RuntimeError(f"exporter serve did not start:\n{output}")
             time.sleep(0.1)
-        yield Server(base_url, process.pid)
+        yield Server(base_url, process.pid, process)
     finally:
         process.terminate()
         try:

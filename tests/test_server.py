@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -26,6 +27,7 @@ from tests.conftest import (
     build_database,
     running_server,
     scratch_postgres_url,
+    serving,
 )
 
 SMALL_BATCHES = {
@@ -135,6 +137,35 @@ def test_a_client_that_disconnects_frees_its_database_connection(server: str) ->
     assert metric(server, "exporter_exports_finished_total", format="csv",
                   outcome="disconnected") == disconnected + 1
     assert httpx.get(f"{server}/exports/users.csv?limit=3").status_code == 200
+
+
+def test_sigterm_lets_a_slow_download_run_for_the_grace_then_cuts_it_and_exits(
+    server: str,
+) -> None:
+    """An orchestrator's SIGTERM: a client reading at about 20 KB/s would hold a 12 MB
+    export for ten minutes. The server stops within its grace (2 s here), the client sees
+    a body without its last chunk, and the log names what was cut."""
+    big = SERVER_DATABASES[server]
+    grace = 2
+    with serving(big.env(**SMALL_BATCHES, EXPORTER_SHUTDOWN_GRACE_SECONDS=str(grace))) as other:
+        assert other.process is not None
+        sock = slow_reader(other.url, "/exports/users.ndjson")
+        with sock:
+            received = read_until(sock, b'{"id":1,')
+            other.process.send_signal(signal.SIGTERM)
+            signaled = time.monotonic()
+            while other.process.poll() is None and time.monotonic() - signaled < grace + 10:
+                received += sock.recv(1024)  # slowly: the socket buffers stay full
+                time.sleep(0.05)
+            stopped_after = time.monotonic() - signaled
+            received = read_until(sock, b"\r\n0\r\n\r\n", received)  # what was sent
+        assert other.process.wait(timeout=10) == 0
+        log = other.process.stdout.read().decode() if other.process.stdout else ""
+    assert grace <= stopped_after < grace + 5, stopped_after
+    assert not received.endswith(b"\r\n0\r\n\r\n"), "the cut body looks complete"
+    assert received.count(b'{"id":') < BIG_USERS
+    assert "1 response(s) still running get 2 s to finish, then are cut: GET " \
+        "/exports/users.ndjson" in log, log
 
 
 def test_exports_beyond_the_limit_get_503_with_retry_after(server: str) -> None:
