@@ -15,8 +15,11 @@ import httpx
 import pytest
 
 from exporter.app import create_app
+from exporter.catalog import Column, Kind, Table
 from exporter.config import load_settings
 from exporter.db import migrate
+from exporter.errors import InvalidParameter
+from exporter.params import parameter_names, parse_query
 from tests.conftest import GOLDEN_AFTER_ID, TOTAL_ROWS
 
 GOLDEN_CSV = (
@@ -316,6 +319,25 @@ async def test_the_table_lists_every_parameter_its_export_takes(
         assert response.status_code == 200, (name, response.text)
     assert {"fields", "limit", "after", "after_id", "country", "plan", "is_active",
             "created_from", "created_to", "bio__isnull", "id__gt"} <= set(listed)
+
+
+def test_a_column_that_takes_no_equality_is_listed_without_its_bare_name() -> None:
+    """The page offers the operators GET /tables lists: a JSON, bytes or array column's
+    bare name (equality) would be a 422, so only its __isnull is listed."""
+    columns = (Column("id", "INTEGER", Kind.INTEGER, False),
+               *(Column(kind.value, kind.value, kind, True)
+                 for kind in (Kind.JSON, Kind.BYTES, Kind.ARRAY, Kind.BOOLEAN)))
+    table = Table("things", columns, ("id",))
+    listed = parameter_names(table)
+    for kind in ("json", "bytes", "array"):
+        assert [name for name in listed if name.startswith(kind)] == [f"{kind}__isnull"]
+        with pytest.raises(InvalidParameter):
+            parse_query(table, [(kind, "1")])
+    assert [name for name in listed if name.startswith("boolean")] == [
+        "boolean", "boolean__exact", "boolean__isnull"]
+    for name in listed:
+        value = "id" if name == "fields" else "1"
+        parse_query(table, [(name, value)])
 
 
 async def test_health_ready_and_metrics_answer(
