@@ -35,6 +35,8 @@ FOREIGN_ROWS = [
      (order + line) % 5 + 1, (order + line) % 2, json.dumps({"n": order}) if line == 1 else None)
     for order in range(1, 101) for line in range(1, 4)
 ]
+ODD = "Odd/Name #1?"  # every character here needs encoding in a URL's path
+ODD_SQL = 'CREATE TABLE "Odd/Name #1?" (id INTEGER PRIMARY KEY, "Note" TEXT)'
 # Quick jobs, whose progress the page can still show.
 FAST_JOBS = {
     "EXPORTER_BATCH_ROWS": "50",
@@ -61,6 +63,8 @@ async def page_database(
     with sqlite3.connect(database.data_dir / "exporter.db") as conn:  # plain SQL, no models
         conn.execute(FOREIGN_SQL)
         conn.executemany(f'INSERT INTO "{FOREIGN}" VALUES (?, ?, ?, ?, ?, ?, ?)', FOREIGN_ROWS)
+        conn.execute(ODD_SQL)
+        conn.executemany(f'INSERT INTO "{ODD}" VALUES (?, ?)', [(1, "a, b"), (2, None)])
     conn.close()
     return database
 
@@ -205,3 +209,14 @@ def test_a_job_shows_its_progress_until_done_and_a_working_download(
     page.wait_for("!!document.querySelector('#jobs a.job-file')")
     assert FOREIGN in page.text("#jobs")
 
+
+def test_a_table_name_that_needs_encoding_gives_a_link_that_works(page: Page) -> None:
+    page.pick("#table", ODD)
+    page.click('#columns input[value="Note"]')
+    page.click('#columns input[value="id"]')
+    href = download_href(page)
+    assert urlsplit(href).path == "/exports/Odd%2FName%20%231%3F.csv"
+    response = httpx.get(href)
+    assert response.status_code == 200, response.text
+    assert response.text == 'Note,id\r\n"a, b",1\r\n,2\r\n'
+    assert httpx.get(href.replace("/exports/", "/tables/").split(".csv")[0]).json()["name"] == ODD
