@@ -104,10 +104,11 @@ class Page:
             time.sleep(POLL_SECONDS)
 
     def wait_for_event(self, method: str, match: Callable[[dict[str, Any]], bool],
-                       timeout: float = WAIT_SECONDS) -> dict[str, Any]:
-        """The params of the first event ``method`` that ``match`` accepts."""
+                       since: int = 0, timeout: float = WAIT_SECONDS) -> dict[str, Any]:
+        """The params of the first event ``method`` that ``match`` accepts, among those
+        from ``since`` on (``len(page.events)`` before the action that causes it)."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while True:
             for event in self.events[seen:]:
                 if event.get("method") == method and match(event["params"]):

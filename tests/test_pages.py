@@ -84,6 +84,7 @@ def browser(browser_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture
 def page(browser: Page, server: str) -> Iterator[Page]:
     """The start page, freshly loaded, with the foreign table chosen."""
+    browser.errors.clear()
     browser.goto(f"{server}/")
     browser.wait_for("document.querySelectorAll('#table option').length > 0")
     browser.pick("#table", FOREIGN)
@@ -124,6 +125,7 @@ def download_href(page: Page) -> str:
 def test_the_page_lists_the_tables_and_shows_the_chosen_ones_columns(page: Page) -> None:
     listed = page.evaluate("[...document.querySelectorAll('#table option')].map((o) => o.value)")
     assert FOREIGN in listed and "users" in listed
+    assert page.evaluate("location.hash") == "#table=Order+Items"  # a reload keeps it
     assert column_cells(page) == [
         ["Order ID", "INTEGER", "integer", "no", "1"],
         ["line", "INTEGER", "integer", "no", "2"],
@@ -165,12 +167,13 @@ def test_the_download_link_exports_what_the_api_gives_for_the_same_choices(
     assert len(rows) == 20 and list(rows[0]) == ["quantity", "Order ID", "shipped_on"]
     assert all(row["shipped_on"] >= "2024-02-01" for row in rows)
 
-    page.click("#download")  # the browser saves it under the service's file name
-    begun = page.wait_for_event("Browser.downloadWillBegin", lambda _params: True)
+    mark = len(page.events)
+    page.click("#download")  # the browser saves it, offering the service's file name
+    begun = page.wait_for_event("Browser.downloadWillBegin", lambda _params: True, mark)
     assert begun["suggestedFilename"].startswith(f"{FOREIGN}-")
     assert begun["suggestedFilename"].endswith(".ndjson")
     page.wait_for_event("Browser.downloadProgress", lambda params: (
-        params["guid"] == begun["guid"] and params["state"] == "completed"))
+        params["guid"] == begun["guid"] and params["state"] == "completed"), mark)
     assert (page.downloads / begun["guid"]).read_bytes() == from_api.content
 
 
@@ -180,10 +183,13 @@ def test_a_bad_filter_value_shows_the_services_message(page: Page, server: str) 
     page.pick("#filters select.op", "gt")
     page.type("#filters input.value", "many")
     href = download_href(page)
+    mark = len(page.events)
     page.click("#download")
     shown = page.wait_for("document.querySelector('#status.error')?.innerText")
     assert shown == httpx.get(href).json()["message"]
     assert "quantity__gt" in shown and "many" in shown
+    assert not [event for event in page.events[mark:]
+                if event["method"].startswith("Browser.download")], "an error was saved"
 
     page.click("#start")
     shown = page.wait_for("document.querySelector('#job-status.error')?.innerText")
