@@ -81,8 +81,10 @@ def parameter_names(table: Table) -> list[str]:
     """Every parameter name ``table`` takes, for error messages and documentation."""
     names = [*RESERVED, *(DEMO_ALIASES if _demo(table) else ())]
     for column in table.columns:
-        names.append(column.name)
-        names.extend(f"{column.name}__{op.value}" for op in OPS.get(column.kind, ORDERED))
+        allowed = OPS.get(column.kind, ORDERED)
+        if Op.EXACT in allowed:  # the bare name is equality: not on JSON, bytes or arrays
+            names.append(column.name)
+        names.extend(f"{column.name}__{op.value}" for op in allowed)
     return names
 
 

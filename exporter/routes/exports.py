@@ -57,7 +57,9 @@ MEDIA_TYPES: dict[str, dict[str, object]] = {
 
 
 @router.get(
-    "/exports/{name}",
+    # :path, so that a table whose name holds a slash (sent as %2F, which the server
+    # decodes before routing) is still this route, as GET /tables links it.
+    "/exports/{name:path}",
     response_class=ExportResponse,
     responses={200: {"content": MEDIA_TYPES},
                404: {"description": "no such table, or no such format"},

@@ -37,7 +37,8 @@ async def list_tables(request: Request, catalog: CatalogDep) -> dict[str, Any]:
     return {"tables": [describe(tables[name], request) for name in sorted(tables)]}
 
 
-@router.get("/tables/{table}", responses={404: {"description": "no such table"}})
+# :path, as GET /exports: a name may hold a slash (sent as %2F, decoded before routing).
+@router.get("/tables/{table:path}", responses={404: {"description": "no such table"}})
 async def get_table(table: str, request: Request, catalog: CatalogDep) -> dict[str, Any]:
     """One table or view: its columns, key, size and export URLs."""
     return describe(await catalog.get(table), request)

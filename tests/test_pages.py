@@ -1,0 +1,228 @@
+"""The start page in a real browser (headless Chromium) against a real ``exporter serve``:
+what a person sees and gets, on a database that holds, besides the demo, a table of its
+own whose name needs encoding, with a composite key, dates, booleans and JSON."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import date, timedelta
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+
+from tests.browser import Page, chromium, find_chromium
+from tests.conftest import Database, clone_database, serving
+
+FOREIGN = "Order Items"
+FOREIGN_SQL = """
+CREATE TABLE "Order Items" (
+    "Order ID" INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    sku TEXT NOT NULL,
+    shipped_on DATE,
+    quantity INTEGER NOT NULL,
+    gift BOOLEAN,
+    notes JSON,
+    PRIMARY KEY ("Order ID", line)
+)
+"""
+FOREIGN_ROWS = [
+    (order, line, f"SKU-{(order * line) % 7}",
+     None if order % 10 == 0 else (date(2024, 1, 1) + timedelta(days=order)).isoformat(),
+     (order + line) % 5 + 1, (order + line) % 2, json.dumps({"n": order}) if line == 1 else None)
+    for order in range(1, 101) for line in range(1, 4)
+]
+ODD = "Odd/Name #1?"  # every character here needs encoding in a URL's path
+ODD_SQL = 'CREATE TABLE "Odd/Name #1?" (id INTEGER PRIMARY KEY, "Note" TEXT)'
+# Quick jobs, whose progress the page can still show.
+FAST_JOBS = {
+    "EXPORTER_BATCH_ROWS": "50",
+    "EXPORTER_JOB_PROGRESS_SECONDS": "0.1",
+    "EXPORTER_EVENTS_POLL_SECONDS": "0.1",
+    "EXPORTER_WORKER_POLL_SECONDS": "0.2",
+}
+
+
+@pytest.fixture(scope="module")
+def browser_path() -> str:
+    path = find_chromium()
+    if path is None:
+        pytest.skip("the start page's tests need Chromium: apt-get install chromium, or set "
+                    "EXPORTER_TEST_CHROMIUM to a Chrome or Chromium binary")
+    return path
+
+
+@pytest.fixture(scope="module")
+async def page_database(
+    browser_path: str, sqlite_database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Database:
+    database = await clone_database(sqlite_database, tmp_path_factory.mktemp("page"), "page")
+    with sqlite3.connect(database.data_dir / "exporter.db") as conn:  # plain SQL, no models
+        conn.execute(FOREIGN_SQL)
+        conn.executemany(f'INSERT INTO "{FOREIGN}" VALUES (?, ?, ?, ?, ?, ?, ?)', FOREIGN_ROWS)
+        conn.execute(ODD_SQL)
+        conn.executemany(f'INSERT INTO "{ODD}" VALUES (?, ?)', [(1, "a, b"), (2, None)])
+    conn.close()
+    return database
+
+
+@pytest.fixture(scope="module")
+def server(page_database: Database) -> Iterator[str]:
+    with serving(page_database.env(**FAST_JOBS)) as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def browser(browser_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    with chromium(browser_path, tmp_path_factory.mktemp("chromium")) as page:
+        yield page
+
+
+@pytest.fixture
+def page(browser: Page, server: str) -> Iterator[Page]:
+    """The start page, freshly loaded, with the foreign table chosen."""
+    browser.errors.clear()
+    browser.goto(f"{server}/")
+    browser.wait_for("document.querySelectorAll('#table option').length > 0")
+    browser.pick("#table", FOREIGN)
+    yield browser
+    assert browser.errors == [], "the page's scripts failed"
+
+
+def column_cells(page: Page) -> list[list[str]]:
+    return list(page.evaluate(
+        "[...document.querySelectorAll('#columns tr')].map((row) =>"
+        " [...row.cells].slice(1).map((cell) => cell.textContent))"
+    ))
+
+
+def operators(page: Page, column: str) -> list[str]:
+    page.pick("#filters .filter:last-child select.column", column)
+    return list(page.evaluate(
+        "[...document.querySelectorAll('#filters .filter:last-child select.op option')]"
+        ".map((option) => option.value)"
+    ))
+
+
+def compose(page: Page) -> None:
+    """quantity, then Order ID, then shipped_on; shipped on from February on; 20 rows."""
+    for name in ("quantity", "Order ID", "shipped_on"):
+        page.click(f'#columns input[value="{name}"]')
+    page.click("#filter-add")
+    page.pick("#filters select.column", "shipped_on")
+    page.pick("#filters select.op", "gte")
+    page.type("#filters input.value", "2024-02-01")
+    page.type("#limit", "20")
+
+
+def download_href(page: Page) -> str:
+    return str(page.evaluate("document.getElementById('download').href"))
+
+
+def test_the_page_lists_the_tables_and_shows_the_chosen_ones_columns(page: Page) -> None:
+    listed = page.evaluate("[...document.querySelectorAll('#table option')].map((o) => o.value)")
+    assert FOREIGN in listed and "users" in listed
+    assert page.evaluate("location.hash") == "#table=Order+Items"  # a reload keeps it
+    assert column_cells(page) == [
+        ["Order ID", "INTEGER", "integer", "no", "1"],
+        ["line", "INTEGER", "integer", "no", "2"],
+        ["sku", "TEXT", "text", "no", ""],
+        ["shipped_on", "DATE", "date", "yes", ""],
+        ["quantity", "INTEGER", "integer", "no", ""],
+        ["gift", "BOOLEAN", "boolean", "yes", ""],
+        ["notes", "JSON", "json", "yes", ""],
+    ]
+    assert "key (Order ID, line)" in page.text("#table-info")
+    page.click("#filter-add")
+    assert operators(page, "shipped_on") == ["", "exact", "gt", "gte", "lt", "lte", "isnull"]
+    assert operators(page, "gift") == ["", "exact", "isnull"]
+    assert operators(page, "notes") == ["isnull"]
+    assert page.evaluate("[...document.querySelectorAll('#formats input')].map((i) => i.value)"
+                         ) == ["csv", "ndjson", "json"]
+
+
+def test_the_download_link_exports_what_the_api_gives_for_the_same_choices(
+    page: Page, server: str
+) -> None:
+    compose(page)
+    page.click('#formats input[value="ndjson"]')
+    assert page.evaluate("[...document.querySelectorAll('#columns .order')].map((o) =>"
+                         " o.textContent)") == ["2", "", "", "3", "1", "", ""]
+    href = download_href(page)
+    url = urlsplit(href)
+    assert url.path == "/exports/Order%20Items.ndjson"
+    params = parse_qsl(url.query, keep_blank_values=True)
+    assert params == [("fields", "quantity,Order ID,shipped_on"),
+                      ("shipped_on__gte", "2024-02-01"), ("limit", "20")]
+    assert "curl" in page.text("#curl") and href in page.text("#curl")
+
+    from_link = httpx.get(href)
+    from_api = httpx.get(f"{server}/exports/{FOREIGN}.ndjson", params=params)
+    assert from_link.status_code == from_api.status_code == 200
+    assert from_link.content == from_api.content
+    rows = [json.loads(line) for line in from_api.text.splitlines()]
+    assert len(rows) == 20 and list(rows[0]) == ["quantity", "Order ID", "shipped_on"]
+    assert all(row["shipped_on"] >= "2024-02-01" for row in rows)
+
+    mark = len(page.events)
+    page.click("#download")  # the browser saves it, offering the service's file name
+    begun = page.wait_for_event("Browser.downloadWillBegin", lambda _params: True, mark)
+    assert begun["suggestedFilename"].startswith(f"{FOREIGN}-")
+    assert begun["suggestedFilename"].endswith(".ndjson")
+    page.wait_for_event("Browser.downloadProgress", lambda params: (
+        params["guid"] == begun["guid"] and params["state"] == "completed"), mark)
+    assert (page.downloads / begun["guid"]).read_bytes() == from_api.content
+
+
+def test_a_bad_filter_value_shows_the_services_message(page: Page, server: str) -> None:
+    page.click("#filter-add")
+    page.pick("#filters select.column", "quantity")
+    page.pick("#filters select.op", "gt")
+    page.type("#filters input.value", "many")
+    href = download_href(page)
+    mark = len(page.events)
+    page.click("#download")
+    shown = page.wait_for("document.querySelector('#status.error')?.innerText")
+    assert shown == httpx.get(href).json()["message"]
+    assert "quantity__gt" in shown and "many" in shown
+    assert not [event for event in page.events[mark:]
+                if event["method"].startswith("Browser.download")], "an error was saved"
+
+    page.click("#start")
+    shown = page.wait_for("document.querySelector('#job-status.error')?.innerText")
+    body = {"table": FOREIGN, "format": "csv", "compression": "none",
+            "filters": {"quantity__gt": "many"}}
+    answer = httpx.post(f"{server}/jobs", json=body)
+    assert answer.status_code == 422 and shown == answer.json()["message"]
+
+
+def test_a_job_shows_its_progress_until_done_and_a_working_download(
+    page: Page, server: str
+) -> None:
+    compose(page)
+    page.click("#start")
+    page.wait_for("document.getElementById('job-status').innerText.includes('succeeded')")
+    assert page.evaluate("document.getElementById('progress').value") == 100
+    file_url = page.evaluate("document.querySelector('#job-status a.job-file').href")
+    job_file = httpx.get(file_url)
+    export = httpx.get(download_href(page))
+    assert job_file.status_code == export.status_code == 200
+    assert job_file.content == export.content
+    assert export.text.startswith("quantity,Order ID,shipped_on\r\n")
+    page.wait_for("!!document.querySelector('#jobs a.job-file')")
+    assert FOREIGN in page.text("#jobs")
+
+
+def test_a_table_name_that_needs_encoding_gives_a_link_that_works(page: Page) -> None:
+    page.pick("#table", ODD)
+    page.click('#columns input[value="Note"]')
+    page.click('#columns input[value="id"]')
+    href = download_href(page)
+    assert urlsplit(href).path == "/exports/Odd%2FName%20%231%3F.csv"
+    response = httpx.get(href)
+    assert response.status_code == 200, response.text
+    assert response.text == 'Note,id\r\n"a, b",1\r\n,2\r\n'
+    assert httpx.get(href.replace("/exports/", "/tables/").split(".csv")[0]).json()["name"] == ODD
