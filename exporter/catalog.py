@@ -21,7 +21,7 @@ import fnmatch
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -72,7 +72,9 @@ class Table:
     columns: tuple[Column, ...]
     key: tuple[str, ...]  # primary key columns, in key order; () for none
     view: bool = False
-    rows: int | None = None  # approximate, from the database's statistics
+    # Approximate: PostgreSQL's reltuples (None until ANALYZE or autovacuum ran); SQLite's
+    # sqlite_stat1 (ANALYZE), else its largest rowid; None for views.
+    rows: int | None = None
     sql: sa.Table = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +120,7 @@ def _sql_type(kind: Kind) -> Any:
 
 # --- SQLite ---------------------------------------------------------------------------------
 
+ROWID_NAMES = ("rowid", "_rowid_", "oid")  # SQLite's names for it, unless a column has one
 DECIMAL_SCALE = re.compile(r"\(\s*\d+\s*,\s*(\d+)\s*\)")  # NUMERIC(12, 2): 2
 
 
@@ -163,31 +166,47 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
         info: Sequence[Any] = (await conn.exec_driver_sql(
             "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?, 'main')", (name,)
         )).all()
+        keyed = sorted((pk, column) for column, _, _, pk in info if pk)
+        # SQLite lets a primary key column hold NULL, unless it is declared NOT NULL or is the
+        # rowid (a lone INTEGER PRIMARY KEY of a table: NULL there makes SQLite number the row).
+        rowid = keyed[0][1] if len(keyed) == 1 and kind == "table" else None
         columns = []
-        keyed: list[tuple[int, str]] = []
-        for column, declared, notnull, pk in info:
+        for column, declared, notnull, _ in info:
             column_kind, scale = sqlite_kind(declared or "")
-            # SQLite lets a primary key column hold NULL unless it is the rowid: only NOT NULL
-            # says it cannot.
-            columns.append(Column(column, declared or "", column_kind, not notnull, scale))
-            if pk:
-                keyed.append((pk, column))
-        rows = await _sqlite_rows(conn, name)
-        key = tuple(column for _, column in sorted(keyed))
-        tables.append(Table(name, tuple(columns), key, kind == "view", rows))
+            nullable = not notnull and not (
+                column == rowid and (declared or "").upper() == "INTEGER"
+            )
+            columns.append(Column(column, declared or "", column_kind, nullable, scale))
+        table = Table(name, tuple(columns), tuple(column for _, column in keyed),
+                      kind == "view")
+        rows = None if table.view else await _sqlite_rows(conn, table)
+        tables.append(replace(table, rows=rows))
     return tables
 
 
-async def _sqlite_rows(conn: AsyncConnection, name: str) -> int | None:
-    """``sqlite_stat1``'s count where ANALYZE made one; else None (counting is a scan)."""
+async def _sqlite_rows(conn: AsyncConnection, table: Table) -> int | None:
+    """``sqlite_stat1``'s count where ANALYZE made one; else the largest rowid, one B-tree
+    seek where counting would be a scan: the count of a table whose rows were appended and
+    never deleted, more than it otherwise (None for a table without rowid)."""
     try:
         stat = (await conn.exec_driver_sql(
             "SELECT stat FROM main.sqlite_stat1 WHERE tbl = ? ORDER BY idx IS NULL DESC LIMIT 1",
-            (name,),
+            (table.name,),
         )).scalar_one_or_none()
     except sa.exc.OperationalError:  # no ANALYZE was ever run
+        stat = None
+    if stat:
+        return int(str(stat).split()[0])
+    rowid = next((name for name in ROWID_NAMES if not table.has(name)), None)
+    if rowid is None:
         return None
-    return int(str(stat).split()[0]) if stat else None
+    try:
+        largest: int | None = (await conn.execute(
+            sa.select(sa.func.max(sa.literal_column(rowid))).select_from(table.sql)
+        )).scalar_one()
+    except sa.exc.OperationalError:  # WITHOUT ROWID
+        return None
+    return int(largest or 0)
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -203,7 +222,7 @@ POSTGRES_KINDS = {
 }
 
 POSTGRES_COLUMNS = """
-SELECT c.relname, c.relkind, c.reltuples::bigint, a.attname,
+SELECT c.relname, c.relkind::text, c.reltuples::bigint, a.attname,
        format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, t.typname, t.typcategory,
        a.atttypmod,
        (SELECT k.ord FROM pg_constraint p,
