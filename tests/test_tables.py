@@ -114,6 +114,23 @@ async def test_the_services_own_state_is_neither_listed_nor_exportable(
         assert job.status_code == 422 and job.json()["parameter"] == "table"
 
 
+async def test_the_state_stays_apart_when_the_search_path_names_its_schema_first(
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL user called ``exporter`` (docker-compose.yml's) has the schema
+    ``exporter`` first in its search path (``"$user", public``): its tables are still the
+    user's, and the state is still not among them."""
+    database = await build_foreign_database("postgresql", tmp_path, "search_path")
+    name = database.url.rsplit("/", 1)[1]
+    await run_sql(database, f'ALTER DATABASE "{name}" SET search_path TO exporter, public')
+    async with service(database) as client:
+        listed = [t["name"] for t in (await client.get("/tables")).json()["tables"]]
+        assert listed == FOREIGN_TABLES
+        assert (await client.get("/exports/export_jobs.csv")).status_code == 404
+        job = (await client.post("/jobs", json={"table": "orders", "format": "csv"})).json()
+        assert [j["id"] for j in (await client.get("/jobs")).json()] == [job["id"]]
+
+
 # A schema that changes while the service runs.
 
 def wait_for(check: Callable[[], bool], seconds: float) -> float:
