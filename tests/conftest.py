@@ -304,3 +304,13 @@ async def build_foreign_database(backend: str, data_dir: Path, suffix: str) -> D
     subprocess.run([sys.executable, "-m", "exporter", "migrate"], env=database.env(),
                    check=True, capture_output=True, timeout=120)
     return database
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def foreign_database(request: pytest.FixtureRequest,
+                           tmp_path_factory: pytest.TempPathFactory) -> Database:
+    """``build_foreign_database`` once per test module and backend."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    return await build_foreign_database(
+        request.param, tmp_path_factory.mktemp(f"foreign-{request.param}"), f"foreign_{module}"
+    )

@@ -27,13 +27,10 @@ DECLARED = {  # orders' columns as each backend declares them
 }
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-async def foreign(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Database:
+@pytest.fixture
+def foreign(foreign_database: Database) -> Database:
     """Read only: tests that change the schema build their own."""
-    return await build_foreign_database(
-        request.param, tmp_path_factory.mktemp(f"foreign-{request.param}"), "tables"
-    )
+    return foreign_database
 
 
 @asynccontextmanager
