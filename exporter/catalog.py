@@ -73,8 +73,11 @@ class Table:
     key: tuple[str, ...]  # primary key columns, in key order; () for none
     view: bool = False
     # Approximate: PostgreSQL's reltuples (None until ANALYZE or autovacuum ran); SQLite's
-    # sqlite_stat1 (ANALYZE), else its largest rowid; None for views.
+    # sqlite_stat1 (ANALYZE), else its largest rowid; None for views and WITHOUT ROWID.
     rows: int | None = None
+    # SQLite: a rowid orders and batches the rows of a table without a key. Views and WITHOUT
+    # ROWID tables have none (such a table always has a key, unless its key is hidden).
+    rowid: bool = False
     sql: sa.Table = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +106,7 @@ class Table:
             return self
         columns = tuple(column for column in self.columns if column.name not in gone)
         key = () if gone & set(self.key) else self.key
-        return Table(self.name, columns, key, self.view, self.rows)
+        return replace(self, columns=columns, key=key)
 
 
 SQL_TYPES: dict[Kind, Any] = {
@@ -179,24 +182,31 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
             columns.append(Column(column, declared or "", column_kind, nullable, scale))
         table = Table(name, tuple(columns), tuple(column for _, column in keyed),
                       kind == "view")
-        rows = None if table.view else await _sqlite_rows(conn, table)
-        tables.append(replace(table, rows=rows))
+        if not table.view:
+            largest = await _largest_rowid(conn, table)
+            stat = await _sqlite_stat(conn, name)
+            table = replace(table, rowid=largest is not None,
+                            rows=stat if stat is not None else largest)
+        tables.append(table)
     return tables
 
 
-async def _sqlite_rows(conn: AsyncConnection, table: Table) -> int | None:
-    """``sqlite_stat1``'s count where ANALYZE made one; else the largest rowid, one B-tree
-    seek where counting would be a scan: the count of a table whose rows were appended and
-    never deleted, more than it otherwise (None for a table without rowid)."""
+async def _sqlite_stat(conn: AsyncConnection, name: str) -> int | None:
+    """``sqlite_stat1``'s count where ANALYZE made one."""
     try:
         stat = (await conn.exec_driver_sql(
             "SELECT stat FROM main.sqlite_stat1 WHERE tbl = ? ORDER BY idx IS NULL DESC LIMIT 1",
-            (table.name,),
+            (name,),
         )).scalar_one_or_none()
     except sa.exc.OperationalError:  # no ANALYZE was ever run
-        stat = None
-    if stat:
-        return int(str(stat).split()[0])
+        return None
+    return int(str(stat).split()[0]) if stat else None
+
+
+async def _largest_rowid(conn: AsyncConnection, table: Table) -> int | None:
+    """The largest rowid (0 for an empty table), one B-tree seek where counting would be a
+    scan: the approximate row count where ANALYZE made none (the count of a table whose rows
+    were appended and never deleted, more otherwise). None: the table has no rowid."""
     rowid = next((name for name in ROWID_NAMES if not table.has(name)), None)
     if rowid is None:
         return None
@@ -206,7 +216,7 @@ async def _sqlite_rows(conn: AsyncConnection, table: Table) -> int | None:
         )).scalar_one()
     except sa.exc.OperationalError:  # WITHOUT ROWID
         return None
-    return int(largest or 0)
+    return largest or 0
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------

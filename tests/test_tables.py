@@ -322,3 +322,17 @@ async def test_a_table_whose_key_is_hidden_cannot_be_resumed(foreign: Database) 
         job = await client.post("/jobs", json={"table": "tokens", "format": "csv",
                                                "filters": {"after": "s-1"}})
         assert job.status_code == 422 and job.json()["parameter"] == "filters.after"
+
+
+async def test_a_sqlite_table_without_rowid_whose_key_is_hidden_still_exports(
+    tmp_path: Path,
+) -> None:
+    """No key left to order by, and no rowid either: read in one statement, as a view."""
+    database = await build_foreign_database("sqlite", tmp_path, "without_rowid")
+    await run_sql(database, "CREATE TABLE codes (secret_code TEXT PRIMARY KEY, label TEXT) "
+                  "WITHOUT ROWID", "INSERT INTO codes VALUES ('b', 'two'), ('a', 'one')")
+    async with service(database, **HIDDEN, batch_rows=1) as client:
+        response = await client.get("/exports/codes.csv")
+        assert response.status_code == 200, response.text
+        assert sorted(response.text.split("\r\n")) == ["", "label", "one", "two"]
+        assert (await client.get("/tables/codes")).json()["primary_key"] == []
