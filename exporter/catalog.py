@@ -21,7 +21,7 @@ import fnmatch
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -72,7 +72,12 @@ class Table:
     columns: tuple[Column, ...]
     key: tuple[str, ...]  # primary key columns, in key order; () for none
     view: bool = False
-    rows: int | None = None  # approximate, from the database's statistics
+    # Approximate: PostgreSQL's reltuples (None until ANALYZE or autovacuum ran); SQLite's
+    # sqlite_stat1 (ANALYZE), else its largest rowid; None for views and WITHOUT ROWID.
+    rows: int | None = None
+    # SQLite: a rowid orders and batches the rows of a table without a key. Views and WITHOUT
+    # ROWID tables have none (such a table always has a key, unless its key is hidden).
+    rowid: bool = False
     sql: sa.Table = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,7 +106,7 @@ class Table:
             return self
         columns = tuple(column for column in self.columns if column.name not in gone)
         key = () if gone & set(self.key) else self.key
-        return Table(self.name, columns, key, self.view, self.rows)
+        return replace(self, columns=columns, key=key)
 
 
 SQL_TYPES: dict[Kind, Any] = {
@@ -118,6 +123,7 @@ def _sql_type(kind: Kind) -> Any:
 
 # --- SQLite ---------------------------------------------------------------------------------
 
+ROWID_NAMES = ("rowid", "_rowid_", "oid")  # SQLite's names for it, unless a column has one
 DECIMAL_SCALE = re.compile(r"\(\s*\d+\s*,\s*(\d+)\s*\)")  # NUMERIC(12, 2): 2
 
 
@@ -163,23 +169,30 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
         info: Sequence[Any] = (await conn.exec_driver_sql(
             "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?, 'main')", (name,)
         )).all()
+        keyed = sorted((pk, column) for column, _, _, pk in info if pk)
+        # SQLite lets a primary key column hold NULL, unless it is declared NOT NULL or is the
+        # rowid (a lone INTEGER PRIMARY KEY of a table: NULL there makes SQLite number the row).
+        rowid = keyed[0][1] if len(keyed) == 1 and kind == "table" else None
         columns = []
-        keyed: list[tuple[int, str]] = []
-        for column, declared, notnull, pk in info:
+        for column, declared, notnull, _ in info:
             column_kind, scale = sqlite_kind(declared or "")
-            # SQLite lets a primary key column hold NULL unless it is the rowid: only NOT NULL
-            # says it cannot.
-            columns.append(Column(column, declared or "", column_kind, not notnull, scale))
-            if pk:
-                keyed.append((pk, column))
-        rows = await _sqlite_rows(conn, name)
-        key = tuple(column for _, column in sorted(keyed))
-        tables.append(Table(name, tuple(columns), key, kind == "view", rows))
+            nullable = not notnull and not (
+                column == rowid and (declared or "").upper() == "INTEGER"
+            )
+            columns.append(Column(column, declared or "", column_kind, nullable, scale))
+        table = Table(name, tuple(columns), tuple(column for _, column in keyed),
+                      kind == "view")
+        if not table.view:
+            largest = await _largest_rowid(conn, table)
+            stat = await _sqlite_stat(conn, name)
+            table = replace(table, rowid=largest is not None,
+                            rows=stat if stat is not None else largest)
+        tables.append(table)
     return tables
 
 
-async def _sqlite_rows(conn: AsyncConnection, name: str) -> int | None:
-    """``sqlite_stat1``'s count where ANALYZE made one; else None (counting is a scan)."""
+async def _sqlite_stat(conn: AsyncConnection, name: str) -> int | None:
+    """``sqlite_stat1``'s count where ANALYZE made one."""
     try:
         stat = (await conn.exec_driver_sql(
             "SELECT stat FROM main.sqlite_stat1 WHERE tbl = ? ORDER BY idx IS NULL DESC LIMIT 1",
@@ -188,6 +201,22 @@ async def _sqlite_rows(conn: AsyncConnection, name: str) -> int | None:
     except sa.exc.OperationalError:  # no ANALYZE was ever run
         return None
     return int(str(stat).split()[0]) if stat else None
+
+
+async def _largest_rowid(conn: AsyncConnection, table: Table) -> int | None:
+    """The largest rowid (0 for an empty table), one B-tree seek where counting would be a
+    scan: the approximate row count where ANALYZE made none (the count of a table whose rows
+    were appended and never deleted, more otherwise). None: the table has no rowid."""
+    rowid = next((name for name in ROWID_NAMES if not table.has(name)), None)
+    if rowid is None:
+        return None
+    try:
+        largest: int | None = (await conn.execute(
+            sa.select(sa.func.max(sa.literal_column(rowid))).select_from(table.sql)
+        )).scalar_one()
+    except sa.exc.OperationalError:  # WITHOUT ROWID
+        return None
+    return largest or 0
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -203,7 +232,7 @@ POSTGRES_KINDS = {
 }
 
 POSTGRES_COLUMNS = """
-SELECT c.relname, c.relkind, c.reltuples::bigint, a.attname,
+SELECT c.relname, c.relkind::text, c.reltuples::bigint, a.attname,
        format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, t.typname, t.typcategory,
        a.atttypmod,
        (SELECT k.ord FROM pg_constraint p,

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
-from typing import BinaryIO
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,8 +20,9 @@ from exporter.config import Settings, describe, load_settings
 from exporter.db import StateUnavailable, create_engine, migrate
 from exporter.errors import InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
+from exporter.job_files import write_file
 from exporter.params import parse_query
-from exporter.streaming import open_export
+from exporter.streaming import ChunkStream, open_export
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_USAGE = 2
@@ -227,47 +226,44 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         pairs.append((name, value))
     fmt = FORMATS[args.format]
-    if args.out == "-":
-        return asyncio.run(_write_export(settings, args.table, pairs, fmt, sys.stdout.buffer))
-    # Written aside and renamed, so that a failed export never looks like a complete file.
-    target = Path(args.out)
-    partial = target.with_name(f".{target.name}.part")
-    if target.is_dir() or not target.parent.is_dir():
+    target = None if args.out == "-" else Path(args.out)
+    if target is not None and (target.is_dir() or not target.parent.is_dir()):
         print(f"exporter export: --out {args.out!r} is not a file in an existing directory",
               file=sys.stderr)
         return EXIT_USAGE
-    try:
-        with partial.open("wb") as out:
-            status = asyncio.run(_write_export(settings, args.table, pairs, fmt, out))
-            out.flush()
-            os.fsync(out.fileno())
-        if status == 0:
-            partial.replace(target)
-        return status
-    finally:
-        partial.unlink(missing_ok=True)
+    return asyncio.run(_write_export(settings, args.table, pairs, fmt, target))
 
 
 async def _write_export(
     settings: Settings, table_name: str, pairs: list[tuple[str, str]], fmt: type[Format],
-    out: BinaryIO,
+    target: Path | None,
 ) -> int:
+    """The export to ``target`` (by the jobs' atomic writer: a failed export leaves no file
+    there), or to standard output."""
     engine = _engine(settings)
     try:
-        table = await Catalog.from_settings(engine, settings).get(table_name)
-        query = parse_query(table, pairs)
-    except (InvalidParameter, NotFound) as exc:
-        prefix = "--" if isinstance(exc, InvalidParameter) else "--table: "
-        print(f"exporter export: {prefix}{exc.message}", file=sys.stderr)
-        await engine.dispose()
-        return EXIT_USAGE
-    try:
-        async with aclosing(open_export(engine, query, fmt, settings)) as chunks:
-            async for chunk in chunks:
-                out.write(chunk)
-    except Exception as exc:  # reported, not raised: the caller decides what a failure leaves
-        print(f"exporter export: failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        try:
+            table = await Catalog.from_settings(engine, settings).get(table_name)
+            query = parse_query(table, pairs)
+        except (InvalidParameter, NotFound) as exc:
+            prefix = "--" if isinstance(exc, InvalidParameter) else "--table: "
+            print(f"exporter export: {prefix}{exc.message}", file=sys.stderr)
+            return EXIT_USAGE
+        chunks = open_export(engine, query, fmt, settings)
+        try:
+            if target is None:
+                await _write_stdout(chunks)
+            else:
+                await write_file(target, chunks)
+        except Exception as exc:  # reported in a line, not a traceback
+            print(f"exporter export: failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     finally:
         await engine.dispose()
     return 0
+
+
+async def _write_stdout(chunks: ChunkStream) -> None:
+    async with aclosing(chunks) as source:
+        async for chunk in source:
+            sys.stdout.buffer.write(chunk)

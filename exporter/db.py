@@ -71,7 +71,9 @@ def create_engine(
         engine = create_async_engine(url, **pool)
         _configure_sqlite(engine, state, sqlite_nice)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, **pool)
+    engine = create_async_engine(url, pool_pre_ping=True, **pool)
+    _configure_postgresql(engine)
+    return engine
 
 
 def _sqlite_state(database: str | None, state_path: Path | None) -> str:
@@ -187,6 +189,30 @@ def _configure_sqlite(engine: AsyncEngine, state: str, nice: int) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN")
+
+
+EMPTY_PATH = "''"  # no schema: no table of the user's is found, rather than pg_catalog's
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(_state_off_search_path)
+
+
+async def _state_off_search_path(driver: Any) -> None:
+    """Take the schema ``exporter`` out of the search path. A role named ``exporter`` (as in
+    docker-compose.yml) has it first by PostgreSQL's default ``"$user", public``: the
+    user's tables (the catalog's ``current_schema()``, the demo's made by seed, unqualified
+    names in exports) would then be looked up among the service's own."""
+    schemas: list[str] = await driver.fetchval("SELECT current_schemas(false)")
+    if STATE_SCHEMA in schemas:
+        path = ", ".join(_quoted(schema) for schema in schemas if schema != STATE_SCHEMA)
+        await driver.execute(f"SET search_path TO {path or EMPTY_PATH}")
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _lower_priority(driver: Any, nice: int) -> None:

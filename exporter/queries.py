@@ -94,7 +94,7 @@ def order_key(query: ExportQuery, dialect: str) -> list[SQL]:
     table = query.table
     if table.key:
         return [table.sql.c[name] for name in table.key]
-    if dialect == "sqlite" and not table.view:
+    if table.rowid:  # SQLite's, where the catalog found one (not WITHOUT ROWID)
         free = next(name for name in ROWID_NAMES if not table.has(name))
         return [literal_column(free)]
     return []

@@ -5,8 +5,8 @@ It runs inside the service (``EXPORTER_RUN_WORKER``, the default) or as
 which one runs what (``leases.py``, ``schedules.py``).
 
 A job's file is written by the one export pipeline (``open_export``, the bytes of the live
-HTTP export) with aiofiles, hashed as it is written, to ``<data_dir>/jobs/.<id>-<n>.part``
-(n: the attempt), fsynced, and renamed to ``<id>-<n>.<ext>``: a complete file or none.
+HTTP export) and the one atomic writer (``job_files.py``) to ``<data_dir>/jobs/<id>-<n>.<ext>``
+(n: the attempt): a complete file or none.
 While it runs, a heartbeat every ``job_progress_seconds`` writes the progress, renews the
 lease and reads the cancel flag; a cancel or a lost claim stops the export at once and
 removes the partial file. A worker whose heartbeats do not go through (each is waited for
@@ -27,28 +27,31 @@ scheduled jobs beyond their schedule's ``keep_last``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import re
 import secrets
 import socket
 import time
-from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiofiles
-import aiofiles.os
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import jobs, leases
 from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.errors import NotFound
-from exporter.jobs import Job, JobSpec
-from exporter.leases import Beat, Counts
+from exporter.job_files import (
+    JOB_FILE,
+    JobFile,
+    JobProgress,
+    remove_file,
+    remove_job_file,
+    write_job_file,
+)
+from exporter.jobs import Job
+from exporter.leases import Beat
 from exporter.metrics import Metrics
 from exporter.schedules import (
     all_retention,
@@ -57,13 +60,8 @@ from exporter.schedules import (
     fire_due,
     retention,
 )
-from exporter.streaming import Progress, open_export
 
 log = logging.getLogger("exporter.worker")
-
-# <id>-<attempt>.<ext> once complete; .<id>-<attempt>.part while written.
-JOB_FILE = re.compile(r"^(?P<partial>\.)?(?P<id>[0-9a-f]{32})-(?P<attempt>\d+)\.")
-PARTIAL_SUFFIX = ".part"
 
 
 def utcnow() -> datetime:
@@ -126,72 +124,6 @@ def _pid_namespace() -> str:
         return "".join(filter(str.isdigit, os.readlink("/proc/self/ns/pid")))
     except OSError:
         return ""
-
-
-@dataclass
-class JobProgress:
-    export: Progress = field(default_factory=Progress)
-    size: int = 0  # bytes written to the file (compressed, for gzip)
-
-    def counts(self) -> Counts:
-        return Counts(self.export.rows, self.export.total, self.size)
-
-
-@dataclass(frozen=True)
-class JobFile:
-    path: str  # name in the jobs directory
-    size: int
-    sha256: str
-    rows: int
-
-
-async def write_job_file(
-    engine: AsyncEngine, catalog: Catalog, spec: JobSpec, settings: Settings, stem: str,
-    progress: JobProgress,
-) -> JobFile:
-    """The export to ``<stem>.<ext>``, whole or not at all."""
-    directory = settings.jobs_dir
-    partial = directory / f".{stem}{PARTIAL_SUFFIX}"
-    final = directory / f"{stem}.{spec.extension}"
-    digest = hashlib.sha256()
-    chunks = open_export(
-        engine, await spec.query(catalog), spec.fmt, settings, gzip=spec.gzip,
-        progress=progress.export, count=True,
-    )
-    try:
-        async with aiofiles.open(partial, "wb") as out, aclosing(chunks) as source:
-            async for chunk in source:
-                digest.update(chunk)
-                await out.write(chunk)
-                progress.size += len(chunk)
-            await out.flush()
-            await asyncio.to_thread(os.fsync, out.fileno())
-        await aiofiles.os.replace(partial, final)
-        await asyncio.to_thread(_fsync_directory, directory)
-    except BaseException:  # stopped (even just after the rename) or failed: leave nothing
-        await remove_file(partial)
-        await remove_file(final)
-        raise
-    return JobFile(final.name, progress.size, digest.hexdigest(), progress.export.rows)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-async def remove_file(path: Path) -> None:
-    with suppress(FileNotFoundError):
-        await aiofiles.os.remove(path)
-
-
-async def remove_job_file(settings: Settings, job: Job) -> None:
-    if job.file_path:
-        await remove_file(settings.jobs_dir / job.file_path)
 
 
 class Worker:

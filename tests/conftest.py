@@ -250,3 +250,68 @@ def serving(env: dict[str, str], host: str = "127.0.0.1") -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _order(i: int) -> str:
+    customer = "'O''Brien, \"Ltd\"'" if i % 50 == 0 else f"'customer {i % 17}'"
+    total = "NULL" if i % 23 == 0 else f"{i * 37 % 20000 / 100:.2f}"
+    return f"({i}, {customer}, {total}, '2024-01-{1 + i // 24:02d} {i % 24:02d}:00:00')"
+
+
+# A database the service did not create: the user's own tables, a composite key, a view,
+# and columns meant to be hidden, made with plain SQL that both backends take.
+FOREIGN_ORDERS = 300
+FOREIGN_SQL = [
+    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+    "total NUMERIC(10,2), placed_at TIMESTAMP)",
+    "CREATE TABLE accounts (id INTEGER PRIMARY KEY, login TEXT NOT NULL, password_hash TEXT, "
+    "secret_question TEXT)",
+    *(f"CREATE TABLE report_{year} (region TEXT NOT NULL, month INTEGER NOT NULL, "
+      "amount NUMERIC(12,2), PRIMARY KEY (region, month))" for year in (2024, 2025)),
+    "CREATE TABLE tokens (secret_id TEXT PRIMARY KEY, label TEXT)",
+    "CREATE VIEW big_orders AS SELECT id, customer, total FROM orders WHERE total >= 100",
+    "INSERT INTO orders VALUES " + ", ".join(
+        _order(i) for i in range(1, FOREIGN_ORDERS + 1)
+    ),
+    "INSERT INTO accounts VALUES " + ", ".join(
+        f"({i}, 'login{i}', 'hash{i}', 'pet {i}')" for i in range(1, 21)
+    ),
+    *(f"INSERT INTO report_{year} VALUES " + ", ".join(
+        f"('{region}', {month}, {year - 2000 + month}.50)"
+        for region in ("north", "south") for month in range(1, 13)
+    ) for year in (2024, 2025)),
+    "INSERT INTO tokens VALUES ('s-1', 'one'), ('s-2', 'two'), ('s-3', 'three')",
+]
+
+
+async def build_foreign_database(backend: str, data_dir: Path, suffix: str) -> Database:
+    """A fresh database holding ``FOREIGN_SQL``'s tables, then ``exporter migrate`` run on
+    it as an operator would; a SQLite file not named like the service's default."""
+    if backend == "postgresql":
+        url = await scratch_postgres_url(suffix)
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite+aiosqlite:///{data_dir / 'shop.db'}"
+    database = Database(backend, url, data_dir / "data")
+    engine = create_async_engine(url)  # the user's own application: nothing of the service
+    try:
+        async with engine.begin() as conn:
+            for statement in FOREIGN_SQL:
+                await conn.exec_driver_sql(statement)
+            if backend == "postgresql":  # what autovacuum does, so that row counts are known
+                await conn.exec_driver_sql("ANALYZE")
+    finally:
+        await engine.dispose()
+    subprocess.run([sys.executable, "-m", "exporter", "migrate"], env=database.env(),
+                   check=True, capture_output=True, timeout=120)
+    return database
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def foreign_database(request: pytest.FixtureRequest,
+                           tmp_path_factory: pytest.TempPathFactory) -> Database:
+    """``build_foreign_database`` once per test module and backend."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    return await build_foreign_database(
+        request.param, tmp_path_factory.mktemp(f"foreign-{request.param}"), f"foreign_{module}"
+    )

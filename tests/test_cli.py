@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from exporter.app import create_app
 from tests.conftest import Database, free_port, serving
 
 QUERY = {"country": "DE,FR,JP", "fields": "id,full_name,lifetime_value,bio,is_active,created_at"}
@@ -132,3 +134,73 @@ def test_a_bad_key_list_stops_every_command_without_showing_a_key(
     assert result.returncode == 2
     assert b"EXPORTER_API_KEYS: key 2 of 3 is empty" in result.stderr
     assert b"hunter2" not in result.stderr and b"other-Zw" not in result.stderr
+
+
+# Any table, on a database the service did not create.
+
+@pytest.fixture(scope="module")
+async def foreign_client(foreign_database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(foreign_database.settings(run_worker=False))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as c:
+            yield c
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json"])
+async def test_cli_export_of_a_foreign_table_to_a_file_equals_the_http_body(
+    foreign_database: Database, foreign_client: httpx.AsyncClient, tmp_path: Path, fmt: str
+) -> None:
+    out = tmp_path / f"orders.{fmt}"
+    result = exporter(foreign_database, "export", "--table", "orders", "--format", fmt,
+                      "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == (await foreign_client.get(f"/exports/orders.{fmt}")).content
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+async def test_cli_where_filters_a_foreign_table_as_the_query_string_does(
+    foreign_database: Database, foreign_client: httpx.AsyncClient,
+) -> None:
+    where = {"customer": "customer 3,customer 5", "total__gte": "10", "placed_at__lt":
+             "2024-01-10", "fields": "id,total"}
+    result = exporter(foreign_database, "export", "--table", "orders", "--format", "csv",
+                      "--fields", where.pop("fields"),
+                      *(f"--where={name}={value}" for name, value in where.items()))
+    assert result.returncode == 0, result.stderr
+    http = await foreign_client.get("/exports/orders.csv", params={**where, "fields": "id,total"})
+    assert result.stdout == http.content
+    assert 3 < result.stdout.count(b"\r\n") < 100
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--table", "customers"], b"--table: no exportable table or view named 'customers'; "
+                               b"valid: accounts, big_orders, orders, report_2024"),
+    (["--table", "orders", "--where", "nope=1"], b"valid values: fields, limit, after, id, "
+                                                 b"customer, total, placed_at"),
+    (["--table", "orders", "--where", "total=ten"], b"column 'total' is numeric"),
+    (["--table", "orders", "--fields", "id,password_hash"], b"unknown field 'password_hash'"),
+    ([], b"no exportable table or view named 'users'"),
+])
+def test_cli_export_of_a_bad_table_or_filter_exits_2_naming_the_valid_ones(
+    foreign_database: Database, tmp_path: Path, args: list[str], says: bytes
+) -> None:
+    out = tmp_path / "out.csv"
+    result = exporter(foreign_database, "export", "--format", "csv", *args, "--out", str(out))
+    assert result.returncode == 2
+    assert says in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == [], "no file, not even a partial one"
+
+
+def test_cli_export_refuses_a_hidden_column_as_an_absent_one(
+    foreign_database: Database,
+) -> None:
+    env = foreign_database.env(EXPORTER_HIDDEN_COLUMNS="accounts.password_hash")
+    command = [sys.executable, "-m", "exporter", "export", "--table", "accounts",
+               "--format", "ndjson"]
+    whole = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert whole.returncode == 0 and b"hash" not in whole.stdout
+    asked = subprocess.run([*command, "--where", "password_hash=hash1"], env=env,
+                           capture_output=True, timeout=120)
+    assert asked.returncode == 2
+    assert b"has no column 'password_hash'" in asked.stderr

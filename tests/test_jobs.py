@@ -7,6 +7,8 @@ What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import jobs, leases, models, worker
+from exporter.app import create_app
 from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import downgrade_all, migrate
@@ -907,3 +911,85 @@ async def test_a_worker_stops_even_when_the_stop_comes_as_it_wakes_up(
         assert done, "the stop was lost: the loop runs on"
     finally:
         await watched.stop()
+
+
+# Jobs and schedules of any table, on a database the service did not create.
+
+@asynccontextmanager
+async def working_service(database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process with its job worker."""
+    app = create_app(database.settings(worker_poll_seconds=0.05, job_progress_seconds=0.1))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as c:
+            yield c
+
+
+async def succeeded(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while (job := (await client.get(f"/jobs/{job_id}")).json())["status"] in (
+        "queued", "running"
+    ):
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+    assert job["status"] == "succeeded", job
+    return job  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [
+    ("csv", "none"), ("ndjson", "none"), ("json", "none"), ("csv", "gzip"),
+])
+async def test_a_job_of_a_foreign_table_writes_the_bytes_of_its_live_export(
+    foreign_database: Database, fmt: str, compression: str
+) -> None:
+    body = {"table": "orders", "format": fmt, "compression": compression,
+            "fields": ["id", "customer", "total"], "filters": {"total__gte": "50"}}
+    async with working_service(foreign_database) as client:
+        posted = await client.post("/jobs", json=body)
+        assert posted.status_code == 202, posted.text
+        assert posted.json()["table"] == "orders"
+        job = await succeeded(client, posted.json()["id"])
+        assert job["file"]["name"].startswith("orders-")
+        download = await client.get(f"/jobs/{job['id']}/download")
+        live = await client.get(f"/exports/orders.{fmt}",
+                                params={"fields": "id,customer,total", "total__gte": "50"})
+    file = gzip.decompress(download.content) if compression == "gzip" else download.content
+    assert file == live.content
+    assert job["file"]["row_count"] == job["rows_written"] > 100
+    assert job["file"]["sha256"] == hashlib.sha256(download.content).hexdigest()
+
+
+async def test_a_job_without_a_table_exports_users_which_a_foreign_database_lacks(
+    foreign_database: Database,
+) -> None:
+    assert JobRequest(format="csv").spec().table == "users"
+    async with working_service(foreign_database) as client:
+        listed = len((await client.get("/jobs")).json())
+        refused = await client.post("/jobs", json={"format": "csv"})
+        assert refused.status_code == 422
+        error = refused.json()
+        assert (error["parameter"], error["value"]) == ("table", "users")
+        assert error["valid"][:3] == ["accounts", "big_orders", "orders"]
+        assert len((await client.get("/jobs")).json()) == listed, "nothing queued to fail later"
+
+
+async def test_a_schedule_of_a_table_fires_jobs_of_that_table(
+    foreign_database: Database,
+) -> None:
+    job = {"table": "report_2024", "format": "ndjson"}
+    async with working_service(foreign_database) as client:
+        created = await client.post("/schedules", json={"cron": "* * * * * *", "job": job})
+        assert created.status_code == 201, created.text
+        schedule_id = created.json()["id"]
+        try:
+            deadline = time.monotonic() + 10
+            while not (fired := (await client.get(
+                "/jobs", params={"schedule_id": schedule_id})).json()):
+                assert time.monotonic() < deadline, "the schedule never fired"
+                await asyncio.sleep(0.05)
+            done = await succeeded(client, fired[-1]["id"])
+            assert done["table"] == "report_2024"
+            download = await client.get(f"/jobs/{done['id']}/download")
+            assert download.content == (await client.get("/exports/report_2024.ndjson")).content
+        finally:
+            await client.delete(f"/schedules/{schedule_id}")

@@ -326,7 +326,7 @@ def test_cancel_stops_a_running_job_within_a_second_and_removes_its_partial_file
     needs_a_slow_job(shared.database)
     job = shared.post_job({"format": "csv"})
     running = shared.wait(job["id"], lambda j: j["status"] == "running" and j["rows_written"])
-    partial = f".{job['id']}-{running['attempts']}.part"
+    partial = f".{job['id']}-{running['attempts']}.csv.part"
     assert partial in shared.files(), "written aside while it runs"
     assert not [f for f in shared.files() if f.startswith(job["id"])], "no file until complete"
     assert httpx.get(f"{shared.url}/jobs/{job['id']}/download").status_code == 409

@@ -23,6 +23,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from exporter import jobs
 from exporter.errors import DATABASE_UNREACHABLE, Conflict, Gone, InvalidParameter, NotFound
 from exporter.files import strong_etag
+from exporter.job_files import remove_job_file
 from exporter.jobs import Job, JobRequest
 from exporter.routes.deps import (
     CatalogDep,
@@ -35,7 +36,6 @@ from exporter.routes.deps import (
 )
 from exporter.routes.files import FILE_CACHE_CONTROL, FILE_RESPONSES
 from exporter.storage import DigestCache, OpenFile, open_within
-from exporter.worker import remove_job_file
 
 log = logging.getLogger("exporter.routes.jobs")
 router = APIRouter(tags=["jobs"])
