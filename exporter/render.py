@@ -209,7 +209,8 @@ def pg_csv_value(column: Column, value: SQL, alone: bool) -> SQL:
     rendered = _pg_rendered(column, value)
     kind = column.kind
     if rendered is not None:
-        result = rendered
+        # Empty bytes are '' in base64, which COPY writes as "" (see below).
+        result = func.nullif(rendered, "") if kind is Kind.BYTES else rendered
     elif kind is Kind.BOOLEAN:
         result = case((value, "true"), (~value, "false"))
     elif kind is Kind.ARRAY:
