@@ -185,7 +185,13 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
 def _pg_timestamp(column: Column, value: SQL) -> SQL:
     if "with time zone" in column.declared or column.declared == "timestamptz":
         value = func.timezone("UTC", value)
-    return func.to_char(value, PG_TIMESTAMP_FORMAT)
+    return _finite(func.to_char(value, PG_TIMESTAMP_FORMAT), value)
+
+
+def _finite(rendered: SQL, value: SQL) -> SQL:
+    """to_char gives NULL for 'infinity' and '-infinity', which would export a value as
+    NULL: those go out as PostgreSQL writes them."""
+    return func.coalesce(rendered, cast(value, Text))
 
 
 def _pg_rendered(column: Column, value: SQL) -> SQL | None:
@@ -195,7 +201,7 @@ def _pg_rendered(column: Column, value: SQL) -> SQL | None:
     if kind is Kind.TIMESTAMP:
         return _pg_timestamp(column, value)
     if kind is Kind.DATE:
-        return func.to_char(value, "YYYY-MM-DD")
+        return _finite(func.to_char(value, "YYYY-MM-DD"), value)
     if kind is Kind.TIME:  # to_char takes no time: as an interval, to the second
         return func.to_char(cast(cast(value, Time()), Interval()), "HH24:MI:SS")
     if kind is Kind.BYTES:
