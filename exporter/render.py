@@ -48,6 +48,8 @@ SQL = ColumnElement[Any]
 CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+# A JSON string (kept) or whitespace between tokens (dropped), in PostgreSQL's regex syntax.
+JSON_WHITESPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
 BASE64 = "exporter_base64"  # a function each SQLite connection gets (db.py): SQLite has none
 
 
@@ -238,6 +240,10 @@ def pg_json_value(column: Column, value: SQL) -> SQL:
     if rendered is not None:
         return rendered
     if column.kind is Kind.JSON:
-        return type_coerce(value, JSON)
+        # row_to_json embeds a json value's text as the user wrote it, line breaks and all
+        # (one NDJSON row over several lines), and jsonb's with a space after each , and :.
+        # SQLite's json() drops the whitespace between tokens: so here, strings kept whole.
+        compact = func.regexp_replace(cast(value, Text), JSON_WHITESPACE, r"\1", "g")
+        return cast(compact, JSON)
     return value
 
