@@ -6,9 +6,10 @@ CSV line (one ``printf``) or a JSON object (``json_object``); on PostgreSQL the 
 kind (catalog.Kind), the SQL that gives its text, so that both backends give the same bytes:
 
 - floats: the shortest text that reads back to the same double, in PostgreSQL's notation
-  (``39.81``, ``100``, ``1e+16``, ``1e-05``: exponent below -4 or from 15 up). PostgreSQL's
-  own output is that; SQLite tries 15, 16 then 17 significant digits and keeps the first
-  that reads back equal;
+  (``39.81``, ``100``, ``1e+16``, ``1e-05``, ``5e-324``: exponent below -4 or from 15 up).
+  PostgreSQL's own output is that; SQLite's printf and its reading of text are not
+  correctly rounded (1 double in 200 came out wrong, some as another double), so SQLite
+  calls Python's ``repr`` (``exporter_float``, a function each connection gets, db.py);
 - numerics with a declared scale: that many decimals (SQLite stores them as REAL);
 - timestamps: ``2024-03-01T12:00:00Z``, in UTC, to the second; a timestamp without a time
   zone is taken as UTC; dates ``2024-03-01``; times ``12:00:00`` (to the second);
@@ -23,12 +24,13 @@ JSON and a quoted field in CSV where it needs quotes: never a wrong number, neve
 from __future__ import annotations
 
 import base64
+import math
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
     ColumnElement,
-    Float,
     Interval,
     String,
     Text,
@@ -50,6 +52,8 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 # A JSON string (kept) or whitespace between tokens (dropped), in PostgreSQL's regex syntax.
 JSON_WHITESPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
+FLOAT_TEXT = "exporter_float"  # a function each SQLite connection gets (db.py)
+LARGEST_DOUBLE = 1.7976931348623157e308  # beyond: infinity, which JSON has no number for
 BASE64 = "exporter_base64"  # a function each SQLite connection gets (db.py): SQLite has none
 
 
@@ -59,6 +63,26 @@ def sqlite_base64(value: bytes | None) -> str | None:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     return value
+
+
+def sqlite_float(value: float | None) -> str | None:
+    """SQLite's ``exporter_float``: a number as the shortest text that reads back to the
+    same double (``repr``'s digits), written as PostgreSQL writes float8. SQLite's own
+    printf is not correctly rounded: 1.7976931348623157e+308 came out ...56e+308, which
+    reads back as another double."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        return PG_NON_FINITE[repr(number)]
+    digits = Decimal(repr(number)).normalize()
+    if -4 <= digits.adjusted() < 15:
+        return format(digits, "f")
+    mantissa, exponent = format(digits, "e").split("e")
+    return f"{mantissa}e{exponent[0]}{exponent[1:].zfill(2)}"  # e+16, e-05: two digits
+
+
+PG_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 
 
 def _text(value: SQL) -> SQL:
@@ -73,23 +97,14 @@ def _typeof(column: SQL) -> SQL:
 
 
 def _sqlite_float(column: SQL) -> SQL:
-    """The shortest of 15, 16 or 17 significant digits that reads back to the same double,
-    written as PostgreSQL writes float8. printf's ``%g`` switches to an exponent from the
-    precision up, PostgreSQL from 15 up: between 1e15 and 1e17, ``%e`` gives those digits.
-    The ``!`` flag lifts printf's cap of 16 significant digits."""
-    def reads_back(text: SQL) -> SQL:
-        return cast(text, Float) == column
+    return _text(getattr(func, FLOAT_TEXT)(column))
 
-    digits15, digits16 = func.printf("%.15g", column), func.printf("%!.16g", column)
-    wide16, wide17 = func.printf("%!.15e", column), func.printf("%!.16e", column)
-    wide = func.abs(column) >= 1e15
-    return _text(case(
-        (reads_back(digits15), digits15),
-        (wide & reads_back(wide16), wide16),
-        (wide, wide17),
-        (reads_back(digits16), digits16),
-        else_=func.printf("%!.17g", column),
-    ))
+
+def _json_float(column: SQL) -> SQL:
+    """A float as a JSON number; infinity, which JSON has none for, as the string
+    "Infinity", as PostgreSQL's row_to_json writes it (SQLite holds no NaN)."""
+    return case((func.abs(column) <= LARGEST_DOUBLE, func.json(_sqlite_float(column))),
+                else_=_sqlite_float(column))
 
 
 def _quoted(value: SQL) -> SQL:
@@ -156,7 +171,7 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
     (``json()``), text as strings; what does not fit its kind as stored."""
     kind = column.kind
     as_stored = case(
-        (_typeof(value) == "real", func.json(_sqlite_float(value))),
+        (_typeof(value) == "real", _json_float(value)),
         (_typeof(value) == "blob", _base64(value)),
         else_=value,
     )
@@ -164,7 +179,7 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
         return value if kind is not Kind.INTEGER else case(
             (_typeof(value) == "integer", value), else_=as_stored)
     if kind is Kind.FLOAT:
-        return case((_typeof(value).in_(("real", "integer")), func.json(_sqlite_float(value))),
+        return case((_typeof(value).in_(("real", "integer")), _json_float(value)),
                     else_=as_stored)
     if kind is Kind.NUMERIC and column.scale is not None:
         return case((_typeof(value).in_(("real", "integer")),
