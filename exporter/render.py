@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import math
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import (
@@ -75,7 +76,7 @@ def sqlite_float(value: float | None) -> str | None:
     number = float(value)
     if not math.isfinite(number):
         return PG_NON_FINITE[repr(number)]
-    digits = Decimal(repr(number)).normalize()
+    digits = Decimal(_shortest_inside(number)).normalize()
     if -4 <= digits.adjusted() < 15:
         return format(digits, "f")
     mantissa, exponent = format(digits, "e").split("e")
@@ -83,6 +84,26 @@ def sqlite_float(value: float | None) -> str | None:
 
 
 PG_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+EXACT_INTEGERS = 2.0**53  # below, no halfway point between two doubles is a short decimal
+
+
+def _shortest_inside(number: float) -> str:
+    """``repr``'s digits, unless they lie exactly halfway to the next double (1e23 does:
+    reading it rounds to even). PostgreSQL's float8 output takes the shortest digits
+    strictly between the halfway points (9.999999999999999e+22), and so do we, for the
+    same bytes on both backends."""
+    text = repr(number)
+    if abs(number) < EXACT_INTEGERS:
+        return text
+    neighbours = (math.nextafter(number, -math.inf), math.nextafter(number, math.inf))
+    halfway = {(Fraction(number) + Fraction(n)) / 2 for n in neighbours if math.isfinite(n)}
+    if Fraction(text) not in halfway:
+        return text
+    for places in range(16):  # correctly rounded, one more significant digit each time
+        candidate = f"{number:.{places}e}"
+        if float(candidate) == number and Fraction(candidate) not in halfway:
+            return candidate
+    return f"{number:.16e}"
 
 
 def _text(value: SQL) -> SQL:
