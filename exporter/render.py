@@ -158,8 +158,10 @@ def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
     as nothing."""
     kind = column.kind
     stored = _as_stored_csv(value)
-    if kind is Kind.TEXT or kind is Kind.UUID:
-        return "%s", _quoted(value)
+    if kind is Kind.TEXT:  # its affinity turns numbers into text, but keeps a BLOB a BLOB
+        return "%s", case((_typeof(value) == "blob", _base64(value)), else_=_quoted(value))
+    if kind is Kind.UUID or kind is Kind.JSON:  # numeric affinity: numbers stay numbers
+        return "%s", case((_typeof(value) == "text", _quoted(value)), else_=stored)
     if kind is Kind.INTEGER:
         return "%s", case((_typeof(value) == "integer", value), else_=stored)
     if kind is Kind.FLOAT:
@@ -174,8 +176,6 @@ def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
         rendered = _sqlite_moment(kind, value)
         return "%s", case((_typeof(value) == "text", func.coalesce(rendered, _quoted(value))),
                           else_=stored)
-    if kind is Kind.JSON:
-        return "%s", _quoted(value)
     return "%s", stored  # BYTES, ANY, NUMERIC without a scale
 
 
@@ -196,9 +196,11 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
         (_typeof(value) == "blob", _base64(value)),
         else_=value,
     )
-    if kind in (Kind.TEXT, Kind.UUID, Kind.INTEGER):
-        return value if kind is not Kind.INTEGER else case(
-            (_typeof(value) == "integer", value), else_=as_stored)
+    if kind is Kind.TEXT:  # a BLOB would make json_object fail the export
+        return case((_typeof(value) == "blob", _base64(value)), else_=value)
+    if kind in (Kind.UUID, Kind.INTEGER):
+        fits = "text" if kind is Kind.UUID else "integer"
+        return case((_typeof(value) == fits, value), else_=as_stored)
     if kind is Kind.FLOAT:
         return case((_typeof(value).in_(("real", "integer")), _json_float(value)),
                     else_=as_stored)
@@ -213,7 +215,8 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
         return case((_typeof(value) == "text", func.coalesce(_sqlite_moment(kind, value), value)),
                     else_=as_stored)
     if kind is Kind.JSON:
-        return case((func.json_valid(value) == 1, func.json(value)), else_=as_stored)
+        return case((_typeof(value) == "blob", _base64(value)),  # SQLite 3.45 reads JSONB
+                    (func.json_valid(value) == 1, func.json(value)), else_=as_stored)
     return as_stored  # BYTES, ANY, NUMERIC without a scale
 
 
