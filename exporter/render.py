@@ -179,12 +179,21 @@ def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
     return "%s", stored  # BYTES, ANY, NUMERIC without a scale
 
 
+# SQLite's date functions also read 'now' (the current time) and a time alone ('12:00' is
+# 2000-01-01): text that does not look like the column's kind is exported as stored.
+MOMENT_LOOKS = {Kind.TIMESTAMP: "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*",
+                Kind.DATE: "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*",
+                Kind.TIME: "*[0-9][0-9]:[0-9][0-9]*"}
+
+
 def _sqlite_moment(kind: Kind, value: SQL) -> SQL:
     if kind is Kind.TIMESTAMP:
-        return func.strftime(TIMESTAMP_FORMAT, value)
-    if kind is Kind.DATE:
-        return func.date(value)
-    return func.time(value)
+        rendered = func.strftime(TIMESTAMP_FORMAT, value)
+    elif kind is Kind.DATE:
+        rendered = func.date(value)
+    else:
+        rendered = func.time(value)
+    return case((value.op("GLOB")(MOMENT_LOOKS[kind]), rendered))
 
 
 def sqlite_json_value(column: Column, value: SQL) -> SQL:
