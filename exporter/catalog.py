@@ -231,9 +231,11 @@ POSTGRES_KINDS = {
     "json": Kind.JSON, "jsonb": Kind.JSON, "bytea": Kind.BYTES,
 }
 
+# relkind and typcategory are of type "char", which asyncpg hands over as bytes (b'v', never
+# equal to 'v'): cast to text, or views are listed as tables and arrays render as text.
 POSTGRES_COLUMNS = """
 SELECT c.relname, c.relkind::text, c.reltuples::bigint, a.attname,
-       format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, t.typname, t.typcategory,
+       format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, t.typname, t.typcategory::text,
        a.atttypmod,
        (SELECT k.ord FROM pg_constraint p,
                unnest(p.conkey) WITH ORDINALITY AS k(attnum, ord)

@@ -176,6 +176,10 @@ def _configure_sqlite(engine: AsyncEngine, state: str, nice: int) -> None:
         dbapi_connection.create_function(
             render.BASE64, 1, render.sqlite_base64, deterministic=True
         )
+        # SQLite's own float text is not correctly rounded (render.py): Python's repr is.
+        dbapi_connection.create_function(
+            render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True
+        )
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_CONNECTION_PRAGMAS:
             cursor.execute(pragma)

@@ -4,8 +4,9 @@ for one ``Table``, or an ``InvalidParameter`` naming what was wrong and what wou
 The grammar is Datasette's: ``fields=a,b`` (order kept); ``col=v`` and ``col=v1,v2`` (equal to
 any of); ``col__exact=v`` (one value, commas and all); ``col__gt``, ``__gte``, ``__lt``,
 ``__lte``; ``col__isnull=true|false``; ``limit=N``; ``after=<key>`` (keyset resume; a
-composite key's values comma-separated, in key order). Values are parsed by the column's
-kind. Unknown and repeated parameters are errors: a typo must not export the whole table.
+composite key's values comma-separated, in key order, the last one taking the rest). Values
+are parsed by the column's kind. Unknown and repeated parameters are errors: a typo must not
+export the whole table.
 
 On the demo ``users`` table the earlier names stay, as aliases: ``after_id`` (``after``),
 ``country`` (ISO codes, any case), ``plan``, ``is_active``, ``created_from`` (``created_at__gte``)
@@ -155,11 +156,14 @@ def _after(table: Table, name: str, raw: str) -> tuple[Any, ...]:
             "after; export it whole, or filter on a column that orders it",
         )
     columns = [table.column(key) for key in table.key]
-    items = [raw] if len(columns) == 1 else raw.split(",")
+    # The last column takes the rest, commas and all: a client resuming after a key whose
+    # last value holds a comma ("1,Doe, Jane") would else be refused with no way out.
+    items = raw.split(",", len(columns) - 1)
     if len(items) != len(columns):
         raise InvalidParameter(
             name, raw, f"the key of {table.name!r} has {len(columns)} columns "
-            f"({', '.join(table.key)}): give {len(columns)} values, comma-separated",
+            f"({', '.join(table.key)}): give {len(columns)} values, comma-separated (only "
+            "the last may hold a comma)",
         )
     return tuple(value(column, name, item) for column, item in zip(columns, items, strict=True))
 

@@ -6,9 +6,10 @@ CSV line (one ``printf``) or a JSON object (``json_object``); on PostgreSQL the 
 kind (catalog.Kind), the SQL that gives its text, so that both backends give the same bytes:
 
 - floats: the shortest text that reads back to the same double, in PostgreSQL's notation
-  (``39.81``, ``100``, ``1e+16``, ``1e-05``: exponent below -4 or from 15 up). PostgreSQL's
-  own output is that; SQLite tries 15, 16 then 17 significant digits and keeps the first
-  that reads back equal;
+  (``39.81``, ``100``, ``1e+16``, ``1e-05``, ``5e-324``: exponent below -4 or from 15 up).
+  PostgreSQL's own output is that; SQLite's printf and its reading of text are not
+  correctly rounded (1 double in 200 came out wrong, some as another double), so SQLite
+  calls Python's ``repr`` (``exporter_float``, a function each connection gets, db.py);
 - numerics with a declared scale: that many decimals (SQLite stores them as REAL);
 - timestamps: ``2024-03-01T12:00:00Z``, in UTC, to the second; a timestamp without a time
   zone is taken as UTC; dates ``2024-03-01``; times ``12:00:00`` (to the second);
@@ -23,12 +24,14 @@ JSON and a quoted field in CSV where it needs quotes: never a wrong number, neve
 from __future__ import annotations
 
 import base64
+import math
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
     ColumnElement,
-    Float,
     Interval,
     String,
     Text,
@@ -48,6 +51,10 @@ SQL = ColumnElement[Any]
 CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+# A JSON string (kept) or whitespace between tokens (dropped), in PostgreSQL's regex syntax.
+JSON_WHITESPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
+FLOAT_TEXT = "exporter_float"  # a function each SQLite connection gets (db.py)
+LARGEST_DOUBLE = 1.7976931348623157e308  # beyond: infinity, which JSON has no number for
 BASE64 = "exporter_base64"  # a function each SQLite connection gets (db.py): SQLite has none
 
 
@@ -57,6 +64,46 @@ def sqlite_base64(value: bytes | None) -> str | None:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     return value
+
+
+def sqlite_float(value: float | None) -> str | None:
+    """SQLite's ``exporter_float``: a number as the shortest text that reads back to the
+    same double (``repr``'s digits), written as PostgreSQL writes float8. SQLite's own
+    printf is not correctly rounded: 1.7976931348623157e+308 came out ...56e+308, which
+    reads back as another double."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        return PG_NON_FINITE[repr(number)]
+    digits = Decimal(_shortest_inside(number)).normalize()
+    if -4 <= digits.adjusted() < 15:
+        return format(digits, "f")
+    mantissa, exponent = format(digits, "e").split("e")
+    return f"{mantissa}e{exponent[0]}{exponent[1:].zfill(2)}"  # e+16, e-05: two digits
+
+
+PG_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+EXACT_INTEGERS = 2.0**53  # below, no halfway point between two doubles is a short decimal
+
+
+def _shortest_inside(number: float) -> str:
+    """``repr``'s digits, unless they lie exactly halfway to the next double (1e23 does:
+    reading it rounds to even). PostgreSQL's float8 output takes the shortest digits
+    strictly between the halfway points (9.999999999999999e+22), and so do we, for the
+    same bytes on both backends."""
+    text = repr(number)
+    if abs(number) < EXACT_INTEGERS:
+        return text
+    neighbours = (math.nextafter(number, -math.inf), math.nextafter(number, math.inf))
+    halfway = {(Fraction(number) + Fraction(n)) / 2 for n in neighbours if math.isfinite(n)}
+    if Fraction(text) not in halfway:
+        return text
+    for places in range(16):  # correctly rounded, one more significant digit each time
+        candidate = f"{number:.{places}e}"
+        if float(candidate) == number and Fraction(candidate) not in halfway:
+            return candidate
+    return f"{number:.16e}"
 
 
 def _text(value: SQL) -> SQL:
@@ -71,23 +118,14 @@ def _typeof(column: SQL) -> SQL:
 
 
 def _sqlite_float(column: SQL) -> SQL:
-    """The shortest of 15, 16 or 17 significant digits that reads back to the same double,
-    written as PostgreSQL writes float8. printf's ``%g`` switches to an exponent from the
-    precision up, PostgreSQL from 15 up: between 1e15 and 1e17, ``%e`` gives those digits.
-    The ``!`` flag lifts printf's cap of 16 significant digits."""
-    def reads_back(text: SQL) -> SQL:
-        return cast(text, Float) == column
+    return _text(getattr(func, FLOAT_TEXT)(column))
 
-    digits15, digits16 = func.printf("%.15g", column), func.printf("%!.16g", column)
-    wide16, wide17 = func.printf("%!.15e", column), func.printf("%!.16e", column)
-    wide = func.abs(column) >= 1e15
-    return _text(case(
-        (reads_back(digits15), digits15),
-        (wide & reads_back(wide16), wide16),
-        (wide, wide17),
-        (reads_back(digits16), digits16),
-        else_=func.printf("%!.17g", column),
-    ))
+
+def _json_float(column: SQL) -> SQL:
+    """A float as a JSON number; infinity, which JSON has none for, as the string
+    "Infinity", as PostgreSQL's row_to_json writes it (SQLite holds no NaN)."""
+    return case((func.abs(column) <= LARGEST_DOUBLE, func.json(_sqlite_float(column))),
+                else_=_sqlite_float(column))
 
 
 def _quoted(value: SQL) -> SQL:
@@ -120,8 +158,10 @@ def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
     as nothing."""
     kind = column.kind
     stored = _as_stored_csv(value)
-    if kind is Kind.TEXT or kind is Kind.UUID:
-        return "%s", _quoted(value)
+    if kind is Kind.TEXT:  # its affinity turns numbers into text, but keeps a BLOB a BLOB
+        return "%s", case((_typeof(value) == "blob", _base64(value)), else_=_quoted(value))
+    if kind is Kind.UUID or kind is Kind.JSON:  # numeric affinity: numbers stay numbers
+        return "%s", case((_typeof(value) == "text", _quoted(value)), else_=stored)
     if kind is Kind.INTEGER:
         return "%s", case((_typeof(value) == "integer", value), else_=stored)
     if kind is Kind.FLOAT:
@@ -136,17 +176,24 @@ def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
         rendered = _sqlite_moment(kind, value)
         return "%s", case((_typeof(value) == "text", func.coalesce(rendered, _quoted(value))),
                           else_=stored)
-    if kind is Kind.JSON:
-        return "%s", _quoted(value)
     return "%s", stored  # BYTES, ANY, NUMERIC without a scale
+
+
+# SQLite's date functions also read 'now' (the current time) and a time alone ('12:00' is
+# 2000-01-01): text that does not look like the column's kind is exported as stored.
+MOMENT_LOOKS = {Kind.TIMESTAMP: "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*",
+                Kind.DATE: "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*",
+                Kind.TIME: "*[0-9][0-9]:[0-9][0-9]*"}
 
 
 def _sqlite_moment(kind: Kind, value: SQL) -> SQL:
     if kind is Kind.TIMESTAMP:
-        return func.strftime(TIMESTAMP_FORMAT, value)
-    if kind is Kind.DATE:
-        return func.date(value)
-    return func.time(value)
+        rendered = func.strftime(TIMESTAMP_FORMAT, value)
+    elif kind is Kind.DATE:
+        rendered = func.date(value)
+    else:
+        rendered = func.time(value)
+    return case((value.op("GLOB")(MOMENT_LOOKS[kind]), rendered))
 
 
 def sqlite_json_value(column: Column, value: SQL) -> SQL:
@@ -154,15 +201,17 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
     (``json()``), text as strings; what does not fit its kind as stored."""
     kind = column.kind
     as_stored = case(
-        (_typeof(value) == "real", func.json(_sqlite_float(value))),
+        (_typeof(value) == "real", _json_float(value)),
         (_typeof(value) == "blob", _base64(value)),
         else_=value,
     )
-    if kind in (Kind.TEXT, Kind.UUID, Kind.INTEGER):
-        return value if kind is not Kind.INTEGER else case(
-            (_typeof(value) == "integer", value), else_=as_stored)
+    if kind is Kind.TEXT:  # a BLOB would make json_object fail the export
+        return case((_typeof(value) == "blob", _base64(value)), else_=value)
+    if kind in (Kind.UUID, Kind.INTEGER):
+        fits = "text" if kind is Kind.UUID else "integer"
+        return case((_typeof(value) == fits, value), else_=as_stored)
     if kind is Kind.FLOAT:
-        return case((_typeof(value).in_(("real", "integer")), func.json(_sqlite_float(value))),
+        return case((_typeof(value).in_(("real", "integer")), _json_float(value)),
                     else_=as_stored)
     if kind is Kind.NUMERIC and column.scale is not None:
         return case((_typeof(value).in_(("real", "integer")),
@@ -175,7 +224,8 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
         return case((_typeof(value) == "text", func.coalesce(_sqlite_moment(kind, value), value)),
                     else_=as_stored)
     if kind is Kind.JSON:
-        return case((func.json_valid(value) == 1, func.json(value)), else_=as_stored)
+        return case((_typeof(value) == "blob", _base64(value)),  # SQLite 3.45 reads JSONB
+                    (func.json_valid(value) == 1, func.json(value)), else_=as_stored)
     return as_stored  # BYTES, ANY, NUMERIC without a scale
 
 
@@ -185,7 +235,13 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
 def _pg_timestamp(column: Column, value: SQL) -> SQL:
     if "with time zone" in column.declared or column.declared == "timestamptz":
         value = func.timezone("UTC", value)
-    return func.to_char(value, PG_TIMESTAMP_FORMAT)
+    return _finite(func.to_char(value, PG_TIMESTAMP_FORMAT), value)
+
+
+def _finite(rendered: SQL, value: SQL) -> SQL:
+    """to_char gives NULL for 'infinity' and '-infinity', which would export a value as
+    NULL: those go out as PostgreSQL writes them."""
+    return func.coalesce(rendered, cast(value, Text))
 
 
 def _pg_rendered(column: Column, value: SQL) -> SQL | None:
@@ -195,7 +251,7 @@ def _pg_rendered(column: Column, value: SQL) -> SQL | None:
     if kind is Kind.TIMESTAMP:
         return _pg_timestamp(column, value)
     if kind is Kind.DATE:
-        return func.to_char(value, "YYYY-MM-DD")
+        return _finite(func.to_char(value, "YYYY-MM-DD"), value)
     if kind is Kind.TIME:  # to_char takes no time: as an interval, to the second
         return func.to_char(cast(cast(value, Time()), Interval()), "HH24:MI:SS")
     if kind is Kind.BYTES:
@@ -209,7 +265,8 @@ def pg_csv_value(column: Column, value: SQL, alone: bool) -> SQL:
     rendered = _pg_rendered(column, value)
     kind = column.kind
     if rendered is not None:
-        result = rendered
+        # Empty bytes are '' in base64, which COPY writes as "" (see below).
+        result = func.nullif(rendered, "") if kind is Kind.BYTES else rendered
     elif kind is Kind.BOOLEAN:
         result = case((value, "true"), (~value, "false"))
     elif kind is Kind.ARRAY:
@@ -231,6 +288,10 @@ def pg_json_value(column: Column, value: SQL) -> SQL:
     if rendered is not None:
         return rendered
     if column.kind is Kind.JSON:
-        return type_coerce(value, JSON)
+        # row_to_json embeds a json value's text as the user wrote it, line breaks and all
+        # (one NDJSON row over several lines), and jsonb's with a space after each , and :.
+        # SQLite's json() drops the whitespace between tokens: so here, strings kept whole.
+        compact = func.regexp_replace(cast(value, Text), JSON_WHITESPACE, r"\1", "g")
+        return cast(compact, JSON)
     return value
 
