@@ -183,9 +183,9 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
         table = Table(name, tuple(columns), tuple(column for _, column in keyed),
                       kind == "view")
         if not table.view:
-            largest = await _largest_rowid(conn, table)
+            has_rowid, largest = await _largest_rowid(conn, table)
             stat = await _sqlite_stat(conn, name)
-            table = replace(table, rowid=largest is not None,
+            table = replace(table, rowid=has_rowid,
                             rows=stat if stat is not None else largest)
         tables.append(table)
     return tables
@@ -203,20 +203,24 @@ async def _sqlite_stat(conn: AsyncConnection, name: str) -> int | None:
     return int(str(stat).split()[0]) if stat else None
 
 
-async def _largest_rowid(conn: AsyncConnection, table: Table) -> int | None:
-    """The largest rowid (0 for an empty table), one B-tree seek where counting would be a
-    scan: the approximate row count where ANALYZE made none (the count of a table whose rows
-    were appended and never deleted, more otherwise). None: the table has no rowid."""
+async def _largest_rowid(conn: AsyncConnection, table: Table) -> tuple[bool, int | None]:
+    """Whether the table has a rowid, and its largest (0 for an empty table): one B-tree
+    seek where counting would be a scan, so the approximate row count where ANALYZE made
+    none (the count of a table whose rows were appended and never deleted, more otherwise).
+    A table that cannot be read here (a damaged page) still lists, with no count: its
+    export is where the damage shows, after the rows that can be read."""
     rowid = next((name for name in ROWID_NAMES if not table.has(name)), None)
     if rowid is None:
-        return None
+        return False, None
     try:
         largest: int | None = (await conn.execute(
             sa.select(sa.func.max(sa.literal_column(rowid))).select_from(table.sql)
         )).scalar_one()
-    except sa.exc.OperationalError:  # WITHOUT ROWID
-        return None
-    return largest or 0
+    except sa.exc.DatabaseError as exc:
+        if "no such column" in str(exc.orig):  # WITHOUT ROWID
+            return False, None
+        return True, None
+    return True, largest or 0
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
