@@ -73,6 +73,9 @@ def sqlite_float(value: float | None) -> str | None:
     reads back as another double."""
     if value is None:
         return None
+    if -POSITIONAL_BELOW < value < POSITIONAL_BELOW:  # the common case, cheap: no Decimal
+        text = repr(value)  # PostgreSQL's notation already, less a trailing ".0"
+        return text[:-2] if text.endswith(".0") else text
     number = float(value)
     if not math.isfinite(number):
         return PG_NON_FINITE[repr(number)]
@@ -84,6 +87,10 @@ def sqlite_float(value: float | None) -> str | None:
 
 
 PG_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+# Below 1e15 repr writes what PostgreSQL writes: positional from 1e-4 up, else e-05 (two
+# exponent digits at least, as PostgreSQL), and repr's digits are PostgreSQL's, since no
+# halfway case lies below 2**53. From 1e15, PostgreSQL switches to an exponent, repr at 1e16.
+POSITIONAL_BELOW = 1e15
 EXACT_INTEGERS = 2.0**53  # below, no halfway point between two doubles is a short decimal
 
 
