@@ -22,6 +22,7 @@ from exporter.db import create_engine, head_revision
 from exporter.errors import DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
 from exporter.metrics import Metrics
+from exporter.openapi import complete_document
 from exporter.routes import exports, files, jobs, ops, pages, schedules, tables
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
+    complete_document(app, settings)
     _add_error_handlers(app)
     return app
 
