@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from exporter.auth import Access
 from exporter.catalog import Catalog
@@ -21,6 +22,7 @@ from exporter.db import create_engine, head_revision
 from exporter.errors import DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
 from exporter.metrics import Metrics
+from exporter.openapi import complete_document
 from exporter.routes import exports, files, jobs, ops, pages, schedules, tables
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
@@ -28,6 +30,7 @@ from exporter.worker import Worker
 
 log = logging.getLogger("exporter")
 REPORTED_ERRORS = 20  # validation errors listed in a 422 body
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # asked for a 405
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
+    complete_document(app, settings)
     _add_error_handlers(app)
     return app
 
@@ -115,10 +119,15 @@ def _add_error_handlers(app: FastAPI) -> None:
                    "type": e.get("type")} for e in exc.errors()[:REPORTED_ERRORS]]
         first = errors[0] if errors else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid')}"
+        if first.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+            reason = (exc.errors()[0].get("ctx") or {}).get("error", "")
+            message = (f"the body is not valid JSON ({reason} at character "
+                       f"{where.partition('.')[2]}); send a JSON object")
         return JSONResponse(
             {
                 "error": "invalid_parameter",
-                "message": f"{where}: {first.get('msg', 'invalid')}",
+                "message": message,
                 "parameter": where,
                 "errors": errors,
             },
@@ -147,10 +156,34 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "http_error"
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code, message, headers = "http_error", str(exc.detail), dict(exc.headers or {})
+        if exc.status_code == 404:
+            code = "not_found"
+        elif exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            code = "method_not_allowed"
+            message = (f"{echo(request.method)} is not a method of {echo(request.url.path)}; "
+                       f"its methods are {', '.join(allowed)}")
+        elif exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's "There was an error parsing the body", for bytes that are no text
+            code = "malformed_body"
+            message = (f"the body is not JSON text in UTF-8 ({exc.__cause__}); send a JSON "
+                       "object encoded in UTF-8")
         return JSONResponse(
-            {"error": code, "message": str(exc.detail)},
+            {"error": code, "message": message},
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at this path. Starlette's 405 names only the first
+    route's: GET /files and HEAD /files are two routes, as are GET and DELETE /jobs/{id}."""
+    allowed = []
+    for method in HTTP_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed

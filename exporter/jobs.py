@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -42,23 +42,35 @@ FINISHED = (SUCCEEDED, FAILED, CANCELED, EXPIRED)
 GZIP_MEDIA_TYPE = "application/gzip"
 ERROR_LIMIT = 2000  # characters of an exception kept as a failed job's error
 
+# Documented shapes of what ``JobRequest.spec`` checks itself, for its messages' sake: a
+# field name, or an item of a filter's list, is one name or value, so it holds no comma.
+NO_COMMA: dict[str, Any] = {"type": "string", "pattern": "^[^,]+$"}
+FILTER_VALUE: dict[str, Any] = {"anyOf": [
+    {"type": "string"}, {"type": "number"}, {"type": "boolean"},
+    {"type": "array", "items": NO_COMMA},
+]}
+
 
 class JobRequest(BaseModel):
     """The body of ``POST /jobs`` (and a schedule's ``job``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"table": "users", "format": "csv"},
+        {"table": "users", "format": "ndjson", "fields": ["id", "email"],
+         "filters": {"plan": ["pro", "enterprise"], "id__gt": 100}, "compression": "gzip"},
+    ]})
 
     table: Annotated[str, Field(
         min_length=1, description="The table or view to export (GET /tables lists them).",
     )] = "users"
     format: Literal["csv", "ndjson", "json"]
     fields: Annotated[
-        list[str] | None,
+        list[Annotated[str, WithJsonSchema(NO_COMMA)]] | None,
         Field(min_length=1, description="Columns, in order; omitted: every column."),
     ] = None
     # Checked in ``spec`` rather than typed, so that an error names ``filters.<name>``.
     filters: Annotated[
-        dict[str, Any],
+        dict[str, Annotated[Any, WithJsonSchema(FILTER_VALUE)]],
         Field(description=(
             "The export's query parameters but fields (col, col__gt, col__isnull, after, "
             "limit...), each with a string, a number, true/false, or a list of strings for "

@@ -56,6 +56,8 @@ from exporter.state import as_utc, export_jobs, schedules, utc_values
 log = logging.getLogger("exporter.schedules")
 
 CRON_FIELDS = (5, 6)  # croniter's optional sixth field is seconds
+# The shape parse_cron wants, for the document: an @alias, or five or six fields.
+CRON_SHAPE = r"^\s*(@[A-Za-z]+|\S+(\s+\S+){4,5})\s*$"
 CRON_LENGTH = 255  # the column's
 REBOOT = "@reboot"  # croniter knows it, but a schedule has no boot to run at
 # croniter's random (R) and hashed (H) fields, as its own HashExpander reads a field.
@@ -137,10 +139,15 @@ def latest_time(cron: str, zone: str, now: datetime, due: datetime) -> datetime:
 class ScheduleRequest(BaseModel):
     """The body of ``POST /schedules``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"cron": "0 2 * * *", "timezone": "Europe/Berlin",
+         "job": {"table": "users", "format": "csv"}, "keep_last": 7},
+    ]})
 
+    # The pattern is documented, not checked by pydantic: parse_cron says what is wrong.
     cron: Annotated[str, Field(
         max_length=CRON_LENGTH, description="Five fields, or six with seconds last; @daily.",
+        json_schema_extra={"pattern": CRON_SHAPE},
     )]
     timezone: Annotated[str, Field(description="IANA name the cron is read in.")] = "UTC"
     job: JobRequest

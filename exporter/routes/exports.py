@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Request
 from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound, echo
 from exporter.files import content_disposition
 from exporter.formats import BY_EXTENSION, FORMATS, Format
+from exporter.openapi import BAD_PARAMETER, EXPORT_MEDIA_TYPES, EXPORTS_BUSY, not_found
 from exporter.params import parse_query
 from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
 from exporter.streaming import ExportResponse, Progress, observed, open_export, prime
@@ -51,9 +52,7 @@ def split_export_name(name: str) -> tuple[str, type[Format]]:
     return table, BY_EXTENSION[extension]
 
 
-MEDIA_TYPES: dict[str, dict[str, object]] = {
-    fmt.media_type.split(";")[0]: {} for fmt in FORMATS.values()
-}
+MEDIA_TYPES: dict[str, dict[str, object]] = {media_type: {} for media_type in EXPORT_MEDIA_TYPES}
 
 
 @router.get(
@@ -61,10 +60,10 @@ MEDIA_TYPES: dict[str, dict[str, object]] = {
     # decodes before routing) is still this route, as GET /tables links it.
     "/exports/{name:path}",
     response_class=ExportResponse,
-    responses={200: {"content": MEDIA_TYPES},
-               404: {"description": "no such table, or no such format"},
-               422: {"description": "an unknown or bad parameter"},
-               503: {"description": "every export slot is taken, or the database is busy"}},
+    responses={200: {"content": MEDIA_TYPES,
+                     "description": "The table, in the format its extension names."}}
+    | not_found("No such table, or no such format: `valid` lists those there are.")
+    | BAD_PARAMETER | EXPORTS_BUSY,
 )
 async def export_table(
     request: Request,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import mimetypes
 import re
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -25,6 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, InvalidParameter, NotFound
 from exporter.files import strong_etag
 from exporter.models import images
+from exporter.openapi import (
+    BAD_PARAMETER,
+    DATABASE_BUSY,
+    Responses,
+    file_responses,
+    not_found,
+)
 from exporter.preconditions import http_date
 from exporter.routes.deps import DigestsDep, EngineDep, FileSenderDep, SettingsDep
 from exporter.storage import DigestCache, OpenFile, is_public_name, open_within, public_names
@@ -44,16 +51,14 @@ DOWNLOAD_TYPE = "application/octet-stream"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_IMAGE_ID = 2**31 - 1  # images.id is a 32-bit integer on PostgreSQL
 IMAGE_ID = re.compile(r"[1-9][0-9]{0,9}")
-FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {DOWNLOAD_TYPE: {}}, "description": "the whole file"},
-    206: {"description": "the ranges asked for (multipart/byteranges for several)"},
-    304: {"description": "If-None-Match or If-Modified-Since: the client's copy is current"},
-    404: {"description": "no such file, or one the service will not serve"},
-    412: {"description": "If-Match or If-Unmodified-Since does not hold"},
-    416: {"description": "no range overlaps the file; Content-Range: bytes */<size>"},
-}
-
-IMAGE_RESPONSES = FILE_RESPONSES | {200: {"content": {"image/png": {}, "image/jpeg": {}}}}
+# Any file in the directory: the type its name suggests (mimetypes), else DOWNLOAD_TYPE.
+FILE_RESPONSES: Responses = file_responses(
+    ["*/*"], "The whole file, typed by its name's extension, else as application/octet-stream."
+) | not_found("No such file, or one the service will not serve.")
+IMAGE_RESPONSES: Responses = file_responses(
+    [*sorted(INLINE_IMAGE_TYPES), DOWNLOAD_TYPE],
+    "The image, with its stored type if a browser may show it, else as a download.",
+) | not_found("No such image, or it has no file.") | BAD_PARAMETER | DATABASE_BUSY
 
 
 class FileEntry(BaseModel):
@@ -140,9 +145,12 @@ def _image_number(raw: str) -> int:
 @router.get("/images/{image_id}", response_class=Response, responses=IMAGE_RESPONSES)
 @router.head("/images/{image_id}", response_class=Response, responses=IMAGE_RESPONSES)
 async def get_image(
+    # Read as text, so that _image_number refuses 01, +1 and other spellings of a number,
+    # but documented as what it is: a number, which a client writes in plain digits.
     image_id: Annotated[str, PathParameter(
         description=f"images.id: a whole number from 1 to {MAX_IMAGE_ID}, in plain digits",
-        examples=["1"],
+        examples=[1],
+        json_schema_extra={"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID},
     )],
     request: Request,
     settings: SettingsDep,

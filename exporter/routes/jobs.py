@@ -25,6 +25,17 @@ from exporter.errors import DATABASE_UNREACHABLE, Conflict, Gone, InvalidParamet
 from exporter.files import strong_etag
 from exporter.job_files import remove_job_file
 from exporter.jobs import Job, JobRequest
+from exporter.openapi import (
+    BAD_BODY,
+    BAD_PARAMETER,
+    DATABASE_BUSY,
+    JOB_FILE_MEDIA_TYPES,
+    Responses,
+    error,
+    file_responses,
+    header,
+    not_found,
+)
 from exporter.routes.deps import (
     CatalogDep,
     DigestsDep,
@@ -34,7 +45,7 @@ from exporter.routes.deps import (
     StrictJsonBody,
     WorkerDep,
 )
-from exporter.routes.files import FILE_CACHE_CONTROL, FILE_RESPONSES
+from exporter.routes.files import FILE_CACHE_CONTROL
 from exporter.storage import DigestCache, OpenFile, open_within
 
 log = logging.getLogger("exporter.routes.jobs")
@@ -42,9 +53,18 @@ router = APIRouter(tags=["jobs"])
 
 RETRY_MILLISECONDS = 2000  # how long an EventSource waits before it reconnects
 MAX_LIST = 1000
-DOWNLOAD_RESPONSES = FILE_RESPONSES | {
-    409: {"description": "the job has not succeeded (yet)"},
-    410: {"description": "the job's file expired and was removed"},
+NO_JOB = not_found("No such job.")
+DOWNLOAD_RESPONSES: Responses = file_responses(
+    JOB_FILE_MEDIA_TYPES, "The job's file: its format's media type, or application/gzip."
+) | {
+    404: error("No such job, or its file is not in this replica's data directory."),
+    409: error("The job has not succeeded (yet): `status` says what it is."),
+    410: error("The job's file expired and was removed."),
+} | DATABASE_BUSY
+EVENTS_RESPONSES: Responses = NO_JOB | DATABASE_BUSY | {
+    200: {"content": {"text/event-stream": {}},
+          "description": "Progress events, then succeeded, failed or canceled."},
+    204: {"description": "Last-Event-ID is the job's final event: nothing more to say."},
 }
 
 
@@ -108,8 +128,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@router.post("/jobs", status_code=202, responses={422: {"description": "a bad body field"}},
-             dependencies=[StrictJsonBody])
+@router.post(
+    "/jobs", status_code=202, dependencies=[StrictJsonBody],
+    responses={202: {"description": "Queued; follow it at Location.",
+                     "headers": {"Location": header("/jobs/<id>")}}}
+    | BAD_BODY | not_found("No such table.") | DATABASE_BUSY,
+)
 async def start_job(
     body: JobRequest, response: Response, engine: EngineDep, catalog: CatalogDep,
     worker: WorkerDep,
@@ -124,11 +148,15 @@ async def start_job(
     return job_out(job)
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=BAD_PARAMETER | DATABASE_BUSY)
 async def list_jobs(
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="At most this many.")] = 50,
-    status: Annotated[str | None, Query(description="Only jobs in this status.")] = None,
+    # Checked below rather than typed, for the service's own 422; the document says which.
+    status: Annotated[str | None, Query(
+        description="Only jobs in this status.",
+        json_schema_extra={"enum": list(jobs.STATUSES)},
+    )] = None,
     schedule_id: Annotated[str | None, Query(description="Only this schedule's.")] = None,
 ) -> list[JobOut]:
     """Jobs, newest first."""
@@ -137,7 +165,7 @@ async def list_jobs(
     return [job_out(job) for job in await jobs.list_jobs(engine, limit, status, schedule_id)]
 
 
-@router.get("/jobs/{job_id}", responses={404: {"description": "no such job"}})
+@router.get("/jobs/{job_id}", responses=NO_JOB | DATABASE_BUSY)
 async def get_job(job_id: str, engine: EngineDep) -> JobOut:
     """One job: its status, progress and, once succeeded, its file."""
     return job_out(await jobs.find_job(engine, job_id))
@@ -145,9 +173,10 @@ async def get_job(job_id: str, engine: EngineDep) -> JobOut:
 
 @router.post(
     "/jobs/{job_id}/cancel",
-    responses={200: {"model": JobOut, "description": "canceled (it was queued)"},
-               202: {"model": JobOut, "description": "running: it stops within a second"},
-               409: {"description": "it has already finished"}},
+    responses={200: {"model": JobOut, "description": "Canceled (it was queued)."},
+               202: {"model": JobOut, "description": "Running: it stops within a second."},
+               409: error("It has already finished: `status` says how.")}
+    | NO_JOB | DATABASE_BUSY,
 )
 async def cancel_job(job_id: str, engine: EngineDep) -> Response:
     """Cancel a queued job (at once) or a running one (its worker stops it and removes its
@@ -158,7 +187,7 @@ async def cancel_job(job_id: str, engine: EngineDep) -> Response:
                     media_type="application/json")
 
 
-@router.delete("/jobs/{job_id}", status_code=204, responses={404: {"description": "no such job"}})
+@router.delete("/jobs/{job_id}", status_code=204, responses=NO_JOB | DATABASE_BUSY)
 async def delete_job(job_id: str, engine: EngineDep, settings: SettingsDep) -> Response:
     """Remove the job and its file (a running job is stopped first)."""
     job = await jobs.delete_job(engine, job_id)
@@ -207,12 +236,7 @@ async def download_job(
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={
-        200: {"content": {"text/event-stream": {}},
-              "description": "progress events, then succeeded, failed or canceled"},
-        204: {"description": "Last-Event-ID is the job's final event: nothing more to say"},
-        404: {"description": "no such job"},
-    },
+    responses=EVENTS_RESPONSES,
 )
 async def job_events(
     job_id: str,

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exporter.db import current_revision
+from exporter.openapi import error
 from exporter.routes.deps import EngineDep, MetricsDep, SchemaRevisionDep
 
 router = APIRouter(tags=["operations"])
@@ -19,7 +20,9 @@ async def health() -> dict[str, str]:
 
 
 @router.get(
-    "/ready", responses={503: {"description": "the database is unreachable or not migrated"}}
+    "/ready",
+    responses={503: error("The database is unreachable, or the service's state is not "
+                          "migrated to this code's revision.")},
 )
 async def ready(engine: EngineDep, expected: SchemaRevisionDep) -> JSONResponse:
     """Ready: the database answers, and the service's own state (the schema ``exporter``)
@@ -44,7 +47,11 @@ def _unready(code: str, message: str) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics", response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}},
+                     "description": "The Prometheus text format."}},
+)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

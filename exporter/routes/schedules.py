@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from exporter import schedules
+from exporter.openapi import BAD_BODY, DATABASE_BUSY, header, not_found
 from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep, StrictJsonBody, WorkerDep
 from exporter.schedules import Schedule, ScheduleRequest
 
@@ -37,8 +38,15 @@ def schedule_out(schedule: Schedule) -> ScheduleOut:
     )
 
 
-@router.post("/schedules", status_code=201, responses={422: {"description": "a bad field"}},
-             dependencies=[StrictJsonBody])
+NO_SCHEDULE = not_found("No such schedule.")
+
+
+@router.post(
+    "/schedules", status_code=201, dependencies=[StrictJsonBody],
+    responses={201: {"description": "Created; it is at Location.",
+                     "headers": {"Location": header("/schedules/<id>")}}}
+    | BAD_BODY | DATABASE_BUSY,
+)
 async def create_schedule(
     body: ScheduleRequest, response: Response, engine: EngineDep, catalog: CatalogDep,
     worker: WorkerDep,
@@ -51,13 +59,13 @@ async def create_schedule(
     return schedule_out(schedule)
 
 
-@router.get("/schedules")
+@router.get("/schedules", responses=DATABASE_BUSY)
 async def list_schedules(engine: EngineDep) -> list[ScheduleOut]:
     """Every schedule, newest first."""
     return [schedule_out(s) for s in await schedules.list_schedules(engine)]
 
 
-@router.get("/schedules/{schedule_id}", responses={404: {"description": "no such schedule"}})
+@router.get("/schedules/{schedule_id}", responses=NO_SCHEDULE | DATABASE_BUSY)
 async def get_schedule(schedule_id: str, engine: EngineDep) -> ScheduleOut:
     """One schedule, with when it runs next."""
     return schedule_out(await schedules.find_schedule(engine, schedule_id))
@@ -65,7 +73,7 @@ async def get_schedule(schedule_id: str, engine: EngineDep) -> ScheduleOut:
 
 @router.delete(
     "/schedules/{schedule_id}", status_code=204,
-    responses={404: {"description": "no such schedule"}},
+    responses=NO_SCHEDULE | DATABASE_BUSY,
 )
 async def delete_schedule(schedule_id: str, engine: EngineDep, settings: SettingsDep) -> Response:
     """Stop the schedule. Its jobs stay, and expire like one-off jobs from now on."""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from exporter.catalog import Table
 from exporter.formats import FORMATS
+from exporter.openapi import DATABASE_BUSY, not_found
 from exporter.params import parameter_names
 from exporter.routes.deps import CatalogDep
 
@@ -30,7 +31,7 @@ def describe(table: Table, request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/tables")
+@router.get("/tables", responses=DATABASE_BUSY)
 async def list_tables(request: Request, catalog: CatalogDep) -> dict[str, Any]:
     """Every exportable table and view, with its columns, key, size and export URLs."""
     tables = await catalog.tables()
@@ -38,7 +39,10 @@ async def list_tables(request: Request, catalog: CatalogDep) -> dict[str, Any]:
 
 
 # :path, as GET /exports: a name may hold a slash (sent as %2F, decoded before routing).
-@router.get("/tables/{table:path}", responses={404: {"description": "no such table"}})
+@router.get(
+    "/tables/{table:path}",
+    responses=not_found("No such table or view: `valid` lists those there are.") | DATABASE_BUSY,
+)
 async def get_table(table: str, request: Request, catalog: CatalogDep) -> dict[str, Any]:
     """One table or view: its columns, key, size and export URLs."""
     return describe(await catalog.get(table), request)
