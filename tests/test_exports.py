@@ -379,3 +379,21 @@ async def test_the_start_page_reads_the_tables_it_offers_from_the_service(
     demo_only = [*(name for name in DEMO_FIELDS if name not in ("id", "created_at")),
                  "created_from", "created_to", "after_id"]
     assert [name for name in demo_only if re.search(rf"\b{name}\b", page)] == []
+
+
+async def test_head_answers_the_headers_get_would_send_without_a_body(
+    client: httpx.AsyncClient,
+) -> None:
+    url = "/exports/users.ndjson?country=DE&limit=5"
+    got = await client.get(url, headers={"Accept-Encoding": "gzip"})
+    head = await client.head(url, headers={"Accept-Encoding": "gzip"})
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "cache-control", "vary", "content-encoding",
+                 "x-content-type-options"):
+        assert head.headers[name] == got.headers[name], name
+    # The file name holds the time of the request: the same up to the second.
+    assert head.headers["content-disposition"].split("-")[0] == \
+        got.headers["content-disposition"].split("-")[0]
+    assert "content-length" not in head.headers, "an empty Content-Length would claim no rows"
+    assert (await client.head("/exports/nope.csv")).status_code == 404
+    assert (await client.head("/exports/users.csv?limt=5")).status_code == 422

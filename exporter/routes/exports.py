@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
+from starlette.responses import StreamingResponse
 
 from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound, echo
 from exporter.files import content_disposition
@@ -95,9 +96,29 @@ async def export_table(
         body = await prime(observed(stream, progress, on_end))
     except DATABASE_UNREACHABLE as exc:
         raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+    return ExportResponse(body, media_type=fmt.media_type,
+                          headers=export_headers(table.name, fmt, gzip))
+
+
+@router.head("/exports/{name:path}", include_in_schema=False)
+async def export_table_head(
+    request: Request, name: str, catalog: CatalogDep,
+) -> StreamingResponse:
+    """The headers GET would send, after the same checks (404, 422), without reading a
+    row: no snapshot, no export slot. The body is empty and chunked, as GET's would be,
+    so that no Content-Length: 0 claims the export is empty."""
+    table_name, fmt = split_export_name(name)
+    table = await catalog.get(table_name)
+    parse_query(table, request.query_params.multi_items())
+    gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
+    return StreamingResponse(iter(()), media_type=fmt.media_type,
+                             headers=export_headers(table.name, fmt, gzip))
+
+
+def export_headers(table_name: str, fmt: type[Format], gzip: bool) -> dict[str, str]:
     headers = {
         "Content-Disposition": content_disposition(
-            "attachment", export_filename(table.name, fmt)
+            "attachment", export_filename(table_name, fmt)
         ),
         "Cache-Control": "no-store",
         "Vary": "Accept-Encoding",
@@ -105,4 +126,4 @@ async def export_table(
     }
     if gzip:
         headers["Content-Encoding"] = "gzip"
-    return ExportResponse(body, media_type=fmt.media_type, headers=headers)
+    return headers
