@@ -34,6 +34,7 @@ from exporter.errors import ExportsBusy
 from exporter.formats import Block, Format
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count, order_key
+from exporter.render import sqlite_calls_python
 
 log = logging.getLogger("exporter.streaming")
 
@@ -118,6 +119,8 @@ async def _blocks(
     (pg_copy.py). What has no key to cut ranges by is read by one statement."""
     backend = backend_name(engine)
     if not order_key(query, backend):
+        readers = 1
+    if backend == "sqlite" and sqlite_calls_python(map(query.table.column, query.fields)):
         readers = 1
     if readers > 1 and backend == "postgresql" and await ends_idle_transactions(engine):
         readers = 1
