@@ -14,6 +14,7 @@ and is ended (its process group) in a ``finally``; every address is loopback.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import functools
@@ -60,6 +61,12 @@ MB = 1024 * 1024
 HEALTH_INTERVAL_S = 0.010
 RSS_INTERVAL_S = 0.050
 CONCURRENT_EXPORTS = 4
+STORM_AT_ONCE = 20
+STORM_READ_BYTES = 4096
+STORM_RSS_MB = 160
+# SQLite keeps a closed connection's descriptors of a file while the process holds locks on
+# it (POSIX locks are per process), and reuses them: the user's file and the state's.
+STORM_FILES_PER_CONNECTION = 2
 MEMORY_SLICE_ROWS = 100_000
 
 
@@ -98,6 +105,11 @@ def fresh_rows() -> dict[str, Row]:
         Row("mem_idle", "server RSS peak, all-rows CSV export, above idle", "<= 64 MB"),
         Row("mem_growth", "server RSS peak, all-rows export vs 100k-row export", "within 10 MB"),
         Row("health", "`/health` p99 during 4 concurrent full CSV exports", "<= 25 ms"),
+        Row("health8", "`/health` p99 during 8 concurrent full CSV exports", "none (reported)"),
+        Row("storm", f"after clients hang up mid-export, {STORM_AT_ONCE} at a time: RSS and "
+            "open files above idle",
+            f"RSS <= +{STORM_RSS_MB} MB; files <= +{STORM_FILES_PER_CONNECTION} a connection "
+            "open at the peak"),
         Row("large_file", "large-file download throughput vs nginx sendfile", ">= 50% of nginx"),
         Row("seed", "`exporter seed` of all users in a fresh data dir", "<= 30 s"),
     ]
@@ -384,14 +396,14 @@ class Bench:
 
     @contextlib.contextmanager
     def exporter_server(
-        self, name: str, database_url: str | None = None
+        self, name: str, database_url: str | None = None, **extra_env: str,
     ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         port = free_port()
         proc = self.procs.start(
             name,
             [sys.executable, "-m", "exporter", "serve", "--host", LOOPBACK, "--port", str(port),
              "--log-level", "warning"],
-            env=self.exporter_env(database_url),
+            env={**self.exporter_env(database_url), **extra_env},
         )
         base = f"http://{LOOPBACK}:{port}"
         try:
@@ -482,12 +494,58 @@ class Bench:
 
     def sqlite_stage(self) -> None:
         self.stage(["mem_idle", "mem_growth"], self.memory)
+        self.stage(["storm"], self.storm)
         with self.exporter_server("exporter") as (base, proc):
             self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
             self.stage(["wide_csv", "wide_ndjson", "wide_json"],
                        lambda: self.downloads(base, proc.pid, wide.TABLE, "wide_"))
             self.stage(["health"], lambda: self.health(base))
+            self.stage(["health8"], lambda: self.health(base, 8, "health8"))
             self.stage(["large_file"], lambda: self.large_file(base))
+
+    def storm(self) -> None:
+        """Clients that each read a few KB of a full export and hang up, many at a time:
+        the process's RSS and open files, idle before and 3 s after, on a fresh server."""
+        connections_per_export = 3  # two readers and their planner (EXPORTER_SQLITE_READERS)
+        with self.exporter_server("exporter-storm",
+                                  EXPORTER_MAX_CONCURRENT_EXPORTS=str(STORM_AT_ONCE)) as (
+                base, proc):
+            curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)
+            time.sleep(1.0)
+            idle_kb, idle_files = rss_kb(proc.pid), len(os.listdir(f"/proc/{proc.pid}/fd"))
+            host, port = base.removeprefix("http://").split(":")
+
+            def hang_up(index: int) -> None:
+                fmt = ("csv", "ndjson", "json")[index % 3]
+                with socket.create_connection((host, int(port)), timeout=60) as sock:
+                    sock.sendall(f"GET /exports/users.{fmt} HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 .encode())
+                    received = 0
+                    while received < STORM_READ_BYTES:
+                        chunk = sock.recv(STORM_READ_BYTES)
+                        if not chunk:
+                            break
+                        received += len(chunk)
+
+            clients: int = self.args.storm_clients
+            self.say(f"storm: {clients} clients, {STORM_AT_ONCE} at a time")
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(STORM_AT_ONCE) as pool:
+                list(pool.map(hang_up, range(clients)))
+            self.record("storm s", time.perf_counter() - started)
+            time.sleep(3.0)
+            after_kb, after_files = rss_kb(proc.pid), len(os.listdir(f"/proc/{proc.pid}/fd"))
+        rss_mb, files = (after_kb - idle_kb) / 1024, after_files - idle_files
+        self.raw["storm rss above idle MB"] = [rss_mb]
+        self.raw["storm open files above idle"] = [float(files)]
+        peak = STORM_AT_ONCE * connections_per_export
+        row = self.rows["storm"]
+        row.exporter = f"RSS +{rss_mb:.0f} MB, files +{files}"
+        row.anchor = (f"{clients} clients; idle {idle_kb / 1024:.0f} MB, {idle_files} files; "
+                      f"{peak} connections")
+        row.value = f"{files / peak:.1f} files a connection"
+        row.result = verdict(rss_mb <= STORM_RSS_MB
+                             and files <= STORM_FILES_PER_CONNECTION * peak)
 
     def memory(self) -> None:
         """Peak RSS only ever rises (freed memory mostly stays with the allocator), so each
@@ -557,29 +615,32 @@ class Bench:
             row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
             row.result = verdict(wall / floor_wall <= limit)
 
-    def health(self, base: str) -> None:
+    def health(self, base: str, exports: int = CONCURRENT_EXPORTS, key: str = "health"
+               ) -> None:
+        """``/health`` every 10 ms while ``exports`` full CSV downloads run at once."""
         p50s, p99s, counts = [], [], []
+        label = "health" if key == "health" else f"health {exports}"
         for run in range(1, self.args.runs + 1):
-            self.say(f"/health under {CONCURRENT_EXPORTS} concurrent CSV exports: "
+            self.say(f"/health under {exports} concurrent CSV exports: "
                      f"run {run}/{self.args.runs}")
             started = time.perf_counter()
-            latencies = self.health_once(base)
-            self.record("health run s", time.perf_counter() - started)
+            latencies = self.health_once(base, exports)
+            self.record(f"{label} run s", time.perf_counter() - started)
             p50s.append(percentile(latencies, 50) * 1000)
             p99s.append(percentile(latencies, 99) * 1000)
             counts.append(len(latencies))
-            self.record("health max ms", max(latencies) * 1000)
-        self.raw["health p50 ms"], self.raw["health p99 ms"] = p50s, p99s
-        self.raw["health samples"] = [float(c) for c in counts]
+            self.record(f"{label} max ms", max(latencies) * 1000)
+        self.raw[f"{label} p50 ms"], self.raw[f"{label} p99 ms"] = p50s, p99s
+        self.raw[f"{label} samples"] = [float(c) for c in counts]
         p50, p99 = statistics.median(p50s), statistics.median(p99s)
-        row = self.rows["health"]
+        row = self.rows[key]
         row.exporter = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         row.anchor = (f"{int(statistics.median(counts))} requests in "
-                      f"{self.median('health run s'):.0f} s, one per 10 ms at most")
+                      f"{self.median(f'{label} run s'):.0f} s, one per 10 ms at most")
         row.value = f"p99 {p99:.1f} ms"
-        row.result = verdict(p99 <= 25)
+        row.result = verdict(p99 <= 25) if key == "health" else "info"
 
-    def health_once(self, base: str) -> list[float]:
+    def health_once(self, base: str, concurrent: int = CONCURRENT_EXPORTS) -> list[float]:
         url = f"{base}/exports/users.csv"
         exports = [
             self.procs.start(
@@ -588,7 +649,7 @@ class Bench:
                  "-o", "/dev/null", "-w", "%{http_code}", url],
                 stdout=subprocess.PIPE,
             )
-            for i in range(CONCURRENT_EXPORTS)
+            for i in range(concurrent)
         ]
         latencies: list[float] = []
         deadline = time.monotonic() + self.args.timeout
@@ -1031,8 +1092,13 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
   exports (CSV), each on a fresh server warmed up by one `?limit=100000` export (peak RSS
   only rises, so runs on one server would hide each other), each run's peak, medians
   compared.
-- `/health`: {CONCURRENT_EXPORTS} concurrent full CSV downloads (curl) while one persistent
-  httpx client requests `/health` every 10 ms until they finish; p50/p99 per run, medians.
+- `/health`: {CONCURRENT_EXPORTS} (and 8) concurrent full CSV downloads (curl) while one
+  persistent httpx client requests `/health` every 10 ms until they finish; p50/p99 per run,
+  medians.
+- Storm: on a fresh server with `EXPORTER_MAX_CONCURRENT_EXPORTS={STORM_AT_ONCE}`,
+  {args.storm_clients} clients, {STORM_AT_ONCE} at a time, each asking for a full export, reading
+  {STORM_READ_BYTES} bytes and hanging up; `VmRSS` and `/proc/<pid>/fd` 1 s after a warm-up
+  and 3 s after the last client.
 - Large file: `curl` of `/files/large-file.bin` from the exporter (n/a while that endpoint is
   absent) against nginx (`sendfile on`, one worker) serving the same file; MB/s.
 - PostgreSQL (only with `--postgres-url`): the exporter's CSV against
@@ -1074,6 +1140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-file-mb", type=float,
                         help="size of large-file.bin when seeding (default 256; quick 16)")
     parser.add_argument("--postgres-url", help="postgresql+asyncpg://... to bench PostgreSQL too")
+    parser.add_argument("--storm-clients", type=int,
+                        help="clients in the disconnect storm (default 800; quick 100)")
     parser.add_argument("--naive-runs", type=int, default=1,
                         help="runs of the naive endpoint, about 5 min each at 1M (default 1)")
     parser.add_argument("--no-datasette", action="store_true", help="skip Datasette")
@@ -1094,6 +1162,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.users = 50_000 if quick else 1_000_000
     if args.runs is None:
         args.runs = 1 if quick else 3
+    if args.storm_clients is None:  # issue 16's storm: each reads a few KB, then hangs up
+        args.storm_clients = 100 if quick else 800
     if args.data_dir is None:
         args.data_dir = ROOT / ("data-bench-quick" if quick else "data-bench")
     if args.large_file_mb is None:

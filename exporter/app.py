@@ -21,6 +21,7 @@ from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
+from exporter.memory import MemoryTrimmer
 from exporter.metrics import Metrics
 from exporter.openapi import complete_document
 from exporter.routes import exports, files, jobs, ops, pages, schedules, tables
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.schema_revision = head_revision()
         app.state.metrics = Metrics(engine)
         app.state.export_slots = ExportSlots(
-            settings.max_concurrent_exports, settings.retry_after_seconds
+            settings.max_concurrent_exports, settings.retry_after_seconds, MemoryTrimmer()
         )
         app.state.file_sender = FileSender(
             settings.file_chunk_bytes, settings.max_ranges, app.state.metrics

@@ -32,6 +32,7 @@ from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
 from exporter.errors import ExportsBusy
 from exporter.formats import Block, Format
+from exporter.memory import MemoryTrimmer
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count, order_key
 from exporter.render import sqlite_calls_python
@@ -206,18 +207,24 @@ async def observed(
 class ExportSlots:
     """At most ``limit`` exports at once; the next one is refused, not queued."""
 
-    def __init__(self, limit: int, retry_after: int) -> None:
+    def __init__(self, limit: int, retry_after: int,
+                 trimmer: MemoryTrimmer | None = None) -> None:
         self.limit = limit
         self.retry_after = retry_after
         self.in_use = 0
+        self.trimmer = trimmer
 
     def acquire(self) -> None:
         if self.in_use >= self.limit:
             raise ExportsBusy(self.limit, self.retry_after)
         self.in_use += 1
+        if self.trimmer is not None:
+            self.trimmer.busy()
 
     def release(self) -> None:
         self.in_use -= 1
+        if self.in_use == 0 and self.trimmer is not None:
+            self.trimmer.idle()
 
 
 class PrimedStream:
