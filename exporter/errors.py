@@ -30,11 +30,12 @@ the connection instead, so that the client sees an incomplete body.
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 # Raised before the first byte, these mean "the database cannot serve us now": 503.
@@ -44,6 +45,52 @@ DATABASE_UNREACHABLE = (
     sqlite3.OperationalError,
 )
 DATABASE_RETRY_AFTER = 1  # seconds: a busy or restarting database is often back by then
+
+# Errors that say the database went away for a moment, not that the job cannot work: a
+# job whose run fails on one is run again (worker.py). By errno: a refused, reset or
+# broken connection, a timeout; a full disk is not transient (it stays full until someone
+# acts), nor is anything about the data or the query.
+TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                              errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                              errno.ENETUNREACH})
+# By PostgreSQL SQLSTATE class or code: 08 connection exceptions, 57P01-57P03 (the server
+# shutting down, restarting or not yet accepting), 53300 (too many connections), 40001 and
+# 40P01 (serialization failure, deadlock: retrying is what they ask for).
+TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+# SQLite: busy or locked by another connection, beyond the busy timeout.
+TRANSIENT_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is one the database's coming
+    back would cure (a job then runs again)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _transient_itself(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_itself(error: BaseException) -> bool:
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, TimeoutError | asyncio.TimeoutError | PoolTimeout):
+        return True
+    if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+        return True
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) in TRANSIENT_SQLITE_CODES or \
+            "database is locked" in str(error)
+    sqlstate = getattr(error, "sqlstate", None)  # asyncpg's errors
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(TRANSIENT_SQLSTATES)
+    # asyncpg's own, raised when the connection it used is gone, without a SQLSTATE
+    return type(error).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and \
+        "connection" in str(error).lower() and "closed" in str(error).lower()
+
 
 ECHO_LIMIT = 200  # characters of a client's value or header quoted back in an error
 

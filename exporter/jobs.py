@@ -196,6 +196,7 @@ class Job:
     heartbeat_at: datetime | None
     attempts: int
     cancel_requested: bool
+    retry_at: datetime | None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:

@@ -91,7 +91,8 @@ async def claim_job(
     """Take the oldest job that is queued, or running under a lapsed lease, or None."""
     candidate = export_jobs.alias("candidate")
     claimable = or_(
-        candidate.c.status == QUEUED,
+        and_(candidate.c.status == QUEUED,
+             or_(candidate.c.retry_at.is_(None), candidate.c.retry_at <= now)),
         and_(
             candidate.c.status == RUNNING, candidate.c.lease_expires_at < now,
             candidate.c.attempts < max_attempts, candidate.c.cancel_requested.is_(False),
@@ -109,6 +110,7 @@ async def claim_job(
             status=RUNNING, lease_owner=owner, lease_expires_at=now + lease, heartbeat_at=now,
             started_at=now, attempts=export_jobs.c.attempts + 1, rows_written=0,
             bytes_written=0, total_rows=None, revision=export_jobs.c.revision + 1,
+            retry_at=None,
         )
         .returning(*export_jobs.c)
     )
@@ -152,6 +154,23 @@ async def finish(
             update(export_jobs).where(held).values(
                 status=status, finished_at=now, lease_expires_at=None,
                 revision=export_jobs.c.revision + 1, **values,
+            )
+        )
+    return bool(result.rowcount)
+
+
+async def retry_later(
+    engine: AsyncEngine, job_id: str, owner: str, error: str, retry_at: datetime,
+) -> bool:
+    """Queue a run that failed on a transient error again, with that error, to be claimed
+    from ``retry_at``; it counts as an attempt. False if this worker no longer held it, or
+    a cancel was asked for (which must end the job canceled)."""
+    held = and_(_held(job_id, owner), export_jobs.c.cancel_requested.is_(False))
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(export_jobs).where(held).values(
+                status=QUEUED, lease_owner=None, lease_expires_at=None, error=error,
+                retry_at=retry_at, revision=export_jobs.c.revision + 1,
             )
         )
     return bool(result.rowcount)

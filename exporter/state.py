@@ -89,6 +89,8 @@ export_jobs = Table(
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
     Column("heartbeat_at", DateTime(timezone=True), nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # A queued job whose last run failed on a transient error is claimed no sooner.
+    Column("retry_at", DateTime(timezone=True), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=false()),
     # Each scheduled time makes one job, however many replicas fire the schedule.
     UniqueConstraint("schedule_id", "scheduled_for", name="uq_export_jobs_schedule_tick"),

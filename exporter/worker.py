@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter import jobs, leases
 from exporter.catalog import Catalog
 from exporter.config import Settings
-from exporter.errors import NotFound
+from exporter.errors import NotFound, is_transient
 from exporter.job_files import (
     JOB_FILE,
     JobFile,
@@ -62,6 +62,11 @@ from exporter.schedules import (
 )
 
 log = logging.getLogger("exporter.worker")
+RETRIED = "retried"  # an outcome: queued again after a transient failure
+# A run that failed on a transient error waits this long before the next, doubling each
+# time: a database restart or a dropped connection is usually over within seconds.
+RETRY_FIRST_S = 1.0
+RETRY_MOST_S = 60.0
 
 
 def utcnow() -> datetime:
@@ -342,9 +347,19 @@ class Worker:
     async def _failed(
         self, job: Job, error: BaseException, seen: dict[str, int | None], now: datetime
     ) -> str:
-        """FAILED, or CANCELED when a cancel came first."""
-        log.error("job %s failed", job.id, exc_info=error)
+        """FAILED; RETRIED (queued again, for later) when the error was transient and
+        attempts are left; CANCELED when a cancel came first."""
         message = f"{type(error).__name__}: {error}"[: jobs.ERROR_LIMIT]
+        if is_transient(error) and job.attempts < self.settings.job_max_attempts:
+            delay = min(RETRY_FIRST_S * 2 ** (job.attempts - 1), RETRY_MOST_S)
+            log.warning("job %s: attempt %d of %d failed on a transient error (%s); "
+                        "running it again in %.0f s", job.id, job.attempts,
+                        self.settings.job_max_attempts, message, delay)
+            if await leases.retry_later(self.engine, job.id, self.owner, message,
+                                        now + timedelta(seconds=delay)):
+                return RETRIED
+            return jobs.CANCELED
+        log.error("job %s failed", job.id, exc_info=error)
         recorded = await leases.finish(
             self.engine, job.id, self.owner, jobs.FAILED, now, error=message, **seen
         )

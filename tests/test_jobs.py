@@ -7,6 +7,7 @@ What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import hashlib
 import json
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import jobs, leases, models, worker
@@ -32,6 +33,7 @@ from exporter.app import create_app
 from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import downgrade_all, migrate
+from exporter.errors import is_transient
 from exporter.jobs import JobRequest
 from exporter.leases import Beat, Counts
 from exporter.params import parse_query
@@ -993,3 +995,80 @@ async def test_a_schedule_of_a_table_fires_jobs_of_that_table(
             assert download.content == (await client.get("/exports/report_2024.ndjson")).content
         finally:
             await client.delete(f"/schedules/{schedule_id}")
+
+
+async def test_a_job_whose_database_connections_are_killed_twice_succeeds_on_its_third_run(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database restart or a dropped connection mid-job is transient: the run is queued
+    again with its error, after a pause, and the third run writes the whole file."""
+    if database.backend != "postgresql":
+        pytest.skip("kills PostgreSQL backends (SQLite's transient error, a lock, is below)")
+    engine = database.engine()
+    real_write = worker.write_job_file
+    killed: list[int] = []
+
+    async def write_with_kills(*args: Any) -> worker.JobFile:
+        progress: worker.JobProgress = args[-1]
+        writing = asyncio.ensure_future(real_write(*args))
+        if len(killed) < 2:
+            while progress.counts().rows == 0 and not writing.done():
+                await asyncio.sleep(0.005)
+            async with engine.connect() as conn:  # the export's connections, mid-COPY
+                ended = (await conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state IN ('active', 'idle in transaction')"
+                ))).scalar_one()
+            killed.append(ended)
+        return await writing
+
+    monkeypatch.setattr(worker, "write_job_file", write_with_kills)
+    settings = worker_settings(database, tmp_path, batch_rows=1, job_max_attempts=3)
+    job = await jobs.create_job(engine, JobRequest(format="csv").spec(), datetime.now(UTC))
+    seen: list[jobs.Job] = []
+
+    async def done(_running: Worker) -> bool:
+        seen.append(await jobs.find_job(engine, job.id))
+        return seen[-1].finished
+
+    try:
+        await run_worker(engine, settings, done, seconds=60)
+        live = await client_export(database, "/exports/users.csv")
+    finally:
+        await engine.dispose()
+    final = seen[-1]
+    assert len(killed) == 2 and all(killed), killed
+    assert final.status == jobs.SUCCEEDED, final.error
+    assert final.attempts == 3
+    assert final.error and "Error" in final.error, "the last transient error is kept"
+    retried = [s for s in seen if s.status == jobs.QUEUED and s.retry_at is not None]
+    assert retried, "it waited, queued, between its runs"
+    assert (tmp_path / "jobs" / final.file_path).read_bytes() == live
+
+
+async def client_export(database: Database, path: str) -> bytes:
+    app = create_app(database.settings())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            return (await client.get(path)).content
+
+
+def test_a_locked_sqlite_file_is_transient_and_a_damaged_one_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    holder.execute("BEGIN EXCLUSIVE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        other.execute("INSERT INTO t VALUES (1)")
+    holder.execute("ROLLBACK")
+    assert is_transient(locked.value)
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    with pytest.raises(sqlite3.DatabaseError) as broken:
+        sqlite3.connect(damaged).execute("SELECT * FROM sqlite_master")
+    assert not is_transient(broken.value)
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_transient(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))

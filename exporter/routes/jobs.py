@@ -95,6 +95,7 @@ class JobOut(BaseModel):
     error: str | None
     cancel_requested: bool
     attempts: int
+    retry_at: datetime | None  # queued again after a transient failure: not before then
     worker: str | None
     schedule_id: str | None
     scheduled_for: datetime | None
@@ -117,7 +118,8 @@ def job_out(job: Job) -> JobOut:
         total_rows=job.total_rows, bytes_written=job.bytes_written, percent=job.percent,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         expires_at=job.expires_at, error=job.error, cancel_requested=job.cancel_requested,
-        attempts=job.attempts, worker=job.lease_owner, schedule_id=job.schedule_id,
+        attempts=job.attempts, retry_at=job.retry_at, worker=job.lease_owner,
+        schedule_id=job.schedule_id,
         scheduled_for=job.scheduled_for, file=file,
         links={"self": base, "events": f"{base}/events", "download": f"{base}/download",
                "cancel": f"{base}/cancel"},
