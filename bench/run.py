@@ -506,7 +506,9 @@ class Bench:
     def storm(self) -> None:
         """Clients that each read a few KB of a full export and hang up, many at a time:
         the process's RSS and open files, idle before and 3 s after, on a fresh server."""
-        connections_per_export = 3  # two readers and their planner (EXPORTER_SQLITE_READERS)
+        # Two readers, their planner, and the connection that lines their snapshots up under
+        # SQLite's write lock for a moment (db._sqlite_shared): four at an export's start.
+        connections_per_export = 4
         with self.exporter_server("exporter-storm",
                                   EXPORTER_MAX_CONCURRENT_EXPORTS=str(STORM_AT_ONCE)) as (
                 base, proc):

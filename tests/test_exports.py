@@ -211,6 +211,14 @@ BAD_QUERIES = [
     ("country=%ED%A0%80", "country", "country"),
     ("fields=" + "x" * 60_000, "fields", "unknown field"),
     ("colour=red", "colour", "unknown parameter"),
+    # Issue 16.5: each of these was once read as something else (fromisoformat stops at a
+    # NUL; fifty 1s read as 1111-11-11T11:11:11.111111; int() takes a sign).
+    ("created_from=2024-06-01T00:00:00Z%00%00%00xyz", "created_from", "NUL"),
+    ("created_from=" + "1" * 50, "created_from", "ISO 8601"),
+    ("limit=%2B5", "limit", "whole number"),
+    ("id=%2B5", "id", "whole number"),
+    ("created_at__gte=2024-06-01%00", "created_at__gte", "NUL"),
+    ("lifetime_value__gt=1_000", "lifetime_value__gt", "decimal"),
 ]
 
 
