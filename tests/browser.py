@@ -23,6 +23,8 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
+from tests.conftest import stop_process
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_VARIABLE = "EXPORTER_TEST_CHROMIUM"  # a browser elsewhere than on PATH
 START_SECONDS = 20
@@ -181,12 +183,7 @@ def chromium(executable: str, workdir: Path) -> Iterator[Page]:
             page.send("Page.enable")
             yield page
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _devtools_url(process: subprocess.Popen[bytes], profile: Path, workdir: Path) -> str:

@@ -53,6 +53,7 @@ from tests.conftest import (
     SEED,
     SEEDED_USERS,
     Database,
+    app_client,
     build_database,
     reflected,
     scratch_postgres_url,
@@ -921,10 +922,8 @@ async def test_a_worker_stops_even_when_the_stop_comes_as_it_wakes_up(
 async def working_service(database: Database) -> AsyncIterator[httpx.AsyncClient]:
     """The app in-process with its job worker."""
     app = create_app(database.settings(worker_poll_seconds=0.05, job_progress_seconds=0.1))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as c:
-            yield c
+    async with app_client(app) as client:
+        yield client
 
 
 async def succeeded(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
@@ -1048,11 +1047,8 @@ async def test_a_job_whose_database_connections_are_killed_twice_succeeds_on_its
 
 
 async def client_export(database: Database, path: str) -> bytes:
-    app = create_app(database.settings())
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
-            return (await client.get(path)).content
+    async with app_client(create_app(database.settings())) as client:
+        return (await client.get(path)).content
 
 
 def test_a_locked_sqlite_file_is_transient_and_a_damaged_one_is_not(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from exporter.app import create_app
 from exporter.config import Settings
 from exporter.db import create_engine, migrate
 from exporter.state import STATE_FILE_NAME, alembic_options, export_jobs, metadata
-from tests.conftest import SEED, Database, build_database, scratch_postgres_url
+from tests.conftest import SEED, Database, app_client, build_database, scratch_postgres_url
 
 OWN_USERS = [
     'CREATE TABLE users (user_id TEXT PRIMARY KEY, "Display Name" TEXT)',
@@ -115,11 +115,8 @@ async def demo_rows(database: Database) -> list[Any]:
 
 @asynccontextmanager
 async def service(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as client:
-            yield client
+    async with app_client(create_app(settings)) as client:
+        yield client
 
 
 async def finished_job(client: httpx.AsyncClient, location: str) -> dict[str, Any]:
