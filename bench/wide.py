@@ -107,32 +107,29 @@ COLUMNS = (
 
 def sqlite_script(rows: int) -> str:
     """Create and fill ``wide`` in one SQLite script (``executescript``)."""
-    declared = ",\n  ".join(f"{c.name} {c.sqlite_type}" for c in COLUMNS)
-    values = ",\n  ".join(c.sqlite_value for c in COLUMNS)
-    return f"""
-DROP TABLE IF EXISTS {TABLE};
-CREATE TABLE {TABLE} (
-  {declared}
-);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {int(rows)})
-INSERT INTO {TABLE} SELECT
-  {values}
-FROM n;
-ANALYZE {TABLE};
-"""
+    numbers = ("WITH RECURSIVE n(i) AS "
+               f"(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {int(rows)})")
+    return _script([(c.name, c.sqlite_type, c.sqlite_value) for c in COLUMNS], numbers, "n")
 
 
 def postgres_script(rows: int) -> str:
     """Create and fill ``wide`` in one PostgreSQL script (``psql -c``)."""
-    declared = ",\n  ".join(f"{c.name} {c.pg_type}" for c in COLUMNS)
-    values = ",\n  ".join(c.pg_value for c in COLUMNS)
+    source = f"generate_series(1, {int(rows)}::bigint) AS n(i)"
+    return _script([(c.name, c.pg_type, c.pg_value) for c in COLUMNS], "", source)
+
+
+def _script(columns: list[tuple[str, str, str]], prefix: str, source: str) -> str:
+    """DROP, CREATE and one INSERT ... SELECT of every row number ``i`` from ``source``."""
+    declared = ",\n  ".join(f"{name} {type_}" for name, type_, _ in columns)
+    values = ",\n  ".join(value for _, _, value in columns)
     return f"""
 DROP TABLE IF EXISTS {TABLE};
 CREATE TABLE {TABLE} (
   {declared}
 );
+{prefix}
 INSERT INTO {TABLE} SELECT
   {values}
-FROM generate_series(1, {int(rows)}::bigint) AS n(i);
+FROM {source};
 ANALYZE {TABLE};
 """
