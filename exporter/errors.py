@@ -87,8 +87,14 @@ def _transient_itself(error: BaseException) -> bool:
     sqlstate = getattr(error, "sqlstate", None)  # asyncpg's errors
     if isinstance(sqlstate, str):
         return sqlstate.startswith(TRANSIENT_SQLSTATES)
-    # asyncpg's own, raised when the connection it used is gone, without a SQLSTATE
-    return type(error).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and \
+    # asyncpg's own, without a SQLSTATE: a connection found closed, or one left in a state it
+    # cannot go on from when the server ended it mid-COPY ("cannot switch to state 12;
+    # another operation is in progress"). A new run opens new connections; were it a bug
+    # of ours, the job still fails after EXPORTER_JOB_MAX_ATTEMPTS runs, with this error.
+    name, module = type(error).__name__, type(error).__module__
+    if module.startswith("asyncpg") and name == "InternalClientError":
+        return True
+    return name in ("ConnectionDoesNotExistError", "InterfaceError") and \
         "connection" in str(error).lower() and "closed" in str(error).lower()
 
 
