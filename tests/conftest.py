@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -105,6 +106,31 @@ class Database:
     def engine(self, **options: int) -> AsyncEngine:
         """An engine as the service makes one: on SQLite, with its state attached."""
         return create_engine(self.url, state_path=self.state_path, **options)
+
+
+REQUIRE_POSTGRES_VARIABLE = "EXPORTER_TEST_REQUIRE_POSTGRES"  # .ci/run sets it
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """CI must run the PostgreSQL half: without its database the run stops at once."""
+    if os.environ.get(REQUIRE_POSTGRES_VARIABLE) and not os.environ.get(PG_URL_VARIABLE):
+        pytest.exit(f"{REQUIRE_POSTGRES_VARIABLE} is set but {PG_URL_VARIABLE} is not: the "
+                    "PostgreSQL half of the suite would be skipped", returncode=4)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """A local run without PostgreSQL says so last, loudly, with how to run that half."""
+    if os.environ.get(PG_URL_VARIABLE):
+        return
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if PG_URL_VARIABLE in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("!", f"the PostgreSQL half was skipped: {len(skipped)} tests",
+                                   yellow=True, bold=True)
+        terminalreporter.write_line(
+            f"run it with {PG_URL_VARIABLE}=postgresql+asyncpg://postgres@127.0.0.1:5432/"
+            "<a scratch database> ./scripts/test (.ci/run makes one and requires it)"
+        )
 
 
 def postgres_url() -> str:
