@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from exporter import auth
@@ -159,23 +160,38 @@ def test_a_key_is_compared_with_every_key_every_time(monkeypatch: pytest.MonkeyP
 async def test_an_export_streams_whole_through_a_real_server_with_a_key(
     sqlite_database: Database,
 ) -> None:
+    # One row a batch: the export takes seconds, so a middleware that held the body back
+    # would send its first byte only once every row had been read.
     env = sqlite_database.env(
         EXPORTER_API_KEYS=",".join(KEYS), EXPORTER_RUN_WORKER="false",
-        EXPORTER_BATCH_ROWS="200", EXPORTER_CHUNK_BYTES="8192",
+        EXPORTER_BATCH_ROWS="1", EXPORTER_CHUNK_BYTES="4096",
     )
     with running_server(env) as base_url:
         url = f"{base_url}/exports/users.ndjson"
         refused = httpx.get(url)
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
         headers = {**bearer(KEYS[1]), "Accept-Encoding": "identity"}
+        chunks: list[bytes] = []
         with httpx.stream("GET", url, headers=headers, timeout=30) as response:
             assert response.status_code == 200
-            chunks = list(response.iter_raw())
+            for chunk in response.iter_raw():
+                if not chunks:  # the first bytes are here: how far has the export read?
+                    read_so_far = rows_exported(base_url, headers)
+                chunks.append(chunk)
         lines = b"".join(chunks).decode().splitlines()
-        assert len(chunks) > 10, "streamed in many chunks, not held back by the middleware"
+        assert read_so_far < TOTAL_ROWS / 2, "the first bytes came before the last row was read"
         assert len(lines) == TOTAL_ROWS
         assert json.loads(lines[-1])["id"] == GOLDEN_ROWS[-1]["id"]
         assert httpx.get(f"{base_url}/health").status_code == 200
+
+
+def rows_exported(base_url: str, headers: dict[str, str]) -> float:
+    """``exporter_export_rows_total`` of NDJSON exports, read from /metrics (behind the key)."""
+    text = httpx.get(f"{base_url}/metrics", headers=headers).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "exporter_export_rows_total"
+               and sample.labels.get("format") == "ndjson")
 
 
 # Without keys: loopback only.
