@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import exporter.schedules as schedules_module
 from exporter import jobs, leases, models, worker
 from exporter.app import create_app
 from exporter.catalog import Catalog
@@ -1076,3 +1077,62 @@ def test_a_locked_sqlite_file_is_transient_and_a_damaged_one_is_not(tmp_path: Pa
     assert not is_transient(broken.value)
     assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
     assert is_transient(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
+
+
+# A scheduled time makes one job through two safeguards, each enough alone: the conditional
+# UPDATE of next_run_at (a worker that read a stale value claims nothing) and the unique
+# (schedule_id, scheduled_for). Each test below defeats one and shows the other holds.
+
+async def scheduled_jobs(engine: AsyncEngine, schedule_id: str) -> list[jobs.Job]:
+    return await jobs.list_jobs(engine, limit=100, schedule_id=schedule_id)
+
+
+async def due_schedule(engine: AsyncEngine) -> tuple[str, datetime]:
+    """A schedule due a minute ago; its id and the stored next_run_at."""
+    now = datetime.now(UTC)
+    request = ScheduleRequest.model_validate({"cron": "* * * * *", "job": {"format": "csv"}})
+    schedule = await create_schedule(engine, Catalog(engine), request, now - timedelta(minutes=2))
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(schedules.c.next_run_at)
+                                     .where(schedules.c.id == schedule.id))).scalar_one()
+    return schedule.id, stored
+
+
+async def test_the_unique_tick_alone_refuses_a_second_job_when_the_claim_is_defeated(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine = engines[0]
+    schedule_id, stored = await due_schedule(engine)
+    made, _ = await fire_due(engine, datetime.now(UTC))
+    assert len(made) == 1
+    async with engine.begin() as conn:  # as if a second worker's UPDATE still matched
+        await conn.execute(update(schedules).where(schedules.c.id == schedule_id)
+                           .values(next_run_at=stored))
+    again, _ = await fire_due(engine, datetime.now(UTC))
+    assert again == []
+    assert len(await scheduled_jobs(engine, schedule_id)) == 1
+
+
+async def test_the_conditional_claim_alone_makes_one_job_for_two_workers_that_read_alike(
+    engines: tuple[AsyncEngine, AsyncEngine], empty_database: Database,
+) -> None:
+    if empty_database.backend != "postgresql":
+        pytest.skip("SQLite cannot drop a table's unique constraint")
+    first, second = engines
+    async with first.begin() as conn:
+        await conn.execute(text("ALTER TABLE exporter.export_jobs "
+                                "DROP CONSTRAINT uq_export_jobs_schedule_tick"))
+    try:
+        schedule_id, _ = await due_schedule(first)
+        schedule = await find_schedule(first, schedule_id)
+        async with first.connect() as conn:  # both workers read the same row
+            stored = (await conn.execute(select(schedules.c.next_run_at)
+                                         .where(schedules.c.id == schedule_id))).scalar_one()
+        now = datetime.now(UTC)
+        made = [await schedules_module._fire(engine, schedule, stored, now)
+                for engine in (first, second)]
+        assert [job is not None for job in made] == [True, False]
+        assert len(await scheduled_jobs(first, schedule_id)) == 1
+    finally:
+        await downgrade_all(first)  # the next test's migrate makes the constraint again
+        await migrate(first)
