@@ -13,14 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from exporter.app import create_app
 from exporter.catalog import Column, Kind, Table
 from exporter.config import load_settings
 from exporter.db import migrate
 from exporter.errors import InvalidParameter
+from exporter.models import users
 from exporter.params import parameter_names, parse_query
-from tests.conftest import GOLDEN_AFTER_ID, TOTAL_ROWS
+from tests.conftest import GOLDEN_AFTER_ID, TOTAL_ROWS, Database
 
 GOLDEN_CSV = (
     "id,email,full_name,country,city,plan,is_active,lifetime_value,created_at,"
@@ -86,6 +88,28 @@ async def test_csv_export_quotes_commas_quotes_and_newlines_per_rfc_4180(
         b'900003,"ends with LF\n"\r\n'
         b"900004,\r\n"
     )
+
+
+async def test_csv_quotes_exactly_what_pythons_csv_module_quotes_in_every_seeded_bio(
+    client: httpx.AsyncClient, database: Database,
+) -> None:
+    """The golden rows' commas all come with quotes; the seeded bios also hold commas alone
+    and leading spaces. Python's csv module, on the rows the driver reads, is the oracle."""
+    engine = database.engine()
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(users.c.id, users.c.bio)
+                                       .order_by(users.c.id))).all()
+    finally:
+        await engine.dispose()
+    bios = [bio for _, bio in rows if bio]
+    assert any("," in b and '"' not in b and "\n" not in b for b in bios), "a comma alone"
+    assert any(b.startswith(" ") for b in bios), "a leading space"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["id", "bio"])
+    writer.writerows((user_id, bio) for user_id, bio in rows)
+    assert await body(client, "/exports/users.csv?fields=id,bio") == out.getvalue().encode()
 
 
 async def test_empty_results_are_still_valid_documents(client: httpx.AsyncClient) -> None:
