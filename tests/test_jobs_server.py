@@ -45,7 +45,6 @@ from tests.test_server import metric, wait_for
 JOB_USERS = 20_000
 
 
-
 # Slow enough to watch and to cancel: one row per batch (a full export takes seconds). On
 # PostgreSQL too: with two readers, each COPY is a range of four batches, four rows, so
 # 20,000 rows are 5,000 COPYs.
