@@ -98,6 +98,11 @@ class Table:
     def has(self, name: str) -> bool:
         return any(column.name == name for column in self.columns)
 
+    @property
+    def rowid_alias(self) -> str | None:
+        """The name SQLite's rowid goes by here: the first of its names no column took."""
+        return next((name for name in ROWID_NAMES if not self.has(name)), None)
+
     def hiding(self, hidden: Iterable[str]) -> Table:
         """This table without the named columns (a hidden column is never exported, nor
         filtered or resumed on; a key that loses a column is no key any more)."""
@@ -209,7 +214,7 @@ async def _largest_rowid(conn: AsyncConnection, table: Table) -> tuple[bool, int
     none (the count of a table whose rows were appended and never deleted, more otherwise).
     A table that cannot be read here (a damaged page) still lists, with no count: its
     export is where the damage shows, after the rows that can be read."""
-    rowid = next((name for name in ROWID_NAMES if not table.has(name)), None)
+    rowid = table.rowid_alias
     if rowid is None:
         return False, None
     try:

@@ -70,7 +70,7 @@ async def sqlite_blocks(
     renders on two cores. Every connection is in the same snapshot (db.shared_snapshot).
     A view without a key has nothing to cut batches by: its rows are read in one statement
     (``sqlite_rows``)."""
-    if not order_key(query, "sqlite"):
+    if not order_key(query):
         async for block in sqlite_rows(planner, query, fmt, batch_rows):
             yield block
         return

@@ -47,7 +47,6 @@ from exporter.catalog import Kind, Table
 from exporter.db import DriverStatement
 
 SQL = ColumnElement[Any]
-ROWID_NAMES = ("rowid", "_rowid_", "oid")  # SQLite's names for it, unless a column has one
 
 
 class Op(Enum):
@@ -88,15 +87,14 @@ class Shape(Enum):
     CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
 
 
-def order_key(query: ExportQuery, dialect: str) -> list[SQL]:
+def order_key(query: ExportQuery) -> list[SQL]:
     """The columns rows come in order of, and batches are cut by: the primary key; SQLite's
     rowid for a table without one; none for a view without one, or on PostgreSQL."""
     table = query.table
     if table.key:
         return [table.sql.c[name] for name in table.key]
-    if table.rowid:  # SQLite's, where the catalog found one (not WITHOUT ROWID)
-        free = next(name for name in ROWID_NAMES if not table.has(name))
-        return [literal_column(free)]
+    if table.rowid and (alias := table.rowid_alias):  # SQLite's, where the catalog found one
+        return [literal_column(alias)]
     return []
 
 
@@ -111,7 +109,7 @@ def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Selec
     for item in query.filters:
         statement = statement.where(_condition(query.table, item, dialect))
     if query.after is not None:
-        key = order_key(query, dialect)
+        key = order_key(query)
         columns = [query.table.column(name) for name in query.table.key]
         values = [_bound(column.kind, value, dialect, column.declared)
                   for column, value in zip(columns, query.after, strict=True)]
@@ -222,7 +220,7 @@ def build_statement(query: ExportQuery, dialect: str, shape: Shape) -> Select[An
         statement = select(_csv_line(query)).select_from(query.table.sql)
     else:
         statement = select(*_csv_values(query)).select_from(query.table.sql)
-    statement = _matching(statement, query, dialect).order_by(*order_key(query, dialect))
+    statement = _matching(statement, query, dialect).order_by(*order_key(query))
     if query.limit is not None:
         statement = statement.limit(literal(query.limit, BigInteger()))
     return statement
@@ -263,7 +261,7 @@ def build_plan(query: ExportQuery, dialect: str, first: bool) -> Select[Any, Any
     """The next batch: the last key and the number of the next ``:batch_rows`` rows (after
     ``:after_<i>`` unless ``first``). Reads keys only, so planning costs little beside
     rendering."""
-    key = order_key(query, dialect)
+    key = order_key(query)
     keys = _matching(select(*(k.label(f"k{i}") for i, k in enumerate(key)))
                      .select_from(query.table.sql), query, dialect)
     batch = _after(keys, key, first).order_by(*key).limit(ROWS).subquery()
@@ -293,7 +291,7 @@ def build_batch(query: ExportQuery, shape: Shape, separator: str, first: bool
 
 def batch_rows(query: ExportQuery, dialect: str, shape: Shape, first: bool) -> Select[Any]:
     """``build_statement``'s rows of one planned batch (or range)."""
-    key = order_key(query, dialect)
+    key = order_key(query)
     statement = _after(build_statement(replace(query, limit=None), dialect, shape), key, first)
     until = _key_params("until", len(key))
     left, right = _key_values(key, until)

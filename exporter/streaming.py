@@ -119,7 +119,7 @@ async def _blocks(
     snapshot to count on: SQLite's parallel readers (cursors.py), PostgreSQL's COPY
     (pg_copy.py). What has no key to cut ranges by is read by one statement."""
     backend = backend_name(engine)
-    if not order_key(query, backend):
+    if not order_key(query):
         readers = 1
     if backend == "sqlite" and sqlite_calls_python(map(query.table.column, query.fields)):
         readers = 1
