@@ -8,11 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.responses import StreamingResponse
 
+from exporter.catalog import Catalog
 from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound, echo
 from exporter.files import content_disposition
 from exporter.formats import BY_EXTENSION, FORMATS, Format
 from exporter.openapi import BAD_PARAMETER, EXPORT_MEDIA_TYPES, EXPORTS_BUSY, not_found
 from exporter.params import parse_query
+from exporter.queries import ExportQuery
 from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
 from exporter.streaming import ExportResponse, Progress, observed, open_export, prime
 
@@ -79,10 +81,7 @@ async def export_table(
     (Datasette's grammar): `fields=a,b`, `col=v1,v2`, `col__exact=`, `col__gt=`,
     `col__gte=`, `col__lt=`, `col__lte=`, `col__isnull=true|false`, `limit=`, `after=`;
     `GET /tables/{table}` lists a table's columns."""
-    table_name, fmt = split_export_name(name)
-    table = await catalog.get(table_name)
-    query = parse_query(table, request.query_params.multi_items())
-    gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
+    query, fmt, gzip = await _resolve(request, name, catalog)
     slots.acquire()
     on_batch, metrics_end = metrics.export_started(fmt.name)
 
@@ -97,7 +96,7 @@ async def export_table(
     except DATABASE_UNREACHABLE as exc:
         raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
     return ExportResponse(body, media_type=fmt.media_type,
-                          headers=export_headers(table.name, fmt, gzip))
+                          headers=export_headers(query.table.name, fmt, gzip))
 
 
 @router.head("/exports/{name:path}", include_in_schema=False)
@@ -107,12 +106,21 @@ async def export_table_head(
     """The headers GET would send, after the same checks (404, 422), without reading a
     row: no snapshot, no export slot. The body is empty and chunked, as GET's would be,
     so that no Content-Length: 0 claims the export is empty."""
+    query, fmt, gzip = await _resolve(request, name, catalog)
+    return StreamingResponse(iter(()), media_type=fmt.media_type,
+                             headers=export_headers(query.table.name, fmt, gzip))
+
+
+async def _resolve(
+    request: Request, name: str, catalog: Catalog,
+) -> tuple[ExportQuery, type[Format], bool]:
+    """The query, format and whether to gzip, from the name and the request: 404s and 422s
+    the same for GET and HEAD."""
     table_name, fmt = split_export_name(name)
     table = await catalog.get(table_name)
-    parse_query(table, request.query_params.multi_items())
+    query = parse_query(table, request.query_params.multi_items())
     gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
-    return StreamingResponse(iter(()), media_type=fmt.media_type,
-                             headers=export_headers(table.name, fmt, gzip))
+    return query, fmt, gzip
 
 
 def export_headers(table_name: str, fmt: type[Format], gzip: bool) -> dict[str, str]:
