@@ -36,7 +36,6 @@ class MemoryTrimmer:
         self.after_idle_s = after_idle_s
         self._trim = _glibc_trim()
         self._pending: asyncio.TimerHandle | None = None
-        self.trims = 0  # for tests and metrics: how many times memory was given back
 
     def busy(self) -> None:
         """An export started: a trim waiting for idleness waits on."""
@@ -59,5 +58,4 @@ class MemoryTrimmer:
     def _run(self) -> None:
         assert self._trim is not None
         self._trim(0)
-        self.trims += 1
         log.debug("gave freed memory back to the system")
