@@ -287,7 +287,7 @@ async def test_exports_are_attachments_with_a_timestamped_filename(
     assert match, disposition
     assert match.group(2) == extension and match.group(3) == match.group(1)
     datetime.strptime(match.group(1)[6:22], "%Y%m%dT%H%M%SZ")
-    assert response.headers["vary"] == "Accept-Encoding"
+    assert response.headers["vary"] == "Accept-Encoding, Prefer"
 
 
 @pytest.mark.parametrize("extension", ["csv", "ndjson", "json"])
@@ -429,3 +429,35 @@ async def test_head_answers_the_headers_get_would_send_without_a_body(
     assert "content-length" not in head.headers, "an empty Content-Length would claim no rows"
     assert (await client.head("/exports/nope.csv")).status_code == 404
     assert (await client.head("/exports/users.csv?limt=5")).status_code == 422
+
+
+@pytest.mark.parametrize("extension", ["csv", "ndjson", "json"])
+@pytest.mark.parametrize("query", ["", "country=DE&plan=pro", "after_id=150&limit=40",
+                                   "country=ZZ"])
+async def test_prefer_count_exact_tells_the_rows_the_body_then_holds(
+    client: httpx.AsyncClient, extension: str, query: str
+) -> None:
+    response = await client.get(f"/exports/users.{extension}?{query}",
+                                headers={"Prefer": "return=minimal, count=exact"})
+    assert response.status_code == 200
+    assert response.headers["preference-applied"] == "count=exact"
+    if extension == "json":
+        streamed = len(json.loads(response.content))
+    elif extension == "ndjson":
+        streamed = len(response.content.splitlines())
+    else:
+        streamed = len(list(csv.reader(io.StringIO(response.text)))) - 1  # less the header
+    assert int(response.headers["x-total-count"]) == streamed
+    if query == "country=ZZ":
+        assert streamed == 0
+
+
+@pytest.mark.parametrize("prefer", [None, "count=planned", "count"])
+async def test_an_export_counts_only_when_asked_for_an_exact_count(
+    client: httpx.AsyncClient, prefer: str | None
+) -> None:
+    headers = {"Prefer": prefer} if prefer else {}
+    response = await client.get("/exports/users.ndjson?limit=3", headers=headers)
+    assert response.status_code == 200
+    assert "x-total-count" not in response.headers
+    assert "preference-applied" not in response.headers

@@ -90,13 +90,32 @@ async def export_table(
         metrics_end(outcome)
 
     progress = Progress(on_batch=on_batch)
-    stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress)
+    count = prefers_exact_count(request.headers.getlist("prefer"))
+    stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress,
+                         count=count)
     try:
         body = await prime(observed(stream, progress, on_end))
     except DATABASE_UNREACHABLE as exc:
         raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
-    return ExportResponse(body, media_type=fmt.media_type,
-                          headers=export_headers(query.table.name, fmt, gzip))
+    headers = export_headers(query.table.name, fmt, gzip)
+    if count and progress.total is not None:  # counted before the first chunk, same snapshot
+        headers |= {"Preference-Applied": "count=exact", TOTAL_COUNT: str(progress.total)}
+    return ExportResponse(body, media_type=fmt.media_type, headers=headers)
+
+
+TOTAL_COUNT = "X-Total-Count"
+
+
+def prefers_exact_count(prefer: list[str]) -> bool:
+    """Whether ``Prefer`` (RFC 7240, PostgREST's convention) asks for ``count=exact``: the
+    rows the export will give, in ``X-Total-Count``. Preferences a server does not know are
+    ignored, as the RFC says."""
+    for header in prefer:
+        for preference in header.split(","):
+            token, _, value = preference.split(";")[0].partition("=")
+            if token.strip().lower() == "count" and value.strip().strip('"').lower() == "exact":
+                return True
+    return False
 
 
 @router.head("/exports/{name:path}", include_in_schema=False)
@@ -129,7 +148,7 @@ def export_headers(table_name: str, fmt: type[Format], gzip: bool) -> dict[str, 
             "attachment", export_filename(table_name, fmt)
         ),
         "Cache-Control": "no-store",
-        "Vary": "Accept-Encoding",
+        "Vary": "Accept-Encoding, Prefer",
         "X-Content-Type-Options": "nosniff",
     }
     if gzip:
