@@ -1,4 +1,4 @@
-"""The ``exporter`` command: serve, worker, migrate, seed, export."""
+"""The ``exporter`` command: serve, worker, migrate, seed, export, pull."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.auth import listen_refusal
 from exporter.catalog import Catalog
+from exporter.client import API_KEY_VARIABLE, Retry
 from exporter.config import Settings, describe, load_settings
 from exporter.db import StateUnavailable, create_engine, migrate
 from exporter.errors import InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
 from exporter.job_files import write_file
 from exporter.params import parse_query
+from exporter.pull import run_pull
 from exporter.streaming import ChunkStream, open_export
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -80,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="any other query parameter, e.g. --where 'created_at__gte=2024-01-01' "
              "(repeatable)",
     )
+    pull = commands.add_parser(
+        "pull", help="download an export (NDJSON, CSV) or a job's file over HTTP into a file, "
+        "resuming by itself; exit 0 done, 1 failed, 2 bad usage",
+    )
+    pull.add_argument("url", nargs="?", help="an export's URL, e.g. "
+                      "http://127.0.0.1:8000/exports/users.ndjson?country=DE, or a job's "
+                      "(http://.../jobs/<id>)")
+    pull.add_argument("--job", metavar="ID", help="a job's id, on --server")
+    pull.add_argument("--server", default="http://127.0.0.1:8000",
+                      help="the service, for --job (default http://127.0.0.1:8000)")
+    pull.add_argument("-o", "--out", type=Path, help="file to write (default: <table>.<format> "
+                      "for an export, the job's file name for a job); FILE.part meanwhile")
+    pull.add_argument("--api-key", help=f"default: ${API_KEY_VARIABLE}")
+    pull.add_argument("--attempts", type=int, default=Retry.attempts,
+                      help=f"failures in a row before giving up (default {Retry.attempts})")
+    pull.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -90,6 +108,8 @@ NAMED_PARAMETERS = ("fields", "limit", "after", "after_id", "country", "plan", "
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "pull":  # a client: the service's settings are not its business
+        return run_pull(args)
     try:
         settings = load_settings()
     except ValueError as exc:  # pydantic's ValidationError, or pydantic-settings' SettingsError

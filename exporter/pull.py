@@ -1,0 +1,265 @@
+"""``exporter pull``: an export, or a job's file, into a local file that is only ever
+complete, resumed by itself on failure and after a restart.
+
+- An export (NDJSON or CSV) is written to ``FILE.part`` as its rows arrive and renamed to
+  FILE when the body ended as a complete one does. Run again after a Ctrl-C or a crash, it
+  keeps the complete rows of ``FILE.part`` (a half-written last row is cut off) and asks
+  for the rows after the last one (client.py). The file then holds the bytes one
+  uninterrupted export would have given, its CSV header once.
+- A job's file is fetched with ``Range`` after what ``FILE.part`` holds (``If-Range``: the
+  file's sha256, so that a file replaced meanwhile is fetched whole), then hashed: only a
+  file whose sha256 is the job's is renamed into place; a partial file that does not hash
+  right is discarded and fetched again from the start.
+
+Exit codes: 0 done, 1 failed (after the retries, or the job is not done), 2 bad usage (a
+wrong URL or option, or a request the service refuses: 4xx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tqdm import tqdm
+
+from exporter.client import (
+    RETRYABLE,
+    Client,
+    ExportError,
+    GaveUp,
+    Records,
+    Refused,
+    Retry,
+    _Export,
+    check,
+    first_record,
+)
+
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a URL names: an export (table, format, query) or a job."""
+
+    base_url: str
+    table: str = ""
+    format: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    job: str = ""
+
+
+def parse_url(url: str) -> Target:
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL; e.g. "
+                         "http://127.0.0.1:8000/exports/users.ndjson?country=DE")
+    path = parts.path
+    if path.startswith("/exports/"):
+        table, dot, extension = unquote(path.removeprefix("/exports/")).rpartition(".")
+        if not dot or not table:
+            raise ValueError(f"{url!r}: an export's path is /exports/<table>.<ndjson|csv>")
+        return Target(base, table, extension, tuple(parse_qsl(parts.query,
+                                                              keep_blank_values=True)))
+    if path.startswith("/jobs/"):
+        job = path.removeprefix("/jobs/").removesuffix("/download").strip("/")
+        if job and "/" not in job:
+            return Target(base, job=job)
+    raise ValueError(f"{url!r} names neither an export (/exports/<table>.<ndjson|csv>) nor a "
+                     "job (/jobs/<id> or /jobs/<id>/download)")
+
+
+class Bar:
+    """A progress bar on a terminal (rows, bytes, rate; percent and time left once the
+    total is known); nothing otherwise."""
+
+    def __init__(self, unit: str, quiet: bool) -> None:
+        self.bar = tqdm(unit=unit, unit_scale=True, dynamic_ncols=True, leave=True,
+                        disable=quiet or not sys.stderr.isatty())
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.bar.close()
+
+    def rows(self, rows: int, size: int, total: int | None) -> None:
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.set_postfix_str(f"{size / 1e6:.1f} MB", refresh=False)
+        self.bar.update(rows - self.bar.n)
+
+    def bytes(self, size: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(size - self.bar.n)
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _stored(part: Path, export: _Export) -> None:
+    """Keep the complete rows of a partial file, cut off the rest, and tell the export to go
+    on after its last row."""
+    records = Records(export.csv)
+    header: bytes | None = None
+    kept = rows = 0
+    last = b""
+    with part.open("rb") as file:
+        while data := file.read(READ_SIZE):
+            block, count = records.feed(data)
+            if count and export.csv and header is None:
+                header, rest = first_record(block, csv_records=True)
+                count -= 1
+                kept += len(header)
+                block = rest
+            if count:
+                kept += len(block)
+                rows += count
+                last = records.last
+    with part.open("r+b") as file:
+        file.truncate(kept)
+    if export.limit is not None and rows > export.limit:
+        raise ExportError(f"{part} holds {rows} rows, more than limit={export.limit}: not "
+                          "this export's partial file; remove it to start again")
+    export.resume(header, last, rows)
+
+
+def pull_export(client: Client, target: Target, out: Path, quiet: bool = False) -> int:
+    """The export into ``out``; its row count."""
+    export = client.export(target.table, target.format, target.params, count=True)
+    part = _aside(out)
+    if part.exists():
+        _stored(part, export)
+    with Bar("rows", quiet) as bar, part.open("ab") as file:
+        for block, _rows in client.blocks(export, progress=bar.rows):
+            if file.tell() == 0 and export.header:
+                file.write(export.header)
+            file.write(block)
+        if file.tell() == 0 and export.header:  # no rows: the header alone
+            file.write(export.header)
+        file.flush()
+        os.fsync(file.fileno())
+    part.replace(out)
+    return export.rows
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while data := file.read(READ_SIZE):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def pull_job(client: Client, job_id: str, out: Path | None, quiet: bool = False) -> Path:
+    """A succeeded job's file into ``out`` (default: its own name), sha256 checked."""
+    job: dict[str, Any] = client.get_json(f"/jobs/{job_id}")
+    if job["status"] != "succeeded" or not job.get("file"):
+        done = f", {job['percent']:.0f}% done" if job.get("percent") is not None else ""
+        raise ExportError(f"job {job_id} is {job['status']}{done}: its file can be pulled "
+                          "once it has succeeded")
+    file = job["file"]
+    out = out or Path(file["name"])
+    part = _aside(out)
+    failures = 0
+    with Bar("B", quiet) as bar:
+        while True:
+            before = _size(part)
+            try:
+                _fetch_rest(client, file, part, lambda have: bar.bytes(have, file["size"]))
+            except RETRYABLE as error:
+                if _size(part) > before:
+                    failures = 0  # bytes came: a new run of failures
+                failures = _failed(client, failures, f"job {job_id}'s file", error)
+                continue
+            if sha256_of(part) == file["sha256"]:
+                break
+            part.unlink()
+            failures = _failed(client, failures, f"job {job_id}'s file", ExportError(
+                f"{part} did not hash to the job's sha256 {file['sha256']} (a damaged partial "
+                "file): fetched again from the start"))
+    part.replace(out)
+    return out
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _fetch_rest(client: Client, file: dict[str, Any], part: Path,
+                progress: Callable[[int], None]) -> None:
+    have = _size(part)
+    if have >= file["size"]:
+        if have > file["size"]:
+            part.unlink()  # longer than the file: not a prefix of it; hashing says so too
+        return
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers |= {"Range": f"bytes={have}-", "If-Range": f'"{file["sha256"]}"'}
+    with client.http.stream("GET", file["url"], headers=headers) as response:
+        check(response)
+        # 206: the rest, after what the part holds; 200: the whole file (If-Range said no).
+        with part.open("ab" if response.status_code == 206 else "wb") as out:
+            for data in response.iter_raw():
+                out.write(data)
+                progress(out.tell())
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _failed(client: Client, failures: int, what: str, error: Exception) -> int:
+    failures += 1
+    if failures >= client.retry.attempts:
+        raise GaveUp(f"gave up on {what} after {failures} failed attempts: "
+                     f"{type(error).__name__}: {error}") from error
+    time.sleep(client.retry.wait(failures, getattr(error, "retry_after", None)))
+    return failures
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """``exporter pull``, with its exit code and a message naming what went wrong."""
+    try:
+        if args.job and args.url:
+            raise ValueError("give an export's or a job's URL, or --job ID, not both")
+        if not args.job and not args.url:
+            raise ValueError("give an export's or a job's URL, or --job ID")
+        target = Target(args.server.rstrip("/"), job=args.job) if args.job else parse_url(args.url)
+        if args.attempts < 1:
+            raise ValueError("--attempts must be 1 or more")
+    except ValueError as exc:
+        print(f"exporter pull: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    retry = Retry(attempts=args.attempts)
+    with Client(target.base_url, api_key=args.api_key, retry=retry) as client:
+        try:
+            if target.job:
+                out = pull_job(client, target.job, args.out, args.quiet)
+                print(f"exporter pull: {out} (sha256 checked)", file=sys.stderr)
+            else:
+                out = args.out or Path(f"{target.table.replace('/', '_')}.{target.format}")
+                rows = pull_export(client, target, out, args.quiet)
+                print(f"exporter pull: {out}, {rows} rows", file=sys.stderr)
+        except (Refused, ValueError) as exc:
+            print(f"exporter pull: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except ExportError as exc:
+            print(f"exporter pull: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print("exporter pull: interrupted; run it again to go on where it stopped",
+                  file=sys.stderr)
+            return 130
+    return EXIT_DONE
