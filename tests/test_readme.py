@@ -1,4 +1,5 @@
-"""Every curl line of the README runs, as written, against a real server.
+"""Every curl line of the README runs, as written, against a real server; so do its
+``exporter pull`` lines and its Python client blocks.
 
 A newcomer copies these lines first; a line that fails (a renamed parameter, an option
 pair that curl refuses, an endpoint that moved) is the first thing they would meet. The
@@ -35,9 +36,10 @@ CURL_OPTIONS = ["-sS", "--max-time", "60", "-w", "\n%{http_code}"]
 pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
 
 
-def readme_curl_lines() -> list[str]:
-    """The curl commands of the README's shell blocks, as the shell would read them:
-    continuation lines joined, a quoted argument running over lines kept whole."""
+def readme_curl_lines(program: str = "curl ") -> list[str]:
+    """The curl commands (or another program's) of the README's shell blocks that talk to
+    the service, as the shell would read them: continuation lines joined, a quoted argument
+    running over lines kept whole."""
     commands: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", README, re.DOTALL):
         pending = ""
@@ -47,7 +49,7 @@ def readme_curl_lines() -> list[str]:
                 shlex.split(pending, comments=True)
             except ValueError:  # a quote still open: the command goes on
                 continue
-            if pending.lstrip().startswith("curl ") and README_BASE in pending:
+            if pending.lstrip().startswith(program) and README_BASE in pending:
                 commands.append(pending.strip())
             pending = ""
     return commands
@@ -133,3 +135,25 @@ def test_every_curl_line_of_the_readme_runs_as_written(tmp_path: Path) -> None:
             if "large-file.bin" in line and "-O" in args:
                 digest = hashlib.sha256(resumed.read_bytes()).hexdigest()
                 assert digest == hashlib.sha256(large.read_bytes()).hexdigest(), line
+
+        # The ingesting side: exporter pull and the client, against the same server.
+        pulls = readme_curl_lines("exporter pull ")
+        assert len(pulls) >= 3, "the README lost its exporter pull lines"
+        for line in pulls:
+            args = [arg.replace(README_BASE, open_server.url).replace(SAMPLE_JOB, job_id)
+                    for arg in shlex.split(line, comments=True)]
+            done = subprocess.run([sys.executable, "-m", "exporter", *args[1:]], cwd=work,
+                                  env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, (line, done.stderr)
+        pulled = (work / "users.ndjson").read_bytes()
+        assert pulled == httpx.get(f"{open_server.url}/exports/users.ndjson",
+                                   params={"country": "DE"}).content
+        assert (work / "paid.csv").read_bytes().startswith(b"id,status,placed_at,total\r\n")
+        programs = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+        assert any("exporter.client" in program for program in programs)
+        for program in programs:
+            done = subprocess.run([sys.executable, "-c", program.replace(README_BASE,
+                                                                          open_server.url)],
+                                  cwd=work, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, (program, done.stderr)
+            assert done.stdout.count("\n") > 0, program  # it printed rows
