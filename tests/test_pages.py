@@ -4,8 +4,11 @@ own whose name needs encoding, with a composite key, dates, booleans and JSON.""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from urllib.parse import parse_qsl, urlsplit
@@ -15,6 +18,7 @@ import pytest
 
 from tests.browser import Page, chromium, find_chromium
 from tests.conftest import Database, clone_database, serving
+from tests.proxy import CuttingProxy
 
 FOREIGN = "Order Items"
 FOREIGN_SQL = """
@@ -175,6 +179,43 @@ def test_the_download_link_exports_what_the_api_gives_for_the_same_choices(
     page.wait_for_event("Browser.downloadProgress", lambda params: (
         params["guid"] == begun["guid"] and params["state"] == "completed"), mark)
     assert (page.downloads / begun["guid"]).read_bytes() == from_api.content
+
+
+def test_a_direct_download_shows_a_real_progress_bar_then_saves_the_whole_export(
+    browser: Page, server: str
+) -> None:
+    expected = httpx.get(f"{server}/exports/users.csv")
+    rows = len(list(csv.reader(io.StringIO(expected.text, newline="")))) - 1
+    # Slowed to about 3 s, so that the bar is seen on its way.
+    with CuttingProxy(server, rate=len(expected.content) / 3) as proxy:
+        browser.errors.clear()
+        browser.goto(f"{proxy.url}/")
+        browser.wait_for("document.querySelectorAll('#table option').length > 0")
+        browser.pick("#table", "users")
+        browser.click('#formats input[value="csv"]')
+        mark = len(browser.events)
+        browser.click("#download")
+        seen: list[tuple[float, float]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            value, maximum = browser.evaluate(
+                "[document.getElementById('download-progress').value,"
+                " document.getElementById('download-progress').max]")
+            seen.append((value, maximum))
+            if "Saved" in browser.text("#status"):
+                break
+            time.sleep(0.05)
+        begun = browser.wait_for_event("Browser.downloadWillBegin", lambda _params: True, mark)
+        browser.wait_for_event("Browser.downloadProgress", lambda params: (
+            params["guid"] == begun["guid"] and params["state"] == "completed"), mark)
+    assert browser.errors == []
+    assert (browser.downloads / begun["guid"]).read_bytes() == expected.content
+    assert begun["suggestedFilename"].startswith("users-")
+    assert seen[-1] == (rows, rows)  # the bar's end is the count the export announced
+    between = [value for value, maximum in seen if 0 < value < maximum]
+    assert between, f"the bar was never seen between empty and full: {seen[:5]}..."
+    assert [value for value, _ in seen] == sorted(value for value, _ in seen)
+    assert f"{rows:,} rows" in browser.text("#status")
 
 
 def test_a_bad_filter_value_shows_the_services_message(page: Page, server: str) -> None:
