@@ -1,35 +1,17 @@
-"""The ``exporter`` command: serve, worker, migrate, seed, export, pull."""
+"""The ``exporter`` command: its options, and the module that runs each one.
+
+Only the parser lives here, so that ``exporter pull``, a client, starts without importing
+the service (SQLAlchemy, FastAPI, pydantic: 0.3 s of a pull's start): the service's
+commands are in commands.py, the pull in pull.py.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
-import sys
 from collections.abc import Sequence
-from contextlib import aclosing
 from pathlib import Path
 
-from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from exporter.auth import listen_refusal
-from exporter.catalog import Catalog
-from exporter.client import API_KEY_VARIABLE, Retry
-from exporter.config import Settings, describe, load_settings
-from exporter.db import StateUnavailable, create_engine, migrate
-from exporter.errors import InvalidParameter, NotFound
-from exporter.formats import FORMATS, Format
-from exporter.job_files import write_file
-from exporter.params import parse_query
-from exporter.pull import run_pull
-from exporter.streaming import ChunkStream, open_export
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-EXIT_STARTUP_FAILED = 3  # as uvicorn.run exits when the server could not start (a port taken)
+from exporter.client import API_KEY_VARIABLE, Retry  # httpx and the standard library only
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write an export without HTTP")
     export.add_argument("--table", default="users", help="table or view (default users)")
-    export.add_argument("--format", required=True, choices=sorted(FORMATS))
+    export.add_argument("--format", required=True,
+                        help="csv, ndjson or json (any format the service has)")
     export.add_argument("--out", default="-", help="file to write, or - for stdout (default)")
     for name in NAMED_PARAMETERS:
         export.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
@@ -108,182 +91,10 @@ NAMED_PARAMETERS = ("fields", "limit", "after", "after_id", "country", "plan", "
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "pull":  # a client: the service's settings are not its business
+    if args.command == "pull":  # a client: the service's modules and settings are not needed
+        from exporter.pull import run_pull
+
         return run_pull(args)
-    try:
-        settings = load_settings()
-    except ValueError as exc:  # pydantic's ValidationError, or pydantic-settings' SettingsError
-        shown = describe(exc) if isinstance(exc, ValidationError) else str(exc)
-        print(f"exporter: invalid settings: {shown}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return _run(args, settings)
-    except StateUnavailable as exc:
-        print(f"exporter {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    from exporter.commands import run
 
-
-def _run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command == "serve":
-        return _serve(args, settings)
-    if args.command == "worker":
-        return asyncio.run(_worker(settings))
-    if args.command == "migrate":
-        asyncio.run(_migrate(settings))
-        return 0
-    if args.command == "seed":
-        return asyncio.run(_seed(settings, args))
-    return _export(settings, args)
-
-
-def _engine(settings: Settings, **options: int) -> AsyncEngine:
-    return create_engine(
-        settings.resolved_database_url, state_path=settings.state_database_path, **options
-    )
-
-
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    refusal = listen_refusal(args.host, settings)
-    if refusal:
-        print(f"exporter serve: {refusal}", file=sys.stderr)
-        return EXIT_USAGE
-
-    import copy
-
-    import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
-
-    from exporter.server import GracefulServer
-
-    # The service's own loggers (the job worker's above all) print beside uvicorn's.
-    log_config = copy.deepcopy(LOGGING_CONFIG)
-    log_config["loggers"]["exporter"] = {
-        "handlers": ["default"], "level": args.log_level.upper(), "propagate": False,
-    }
-    config = uvicorn.Config(
-        "exporter.app:create_app",
-        factory=True,
-        log_config=log_config,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-    )
-    server = GracefulServer(config)
-    server.run()
-    return 0 if server.started else EXIT_STARTUP_FAILED
-
-
-async def _worker(settings: Settings) -> int:
-    from exporter.worker import Worker
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    engine = _engine(
-        settings, pool_size=2 * settings.worker_concurrency + 1,
-        max_overflow=settings.worker_concurrency * settings.connections_per_export,
-        sqlite_nice=settings.sqlite_nice,
-    )
-    worker = Worker(engine, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        worker.start()
-    except RuntimeError as exc:
-        print(f"exporter worker: {exc}", file=sys.stderr)
-        await engine.dispose()
-        return EXIT_FAILED
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        assert worker.task is not None
-        await asyncio.wait({worker.task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        failed = worker.task.done() and not worker.task.cancelled()
-        await worker.stop()  # running jobs go back to the queue
-    finally:
-        stopping.cancel()
-        await engine.dispose()
-    return EXIT_FAILED if failed else 0
-
-
-async def _migrate(settings: Settings) -> None:
-    engine = _engine(settings)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
-
-
-async def _seed(settings: Settings, args: argparse.Namespace) -> int:
-    from seed import NotTheDemo, SeedMismatch, SeedPlan, seed_database
-
-    plan = SeedPlan(
-        users=args.users,
-        seed=args.seed,
-        images=args.images,
-        large_file_bytes=int(args.large_file_mb * 1024 * 1024),
-        reset=args.reset,
-    )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = _engine(settings)
-    try:
-        await seed_database(engine, settings.data_dir, plan)
-    except (SeedMismatch, NotTheDemo) as exc:
-        print(f"exporter seed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        await engine.dispose()
-    return 0
-
-
-def _export(settings: Settings, args: argparse.Namespace) -> int:
-    pairs = [(name, getattr(args, name)) for name in NAMED_PARAMETERS
-             if getattr(args, name) is not None]
-    for item in args.where:
-        name, equals, value = item.partition("=")
-        if not equals:
-            print(f"exporter export: --where {item!r} is not NAME=VALUE", file=sys.stderr)
-            return EXIT_USAGE
-        pairs.append((name, value))
-    fmt = FORMATS[args.format]
-    target = None if args.out == "-" else Path(args.out)
-    if target is not None and (target.is_dir() or not target.parent.is_dir()):
-        print(f"exporter export: --out {args.out!r} is not a file in an existing directory",
-              file=sys.stderr)
-        return EXIT_USAGE
-    return asyncio.run(_write_export(settings, args.table, pairs, fmt, target))
-
-
-async def _write_export(
-    settings: Settings, table_name: str, pairs: list[tuple[str, str]], fmt: type[Format],
-    target: Path | None,
-) -> int:
-    """The export to ``target`` (by the jobs' atomic writer: a failed export leaves no file
-    there), or to standard output."""
-    engine = _engine(settings)
-    try:
-        try:
-            table = await Catalog.from_settings(engine, settings).get(table_name)
-            query = parse_query(table, pairs)
-        except (InvalidParameter, NotFound) as exc:
-            prefix = "--" if isinstance(exc, InvalidParameter) else "--table: "
-            print(f"exporter export: {prefix}{exc.message}", file=sys.stderr)
-            return EXIT_USAGE
-        chunks = open_export(engine, query, fmt, settings)
-        try:
-            if target is None:
-                await _write_stdout(chunks)
-            else:
-                await write_file(target, chunks)
-        except Exception as exc:  # reported in a line, not a traceback
-            print(f"exporter export: failed: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-    finally:
-        await engine.dispose()
-    return 0
-
-
-async def _write_stdout(chunks: ChunkStream) -> None:
-    async with aclosing(chunks) as source:
-        async for chunk in source:
-            sys.stdout.buffer.write(chunk)
+    return run(args)
