@@ -98,6 +98,10 @@ def fresh_rows() -> dict[str, Row]:
             "<= 1.5x `sqlite3 -csv -header`"),
         Row("wide_ndjson", f"`{wide.TABLE}`: NDJSON", "<= 1.3x `sqlite3 -json`"),
         Row("wide_json", f"`{wide.TABLE}`: JSON array", "<= 1.3x `sqlite3 -json`"),
+        Row("pull", "`exporter pull` of all users (NDJSON) to a file vs `curl -o`",
+            "<= 1.2x `curl -o`"),
+        Row("count", "time to first byte of all users (CSV) with `Prefer: count=exact`",
+            "none (reported)"),
         Row("datasette", "Datasette CSV stream vs exporter CSV", ">= 5x faster"),
         Row("naive", "naive tutorial endpoint (NDJSON) vs exporter NDJSON", "none (peer)"),
         Row("postgres", "PostgreSQL CSV download", "<= 1.2x `psql \\copy`"),
@@ -499,6 +503,8 @@ class Bench:
             self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
             self.stage(["wide_csv", "wide_ndjson", "wide_json"],
                        lambda: self.downloads(base, proc.pid, wide.TABLE, "wide_"))
+            self.stage(["pull"], lambda: self.pull(base))
+            self.stage(["count"], lambda: self.count(base))
             self.stage(["health"], lambda: self.health(base))
             self.stage(["health8"], lambda: self.health(base, 8, "health8"))
             self.stage(["large_file"], lambda: self.large_file(base))
@@ -616,6 +622,50 @@ class Bench:
             row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
             row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
             row.result = verdict(wall / floor_wall <= limit)
+
+    def pull(self, base: str) -> None:
+        """The ingesting client (resume bookkeeping, .part file, fsync, rename) against curl
+        writing the same export to a file, interleaved; the files must be equal."""
+        url = f"{base}/exports/users.ndjson"
+        pulled, curled = self.data_dir / "pulled.ndjson", self.data_dir / "curled.ndjson"
+        command = [sys.executable, "-m", "exporter", "pull", "--quiet", "-o", str(pulled), url]
+        try:
+            for run in range(1, self.args.runs + 1):
+                self.say(f"exporter pull against curl -o: run {run}/{self.args.runs}")
+                pulled.unlink(missing_ok=True)
+                self.record("curl -o ndjson", curl(url, self.args.timeout, str(curled)).seconds)
+                self.record("exporter pull ndjson", timed(command, self.args.timeout))
+            if pulled.read_bytes() != curled.read_bytes():
+                raise BenchError("exporter pull's file differs from curl's")
+        finally:
+            pulled.unlink(missing_ok=True)
+            curled.unlink(missing_ok=True)
+        ours, anchor = self.median("exporter pull ndjson"), self.median("curl -o ndjson")
+        row = self.rows["pull"]
+        row.exporter, row.anchor = seconds(ours), f"`curl -o`: {seconds(anchor)}"
+        row.value = f"{ours / anchor:.2f}x (with Python's start)"
+        row.result = verdict(ours / anchor <= 1.2)
+
+    def count(self, base: str) -> None:
+        """What counting first costs a client: curl's time to the first byte, with and
+        without ``Prefer: count=exact``, interleaved."""
+        url = f"{base}/exports/users.csv"
+        for run in range(1, self.args.runs + 1):
+            self.say(f"time to first byte with and without a count: run {run}/{self.args.runs}")
+            for name, extra in (("plain", []), ("counted", ["-H", "Prefer: count=exact"])):
+                done = subprocess.run(
+                    ["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", *extra, "-w",
+                     "%{time_starttransfer}", url],
+                    capture_output=True, text=True, timeout=self.args.timeout)
+                if done.returncode != 0:
+                    raise BenchError(f"curl {url}: {done.stderr.strip()}")
+                self.record(f"first byte {name}", float(done.stdout))
+        plain, counted = self.median("first byte plain"), self.median("first byte counted")
+        row = self.rows["count"]
+        row.exporter = f"{counted * 1000:.0f} ms"
+        row.anchor = f"without: {plain * 1000:.0f} ms"
+        row.value = f"+{(counted - plain) * 1000:.0f} ms"
+        row.result = "info"
 
     def health(self, base: str, exports: int = CONCURRENT_EXPORTS, key: str = "health"
                ) -> None:
@@ -1083,6 +1133,10 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
   run by run, after one untimed read of the table to warm the page cache. CPU in the ratio
   column: the server process's user + system seconds (all threads) per download against
   `sqlite3`'s, which is steadier than wall time when the machine is shared.
+- Pull: `exporter pull --quiet -o <file>` of `/exports/users.ndjson` (a new Python process:
+  its start is included, about 0.15 s) against `curl -o <file>` of the same URL, interleaved;
+  the two files must be equal. Time to first byte: curl's `time_starttransfer` of the full
+  CSV export with and without `Prefer: count=exact` (the count runs before the first batch).
 - Datasette: `datasette serve <db> --setting max_csv_mb 0 --setting sql_time_limit_ms 1000000`
   (its own venv, `bench/.venv-datasette`), `curl` of `/<db>/users.csv?_stream=on&_size=max`.
   The first run's body is written to a file and its CSV records counted (must equal the users).

@@ -43,8 +43,9 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     # Measured for real even on 2000 rows: the downloads of both tables (the wide one made
     # with plain SQL, as a user's own), memory, /health and the naive peer.
     for key in ("csv", "ndjson", "json", "wide_csv", "wide_ndjson", "wide_json", "mem_idle",
-                "mem_growth", "health", "storm"):
+                "mem_growth", "health", "storm", "pull"):
         assert results[key].startswith(("PASS", "FAIL")), (key, results[key])
+    assert results["count"] == "info |"
     assert results["naive"] == "info |"
     assert results["health8"] == "info |"
     assert "n/a: skipped (--no-datasette)" in results["datasette"]
