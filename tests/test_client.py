@@ -6,14 +6,17 @@ by Python's json and csv modules for the client."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tqdm import tqdm
 
 from exporter.client import AsyncClient, Client, Records, Refused, Retry
 from exporter.pull import Target, pull_export, pull_job
@@ -301,3 +305,33 @@ def test_a_job_url_works_as_well_as_its_id(server: str, job: dict[str, Any], tmp
     assert hashlib.sha256((tmp_path / "mine.csv").read_bytes()).hexdigest() == \
         job["file"]["sha256"]
 
+
+
+def test_on_a_terminal_pull_shows_rows_of_the_announced_total(server: str, tmp_path: Path
+                                                              ) -> None:
+    expected = parsed(uninterrupted(server, "ndjson"), "ndjson")
+    leader, follower = os.openpty()  # standard error is a terminal, as in a shell
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "exporter", "pull",
+             f"{server}/exports/users.ndjson?country=DE,FR,JP,US,BR"],
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=follower, timeout=60)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all of it was read
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    last = shown.decode(errors="replace").replace("\r", "\n").strip().splitlines()
+    bar = [line for line in last if "rows" in line and "%" in line]
+    total = tqdm.format_sizeof(len(expected))  # 1.26k: as the bar writes numbers
+    assert bar and f"{total}/{total}" in bar[-1] and "100%" in bar[-1], last
