@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Stream big tables out as CSV, NDJSON and JSON: fast, safe, resumable.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by routes/pages.py, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
+    pages.mount_docs_assets(app)
     complete_document(app, settings)
     _add_error_handlers(app)
     return app
