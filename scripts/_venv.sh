@@ -8,5 +8,17 @@ install_into_venv() {
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "exporter needs Python >= 3.11 (set PYTHON=...)" >&2; exit 1; }
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --editable ".${1:-}"
+  # pip takes about 5 s even when nothing changed: install only when pyproject.toml (the
+  # dependencies, the entry points) differs from the last install with these extras. The
+  # install is editable, so changes to the code need none.
+  local extras="${1:-}"
+  local stamp=".venv/.installed-${extras:-base}"
+  local wanted
+  wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] \
+      && .venv/bin/python -c 'import exporter' 2>/dev/null; then
+    return 0
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --editable ".${extras}"
+  echo "$wanted" > "$stamp"
 }
