@@ -65,6 +65,11 @@ log = logging.getLogger("exporter.worker")
 RETRIED = "retried"  # an outcome: queued again after a transient failure
 # A run that failed on a transient error waits this long before the next, doubling each
 # time: a database restart or a dropped connection is usually over within seconds.
+# Seconds stop() lets the loop finish its round before cancelling it: a SQLite write cut
+# off mid-statement (a claim, a firing) leaves its connection holding the write lock until
+# the statement is garbage-collected, long after the engine is disposed ("database is
+# locked" for whoever writes next, as the tests' next fixture did).
+STOP_WAIT_S = 10.0
 RETRY_FIRST_S = 1.0
 RETRY_MOST_S = 60.0
 
@@ -146,6 +151,7 @@ class Worker:
         self.lease = timedelta(seconds=settings.job_lease_seconds)
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._stopping = False
         self.task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
         self._last_error = ""
@@ -170,9 +176,12 @@ class Worker:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop claiming; hand running jobs back to the queue."""
+        """Stop claiming, between two rounds (STOP_WAIT_S); hand running jobs back."""
+        self._stopping = True
+        self._wake.set()
         if self.task is not None:
-            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=STOP_WAIT_S)
+            self.task.cancel()  # a round stuck that long: the database is not answering
             with suppress(asyncio.CancelledError, Exception):
                 await self.task
         tasks = list(self.running.values())
@@ -188,7 +197,7 @@ class Worker:
         log.info("worker %s: up to %d jobs at once", self.owner,
                  self.settings.worker_concurrency)
         recovered = False
-        while True:
+        while not self._stopping:
             self._wake.clear()
             delay = self.settings.worker_poll_seconds
             try:
@@ -203,6 +212,8 @@ class Worker:
                 self._report(exc)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (stop())
             # that comes as the wake-up does, and the loop would run on.
+            if self._stopping:
+                break
             with suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -304,14 +315,21 @@ class Worker:
                 verdict = Beat.LOST  # before the lease lapses and another worker takes it
             else:
                 counts = progress.counts()
-                try:  # asyncio.timeout rather than wait_for: see run()
-                    async with asyncio.timeout(min(lease / 3, give_up - sent)):
-                        verdict = await leases.beat(
-                            self.engine, job.id, self.owner, counts, counts != written,
-                            utcnow(), self.lease,
-                        )
+                # Waited for, not cancelled, when it is late: a SQLite write cut off
+                # mid-statement keeps the write lock (STOP_WAIT_S); a late beat ends later.
+                beat = asyncio.ensure_future(leases.beat(
+                    self.engine, job.id, self.owner, counts, counts != written, utcnow(),
+                    self.lease,
+                ))
+                patience = min(lease / 3, give_up - sent)
+                await asyncio.wait({beat}, timeout=patience)
+                try:
+                    if not beat.done():
+                        beat.add_done_callback(_retrieved)
+                        raise TimeoutError(f"no answer within {patience:.1f} s")
+                    verdict = beat.result()
                     written, last_beat = counts, sent
-                except Exception as exc:  # TimeoutError too: the next round decides
+                except Exception as exc:  # the next round decides
                     log.warning("job %s: heartbeat failed: %s", job.id,
                                 f"{type(exc).__name__}: {exc}")
             if verdict is not Beat.CONTINUE:
@@ -445,6 +463,12 @@ def _job_file_names(directory: Path) -> list[str]:
 def _stem(job: Job) -> str:
     """The name of this attempt's file, less its extension."""
     return f"{job.id}-{job.attempts}"
+
+
+def _retrieved(task: asyncio.Future[Beat]) -> None:
+    """A late heartbeat's outcome, read so that asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _stop(task: asyncio.Task[JobFile]) -> None:

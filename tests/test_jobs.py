@@ -33,7 +33,7 @@ from exporter import jobs, leases, models, worker
 from exporter.app import create_app
 from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
-from exporter.db import downgrade_all, migrate
+from exporter.db import downgrade_all, driver_connection, migrate
 from exporter.errors import is_transient
 from exporter.jobs import JobRequest
 from exporter.leases import Beat, Counts
@@ -568,6 +568,45 @@ async def finished_by_worker(engine: AsyncEngine, settings: Settings, job_id: st
 
     await run_worker(engine, settings, finished)
     return await jobs.find_job(engine, job_id)
+
+
+async def test_a_worker_stopped_while_its_claim_waits_leaves_no_lock_behind(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+) -> None:
+    """The flake of issue 15.3 (the next fixture's DROP TABLE: database is locked): a worker
+    stopped mid-claim had its claim cancelled mid-statement, and on SQLite the cut-off
+    statement went on holding the write lock after the engine was disposed."""
+    engine, other = engines
+    (job_id,) = await queue(engine, 1, datetime.now(UTC))
+    running = Worker(engine, worker_settings(empty_database, tmp_path))
+    async with other.connect() as blocker:  # holds the write lock: the claim waits for it
+        driver = await driver_connection(blocker)
+        if empty_database.backend == "sqlite":
+            await driver.execute("BEGIN IMMEDIATE")
+        else:
+            await driver.execute("BEGIN; LOCK TABLE exporter.export_jobs IN EXCLUSIVE MODE")
+        running.start()
+        await asyncio.sleep(0.5)  # the worker's claim is waiting for the lock
+        stopping = asyncio.ensure_future(running.stop())
+        await asyncio.sleep(0.3)
+        await driver.execute("ROLLBACK")
+    await stopping
+    await engine.dispose()
+    # Whoever writes next (another worker, the next test) gets the lock at once.
+    fresh = empty_database.engine()
+    try:
+        async with fresh.begin() as conn:
+            if empty_database.backend == "sqlite":
+                await conn.exec_driver_sql("PRAGMA busy_timeout=500")
+            else:
+                await conn.exec_driver_sql("SET LOCAL lock_timeout = '500ms'")
+            await conn.execute(update(jobs.export_jobs).where(jobs.export_jobs.c.id == job_id)
+                               .values(error="written"))
+        job = await jobs.find_job(fresh, job_id)
+    finally:
+        await fresh.dispose()
+    assert job.status == jobs.QUEUED, "claimed as the worker stopped, then handed back"
+    assert job.error == "written"
 
 
 async def test_a_job_whose_schedule_was_deleted_before_it_ran_expires_like_a_one_off_job(
