@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -110,6 +111,26 @@ def _log_access(settings: Settings) -> None:
         log.info("no API keys: answering on loopback addresses only")
 
 
+# Where a value came from, which pydantic puts first in its location: not part of its name.
+SOURCES = ("body", "query", "path", "header", "cookie")
+
+
+def _field(location: Any) -> str:
+    """A field as the README names it: ``cron``, ``job.filters.plan``."""
+    parts = [str(part) for part in location]
+    if len(parts) > 1 and parts[0] in SOURCES:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _said(error: Any) -> str:
+    """Pydantic's message without its own prefix: ``never comes``, not ``Value error, ...``."""
+    message = str(error.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExporterError)
     async def exporter_error(_request: Request, exc: ExporterError) -> JSONResponse:
@@ -119,15 +140,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # A location holds the client's own keys: quoted back short and encodable, and only
         # the first few (a list of 100,000 bad items is 100,000 errors).
-        errors = [{"loc": [echo(part) for part in e.get("loc", ())], "msg": e.get("msg"),
+        errors = [{"loc": [echo(part) for part in e.get("loc", ())], "msg": _said(e),
                    "type": e.get("type")} for e in exc.errors()[:REPORTED_ERRORS]]
         first = errors[0] if errors else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        message = f"{where}: {first.get('msg', 'invalid')}"
+        where = _field(first.get("loc", ()))
+        # Every problem at once, each under the name the README gives it: `cron: ...`.
+        message = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors) or "invalid"
         if first.get("type") == "json_invalid":  # loc is ("body", <character offset>)
             reason = (exc.errors()[0].get("ctx") or {}).get("error", "")
             message = (f"the body is not valid JSON ({reason} at character "
-                       f"{where.partition('.')[2]}); send a JSON object")
+                       f"{where}); send a JSON object")
         return JSONResponse(
             {
                 "error": "invalid_parameter",

@@ -160,29 +160,48 @@ class LoopbackOnly(ExporterError):
 
 
 class InvalidParameter(ExporterError):
+    """One bad parameter, or several (``also``): the message then names each, so that a
+    client fixes them all at once rather than one per try."""
+
     status = 422
     code = "invalid_parameter"
 
     def __init__(
-        self, parameter: str, value: object, reason: str, valid: Sequence[str] | None = None
+        self, parameter: str, value: object, reason: str, valid: Sequence[str] | None = None,
+        also: Sequence[InvalidParameter] = (),
     ) -> None:
         shown = echo(value)
-        parameter = str(echo(parameter))  # a client's own name may hold a lone surrogate
-        message = f"{parameter}={shown!r}: {reason}"
-        if valid is not None:
-            message += f"; valid values: {', '.join(valid)}"
-        details: dict[str, Any] = {"parameter": parameter, "value": shown}
-        if valid is not None:
-            details["valid"] = list(valid)
-        super().__init__(message, **details)
-        self.parameter = parameter
+        self.parameter: str = str(echo(parameter))  # a client's name may hold a lone surrogate
         self.value = value
         self.reason = reason
         self.valid = valid
+        self.also = tuple(also)
+        self.own: str = f"{self.parameter}={shown!r}: {reason}"  # this parameter's message
+        if valid is not None:
+            self.own += f"; valid values: {', '.join(valid)}"
+        details: dict[str, Any] = {"parameter": self.parameter, "value": shown}
+        if valid is not None:
+            details["valid"] = list(valid)
+        if also:
+            details["errors"] = [{"parameter": e.parameter, "value": echo(e.value),
+                                  "message": e.own} for e in (self, *also)]
+        super().__init__("; ".join([self.own, *(e.own for e in also)]), **details)
+
+    def each(self) -> list[InvalidParameter]:
+        """Every bad parameter, one error each."""
+        return [InvalidParameter(self.parameter, self.value, self.reason, self.valid),
+                *self.also]
 
     def within(self, prefix: str) -> InvalidParameter:
         """The same error for a parameter nested in a JSON body: ``filters.plan``."""
-        return InvalidParameter(f"{prefix}.{self.parameter}", self.value, self.reason, self.valid)
+        return InvalidParameter(f"{prefix}.{self.parameter}", self.value, self.reason,
+                                self.valid, [error.within(prefix) for error in self.also])
+
+    @staticmethod
+    def combined(errors: Sequence[InvalidParameter]) -> InvalidParameter:
+        """One error naming every one of ``errors`` (the first is the ``parameter``)."""
+        first, *rest = [single for error in errors for single in error.each()]
+        return InvalidParameter(first.parameter, first.value, first.reason, first.valid, rest)
 
 
 class NotFound(ExporterError):

@@ -142,10 +142,13 @@ class JobSpec:
         try:
             return parse_query(table, self.pairs())
         except InvalidParameter as exc:
-            if exc.parameter == "fields":
-                raise InvalidParameter("fields", list(self.fields or ()), exc.reason,
-                                       exc.valid) from None
-            raise exc.within("filters") from None
+            raise InvalidParameter.combined([self._in_body(e) for e in exc.each()]) from None
+
+    def _in_body(self, error: InvalidParameter) -> InvalidParameter:
+        """A query-string error as the body's field: ``fields`` (a list), ``filters.<name>``."""
+        if error.parameter == "fields":
+            return InvalidParameter("fields", list(self.fields or ()), error.reason, error.valid)
+        return error.within("filters")
 
     @property
     def fmt(self) -> type[Format]:

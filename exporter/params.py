@@ -56,24 +56,31 @@ def parse_query(table: Table, params: Iterable[tuple[str, str]]) -> ExportQuery:
     filters: list[Filter] = []
     after: tuple[Any, ...] | None = None
     limit: int | None = None
+    errors: list[InvalidParameter] = []  # every bad parameter is reported, not the first
     for name, raw in params:
-        if name in seen:
-            raise InvalidParameter(name, raw, "given more than once; use a comma list")
-        seen.add(name)
-        if name == "fields":
-            fields = _fields(table, raw)
-        elif name == "limit":
-            limit = natural("limit", raw)
-        elif name == "after" or (name == "after_id" and _demo(table)):
-            if name == "after_id":  # documented as a whole number from 0
-                natural(name, raw)
-            after = _after(table, name, raw)
-        elif _demo(table) and name in DEMO_ALIASES:
-            filters.append(_alias(table, name, raw))
-        else:
-            filters.append(_filter(table, name, raw))
+        try:
+            if name in seen:
+                raise InvalidParameter(name, raw, "given more than once; use a comma list")
+            seen.add(name)
+            if name == "fields":
+                fields = _fields(table, raw)
+            elif name == "limit":
+                limit = natural("limit", raw)
+            elif name == "after" or (name == "after_id" and _demo(table)):
+                if name == "after_id":  # documented as a whole number from 0
+                    natural(name, raw)
+                after = _after(table, name, raw)
+            elif _demo(table) and name in DEMO_ALIASES:
+                filters.append(_alias(table, name, raw))
+            else:
+                filters.append(_filter(table, name, raw))
+        except InvalidParameter as error:
+            errors.append(error)
     if "after" in seen and "after_id" in seen:
-        raise InvalidParameter("after_id", "", "after_id is the demo's name for after; give one")
+        errors.append(InvalidParameter("after_id", "", "after_id is the demo's name for after; "
+                                       "give one"))
+    if errors:
+        raise InvalidParameter.combined(errors)
     _check_range(filters)
     return ExportQuery(table, fields, tuple(filters), after, limit)
 

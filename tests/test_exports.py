@@ -461,3 +461,13 @@ async def test_an_export_counts_only_when_asked_for_an_exact_count(
     assert response.status_code == 200
     assert "x-total-count" not in response.headers
     assert "preference-applied" not in response.headers
+
+
+async def test_every_bad_parameter_of_a_query_is_named_at_once(client: httpx.AsyncClient) -> None:
+    response = await client.get("/exports/users.csv?limit=-1&country=Germany&nope=1&fields=id")
+    assert response.status_code == 422
+    error = response.json()
+    assert error["parameter"] == "limit"  # the first, as before
+    assert [e["parameter"] for e in error["errors"]] == ["limit", "country", "nope"]
+    for name in ("limit=", "country=", "nope="):
+        assert name in error["message"], error["message"]

@@ -95,11 +95,11 @@ async def test_job_filters_and_fields_are_the_export_query_parameters(
 
 
 BAD_JOBS: list[tuple[dict[str, Any], str, str]] = [
-    ({"format": "xml"}, "body.format", "csv"),
-    ({}, "body.format", "required"),
-    ({"format": "csv", "compression": "zip"}, "body.compression", "gzip"),
-    ({"format": "csv", "fields": []}, "body.fields", "at least 1"),
-    ({"format": "csv", "fields": "id"}, "body.fields", "list"),
+    ({"format": "xml"}, "format", "csv"),
+    ({}, "format", "required"),
+    ({"format": "csv", "compression": "zip"}, "compression", "gzip"),
+    ({"format": "csv", "fields": []}, "fields", "at least 1"),
+    ({"format": "csv", "fields": "id"}, "fields", "list"),
     ({"format": "csv", "fields": ["id", "nope"]}, "fields", "'nope'"),
     ({"format": "csv", "fields": ["id", "id"]}, "fields", "twice"),
     ({"format": "csv", "fields": ["id,email"]}, "fields", "own list item"),
@@ -114,8 +114,8 @@ BAD_JOBS: list[tuple[dict[str, Any], str, str]] = [
     ({"format": "csv", "filters": {"is_active": "maybe"}}, "filters.is_active", "boolean"),
     ({"format": "csv", "filters": {"created_from": "2024-02-01", "created_to": "2024-01-01"}},
      "filters.created_to", "swapped"),
-    ({"format": "csv", "filter": {}}, "body.filter", "Extra"),
-    ({"format": "csv", "filters": []}, "body.filters", "dictionary"),
+    ({"format": "csv", "filter": {}}, "filter", "Extra"),
+    ({"format": "csv", "filters": []}, "filters", "dictionary"),
 ]
 
 
@@ -128,7 +128,7 @@ async def test_a_bad_job_body_is_a_422_naming_the_field(
     error = response.json()
     assert error["error"] == "invalid_parameter"
     assert error["parameter"] == parameter
-    assert parameter.removeprefix("body.") in error["message"]
+    assert parameter.removeprefix("") in error["message"]
     assert says in response.text
 
 
@@ -141,41 +141,41 @@ async def test_a_body_that_is_not_json_is_a_422(client: httpx.AsyncClient) -> No
 
 GOOD_JOB = {"format": "ndjson", "compression": "gzip"}
 BAD_SCHEDULES: list[tuple[dict[str, Any], str, str]] = [
-    ({"cron": "61 * * * *", "job": GOOD_JOB}, "body.cron", "not a valid cron"),
-    ({"cron": "* * * *", "job": GOOD_JOB}, "body.cron", "has 4 fields"),
-    ({"cron": "* * * * * * *", "job": GOOD_JOB}, "body.cron", "has 7 fields"),
-    ({"cron": "@reboot", "job": GOOD_JOB}, "body.cron", "@daily"),
-    ({"cron": "0 2 * * *", "timezone": "Mars/Olympus", "job": GOOD_JOB}, "body.timezone",
+    ({"cron": "61 * * * *", "job": GOOD_JOB}, "cron", "not a valid cron"),
+    ({"cron": "* * * *", "job": GOOD_JOB}, "cron", "has 4 fields"),
+    ({"cron": "* * * * * * *", "job": GOOD_JOB}, "cron", "has 7 fields"),
+    ({"cron": "@reboot", "job": GOOD_JOB}, "cron", "@daily"),
+    ({"cron": "0 2 * * *", "timezone": "Mars/Olympus", "job": GOOD_JOB}, "timezone",
      "IANA"),
-    ({"cron": "0 2 * * *", "timezone": "../../etc/passwd", "job": GOOD_JOB}, "body.timezone",
+    ({"cron": "0 2 * * *", "timezone": "../../etc/passwd", "job": GOOD_JOB}, "timezone",
      "IANA"),
-    ({"cron": "0 0 30 2 *", "job": GOOD_JOB}, "body.cron", "never comes"),
-    ({"cron": "0 0 31 4 *", "job": GOOD_JOB}, "body.cron", "never comes"),
-    ({"cron": "0 0 31 2,4 * *", "job": GOOD_JOB}, "body.cron", "never comes"),
-    ({"cron": "R * * * *", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
-    ({"cron": "0 H(0-5) * * *", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
-    ({"cron": "* * * * * r/10", "job": GOOD_JOB}, "body.cron", "random (R) or hashed (H)"),
-    ({"cron": "0 " * 128, "job": GOOD_JOB}, "body.cron", "at most 255"),
-    ({"cron": "0 2 * * *", "timezone": "A" * 300, "job": GOOD_JOB}, "body.timezone", "IANA"),
-    ({"cron": "0 2 * * *", "timezone": "localtime", "job": GOOD_JOB}, "body.timezone", "IANA"),
-    ({"cron": "0 2 * * *", "timezone": "posixrules", "job": GOOD_JOB}, "body.timezone",
+    ({"cron": "0 0 30 2 *", "job": GOOD_JOB}, "cron", "never comes"),
+    ({"cron": "0 0 31 4 *", "job": GOOD_JOB}, "cron", "never comes"),
+    ({"cron": "0 0 31 2,4 * *", "job": GOOD_JOB}, "cron", "never comes"),
+    ({"cron": "R * * * *", "job": GOOD_JOB}, "cron", "random (R) or hashed (H)"),
+    ({"cron": "0 H(0-5) * * *", "job": GOOD_JOB}, "cron", "random (R) or hashed (H)"),
+    ({"cron": "* * * * * r/10", "job": GOOD_JOB}, "cron", "random (R) or hashed (H)"),
+    ({"cron": "0 " * 128, "job": GOOD_JOB}, "cron", "at most 255"),
+    ({"cron": "0 2 * * *", "timezone": "A" * 300, "job": GOOD_JOB}, "timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "localtime", "job": GOOD_JOB}, "timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "posixrules", "job": GOOD_JOB}, "timezone",
      "IANA"),
-    ({"cron": "0 2 * * *", "timezone": "Factory", "job": GOOD_JOB}, "body.timezone", "IANA"),
+    ({"cron": "0 2 * * *", "timezone": "Factory", "job": GOOD_JOB}, "timezone", "IANA"),
     ({"cron": "0 2 * * *", "timezone": "/usr/share/zoneinfo/UTC", "job": GOOD_JOB},
-     "body.timezone", "IANA"),
-    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 0}, "body.keep_last", "1"),
-    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 10_001}, "body.keep_last", "10000"),
-    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": "7"}, "body.keep_last", "integer"),
-    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": True}, "body.keep_last", "integer"),
-    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 7.5}, "body.keep_last", "integer"),
-    ({"cron": "0 2 * * *"}, "body.job", "required"),
+     "timezone", "IANA"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 0}, "keep_last", "1"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 10_001}, "keep_last", "10000"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": "7"}, "keep_last", "integer"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": True}, "keep_last", "integer"),
+    ({"cron": "0 2 * * *", "job": GOOD_JOB, "keep_last": 7.5}, "keep_last", "integer"),
+    ({"cron": "0 2 * * *"}, "job", "required"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"plan": "gold"}}},
      "job.filters.plan", "'gold'"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "filters": {"limt": 5}}},
      "job.filters.limt", "unknown parameter"),
     ({"cron": "0 2 * * *", "job": {"format": "csv", "fields": ["id", "nope"]}},
      "job.fields", "'nope'"),
-    ({"cron": "0 2 * * *", "job": {"format": "xml"}}, "body.job.format", "csv"),
+    ({"cron": "0 2 * * *", "job": {"format": "xml"}}, "job.format", "csv"),
 ]
 
 
@@ -186,8 +186,24 @@ async def test_a_bad_schedule_body_is_a_422_naming_the_field(
     response = await client.post("/schedules", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["parameter"] == parameter
-    assert parameter.removeprefix("body.") in response.json()["message"]
+    assert response.json()["message"].startswith(f"{parameter}")
+    assert "Value error" not in response.json()["message"]
     assert says in response.text
+
+
+async def test_every_bad_field_of_a_body_is_named_at_once(client: httpx.AsyncClient) -> None:
+    response = await client.post("/schedules", json={
+        "cron": "0 0 30 2 *", "timezone": "Mars/Olympus", "job": {"format": "xml"}})
+    assert response.status_code == 422
+    message = response.json()["message"]
+    for field in ("cron: ", "timezone: ", "job.format: "):
+        assert field in message, message
+    job = await client.post("/jobs", json={
+        "format": "csv", "filters": {"plan": "gold", "limt": 5, "country": "Germany"}})
+    assert job.status_code == 422
+    named = [error["parameter"] for error in job.json()["errors"]]
+    assert named == ["filters.plan", "filters.limt", "filters.country"]
+    assert all(name in job.json()["message"] for name in named)
 
 
 # Hostile bodies: a short 422, never a 500, and nothing stored.
@@ -236,10 +252,10 @@ async def test_a_hostile_body_is_a_short_422_never_a_500(
 
 
 @pytest.mark.parametrize(("path", "raw", "parameter"), [
-    ("/jobs", '{"format": "csv", "format": "json"}', "body.format"),
-    ("/jobs", '{"format": "csv", "filters": {"limit": 5, "limit": 6}}', "body.filters.limit"),
+    ("/jobs", '{"format": "csv", "format": "json"}', "format"),
+    ("/jobs", '{"format": "csv", "filters": {"limit": 5, "limit": 6}}', "filters.limit"),
     ("/schedules", '{"cron": "0 2 * * *", "job": {"format": "csv", "format": "csv"}}',
-     "body.job.format"),
+     "job.format"),
 ])
 async def test_a_key_given_twice_in_a_json_body_is_a_422_not_the_last_value(
     client: httpx.AsyncClient, path: str, raw: str, parameter: str
@@ -267,7 +283,22 @@ async def test_a_queued_job_is_canceled_at_once_and_canceling_it_again_changes_n
     assert again.status_code == 200 and again.json() == canceled.json()
     download = await client.get(f"/jobs/{job['id']}/download")
     assert download.status_code == 409 and download.json()["status"] == "canceled"
+    said = download.json()["message"]
+    assert "was canceled" in said and "never will" in said and "once it has" not in said
     assert (await client.delete(f"/jobs/{job['id']}")).status_code == 204
+
+
+async def test_a_queued_jobs_download_says_it_comes_once_the_job_succeeded(
+    client: httpx.AsyncClient,
+) -> None:
+    job = (await client.post("/jobs", json={"format": "csv"})).json()
+    try:
+        download = await client.get(f"/jobs/{job['id']}/download")
+        assert download.status_code == 409 and download.json()["status"] == "queued"
+        assert "once it has succeeded" in download.json()["message"]
+        assert f"/jobs/{job['id']}/events" in download.json()["message"]
+    finally:
+        await client.delete(f"/jobs/{job['id']}")
 
 
 @pytest.mark.parametrize("path", [
@@ -535,6 +566,11 @@ async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no
     assert job.error is not None and "decode" in job.error.lower()
     assert 0 < job.rows_written < job.total_rows  # type: ignore[operator]
     assert os.listdir(settings.jobs_dir) == []
+    async with app_client(create_app(settings.model_copy(update={"run_worker": False}))) as api:
+        download = await api.get(f"/jobs/{job.id}/download")
+    assert download.status_code == 409
+    said = download.json()["message"]
+    assert "failed" in said and job.error[:40] in said and "never will" in said
 
 
 # The worker, in-process, on the emptied database (an export of no rows is still a file).

@@ -76,7 +76,7 @@ async def unique_json_keys(request: Request) -> None:
     if found:
         where, member = found
         raise InvalidParameter(
-            f"body.{where}", member if isinstance(member, str | int | float | bool) else "...",
+            where, member if isinstance(member, str | int | float | bool) else "...",
             "this key is given more than once in one JSON object; give it once",
         )
 

@@ -126,6 +126,19 @@ def job_out(job: Job) -> JobOut:
     )
 
 
+def _no_file_yet(job: Job) -> str:
+    """Why a job has no file to download: not yet, or never (canceled, failed)."""
+    if job.status == jobs.CANCELED:
+        return (f"job {job.id} was canceled: it has no file, and never will; POST /jobs "
+                "to start it again")
+    if job.status == jobs.FAILED:
+        return (f"job {job.id} failed ({job.error or 'no reason recorded'}): it has no "
+                "file, and never will; POST /jobs to try again")
+    done = f", {job.percent:.0f}% done" if job.percent is not None else ""
+    return (f"job {job.id} is {job.status}{done}; its file can be downloaded once it has "
+            f"succeeded (GET /jobs/{job.id}/events follows it)")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -214,11 +227,7 @@ async def download_job(
         raise Gone(f"job {job_id}'s file expired at {when} and was removed; "
                    "POST /jobs to make it again", status=jobs.EXPIRED)
     if job.status != jobs.SUCCEEDED or not job.file_path or not job.sha256:
-        raise Conflict(
-            f"job {job_id} is {job.status}; its file can be downloaded once it has succeeded"
-            + (" (GET /jobs/{id}/events follows it)" if not job.finished else ""),
-            status=job.status,
-        )
+        raise Conflict(_no_file_yet(job), status=job.status)
     file = await open_within(settings.jobs_dir, settings.jobs_dir / job.file_path)
     if file is None:
         log.warning("job %s: %s is missing from %s", job_id, job.file_path, settings.jobs_dir)
