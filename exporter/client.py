@@ -39,7 +39,9 @@ import httpx
 
 API_KEY_VARIABLE = "EXPORTER_API_KEY"
 RESUMABLE = ("ndjson", "csv")
-RESUME_PARAMETERS = ("after", "after_id")  # the demo's users call ``after`` ``after_id``
+# Key kinds whose exported text is coarser than the value (timestamps and times to the
+# second): after= that text would give the rows of the same second again.
+INEXACT_KEYS = ("timestamp", "time")
 
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None
 Progress = Callable[[int, int, int | None], None]  # rows, bytes, total rows (when counted)
@@ -73,9 +75,12 @@ class Retry:
     longest_wait: float = 30.0
 
     def wait(self, failures: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.longest_wait)
-        return min(self.first_wait * 2 ** (failures - 1), self.longest_wait)
+        backoff = min(self.first_wait * 2 ** min(failures - 1, 30), self.longest_wait)
+        if retry_after is None:
+            return backoff
+        # No sooner than a 503 asks, nor than the backoff: a short Retry-After must not use
+        # up the attempts in seconds while every export slot is taken.
+        return max(min(max(retry_after, 0.0), self.longest_wait), backoff)
 
 
 class _Retryable(Exception):
@@ -179,8 +184,10 @@ class _Export:
     """One export being read, over as many responses as it takes: what to ask for next,
     which bytes are rows, how long to wait after a failure. No I/O."""
 
-    def __init__(self, table: str, fmt: str, params: Params, key: Sequence[str],
-                 retry: Retry, count: bool) -> None:
+    def __init__(self, described: Mapping[str, Any], fmt: str, params: Params, retry: Retry,
+                 count: bool) -> None:
+        """``described``: the table as ``GET /tables/{table}`` describes it."""
+        table, key = str(described["name"]), tuple(described["primary_key"])
         if fmt not in RESUMABLE:
             raise ValueError(f"format {fmt!r} cannot be resumed; use one of {RESUMABLE}")
         if not key:
@@ -188,17 +195,23 @@ class _Export:
                               "of it could not be resumed")
         pairs = [(str(k), str(v)) for k, v in (
             params.items() if isinstance(params, Mapping) else (params or ()))]
-        fields = next((v.split(",") for k, v in pairs if k == "fields"), None)
+        fields = next(([f.strip() for f in v.split(",")] for k, v in pairs if k == "fields"),
+                      None)
         if fields is not None and not set(key) <= set(fields):
             raise ValueError(f"fields must include the key ({', '.join(key)}) to resume")
+        kinds = {column["name"]: column["kind"] for column in described["columns"]}
+        # after_id is the demo's name for after, unless the table has a column of that name.
+        self.resume_names = ("after",) if "after_id" in kinds else ("after", "after_id")
+        self.inexact = [name for name in key if kinds.get(name) in INEXACT_KEYS]
         self.fields = fields
-        self.table, self.fmt, self.key, self.retry = table, fmt, tuple(key), retry
+        self.table, self.fmt, self.key, self.retry = table, fmt, key, retry
         self.path = f"/exports/{quote(table, safe='')}.{fmt}"
         self.limit = next((int(v) for k, v in pairs if k == "limit"), None)
-        self.params = [(k, v) for k, v in pairs if k not in (*RESUME_PARAMETERS, "limit")]
+        self.params = [(k, v) for k, v in pairs if k not in (*self.resume_names, "limit")]
         # An after= given is asked as given, until a row arrives; then after the last row.
-        self.params += [(k, v) for k, v in pairs if k in RESUME_PARAMETERS]
+        self.params += [(k, v) for k, v in pairs if k in self.resume_names]
         self.count = count
+        self.asked = False  # one request at least, even for limit=0: its header, its 422
         self.rows = 0  # handed out
         self.bytes = 0
         self.total: int | None = None
@@ -214,24 +227,28 @@ class _Export:
 
     @property
     def done(self) -> bool:
-        return self.limit is not None and self.rows >= self.limit
+        return self.asked and self.limit is not None and self.rows >= self.limit
 
     def request(self) -> tuple[str, httpx.QueryParams, dict[str, str]]:
         """Path, query and headers of the next request."""
         params = list(self.params)
         if self.rows:
-            params = [(k, v) for k, v in params if k not in RESUME_PARAMETERS]
+            params = [(k, v) for k, v in params if k not in self.resume_names]
             params.append(("after", self._last_key()))
         if self.limit is not None:
             params.append(("limit", str(self.limit - self.rows)))
         headers = {"Accept-Encoding": "identity"}
-        if self.count:
+        if self.count and self.total is None:  # once: each count is a full count(*)
             headers["Prefer"] = "count=exact"
         return self.path, httpx.QueryParams(tuple(params)), headers
 
     def opened(self, response: httpx.Response) -> None:
         check(response)
-        if self.count and "x-total-count" in response.headers:
+        if response.status_code != 200:  # a redirect's body is not the export
+            raise ExportError(f"{self.path} answered {response.status_code} "
+                              f"{response.reason_phrase}, not 200 and the export")
+        self.asked = True
+        if self.count and self.total is None and "x-total-count" in response.headers:
             self.total = self.rows + int(response.headers["x-total-count"])
         self.records = Records(self.csv)
         self.expect_header = self.csv
@@ -275,13 +292,25 @@ class _Export:
         return self.retry.wait(self.failures, getattr(error, "retry_after", None))
 
     def _last_key(self) -> str:
+        if self.inexact:
+            raise ExportError(
+                f"cannot resume {self.path} exactly: its key ({', '.join(self.inexact)}) is "
+                "exported to the second, so after= would give that second's rows again; "
+                f"{self.rows} rows were handed out")
         record = self.last
         if self.csv:
-            names = csv_values(self.header or b"")
-            values = dict(zip(names, csv_values(record), strict=False))
+            values = dict(zip(csv_values(self.header or b""), csv_values(record), strict=False))
+            missing = [name for name in self.key if name not in values]
+            if missing:
+                raise ExportError(f"the rows have no {', '.join(missing)}: not an export of "
+                                  f"{self.table!r} with its key")
             parts = [values[name] for name in self.key]
         else:
-            row = json.loads(record)
+            # Numbers as their exported text: a float would come back as 5e-05, or rounded.
+            row = json.loads(record, parse_float=str)
+            if not isinstance(row, dict) or any(name not in row for name in self.key):
+                raise ExportError(f"the last row has no key ({', '.join(self.key)}): not an "
+                                  f"export of {self.table!r}: {record[:80]!r}")
             parts = [_key_text(row[name]) for name in self.key]
         if any("," in part for part in parts[:-1]):
             raise ExportError(f"cannot resume after key {parts}: a value of a key column "
@@ -363,8 +392,7 @@ class Client:
 
     def export(self, table: str, format: str = "ndjson", params: Params = None, *,
                count: bool = False) -> _Export:
-        return _Export(table, format, params, self.table(table)["primary_key"], self.retry,
-                       count)
+        return _Export(self.table(table), format, params, self.retry, count)
 
     def blocks(self, export: _Export, progress: Progress | None = None
                ) -> Iterator[tuple[bytes, int]]:
@@ -432,8 +460,7 @@ class AsyncClient:
 
     async def export(self, table: str, format: str = "ndjson", params: Params = None, *,
                      count: bool = False) -> _Export:
-        key = (await self.table(table))["primary_key"]
-        return _Export(table, format, params, key, self.retry, count)
+        return _Export(await self.table(table), format, params, self.retry, count)
 
     async def blocks(self, export: _Export, progress: Progress | None = None
                      ) -> AsyncIterator[tuple[bytes, int]]:

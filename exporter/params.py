@@ -76,7 +76,7 @@ def parse_query(table: Table, params: Iterable[tuple[str, str]]) -> ExportQuery:
                 filters.append(_filter(table, name, raw))
         except InvalidParameter as error:
             errors.append(error)
-    if "after" in seen and "after_id" in seen:
+    if "after" in seen and "after_id" in seen and _demo(table):  # else after_id is a column
         errors.append(InvalidParameter("after_id", "", "after_id is the demo's name for after; "
                                        "give one"))
     if errors:

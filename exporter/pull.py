@@ -137,12 +137,24 @@ def _stored(part: Path, export: _Export) -> None:
     export.resume(header, last, rows)
 
 
+def _identity(target: Target) -> str:
+    """What a partial file is a part of: the export's URL, beside it in FILE.part.url."""
+    return f"{target.table}.{target.format}?{sorted(target.params)}"
+
+
 def pull_export(client: Client, target: Target, out: Path, quiet: bool = False) -> int:
     """The export into ``out``; its row count."""
     export = client.export(target.table, target.format, target.params, count=True)
     part = _aside(out)
+    label = part.with_name(part.name + ".url")
     if part.exists():
+        made_by = label.read_text() if label.exists() else "an unknown export"
+        if made_by != _identity(target):
+            raise ValueError(f"{part} is part of {made_by}, not of {_identity(target)}: "
+                             "remove it (and its .url) to start again, or pull that export")
         _stored(part, export)
+    else:
+        label.write_text(_identity(target))
     with Bar("rows", quiet) as bar, part.open("ab") as file:
         for block, _rows in client.blocks(export, progress=bar.rows):
             if file.tell() == 0 and export.header:
@@ -153,6 +165,7 @@ def pull_export(client: Client, target: Target, out: Path, quiet: bool = False) 
         file.flush()
         os.fsync(file.fileno())
     part.replace(out)
+    label.unlink(missing_ok=True)
     return export.rows
 
 
@@ -172,7 +185,8 @@ def pull_job(client: Client, job_id: str, out: Path | None, quiet: bool = False)
         raise ExportError(f"job {job_id} is {job['status']}{done}: its file can be pulled "
                           "once it has succeeded")
     file = job["file"]
-    out = out or Path(file["name"])
+    # The name is the service's (it holds the table's): a name, never a path elsewhere.
+    out = out or Path(Path(str(file["name"]).replace("/", "_")).name)
     part = _aside(out)
     failures = 0
     with Bar("B", quiet) as bar:
@@ -202,15 +216,19 @@ def _size(path: Path) -> int:
 def _fetch_rest(client: Client, file: dict[str, Any], part: Path,
                 progress: Callable[[int], None]) -> None:
     have = _size(part)
-    if have >= file["size"]:
-        if have > file["size"]:
-            part.unlink()  # longer than the file: not a prefix of it; hashing says so too
+    if have > file["size"]:  # longer than the file: not a prefix of it
+        part.unlink()
+        have = 0
+    if have == file["size"]:
+        part.touch()  # an empty file too (a scheduled export that found no rows)
         return
     headers = {"Accept-Encoding": "identity"}
     if have:
         headers |= {"Range": f"bytes={have}-", "If-Range": f'"{file["sha256"]}"'}
     with client.http.stream("GET", file["url"], headers=headers) as response:
         check(response)
+        if response.status_code not in (200, 206):
+            raise ExportError(f"{file['url']} answered {response.status_code}, not the file")
         # 206: the rest, after what the part holds; 200: the whole file (If-Range said no).
         with part.open("ab" if response.status_code == 206 else "wb") as out:
             for data in response.iter_raw():
@@ -256,6 +274,9 @@ def run_pull(args: argparse.Namespace) -> int:
             print(f"exporter pull: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except ExportError as exc:
+            print(f"exporter pull: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except OSError as exc:  # the output directory is missing, the disk is full...
             print(f"exporter pull: {exc}", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import httpx
 import pytest
 from tqdm import tqdm
 
-from exporter.client import AsyncClient, Client, Records, Refused, Retry
+from exporter.client import AsyncClient, Client, ExportError, Records, Refused, Retry
 from exporter.pull import Target, pull_export, pull_job
 from tests.conftest import (
     SEED,
@@ -335,3 +336,102 @@ def test_on_a_terminal_pull_shows_rows_of_the_announced_total(server: str, tmp_p
     bar = [line for line in last if "rows" in line and "%" in line]
     total = tqdm.format_sizeof(len(expected))  # 1.26k: as the bar writes numbers
     assert bar and f"{total}/{total}" in bar[-1] and "100%" in bar[-1], last
+
+
+# --- Tables whose keys are not plain integers ---------------------------------------------
+
+ODD_SQL = [
+    "CREATE TABLE readings (at NUMERIC(30,6) PRIMARY KEY, note TEXT)",
+    "CREATE TABLE tickets (id INTEGER PRIMARY KEY, after_id INTEGER)",
+    "CREATE TABLE events (at TIMESTAMP PRIMARY KEY, what TEXT)",
+]
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SQLite file of a user's own: a decimal key, a column named after_id, a timestamp
+    key with fractions of a second."""
+    data = tmp_path_factory.mktemp("odd")
+    with sqlite3.connect(data / "odd.db") as conn:
+        for statement in ODD_SQL:
+            conn.execute(statement)
+        conn.executemany("INSERT INTO readings VALUES (?, ?)",
+                         [(n / 1e6, f"r{n}") for n in range(1, 301)])
+        conn.executemany("INSERT INTO tickets VALUES (?, ?)",
+                         [(n, n % 3) for n in range(1, 3001)])
+        conn.executemany("INSERT INTO events VALUES (?, ?)",
+                         [(f"2024-03-01 12:00:{n // 4:02d}.{n % 4 * 25:02d}", f"e{n}")
+                          for n in range(200)])
+    conn.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    env |= {"EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'odd.db'}",
+            "EXPORTER_DATA_DIR": str(data / "state")}
+    subprocess.run([sys.executable, "-m", "exporter", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    with running_server(env) as url:
+        yield url
+
+
+def test_a_decimal_key_resumes_after_its_exported_text(odd: str) -> None:
+    expected = parsed(httpx.get(f"{odd}/exports/readings.ndjson").content, "ndjson")
+    with CuttingProxy(odd, [700, 2100, 5000]) as proxy, Client(proxy.url, retry=FAST) as c:
+        rows = list(c.rows("readings", "ndjson"))
+    assert proxy.cut == 3 and rows == expected and len(rows) == 300
+
+
+def test_a_column_named_after_id_stays_a_filter_across_cuts(odd: str) -> None:
+    query = {"after_id": "1"}
+    expected = parsed(httpx.get(f"{odd}/exports/tickets.csv", params=query).content, "csv")
+    # Each cut falls inside the export (the first connection also carried GET /tables).
+    with CuttingProxy(odd, [4000, 2500, 2500]) as proxy, \
+            Client(proxy.url, retry=FAST) as client:
+        rows = list(client.rows("tickets", "csv", query))
+    assert proxy.cut == 3 and rows == expected and {row["after_id"] for row in rows} == {"1"}
+
+
+def test_a_key_exported_to_the_second_is_not_resumed_into_duplicates(odd: str) -> None:
+    with CuttingProxy(odd, [1500]) as proxy, Client(proxy.url, retry=FAST) as client:
+        seen: list[dict[str, Any]] = []
+        with pytest.raises(ExportError, match="exactly"):
+            for row in client.rows("events", "ndjson"):
+                seen.append(row)
+    assert len(seen) == len({json.dumps(row) for row in seen}) > 0  # no duplicate
+
+
+def test_limit_0_still_asks_and_a_part_of_another_export_is_refused(
+    server: str, tmp_path: Path
+) -> None:
+    header_only = run_pull(f"{server}/exports/users.csv?limit=0", cwd=tmp_path)
+    assert header_only.returncode == 0, header_only.stderr
+    assert (tmp_path / "users.csv").read_bytes() == uninterrupted(server, "csv", {"limit": "0"})
+    refused = run_pull(f"{server}/exports/users.csv?limit=-1", "-o", "neg.csv", cwd=tmp_path)
+    assert refused.returncode == 2 and "limit" in refused.stderr
+    with CuttingProxy(server, rate=200_000) as slow:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "pull", "--quiet", "-o", "mixed.csv",
+             f"{slow.url}/exports/users.csv?fields=id,email"], cwd=tmp_path,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while slow.sent < 20_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    other = run_pull(f"{server}/exports/users.csv", "-o", "mixed.csv", cwd=tmp_path)
+    assert other.returncode == 2 and "fields" in other.stderr and "remove it" in other.stderr
+    assert not (tmp_path / "mixed.csv").exists()
+
+
+def test_an_empty_job_file_and_a_part_longer_than_the_file(server: str, tmp_path: Path) -> None:
+    made = httpx.post(f"{server}/jobs", json={"format": "ndjson", "filters": {"country": "ZZ"}})
+    job_id = made.json()["id"]
+    deadline = time.monotonic() + 30
+    while (job := httpx.get(f"{server}/jobs/{job_id}").json())["status"] != "succeeded":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    empty = run_pull("--job", job_id, "--server", server, "-o", "empty.ndjson", cwd=tmp_path)
+    assert empty.returncode == 0, empty.stderr
+    assert (tmp_path / "empty.ndjson").read_bytes() == b""
+    (tmp_path / "long.ndjson.part").write_bytes(b"x" * 1000)
+    again = run_pull("--job", job_id, "--server", server, "-o", "long.ndjson", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "long.ndjson").read_bytes() == b""
