@@ -20,7 +20,7 @@ from exporter.auth import Access
 from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
-from exporter.errors import DatabaseUnavailable, ExporterError, echo
+from exporter.errors import REPORTED_ERRORS, DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
 from exporter.memory import MemoryTrimmer
 from exporter.metrics import Metrics
@@ -31,7 +31,6 @@ from exporter.streaming import ExportSlots
 from exporter.worker import Worker
 
 log = logging.getLogger("exporter")
-REPORTED_ERRORS = 20  # validation errors listed in a 422 body
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # asked for a 405
 
 

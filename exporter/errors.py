@@ -112,6 +112,9 @@ def echo(value: object) -> object:
     return text[:ECHO_LIMIT].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+REPORTED_ERRORS = 20  # bad parameters named in one 422 (the rest are counted)
+
+
 class ExporterError(Exception):
     status = 500
     code = "internal_error"
@@ -176,16 +179,23 @@ class InvalidParameter(ExporterError):
         self.reason = reason
         self.valid = valid
         self.also = tuple(also)
-        self.own: str = f"{self.parameter}={shown!r}: {reason}"  # this parameter's message
+        self.said: str = f"{self.parameter}={shown!r}: {reason}"  # without the valid values
+        self.own = self.said
         if valid is not None:
             self.own += f"; valid values: {', '.join(valid)}"
         details: dict[str, Any] = {"parameter": self.parameter, "value": shown}
         if valid is not None:
             details["valid"] = list(valid)
+        listed = self.also[:REPORTED_ERRORS - 1]  # a client's many bad names: a short 422
         if also:
             details["errors"] = [{"parameter": e.parameter, "value": echo(e.value),
-                                  "message": e.own} for e in (self, *also)]
-        super().__init__("; ".join([self.own, *(e.own for e in also)]), **details)
+                                  "message": e.said} for e in (self, *listed)]
+        # The first in full (its valid values); the others without theirs, which may be a
+        # table's every column each time; at most REPORTED_ERRORS of them.
+        parts = [self.own, *(e.said for e in listed)]
+        if len(self.also) > len(listed):
+            parts.append(f"and {len(self.also) - len(listed)} more bad parameters")
+        super().__init__("; ".join(parts), **details)
 
     def each(self) -> list[InvalidParameter]:
         """Every bad parameter, one error each."""

@@ -69,7 +69,7 @@ RETRIED = "retried"  # an outcome: queued again after a transient failure
 # off mid-statement (a claim, a firing) leaves its connection holding the write lock until
 # the statement is garbage-collected, long after the engine is disposed ("database is
 # locked" for whoever writes next, as the tests' next fixture did).
-STOP_WAIT_S = 10.0
+STOP_WAIT_S = 3.0  # within the shutdown's grace (EXPORTER_SHUTDOWN_GRACE_SECONDS + 10 s)
 RETRY_FIRST_S = 1.0
 RETRY_MOST_S = 60.0
 
@@ -152,6 +152,7 @@ class Worker:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._beats: set[asyncio.Future[Beat]] = set()  # heartbeats in flight, never cancelled
         self.task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
         self._last_error = ""
@@ -184,10 +185,17 @@ class Worker:
             self.task.cancel()  # a round stuck that long: the database is not answering
             with suppress(asyncio.CancelledError, Exception):
                 await self.task
-        tasks = list(self.running.values())
-        for task in tasks:
+        running = dict(self.running)
+        for task in running.values():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        # A job cancelled before its attempt could hand it back (or before it started) is
+        # handed back here: requeue changes only a run this worker still holds.
+        for job_id in running:
+            with suppress(Exception):
+                await leases.requeue(self.engine, job_id, self.owner)
+        if self._beats:  # late heartbeats end before the engine may be disposed
+            await asyncio.wait(set(self._beats), timeout=STOP_WAIT_S)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -238,7 +246,7 @@ class Worker:
         """One round: fire schedules, claim jobs, sweep when due; seconds until the next.
         An idle round writes once (the claim that finds nothing)."""
         _, next_due = await fire_due(self.engine, utcnow(), self._failing_schedules)
-        while len(self.running) < self.settings.worker_concurrency:
+        while not self._stopping and len(self.running) < self.settings.worker_concurrency:
             job = await leases.claim_job(
                 self.engine, self.owner, utcnow(), self.lease, self.settings.job_max_attempts
             )
@@ -276,15 +284,18 @@ class Worker:
 
     async def _attempt(self, job: Job) -> None:
         stem = _stem(job)
-        await self._remove_files_of(job.id)  # left by earlier attempts, which are over
+        writer: asyncio.Task[JobFile] | None = None
         progress = JobProgress()
-        writer = asyncio.create_task(
-            write_job_file(self.engine, self.catalog, job.spec, self.settings, stem, progress)
-        )
         try:
+            await self._remove_files_of(job.id)  # left by earlier attempts, which are over
+            writer = asyncio.create_task(
+                write_job_file(self.engine, self.catalog, job.spec, self.settings, stem,
+                               progress)
+            )
             verdict = await self._supervise(job, writer, progress)
         except asyncio.CancelledError:  # the worker is stopping
-            await _stop(writer)
+            if writer is not None:
+                await _stop(writer)
             with suppress(Exception):
                 await leases.requeue(self.engine, job.id, self.owner)
             raise
@@ -321,11 +332,13 @@ class Worker:
                     self.engine, job.id, self.owner, counts, counts != written, utcnow(),
                     self.lease,
                 ))
+                self._beats.add(beat)
+                beat.add_done_callback(self._beats.discard)
+                beat.add_done_callback(_retrieved)
                 patience = min(lease / 3, give_up - sent)
                 await asyncio.wait({beat}, timeout=patience)
                 try:
                     if not beat.done():
-                        beat.add_done_callback(_retrieved)
                         raise TimeoutError(f"no answer within {patience:.1f} s")
                     verdict = beat.result()
                     written, last_beat = counts, sent

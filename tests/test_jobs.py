@@ -645,6 +645,35 @@ async def test_a_worker_stopped_while_its_claim_waits_leaves_no_lock_behind(
     assert job.error == "written"
 
 
+async def test_a_worker_stopped_mid_round_claims_nothing_more_and_leaves_no_job_running(
+    empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = engines[0]
+    rounds: list[float] = []
+    fire = worker.fire_due
+
+    async def slow_fire(*args: Any) -> Any:  # a round under way when stop() comes
+        rounds.append(time.monotonic())
+        await asyncio.sleep(0.2)
+        return await fire(*args)
+
+    monkeypatch.setattr(worker, "fire_due", slow_fire)
+    settings = worker_settings(empty_database, tmp_path, worker_poll_seconds=30,
+                               worker_concurrency=2)
+    running = Worker(engine, settings)
+    running.start()
+    await asyncio.sleep(0.6)  # its first round and sweep are done: idle
+    queued = await queue(engine, 2, datetime.now(UTC))
+    running.wake()  # as POST /jobs does: a round that would claim both, sweep not due
+    await asyncio.sleep(0.1)
+    await running.stop()
+    assert len(rounds) == 2
+    for job_id in queued:
+        job = await jobs.find_job(engine, job_id)
+        assert (job.status, job.lease_owner) == (jobs.QUEUED, None), job
+
+
 async def test_a_job_whose_schedule_was_deleted_before_it_ran_expires_like_a_one_off_job(
     empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
 ) -> None:
@@ -1211,3 +1240,18 @@ async def test_the_conditional_claim_alone_makes_one_job_for_two_workers_that_re
     finally:
         await downgrade_all(first)  # the next test's migrate makes the constraint again
         await migrate(first)
+
+
+async def test_a_thousand_bad_filters_are_a_short_422_naming_twenty(
+    client: httpx.AsyncClient,
+) -> None:
+    filters = {f"nope{i}": 1 for i in range(1000)}
+    response = await client.post("/jobs", json={"format": "csv", "filters": filters})
+    assert response.status_code == 422
+    assert len(response.content) < 16384, len(response.content)
+    body = response.json()
+    assert len(body["errors"]) == 20
+    assert body["message"].endswith("and 980 more bad parameters")
+    query = "&".join(f"nope{i}=1" for i in range(1000))
+    export = await client.get(f"/exports/users.csv?{query}")
+    assert export.status_code == 422 and len(export.content) < 16384
