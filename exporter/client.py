@@ -83,6 +83,25 @@ class Retry:
         return max(min(max(retry_after, 0.0), self.longest_wait), backoff)
 
 
+class Failures:
+    """A run of failures of one thing, each answered with how long to wait, until there
+    are ``Retry.attempts`` of them in a row: then GaveUp. ``progressed`` starts a new run."""
+
+    def __init__(self, retry: Retry, what: str) -> None:
+        self.retry, self.what, self.count = retry, what, 0
+
+    def progressed(self) -> None:
+        self.count = 0
+
+    def wait(self, error: Exception, done: str = "") -> float:
+        """Seconds to wait before trying again, or GaveUp."""
+        self.count += 1
+        if self.count >= self.retry.attempts:
+            raise GaveUp(f"gave up on {self.what} after {self.count} failed attempts in a "
+                         f"row{done}: {_describe(error)}") from error
+        return self.retry.wait(self.count, getattr(error, "retry_after", None))
+
+
 class _Retryable(Exception):
     """A response worth asking again for: 5xx, 429, 408."""
 
@@ -215,7 +234,7 @@ class _Export:
         self.rows = 0  # handed out
         self.bytes = 0
         self.total: int | None = None
-        self.failures = 0
+        self.failures = Failures(retry, self.path)
         self.header: bytes | None = None
         self.last = b""  # the last row handed out: resumed after
         self.records = Records(self.csv)
@@ -269,7 +288,7 @@ class _Export:
             self.rows += rows
             self.bytes += len(block)
             self.last = self.records.last
-            self.failures = 0
+            self.failures.progressed()
         return block, rows
 
     def resume(self, header: bytes | None, last: bytes, rows: int) -> None:
@@ -285,11 +304,7 @@ class _Export:
 
     def failed(self, error: Exception) -> float:
         """Seconds to wait before asking again, or GaveUp."""
-        self.failures += 1
-        if self.failures >= self.retry.attempts:
-            raise GaveUp(f"gave up on {self.path} after {self.failures} failed attempts in a "
-                         f"row, {self.rows} rows in: {_describe(error)}") from error
-        return self.retry.wait(self.failures, getattr(error, "retry_after", None))
+        return self.failures.wait(error, f", {self.rows} rows in")
 
     def _last_key(self) -> str:
         if self.inexact:
@@ -365,17 +380,14 @@ class Client:
 
     def get_json(self, path: str) -> Any:
         """``GET path`` as JSON, retried as exports are."""
-        failures = 0
+        failures = Failures(self.retry, path)
         while True:
             try:
                 response = self.http.get(path)
                 check(response)
                 return response.json()
             except RETRYABLE as error:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise GaveUp(f"gave up on {path}: {_describe(error)}") from error
-                time.sleep(self.retry.wait(failures, getattr(error, "retry_after", None)))
+                time.sleep(failures.wait(error))
 
     def table(self, name: str) -> dict[str, Any]:
         """``GET /tables/{name}``: the table's columns and primary key."""
@@ -435,17 +447,14 @@ class AsyncClient:
         await self.http.aclose()
 
     async def get_json(self, path: str) -> Any:
-        failures = 0
+        failures = Failures(self.retry, path)
         while True:
             try:
                 response = await self.http.get(path)
                 check(response)
                 return response.json()
             except RETRYABLE as error:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise GaveUp(f"gave up on {path}: {_describe(error)}") from error
-                await asyncio.sleep(self.retry.wait(failures, getattr(error, "retry_after", None)))
+                await asyncio.sleep(failures.wait(error))
 
     async def table(self, name: str) -> dict[str, Any]:
         table: dict[str, Any] = await self.get_json(f"/tables/{quote(name, safe='')}")

@@ -35,7 +35,7 @@ from exporter.client import (
     RETRYABLE,
     Client,
     ExportError,
-    GaveUp,
+    Failures,
     Records,
     Refused,
     Retry,
@@ -188,7 +188,7 @@ def pull_job(client: Client, job_id: str, out: Path | None, quiet: bool = False)
     # The name is the service's (it holds the table's): a name, never a path elsewhere.
     out = out or Path(Path(str(file["name"]).replace("/", "_")).name)
     part = _aside(out)
-    failures = 0
+    failures = Failures(client.retry, f"job {job_id}'s file")
     with Bar("B", quiet) as bar:
         while True:
             before = _size(part)
@@ -196,15 +196,15 @@ def pull_job(client: Client, job_id: str, out: Path | None, quiet: bool = False)
                 _fetch_rest(client, file, part, lambda have: bar.bytes(have, file["size"]))
             except RETRYABLE as error:
                 if _size(part) > before:
-                    failures = 0  # bytes came: a new run of failures
-                failures = _failed(client, failures, f"job {job_id}'s file", error)
+                    failures.progressed()  # bytes came: a new run of failures
+                time.sleep(failures.wait(error))
                 continue
             if sha256_of(part) == file["sha256"]:
                 break
             part.unlink()
-            failures = _failed(client, failures, f"job {job_id}'s file", ExportError(
+            time.sleep(failures.wait(ExportError(
                 f"{part} did not hash to the job's sha256 {file['sha256']} (a damaged partial "
-                "file): fetched again from the start"))
+                "file): fetched again from the start")))
     part.replace(out)
     return out
 
@@ -236,15 +236,6 @@ def _fetch_rest(client: Client, file: dict[str, Any], part: Path,
                 progress(out.tell())
             out.flush()
             os.fsync(out.fileno())
-
-
-def _failed(client: Client, failures: int, what: str, error: Exception) -> int:
-    failures += 1
-    if failures >= client.retry.attempts:
-        raise GaveUp(f"gave up on {what} after {failures} failed attempts: "
-                     f"{type(error).__name__}: {error}") from error
-    time.sleep(client.retry.wait(failures, getattr(error, "retry_after", None)))
-    return failures
 
 
 def run_pull(args: argparse.Namespace) -> int:
