@@ -11,6 +11,7 @@ selection below: the ones written about that module. Outside a mutation run it d
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -21,12 +22,13 @@ class Module:
     mutants: tuple[str, ...]  # mutmut's names of the mutants that count, as globs
     tests: tuple[str, ...]  # test files, or ``file::words`` for the tests whose names hold them
 
-    def selects(self, nodeid: str) -> bool:
-        for entry in self.tests:
+    def rank(self, nodeid: str) -> int | None:
+        """Which of ``tests`` selects the test, or None."""
+        for rank, entry in enumerate(self.tests):
             path, _, words = entry.partition("::")
             if nodeid.startswith(f"{path}::") and words in nodeid.partition("::")[2]:
-                return True
-        return False
+                return rank
+        return None
 
 
 EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py")
@@ -49,6 +51,12 @@ MODULES: dict[str, Module] = {
 }
 
 
+# mutmut stops a mutant's tests after a CPU time; one that makes a test wait forever (an
+# export whose reader died mid-COPY, its consumer waiting) uses none, and would stop the run.
+MUTANT_SECONDS = 300  # wall clock; the slowest surviving mutants take under a minute
+TIMEOUT = 36  # the exit code mutmut counts as a timeout: the mutant never finished
+
+
 def module_of(mutant: str) -> Module | None:
     """The module a mutant (``exporter.ranges.x_parse_range__mutmut_3``) belongs to."""
     from fnmatch import fnmatch
@@ -63,7 +71,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     module = module_of(os.environ.get("MUTANT_UNDER_TEST", ""))
     if module is None:  # not a mutant: the stats run, the clean run, or no mutation run
         return
-    kept = [item for item in items if module.selects(item.nodeid)]
-    dropped = [item for item in items if not module.selects(item.nodeid)]
-    config.hook.pytest_deselected(items=dropped)
-    items[:] = kept
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(TIMEOUT))
+    signal.alarm(MUTANT_SECONDS)
+    ranks = {item.nodeid: module.rank(item.nodeid) for item in items}
+    config.hook.pytest_deselected(items=[item for item in items if ranks[item.nodeid] is None])
+    # In the order of ``tests`` (each file's own order kept): the first failure ends the run,
+    # so the files that kill a mutant fastest come first.
+    items[:] = sorted((item for item in items if ranks[item.nodeid] is not None),
+                      key=lambda item: ranks[item.nodeid] or 0)
