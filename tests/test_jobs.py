@@ -336,6 +336,16 @@ def test_missed_times_collapse_into_the_latest_one() -> None:
         == at("2026-01-05T02:00:00")
 
 
+def test_the_latest_time_counts_now_itself_and_is_read_in_the_schedule_time_zone() -> None:
+    due = at("2026-01-01T12:00:00")
+    assert latest_time("* * * * * */2", "UTC", at("2026-01-01T12:00:02"), due) == at(
+        "2026-01-01T12:00:02"
+    )
+    # 02:00 in Berlin is 01:00 UTC in winter: five days late, the latest is this morning's
+    assert latest_time("0 2 * * *", "Europe/Berlin", at("2026-01-05T09:00:00"),
+                       at("2026-01-01T01:00:00")) == at("2026-01-05T01:00:00")
+
+
 # The database's side, raced.
 
 @pytest.fixture(scope="module")
@@ -444,6 +454,9 @@ async def test_the_runs_of_dead_workers_are_claimable_at_once_and_no_other_run_i
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     now = datetime.now(UTC)
+    (ended,) = await queue(engines[0], 1, now - timedelta(seconds=1))
+    assert await leases.claim_job(engines[0], "dead-1", now, LEASE, 3) is not None
+    assert await leases.finish(engines[0], ended, "dead-1", jobs.SUCCEEDED, now)
     queued = await queue(engines[0], 3, now)
     for owner in ("dead-1", "alive", "dead-2"):
         assert await leases.claim_job(engines[0], owner, now, LEASE, 3) is not None
@@ -453,6 +466,25 @@ async def test_the_runs_of_dead_workers_are_claimable_at_once_and_no_other_run_i
     taken = [await leases.claim_job(engines[1], "new", now, LEASE, 3) for _ in range(3)]
     assert [job and job.id for job in taken] == [queued[0], queued[2], None]
     assert (await jobs.find_job(engines[0], queued[1])).lease_owner == "alive"
+
+
+async def test_a_run_that_failed_on_a_transient_error_alone_is_queued_again_unless_canceled(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    failed, other, canceled = await queue(engines[0], 3, now)
+    for owner in ("worker", "other", "canceled"):
+        assert await leases.claim_job(engines[0], owner, now, LEASE, 3) is not None
+    later = now + timedelta(seconds=2)
+    assert not await leases.retry_later(engines[0], failed, "other", "lost", later)  # not its run
+    assert await leases.retry_later(engines[0], failed, "worker", "connection lost", later)
+    job = await jobs.find_job(engines[0], failed)
+    assert (job.status, job.lease_owner, job.error, job.retry_at, job.attempts) == (
+        jobs.QUEUED, None, "connection lost", later, 1)
+    assert (await jobs.find_job(engines[0], other)).status == jobs.RUNNING
+    await jobs.cancel_job(engines[0], canceled, now)
+    assert not await leases.retry_later(engines[0], canceled, "canceled", "lost", later)
+    assert (await jobs.find_job(engines[0], canceled)).status == jobs.RUNNING  # to end canceled
 
 
 async def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
@@ -1231,3 +1263,18 @@ async def test_a_schedule_whose_last_job_is_still_queued_fires_anyway_and_warns(
         f"schedule {busy.id} is falling behind: its job {first.id} for 2026-03-10 "
         "09:01:00+00:00 is still queued as the job for 2026-03-10 09:02:00+00:00 is queued"
     ]
+
+
+async def test_a_schedule_whose_last_job_has_ended_fires_without_a_warning(
+    engines: tuple[AsyncEngine, AsyncEngine], caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = engines[0]
+    await create_schedule(engine, Catalog(engine), ScheduleRequest.model_validate(
+        {"cron": "* * * * *", "job": {"format": "csv"}}), at("2026-03-10T09:00:30"))
+    [first], _ = await fire_due(engine, at("2026-03-10T09:01:00"))
+    now = datetime.now(UTC)
+    assert await leases.claim_job(engine, "worker", now, LEASE, 3) is not None
+    assert await leases.finish(engine, first.id, "worker", jobs.SUCCEEDED, now)
+    caplog.set_level(logging.WARNING, logger="exporter.schedules")
+    made, _ = await fire_due(engine, at("2026-03-10T09:02:00"))
+    assert len(made) == 1 and caplog.records == []
