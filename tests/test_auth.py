@@ -263,6 +263,7 @@ def test_serve_refuses_an_open_address_without_keys_and_says_both_ways_out(
 @pytest.mark.parametrize(("server", "allow_open", "status"), [
     ("127.0.0.1", False, 200), ("[::1]", False, 200), ("192.0.2.1", False, 403),
     ("[2001:db8::1]", False, 403), ("192.0.2.1", True, 200),
+    ("exporter", False, 200),  # a name, not an address (a unix socket's path): not judged
 ])
 async def test_without_keys_a_request_on_an_address_beyond_loopback_is_refused(
     tmp_path: Path, server: str, allow_open: bool, status: int
@@ -275,6 +276,24 @@ async def test_without_keys_a_request_on_an_address_beyond_loopback_is_refused(
     if status == 403:
         assert response.json()["error"] == "loopback_only"
         assert "EXPORTER_API_KEYS" in response.json()["message"]
+        assert response.json()["address"] == server.strip("[]")
+
+
+async def test_a_service_with_keys_starts_and_stops_through_the_key_check(
+    tmp_path: Path,
+) -> None:
+    app = create_app(load_settings(data_dir=tmp_path, run_worker=False, api_keys=KEYS[0]))
+    events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[object] = []
+
+    async def receive() -> dict[str, str]:
+        return next(events)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
 # The setting itself.
