@@ -77,10 +77,21 @@ class Counts:
         counted = self.total - self.not_checked - self.equivalent
         return 100.0 * (self.killed + self.timeout) / counted if counted else 100.0
 
+    def raw_score(self) -> float:
+        """Killed of every mutant checked, equivalent ones too."""
+        counted = self.total - self.not_checked
+        return 100.0 * (self.killed + self.timeout) / counted if counted else 100.0
+
+    def scores(self) -> tuple[str, str]:
+        if self.not_checked == self.total:
+            return "not run", "not run"
+        return f"{self.score():.1f}%", f"{self.raw_score():.1f}%"
+
     def row(self) -> str:
+        score, raw = self.scores()
         return (f"| {self.module} | {self.total} | {self.killed} | {self.timeout} | "
                 f"{self.survived - self.equivalent} | {self.equivalent} | {self.no_tests} | "
-                f"{self.other} | {self.not_checked} | {self.score():.1f}% | {self.date} |")
+                f"{self.other} | {self.not_checked} | {score} | {raw} | {self.date} |")
 
 
 def main(argv: list[str]) -> int:
@@ -95,6 +106,9 @@ def main(argv: list[str]) -> int:
         print(f"!!! {PG_VARIABLE} is not set: the PostgreSQL tests skip, so PostgreSQL's code "
               "(COPY rendering, row_to_json, FOR UPDATE SKIP LOCKED) survives; the scores "
               "below are printed but docs/mutation.md is left as it is", file=sys.stderr)
+    if mode == "--report" and not STATS.parent.exists():
+        print("no mutants/ here: run ./scripts/mutation first", file=sys.stderr)
+        return 2
     if mode != "--report":
         if mode == "--resume":  # the verdicts that new tests may change, and the missing ones
             names = [name for name, code in mutants(modules) if code not in KILLED | TIMEOUT]
@@ -237,11 +251,11 @@ def code(text: str) -> str:
 
 def print_scores(counts: list[Counts]) -> None:
     print(f"{'module':<14}{'mutants':>8}{'killed':>8}{'timeout':>8}{'survived':>9}"
-          f"{'equiv.':>7}{'no tests':>9}{'unchecked':>10}{'score':>8}")
+          f"{'equiv.':>7}{'no tests':>9}{'unchecked':>10}{'score':>8}{'w/ equiv.':>10}")
     for c in [*counts, total(counts)]:
         print(f"{c.module:<14}{c.total:>8}{c.killed:>8}{c.timeout:>8}"
               f"{c.survived - c.equivalent:>9}{c.equivalent:>7}{c.no_tests:>9}"
-              f"{c.not_checked:>10}{c.score():>7.1f}%")
+              f"{c.not_checked:>10}{c.scores()[0]:>8}{c.scores()[1]:>10}")
 
 
 def total(counts: list[Counts]) -> Counts:
@@ -256,7 +270,8 @@ def total(counts: list[Counts]) -> Counts:
 # --- The report -----------------------------------------------------------------------------
 
 COUNTS_HEAD = ("| module | mutants | killed | timeout | survived | equivalent | no tests | other "
-               "| not checked | score | run |\n|---|---|---|---|---|---|---|---|---|---|---|")
+               "| not checked | score | with equivalents | run |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|")
 SURVIVORS_HEAD = ("| module | where | function | mutation | why it survives |\n"
                   "|---|---|---|---|---|")
 
@@ -270,7 +285,7 @@ def read_report() -> tuple[dict[str, Counts], list[Survivor]]:
         if cells[0] in MODULES:
             numbers = [int(cell) for cell in cells[1:9]]
             _, killed, timeout, survived, equivalent, no_tests, other, unchecked = numbers
-            counts[cells[0]] = Counts(cells[0], cells[10], killed, survived + equivalent,
+            counts[cells[0]] = Counts(cells[0], cells[-1], killed, survived + equivalent,
                                       equivalent, timeout, no_tests, other, unchecked)
     survivors = [Survivor(cells[0], cells[1].strip("`"), cells[2].strip("`"), cells[3], cells[4])
                  for cells in table_rows(section(text, "survivors")) if cells[0] in MODULES]
