@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from exporter import auth
 from exporter.app import create_app
-from exporter.auth import KeyRing, is_loopback
+from exporter.auth import KeyRing, bearer_token, is_loopback
 from exporter.config import describe, load_settings
 from tests.conftest import GOLDEN_ROWS, TOTAL_ROWS, Database, running_server
 
@@ -90,6 +90,33 @@ async def test_bearer_without_a_key_or_two_headers_are_malformed_requests(
     )
     two = [("Authorization", f"Bearer {KEYS[0]}"), ("Authorization", f"Bearer {KEYS[1]}")]
     assert_refused(await keyed.get("/files", headers=two), "send exactly one", "invalid_request")
+
+
+SEND = "send `Authorization: Bearer <key>`"
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ([], f"no Authorization header; {SEND} with one of this service's API keys"),
+    ([("Authorization", "Basic eDp5")],
+     f"the Authorization header does not use the Bearer scheme; {SEND}"),
+    ([("Authorization", "Bearer \t")],
+     f"the Authorization header says Bearer but holds no key; {SEND}"),
+    ([("Authorization", f"Bearer {KEYS[0]}")] * 2,
+     "2 Authorization headers; send exactly one, `Authorization: Bearer <key>`"),
+    ([("Authorization", "Bearer wrong-key")],
+     "the key in the Authorization header is not one of this service's API keys"),
+])
+async def test_each_refusal_says_what_was_wrong_and_how_to_send_a_key(
+    keyed: httpx.AsyncClient, headers: list[tuple[str, str]], message: str
+) -> None:
+    response = await keyed.get("/files", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["message"] == message  # as docs/access.md quotes them
+
+
+def test_blanks_around_the_key_are_dropped_and_nothing_else() -> None:
+    sent = [(b"authorization", b"Bearer \tX-key-X \t")]
+    assert bearer_token(sent) == b"X-key-X"
 
 
 async def test_a_refused_post_never_reaches_the_route(keyed: httpx.AsyncClient) -> None:
@@ -211,9 +238,32 @@ def test_hosts_that_are_not_loopback(host: str) -> None:
     assert not is_loopback(host)
 
 
+REFUSAL = (  # as the README quotes it
+    "refusing to listen on 0.0.0.0, which is not a loopback address, without API keys: anyone "
+    "who reaches it could read every export. Either set EXPORTER_API_KEYS=<key>[,<key>...] so "
+    "that requests need `Authorization: Bearer <key>`, or set EXPORTER_ALLOW_OPEN=true if it "
+    "is meant to be open (a port published on loopback only, or a proxy in front that "
+    "authenticates)"
+)
+
+
+@pytest.mark.parametrize(("host", "settings", "refusal"), [
+    ("0.0.0.0", {}, REFUSAL),
+    ("0.0.0.0", {"api_keys": KEYS[0]}, None),
+    ("0.0.0.0", {"allow_open": True}, None),
+    ("127.0.0.1", {}, None),
+    ("localhost", {}, None),
+])
+def test_serve_refuses_an_open_address_without_keys_and_says_both_ways_out(
+    tmp_path: Path, host: str, settings: dict[str, object], refusal: str | None
+) -> None:
+    assert auth.listen_refusal(host, load_settings(data_dir=tmp_path, **settings)) == refusal
+
+
 @pytest.mark.parametrize(("server", "allow_open", "status"), [
     ("127.0.0.1", False, 200), ("[::1]", False, 200), ("192.0.2.1", False, 403),
     ("[2001:db8::1]", False, 403), ("192.0.2.1", True, 200),
+    ("exporter", False, 200),  # a name, not an address (a unix socket's path): not judged
 ])
 async def test_without_keys_a_request_on_an_address_beyond_loopback_is_refused(
     tmp_path: Path, server: str, allow_open: bool, status: int
@@ -226,6 +276,24 @@ async def test_without_keys_a_request_on_an_address_beyond_loopback_is_refused(
     if status == 403:
         assert response.json()["error"] == "loopback_only"
         assert "EXPORTER_API_KEYS" in response.json()["message"]
+        assert response.json()["address"] == server.strip("[]")
+
+
+async def test_a_service_with_keys_starts_and_stops_through_the_key_check(
+    tmp_path: Path,
+) -> None:
+    app = create_app(load_settings(data_dir=tmp_path, run_worker=False, api_keys=KEYS[0]))
+    events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[object] = []
+
+    async def receive() -> dict[str, str]:
+        return next(events)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
 # The setting itself.

@@ -367,6 +367,16 @@ def test_missed_times_collapse_into_the_latest_one() -> None:
         == at("2026-01-05T02:00:00")
 
 
+def test_the_latest_time_counts_now_itself_and_is_read_in_the_schedule_time_zone() -> None:
+    due = at("2026-01-01T12:00:00")
+    assert latest_time("* * * * * */2", "UTC", at("2026-01-01T12:00:02"), due) == at(
+        "2026-01-01T12:00:02"
+    )
+    # 02:00 in Berlin is 01:00 UTC in winter: five days late, the latest is this morning's
+    assert latest_time("0 2 * * *", "Europe/Berlin", at("2026-01-05T09:00:00"),
+                       at("2026-01-01T01:00:00")) == at("2026-01-05T01:00:00")
+
+
 # The database's side, raced.
 
 @pytest.fixture(scope="module")
@@ -449,6 +459,63 @@ async def test_a_lapsed_lease_is_taken_over_and_the_old_worker_can_change_nothin
     assert (job.lease_owner, job.rows_written, job.total_rows, job.percent) == (
         "alive", 10, 100, 10.0
     )
+
+
+async def test_a_run_handed_back_by_a_stopping_worker_starts_afresh_without_using_an_attempt(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    (job_id,) = await queue(engines[0], 1, now)
+    assert await leases.claim_job(engines[0], "stopping", now, LEASE, 3) is not None
+    await leases.beat(engines[0], job_id, "stopping", Counts(10, 100, 500), True, now, LEASE)
+    before = await jobs.find_job(engines[0], job_id)
+    assert not await leases.requeue(engines[0], job_id, "another")  # not its run
+    assert await leases.requeue(engines[0], job_id, "stopping")
+    assert not await leases.requeue(engines[0], job_id, "stopping")  # no longer its run
+    job = await jobs.find_job(engines[0], job_id)
+    assert (job.status, job.lease_owner, job.lease_expires_at, job.started_at) == (
+        jobs.QUEUED, None, None, None)
+    assert (job.rows_written, job.bytes_written, job.total_rows, job.attempts) == (0, 0, None, 0)
+    assert job.revision == before.revision + 1  # event streams see the change
+    again = await leases.claim_job(engines[1], "next", now, LEASE, 3)  # at once: no lease left
+    assert again is not None and again.id == job_id and again.attempts == 1
+
+
+async def test_the_runs_of_dead_workers_are_claimable_at_once_and_no_other_run_is(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    (ended,) = await queue(engines[0], 1, now - timedelta(seconds=1))
+    assert await leases.claim_job(engines[0], "dead-1", now, LEASE, 3) is not None
+    assert await leases.finish(engines[0], ended, "dead-1", jobs.SUCCEEDED, now)
+    queued = await queue(engines[0], 3, now)
+    for owner in ("dead-1", "alive", "dead-2"):
+        assert await leases.claim_job(engines[0], owner, now, LEASE, 3) is not None
+    assert sorted(await leases.running_owners(engines[0])) == ["alive", "dead-1", "dead-2"]
+    assert await leases.expire_lapsed_leases(engines[0], [], now) == 0
+    assert await leases.expire_lapsed_leases(engines[0], ["dead-1", "dead-2", "gone"], now) == 2
+    taken = [await leases.claim_job(engines[1], "new", now, LEASE, 3) for _ in range(3)]
+    assert [job and job.id for job in taken] == [queued[0], queued[2], None]
+    assert (await jobs.find_job(engines[0], queued[1])).lease_owner == "alive"
+
+
+async def test_a_run_that_failed_on_a_transient_error_alone_is_queued_again_unless_canceled(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    now = datetime.now(UTC)
+    failed, other, canceled = await queue(engines[0], 3, now)
+    for owner in ("worker", "other", "canceled"):
+        assert await leases.claim_job(engines[0], owner, now, LEASE, 3) is not None
+    later = now + timedelta(seconds=2)
+    assert not await leases.retry_later(engines[0], failed, "other", "lost", later)  # not its run
+    assert await leases.retry_later(engines[0], failed, "worker", "connection lost", later)
+    job = await jobs.find_job(engines[0], failed)
+    assert (job.status, job.lease_owner, job.error, job.retry_at, job.attempts) == (
+        jobs.QUEUED, None, "connection lost", later, 1)
+    assert (await jobs.find_job(engines[0], other)).status == jobs.RUNNING
+    await jobs.cancel_job(engines[0], canceled, now)
+    assert not await leases.retry_later(engines[0], canceled, "canceled", "lost", later)
+    assert (await jobs.find_job(engines[0], canceled)).status == jobs.RUNNING  # to end canceled
 
 
 async def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
@@ -1255,3 +1322,78 @@ async def test_a_thousand_bad_filters_are_a_short_422_naming_twenty(
     query = "&".join(f"nope{i}=1" for i in range(1000))
     export = await client.get(f"/exports/users.csv?{query}")
     assert export.status_code == 422 and len(export.content) < 16384
+
+
+async def test_two_due_schedules_each_fire_their_own_job_and_record_their_own_last_run(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine = engines[0]
+    created, now = at("2026-03-01T00:00:00"), at("2026-03-10T09:30:00")
+    nightly, early = [
+        await create_schedule(engine, Catalog(engine), ScheduleRequest.model_validate(
+            {"cron": cron, "job": {"format": "csv"}}), created)
+        for cron in ("0 2 * * *", "30 3 * * *")
+    ]
+    made, upcoming = await fire_due(engine, now)
+    assert sorted((job.schedule_id, job.scheduled_for) for job in made) == sorted([
+        (nightly.id, at("2026-03-10T02:00:00")), (early.id, at("2026-03-10T03:30:00")),
+    ])
+    assert upcoming == at("2026-03-11T02:00:00")
+    for schedule, ran, due in ((nightly, "2026-03-10T02:00", "2026-03-11T02:00"),
+                               (early, "2026-03-10T03:30", "2026-03-11T03:30")):
+        found = await find_schedule(engine, schedule.id)
+        assert (found.last_run_at, found.next_run_at) == (at(ran), at(due))
+
+
+async def test_a_schedule_whose_stored_job_no_longer_validates_skips_its_time_and_moves_on(
+    engines: tuple[AsyncEngine, AsyncEngine], caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = engines[0]
+    created, now = at("2026-03-01T00:00:00"), at("2026-03-10T09:30:00")
+    schedule = await create_schedule(engine, Catalog(engine), ScheduleRequest.model_validate(
+        {"cron": "0 2 * * *", "job": {"format": "csv"}}), created)
+    async with engine.begin() as conn:  # as an older version might have stored it
+        await conn.execute(update(schedules).values(job={"format": "xml"}))
+    caplog.set_level(logging.INFO, logger="exporter.schedules")
+    assert await fire_due(engine, now) == ([], at("2026-03-11T02:00:00"))
+    assert (await find_schedule(engine, schedule.id)).next_run_at == at("2026-03-11T02:00:00")
+    assert await scheduled_jobs(engine, schedule.id) == []
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = logged.getMessage()
+    assert message.startswith(f"schedule {schedule.id}: its job is no longer valid (")
+    assert "xml" in message and message.endswith("; skipping 2026-03-10 02:00:00+00:00")
+
+
+async def test_a_schedule_whose_last_job_is_still_queued_fires_anyway_and_warns(
+    engines: tuple[AsyncEngine, AsyncEngine], caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = engines[0]
+    created = at("2026-03-10T09:00:30")
+    busy, idle = [
+        await create_schedule(engine, Catalog(engine), ScheduleRequest.model_validate(
+            {"cron": cron, "job": {"format": "csv"}}), created)
+        for cron in ("* * * * *", "*/2 * * * *")
+    ]
+    [first], _ = await fire_due(engine, at("2026-03-10T09:01:00"))  # busy's job, left queued
+    caplog.set_level(logging.WARNING, logger="exporter.schedules")
+    made, _ = await fire_due(engine, at("2026-03-10T09:02:00"))
+    assert sorted(job.schedule_id for job in made) == sorted([busy.id, idle.id])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"schedule {busy.id} is falling behind: its job {first.id} for 2026-03-10 "
+        "09:01:00+00:00 is still queued as the job for 2026-03-10 09:02:00+00:00 is queued"
+    ]
+
+
+async def test_a_schedule_whose_last_job_has_ended_fires_without_a_warning(
+    engines: tuple[AsyncEngine, AsyncEngine], caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = engines[0]
+    await create_schedule(engine, Catalog(engine), ScheduleRequest.model_validate(
+        {"cron": "* * * * *", "job": {"format": "csv"}}), at("2026-03-10T09:00:30"))
+    [first], _ = await fire_due(engine, at("2026-03-10T09:01:00"))
+    now = datetime.now(UTC)
+    assert await leases.claim_job(engine, "worker", now, LEASE, 3) is not None
+    assert await leases.finish(engine, first.id, "worker", jobs.SUCCEEDED, now)
+    caplog.set_level(logging.WARNING, logger="exporter.schedules")
+    made, _ = await fire_due(engine, at("2026-03-10T09:02:00"))
+    assert len(made) == 1 and caplog.records == []

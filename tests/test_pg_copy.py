@@ -78,7 +78,7 @@ FILTERS = [
 ]
 
 
-USERS: list[Table] = []  # the users table, as the engine fixture reflected it
+USERS: list[Table] = []  # the users table, as seeded_plus reflected it (alike in every one)
 
 
 def query_of(raw: str) -> ExportQuery:
@@ -122,6 +122,7 @@ async def seeded_plus(
     try:
         async with engine.begin() as conn:
             await add(conn)
+        USERS[:] = [await reflected(engine)]  # for query_of, whichever test runs first
     finally:
         await engine.dispose()
     return database
@@ -130,7 +131,6 @@ async def seeded_plus(
 @pytest.fixture(scope="module")
 async def engine(hostile: Database) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(hostile.url)
-    USERS[:] = [await reflected(engine)]
     yield engine
     await engine.dispose()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from starlette.datastructures import Headers
 
@@ -74,9 +76,26 @@ def test_if_none_match_with_our_etag_is_not_modified() -> None:
     assert evaluate(if_none_match='"stale"') is False
 
 
+def test_http_dates_are_gmt_whatever_the_hosts_time_zone(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:  # an asctime date names no zone: HTTP's are all GMT, never the host's
+        assert parse_http_date("Sun Nov  6 08:49:37 1994") == MODIFIED
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_if_none_match_on_an_unsafe_method_fails_the_precondition() -> None:
-    with pytest.raises(PreconditionFailed):
+    with pytest.raises(PreconditionFailed) as raised:
         evaluate("POST", if_none_match=ETAG)
+    assert raised.value.details == {"header": "If-None-Match", "value": ETAG, "etag": ETAG}
+
+
+def test_head_is_as_safe_as_get() -> None:
+    assert evaluate("HEAD", if_none_match=ETAG) is True
+    assert evaluate("HEAD", if_modified_since=AT_MODIFIED) is True
 
 
 def test_if_modified_since_compares_whole_seconds() -> None:
@@ -106,7 +125,8 @@ def test_if_match_comes_first_and_compares_strongly() -> None:
 def test_if_unmodified_since_fails_for_a_newer_file_unless_if_match_is_there() -> None:
     with pytest.raises(PreconditionFailed) as raised:
         evaluate(if_unmodified_since=BEFORE)
-    assert raised.value.details["header"] == "If-Unmodified-Since"
+    assert raised.value.details == {"header": "If-Unmodified-Since", "value": BEFORE,
+                                    "etag": ETAG}
     assert evaluate(if_unmodified_since=AT_MODIFIED) is False
     assert evaluate(if_unmodified_since="garbage") is False
     assert evaluate(if_match=ETAG, if_unmodified_since=BEFORE) is False
@@ -136,6 +156,8 @@ def test_if_range_needs_the_strong_etag_or_the_exact_date(
 def test_if_range_distrusts_a_date_from_the_current_second() -> None:
     assert range_applies(AT_MODIFIED, VALIDATORS, MODIFIED + 0.5) is False
     assert range_applies(ETAG, VALIDATORS, MODIFIED + 0.5) is True
+    # RFC 9110 8.8.2.2: strong once the date is at least one second old
+    assert range_applies(AT_MODIFIED, VALIDATORS, MODIFIED + 1) is True
 
 
 def test_conditions_join_lists_and_drop_repeated_dates() -> None:

@@ -4,7 +4,6 @@ Adding a format is one module here with one ``Format`` subclass, listed in ``FOR
 
 from __future__ import annotations
 
-from exporter.errors import NotFound, echo
 from exporter.formats.base import Block, Format
 from exporter.formats.csv import Csv
 from exporter.formats.json import JsonArray
@@ -13,15 +12,5 @@ from exporter.formats.ndjson import Ndjson
 FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Ndjson, JsonArray)}
 BY_EXTENSION: dict[str, type[Format]] = {cls.extension: cls for cls in FORMATS.values()}
 
-__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson", "get_format"]
+__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson"]
 
-
-def get_format(name: str) -> type[Format]:
-    """The format called ``name``, or a 404 that lists the valid ones."""
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise NotFound(
-            f"no export format {echo(name)!r}; valid: {', '.join(FORMATS)}",
-            format=echo(name), valid=list(FORMATS),
-        ) from None
