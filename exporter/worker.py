@@ -63,13 +63,14 @@ from exporter.schedules import (
 
 log = logging.getLogger("exporter.worker")
 RETRIED = "retried"  # an outcome: queued again after a transient failure
-# A run that failed on a transient error waits this long before the next, doubling each
-# time: a database restart or a dropped connection is usually over within seconds.
 # Seconds stop() lets the loop finish its round before cancelling it: a SQLite write cut
 # off mid-statement (a claim, a firing) leaves its connection holding the write lock until
 # the statement is garbage-collected, long after the engine is disposed ("database is
-# locked" for whoever writes next, as the tests' next fixture did).
-STOP_WAIT_S = 3.0  # within the shutdown's grace (EXPORTER_SHUTDOWN_GRACE_SECONDS + 10 s)
+# locked" for whoever writes next, as the tests' next fixture did). Short, so that handing
+# the jobs back still fits in a shutdown's grace.
+STOP_WAIT_S = 3.0
+# A run that failed on a transient error waits this long before the next, doubling each
+# time: a database restart or a dropped connection is usually over within seconds.
 RETRY_FIRST_S = 1.0
 RETRY_MOST_S = 60.0
 
@@ -189,8 +190,8 @@ class Worker:
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
-        # A job cancelled before its attempt could hand it back (or before it started) is
-        # handed back here: requeue changes only a run this worker still holds.
+        # Every job cancelled here goes back to the queue, whether it had started or not:
+        # requeue changes only a run this worker still holds (a finished one stays so).
         for job_id in running:
             with suppress(Exception):
                 await leases.requeue(self.engine, job_id, self.owner)
@@ -219,9 +220,8 @@ class Worker:
             except Exception as exc:  # the database is down or not migrated: keep trying
                 self._report(exc)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (stop())
-            # that comes as the wake-up does, and the loop would run on.
-            if self._stopping:
-                break
+            # that comes as the wake-up does, and the loop would run on. A stop() during the
+            # round has set the wake-up already: no wait then.
             with suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -293,11 +293,9 @@ class Worker:
                                progress)
             )
             verdict = await self._supervise(job, writer, progress)
-        except asyncio.CancelledError:  # the worker is stopping
+        except asyncio.CancelledError:  # the worker is stopping: stop() hands the job back
             if writer is not None:
                 await _stop(writer)
-            with suppress(Exception):
-                await leases.requeue(self.engine, job.id, self.owner)
             raise
         await self._finish(job, writer, progress, verdict)
 
