@@ -29,7 +29,7 @@ import io
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -269,6 +269,10 @@ class _Export:
         self.asked = True
         if self.count and self.total is None and "x-total-count" in response.headers:
             self.total = self.rows + int(response.headers["x-total-count"])
+        self._body()
+
+    def _body(self) -> None:
+        """A body begins: no record received yet, a CSV header first."""
         self.records = Records(self.csv)
         self.expect_header = self.csv
 
@@ -291,10 +295,15 @@ class _Export:
             self.failures.progressed()
         return block, rows
 
-    def resume(self, header: bytes | None, last: bytes, rows: int) -> None:
-        """Go on from rows already stored elsewhere (a partial file): ``rows`` of them, the
-        last one ``last``, under ``header`` (CSV)."""
-        self.header, self.rows, self.last = header, rows, last
+    def resume(self, stored: Iterable[bytes]) -> int:
+        """Go on after the rows of a body stored elsewhere (a partial file, in pieces), read
+        as a response's body is; how many of its bytes are whole rows (and the header)."""
+        self._body()
+        kept = 0
+        for data in stored:
+            block, _rows = self.take(data)
+            kept += len(block)
+        return kept + len(self.header or b"")
 
     def ended(self) -> None:
         """The body ended as a complete response does: it must end with a whole record."""

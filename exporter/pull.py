@@ -36,12 +36,10 @@ from exporter.client import (
     Client,
     ExportError,
     Failures,
-    Records,
     Refused,
     Retry,
     _Export,
     check,
-    first_record,
 )
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -113,28 +111,11 @@ def _aside(path: Path) -> Path:
 def _stored(part: Path, export: _Export) -> None:
     """Keep the complete rows of a partial file, cut off the rest, and tell the export to go
     on after its last row."""
-    records = Records(export.csv)
-    header: bytes | None = None
-    kept = rows = 0
-    last = b""
-    with part.open("rb") as file:
-        while data := file.read(READ_SIZE):
-            block, count = records.feed(data)
-            if count and export.csv and header is None:
-                header, rest = first_record(block, csv_records=True)
-                count -= 1
-                kept += len(header)
-                block = rest
-            if count:
-                kept += len(block)
-                rows += count
-                last = records.last
     with part.open("r+b") as file:
-        file.truncate(kept)
-    if export.limit is not None and rows > export.limit:
-        raise ExportError(f"{part} holds {rows} rows, more than limit={export.limit}: not "
-                          "this export's partial file; remove it to start again")
-    export.resume(header, last, rows)
+        file.truncate(export.resume(iter(lambda: file.read(READ_SIZE), b"")))
+    if export.limit is not None and export.rows > export.limit:
+        raise ExportError(f"{part} holds {export.rows} rows, more than limit={export.limit}: "
+                          "not this export's partial file; remove it to start again")
 
 
 def _identity(target: Target) -> str:
