@@ -180,6 +180,9 @@ def _configure_sqlite(engine: AsyncEngine, state: str, nice: int) -> None:
         dbapi_connection.create_function(
             render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True
         )
+        dbapi_connection.create_function(
+            render.FLOAT_REPR, 1, float.__repr__, deterministic=True
+        )
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_CONNECTION_PRAGMAS:
             cursor.execute(pragma)
