@@ -23,7 +23,6 @@ Requests and retries are written once, here, without I/O (``_Export``); ``Client
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -364,6 +363,14 @@ def _describe(error: Exception) -> str:
 RETRYABLE = (httpx.TransportError, _Retryable)
 
 
+async def _sleep(seconds: float) -> None:
+    # asyncio is imported when an async client first waits: its import is a third of the
+    # start of `exporter pull`, which never needs it.
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE)
     return {"Authorization": f"Bearer {key}"} if key else {}
@@ -463,7 +470,7 @@ class AsyncClient:
                 check(response)
                 return response.json()
             except RETRYABLE as error:
-                await asyncio.sleep(failures.wait(error))
+                await _sleep(failures.wait(error))
 
     async def table(self, name: str) -> dict[str, Any]:
         table: dict[str, Any] = await self.get_json(f"/tables/{quote(name, safe='')}")
@@ -499,4 +506,4 @@ class AsyncClient:
                     export.ended()
                     return
             except RETRYABLE as error:
-                await asyncio.sleep(export.failed(error))
+                await _sleep(export.failed(error))
