@@ -109,6 +109,13 @@ class CopyOut:
     the task has run again: the protocol is then left mid-COPY. So the task is cancelled
     only while it waits in the sink; otherwise the sink is told to fail on the next chunk.
     If no chunk comes for ``STOP_WAIT`` seconds (a slow scan), ``stop`` gives up and says so.
+
+    Whenever the sink raised (a stop, or a failure of the format's own), asyncpg has asked
+    the server to cancel the COPY and makes the next statement wait for the server's answer.
+    A COPY that had already ended when the sink raised (its last chunk read with the end of
+    the command, as a small export is) is answered never, and the snapshot's rollback would
+    wait forever: so the connection is tried once, within ``STOP_WAIT``, before it is given
+    back (``_answers``), and otherwise closed.
     """
 
     def __init__(self, driver: asyncpg.Connection, sql: str, args: Sequence[Any],
@@ -123,6 +130,8 @@ class CopyOut:
         self.first = True  # the first chunk goes out alone, so that the client sees bytes
         self.waiting = False  # the task waits in the sink: for room in the queue, or a pause
         self.stopping = False
+        self.sink_raised = False  # asyncpg then cancels the COPY
+        self.driver = driver
         self.task = asyncio.create_task(self._copy(driver, sql, args))
 
     async def _copy(self, driver: asyncpg.Connection, sql: str, args: Sequence[Any]) -> None:
@@ -140,6 +149,13 @@ class CopyOut:
             await self.queue.put(_End())
 
     async def _sink(self, chunk: bytes) -> None:
+        try:
+            await self._take(chunk)
+        except BaseException:  # a stop (_Stopped, or the task cancelled in it) or a failure
+            self.sink_raised = True
+            raise
+
+    async def _take(self, chunk: bytes) -> None:
         if self.stopping:
             raise _Stopped
         if not chunk.endswith(self.fmt.copy_row_end):
@@ -179,7 +195,7 @@ class CopyOut:
         """End the COPY if it still runs; False if it could not be ended in order, and the
         connection must be closed (then ``abandon``)."""
         if self.task.done():
-            return True
+            return await self._answers()
         if self.waiting:
             self.task.cancel()
         else:
@@ -191,6 +207,19 @@ class CopyOut:
                 return False
         with suppress(asyncio.CancelledError):
             await self.task
+        return await self._answers()
+
+    async def _answers(self) -> bool:
+        """Whether the connection takes a statement again after the COPY ended: always, unless
+        the sink raised and asyncpg waits for an answer to its cancel that may never come."""
+        if not self.sink_raised:
+            return True
+        try:
+            await asyncio.wait_for(self.driver.execute("SELECT 1"), STOP_WAIT)
+        except asyncpg.PostgresError:
+            return True  # the cancel was answered, and aborted the transaction
+        except (TimeoutError, asyncpg.InterfaceError):
+            return False
         return True
 
     async def finish(self, seconds: float) -> bool:
@@ -204,7 +233,7 @@ class CopyOut:
             return False
         with suppress(Exception):  # a failure of a COPY no one reads any more
             await self.task
-        return True
+        return await self._answers()
 
     async def abandon(self) -> None:
         """End the task once its connection is closed."""

@@ -547,3 +547,44 @@ async def test_a_slow_reader_on_a_server_that_ends_idle_transactions_gets_every_
                                     "RESET idle_in_transaction_session_timeout"))
             await conn.commit()
         await admin.dispose()
+
+
+class Broken(FORMATS["ndjson"]):  # type: ignore[misc,valid-type]
+    """A format whose COPY handling fails: a bug in a new format class."""
+
+    @staticmethod
+    def copy_rows(chunk: bytes) -> Block:
+        raise ValueError("a broken format")
+
+
+@pytest.mark.parametrize("limit", [3, 5000], ids=["one-message", "many-messages"])
+async def test_a_failing_format_fails_the_export_and_the_connection_is_not_left_hanging(
+    engine: AsyncEngine, limit: int
+) -> None:
+    """asyncpg cancels a COPY whose output handler raises, and makes the next statement
+    wait for the server to acknowledge that; a COPY already over when the handler raised
+    (a small export arrives in one read) is acknowledged never: the snapshot's rollback
+    waited forever. Found by a mutant (docs/mutation.md)."""
+
+    async def export() -> None:
+        async with snapshot(engine) as conn:
+            blocks = copy_blocks(conn, query_of(f"limit={limit}"), Broken, chunk_bytes=65536)
+            [_ async for _ in blocks]
+
+    with pytest.raises(ValueError, match="a broken format"):
+        await asyncio.wait_for(export(), 10)
+    assert sum(rows for rows, _ in await copied(engine, query_of("limit=10"), "csv")) == 10
+
+
+async def test_a_failing_format_fails_ranged_exports_and_leaves_no_reader_hanging(
+    engine: AsyncEngine,
+) -> None:
+    async def export() -> None:
+        async with shared_snapshot(engine, 3) as (planner, *renderers):
+            ranges = copy_ranges(planner, renderers, query_of("limit=40"), Broken,
+                                 chunk_bytes=4096, range_rows=7)
+            [_ async for _ in ranges]
+
+    with pytest.raises(ValueError, match="a broken format"):
+        await asyncio.wait_for(export(), 10)
+    assert sum(rows for rows, _ in await ranged(engine, query_of("limit=40"), "csv")) == 40
