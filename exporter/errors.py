@@ -219,6 +219,13 @@ class NotFound(ExporterError):
     code = "not_found"
 
 
+class Unrepresentable(ExporterError):
+    """A value the asked format has no way to hold (an infinite date in Parquet)."""
+
+    status = 422
+    code = "unrepresentable"
+
+
 class Conflict(ExporterError):
     status = 409
     code = "conflict"

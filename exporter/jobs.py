@@ -63,7 +63,7 @@ class JobRequest(BaseModel):
     table: Annotated[str, Field(
         min_length=1, description="The table or view to export (GET /tables lists them).",
     )] = "users"
-    format: Literal["csv", "ndjson", "json"]
+    format: Literal["csv", "ndjson", "json", "parquet"]
     fields: Annotated[
         list[Annotated[str, WithJsonSchema(NO_COMMA)]] | None,
         Field(min_length=1, description="Columns, in order; omitted: every column."),
@@ -86,6 +86,9 @@ class JobRequest(BaseModel):
             if "," in item:  # joined with commas for the query, it would be several fields
                 raise InvalidParameter("fields", self.fields, f"{item!r} holds a comma; "
                                        "give each field as its own list item")
+        if self.compression == "gzip" and not FORMATS[self.format].compressible:
+            raise InvalidParameter("compression", self.compression,
+                                   f"a {self.format} file is compressed inside; use none")
         filters: dict[str, str] = {}
         for name, value in self.filters.items():
             if name == "fields":

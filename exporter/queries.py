@@ -85,6 +85,7 @@ class Shape(Enum):
     VALUES = "values"  # one column per field, as COPY should write them (PostgreSQL)
     JSON = "json"  # one column: the row as a JSON object, built by the database
     CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
+    TEXTS = "texts"  # one column: a JSON object of each value's text as CSV has it, or null
 
 
 def order_key(query: ExportQuery) -> list[SQL]:
@@ -174,16 +175,20 @@ def _condition(table: Table, item: Filter, dialect: str) -> SQL:
     return and_(*(compare(b) for b in bound))
 
 
-def _json_object(query: ExportQuery, dialect: str) -> tuple[SQL, FromClause]:
+def _json_object(query: ExportQuery, dialect: str, texts: bool = False
+                 ) -> tuple[SQL, FromClause]:
     """The row as compact JSON text, and what to select it from. SQLite's json_object and
     PostgreSQL's row_to_json escape exactly alike (checked for every ASCII character and
-    astral ones), so both backends give the same bytes."""
+    astral ones), so both backends give the same bytes. ``texts``: each value as a string,
+    its text as CSV has it (Shape.TEXTS)."""
     table = query.table
     if dialect == "sqlite":
+        value = render.sqlite_text_value if texts else render.sqlite_json_value
         pairs = [part for name in query.fields for part in (
-            literal(name), render.sqlite_json_value(table.column(name), table.sql.c[name]))]
+            literal(name), value(table.column(name), table.sql.c[name]))]
         return type_coerce(func.json_object(*pairs), String), table.sql
-    row = select(*(render.pg_json_value(table.column(name), table.sql.c[name]).label(name)
+    pg_value = render.pg_text_value if texts else render.pg_json_value
+    row = select(*(pg_value(table.column(name), table.sql.c[name]).label(name)
                    for name in query.fields))
     lateral = row.correlate(table.sql).lateral("t")  # only the asked fields, in their order
     column = cast(func.row_to_json(lateral.table_valued()), Text)
@@ -213,8 +218,8 @@ def _csv_values(query: ExportQuery) -> list[SQL]:
 
 
 def build_statement(query: ExportQuery, dialect: str, shape: Shape) -> Select[Any]:
-    if shape is Shape.JSON:
-        column, source = _json_object(query, dialect)
+    if shape is Shape.JSON or shape is Shape.TEXTS:
+        column, source = _json_object(query, dialect, texts=shape is Shape.TEXTS)
         statement = select(column).select_from(source)
     elif shape is Shape.CSV:
         statement = select(_csv_line(query)).select_from(query.table.sql)
@@ -232,6 +237,26 @@ def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
     if query.limit is not None:
         rows = rows.limit(literal(query.limit, BigInteger()))
     return select(func.count()).select_from(rows.subquery())
+
+
+def build_misfits(query: ExportQuery) -> tuple[Select[Any], list[str]] | None:
+    """SQLite: a row of 0s and 1s, one for each exported column whose kind has a typed
+    form (render.sqlite_fits): 1 if a row of this export holds a value not of that form.
+    With the names it is for; None if no column has a typed form."""
+    table = query.table
+    checked = {name: fits for name in query.fields
+               if (fits := render.sqlite_fits(table.column(name), table.sql.c[name]))
+               is not None}
+    if not checked:
+        return None
+    flags = [case((fits, 0), else_=1).label(f"misfit_{i}")
+             for i, fits in enumerate(checked.values())]
+    rows = _matching(select(*flags).select_from(table.sql), query, "sqlite")
+    if query.limit is not None:
+        rows = rows.order_by(*order_key(query)).limit(literal(query.limit, BigInteger()))
+    found = rows.subquery()
+    misfits = select(*(func.coalesce(func.max(column), 0) for column in found.c))
+    return misfits, list(checked)
 
 
 # --- Batches --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Text,
     Time,
+    and_,
     case,
     cast,
     func,
@@ -169,12 +170,19 @@ def _quoted(value: SQL) -> SQL:
     return _text(case((needs, quoted), else_=value))
 
 
-def _as_stored_csv(column: SQL) -> SQL:
+def _unquoted(value: SQL) -> SQL:
+    return value
+
+
+Quote = Callable[[SQL], SQL]
+
+
+def _as_stored(column: SQL, quoted: Quote) -> SQL:
     """A value that does not fit its kind, as SQLite holds it."""
     return _text(case(
         (_typeof(column) == "real", _sqlite_float(column)),
         (_typeof(column) == "blob", _base64(column)),
-        (_typeof(column) == "text", _quoted(column)),
+        (_typeof(column) == "text", quoted(column)),
         else_=column,
     ))
 
@@ -190,27 +198,55 @@ def _numeric_format(scale: int) -> str:
 def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
     """``(printf format, argument)`` for one field of SQLite's CSV line; ``%s`` writes NULL
     as nothing."""
+    return "%s", _sqlite_text(column, value, _quoted)
+
+
+def sqlite_text_value(column: Column, value: SQL) -> SQL:
+    """One value's text as CSV has it, unquoted; NULL stays NULL (Parquet reads it)."""
+    return cast(_sqlite_text(column, value, _unquoted), Text)  # a number too: its text
+
+
+def _sqlite_text(column: Column, value: SQL, quoted: Quote) -> SQL:
     kind = column.kind
-    stored = _as_stored_csv(value)
+    stored = _as_stored(value, quoted)
     if kind is Kind.TEXT:  # its affinity turns numbers into text, but keeps a BLOB a BLOB
-        return "%s", case((_typeof(value) == "blob", _base64(value)), else_=_quoted(value))
+        return case((_typeof(value) == "blob", _base64(value)), else_=quoted(value))
     if kind is Kind.UUID or kind is Kind.JSON:  # numeric affinity: numbers stay numbers
-        return "%s", case((_typeof(value) == "text", _quoted(value)), else_=stored)
+        return case((_typeof(value) == "text", quoted(value)), else_=stored)
     if kind is Kind.INTEGER:
-        return "%s", case((_typeof(value) == "integer", value), else_=stored)
+        return case((_typeof(value) == "integer", value), else_=stored)
     if kind is Kind.FLOAT:
-        return "%s", case((_typeof(value).in_(("real", "integer")), _sqlite_float(value)),
-                          else_=stored)
+        return case((_typeof(value).in_(("real", "integer")), _sqlite_float(value)),
+                    else_=stored)
     if kind is Kind.NUMERIC and column.scale is not None:
-        return "%s", case((_typeof(value).in_(("real", "integer")),
-                           func.printf(_numeric_format(column.scale), value)), else_=stored)
+        return case((_typeof(value).in_(("real", "integer")),
+                     func.printf(_numeric_format(column.scale), value)), else_=stored)
     if kind is Kind.BOOLEAN:
-        return "%s", case((value == 1, "true"), (value == 0, "false"), else_=stored)
+        return case((value == 1, "true"), (value == 0, "false"), else_=stored)
     if kind in (Kind.TIMESTAMP, Kind.DATE, Kind.TIME):
         rendered = _sqlite_moment(kind, value)
-        return "%s", case((_typeof(value) == "text", func.coalesce(rendered, _quoted(value))),
-                          else_=stored)
-    return "%s", stored  # BYTES, ANY, NUMERIC without a scale
+        return case((_typeof(value) == "text", func.coalesce(rendered, quoted(value))),
+                    else_=stored)
+    return stored  # BYTES, ANY, NUMERIC without a scale
+
+
+def sqlite_fits(column: Column, value: SQL) -> SQL | None:
+    """Whether a value has its kind's own form (NULL does), so that a typed column can hold
+    it: SQLite lets a column hold anything. None for kinds whose every value is text."""
+    kind = column.kind
+    if kind is Kind.INTEGER:
+        fits = _typeof(value) == "integer"
+    elif kind is Kind.FLOAT or (kind is Kind.NUMERIC and column.scale is not None):
+        fits = _typeof(value).in_(("real", "integer"))
+    elif kind is Kind.BOOLEAN:
+        fits = value.in_((0, 1))
+    elif kind in (Kind.TIMESTAMP, Kind.DATE, Kind.TIME):
+        fits = and_(_typeof(value) == "text", _sqlite_moment(kind, value).is_not(None))
+    elif kind is Kind.BYTES:
+        fits = _typeof(value) == "blob"
+    else:
+        return None
+    return or_(value.is_(None), fits)
 
 
 # SQLite's date functions also read 'now' (the current time), a time alone ('12:00' is
@@ -314,6 +350,18 @@ def pg_csv_value(column: Column, value: SQL, alone: bool) -> SQL:
     if alone:  # csv.writer writes a lone empty field as "": COPY quotes a lone ''
         return func.coalesce(cast(result, Text), "")
     return result
+
+
+def pg_text_value(column: Column, value: SQL) -> SQL:
+    """One value's text as CSV has it, unquoted, empty strings kept (Parquet reads it)."""
+    rendered = _pg_rendered(column, value)
+    if rendered is not None:
+        return rendered
+    if column.kind is Kind.BOOLEAN:
+        return case((value, "true"), (~value, "false"))
+    if column.kind is Kind.ARRAY:
+        return cast(func.array_to_json(value), Text)
+    return cast(value, Text)
 
 
 def pg_json_value(column: Column, value: SQL) -> SQL:

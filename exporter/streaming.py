@@ -80,30 +80,39 @@ async def export_chunks(
     ``count``, ``progress.total`` is set first, counted in the same snapshot as the rows.
     """
     progress = progress or Progress()
-    encoder = fmt(query.fields)
+    encoder = fmt([query.table.column(name) for name in query.fields])
     async with _blocks(engine, query, encoder, batch_rows, chunk_bytes, readers) as (
         conn, blocks
     ):
         if count:
             count_rows = build_count(query, backend_name(engine))
             progress.total = (await conn.execute(count_rows)).scalar_one()
+        await encoder.prepare(conn, query)
         pending = [encoder.begin()]
         pending_size = len(pending[0])
         first = True
         async with aclosing(blocks):
             async for rows, block in blocks:
-                data = encoder.frame(block)
+                data = await _framed(encoder, block)
                 progress.add(rows, len(data))
                 pending.append(data)
                 pending_size += len(data)
-                if first or pending_size >= chunk_bytes:
+                # The first bytes go out at once (a format may hold its first blocks back).
+                if (first and pending_size) or pending_size >= chunk_bytes:
                     yield b"".join(pending)
                     pending.clear()
                     pending_size = 0
                     first = False
                 await asyncio.sleep(0)
-        pending.append(encoder.end())
+        pending.append(await asyncio.to_thread(encoder.end) if encoder.blocking
+                       else encoder.end())
         yield b"".join(pending)
+
+
+async def _framed(encoder: Format, block: bytes) -> bytes:
+    if encoder.blocking:
+        return await asyncio.to_thread(encoder.frame, block)
+    return encoder.frame(block)
 
 
 @asynccontextmanager

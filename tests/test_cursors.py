@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exporter.catalog import Column
 from exporter.cursors import sqlite_blocks
 from exporter.db import shared_snapshot
 from exporter.formats import Ndjson
 from exporter.models import users
+from exporter.queries import ExportQuery
 from tests.conftest import Database, build_database, query_for, reflected
 
 
@@ -57,7 +59,7 @@ async def test_batches_cover_every_row_once_in_order_whatever_the_batch_size(
         for batch_rows, readers in ((1, 2), (100, 2), (1000, 3), (5000, 1)):
             async with shared_snapshot(engine, readers + 1) as (planner, *renderers):
                 blocks = sqlite_blocks(
-                    planner, renderers, query, Ndjson(query.fields), batch_rows
+                    planner, renderers, query, Ndjson(columns_of(query)), batch_rows
                 )
                 async with aclosing(blocks):
                     got = [block async for block in blocks]
@@ -83,7 +85,7 @@ async def test_closing_the_blocks_early_leaves_every_connection_usable(
     try:
         async with shared_snapshot(engine, 3) as (planner, *renderers):
             query = query_for(await reflected(engine), "fields=id,bio")
-            blocks = sqlite_blocks(planner, renderers, query, Ndjson(query.fields), 10)
+            blocks = sqlite_blocks(planner, renderers, query, Ndjson(columns_of(query)), 10)
             async with aclosing(blocks):
                 await anext(blocks)
             for conn in (planner, *renderers):
@@ -105,3 +107,7 @@ async def test_sqlite_threads_run_at_the_configured_niceness(sqlite_database: Da
         assert os.getpriority(os.PRIO_PROCESS, 0) == base, "the loop's thread is left alone"
     finally:
         await engine.dispose()
+
+
+def columns_of(query: ExportQuery) -> list[Column]:
+    return [query.table.column(name) for name in query.fields]

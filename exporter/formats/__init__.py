@@ -8,9 +8,10 @@ from exporter.formats.base import Block, Format
 from exporter.formats.csv import Csv
 from exporter.formats.json import JsonArray
 from exporter.formats.ndjson import Ndjson
+from exporter.formats.parquet import Parquet
 
-FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Ndjson, JsonArray)}
+FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Ndjson, JsonArray, Parquet)}
 BY_EXTENSION: dict[str, type[Format]] = {cls.extension: cls for cls in FORMATS.values()}
 
-__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson"]
+__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson", "Parquet"]
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from exporter.queries import Shape
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exporter.catalog import Column
+from exporter.queries import ExportQuery, Shape
 
 Block = tuple[int, bytes]  # (rows in it, their bytes): whole rows, already joined
 
@@ -31,8 +34,18 @@ class Format:
     copy_format: ClassVar[str]
     copy_row_end: ClassVar[bytes]
 
-    def __init__(self, fields: Sequence[str]) -> None:
-        self.fields = [str(name) for name in fields]
+    # gzip on the wire, when the client accepts it (a format compressed inside: no).
+    compressible: ClassVar[bool] = True
+    # frame() and end() take long enough (tens of ms) to run in a thread, off the loop.
+    blocking: ClassVar[bool] = False
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        self.columns = list(columns)
+        self.fields = [column.name for column in self.columns]
+
+    async def prepare(self, conn: AsyncConnection, query: ExportQuery) -> None:
+        """Read what the format must know of the rows before the first byte, in the
+        export's snapshot."""
 
     @staticmethod
     def copy_rows(chunk: bytes) -> Block:

@@ -138,7 +138,7 @@ async def _resolve(
     table_name, fmt = split_export_name(name)
     table = await catalog.get(table_name)
     query = parse_query(table, request.query_params.multi_items())
-    gzip = accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
+    gzip = fmt.compressible and accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
     return query, fmt, gzip
 
 

@@ -1,0 +1,212 @@
+"""Parquet: typed columns, written one row group at a time as the rows arrive.
+
+The database renders each row as a JSON object of its values' texts (``Shape.TEXTS``: the
+texts CSV has), so that every kind follows the rules every format follows (a float's
+shortest digits, a numeric's scale, timestamps in UTC); Arrow's JSON reader (C++) reads a
+row group's rows as string columns, and Arrow's casts make them typed. The writer hands
+over the bytes of each row group as it is written (zstd inside, so no gzip on the wire).
+No Python runs per row, except for bytes columns (base64 decoded per value).
+
+A Parquet file is only readable once its footer is written, at the very end: a body cut
+short can never be taken for a complete file.
+
+Types: integers int64, floats double, numerics with a declared scale decimal128 (their
+declared precision, else 38), booleans, dates date32, timestamps timestamp[us, UTC], times
+time64[us], bytes binary, JSON and PostgreSQL arrays strings of their JSON (Arrow's JSON
+type where pyarrow has it), everything else strings. SQLite lets a column hold values of
+any kind: a column that holds, among the rows exported, a value not of its kind
+(``render.sqlite_fits``, checked by one scan before the first row) is written as strings,
+each value's text, so that nothing is lost and the column's type says what it holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exporter.catalog import Column, Kind
+from exporter.errors import Unrepresentable
+from exporter.formats.base import Block, Format
+from exporter.formats.ndjson import copy_json_rows
+from exporter.queries import ExportQuery, Shape, build_misfits
+
+ROW_GROUP_ROWS = 65_536  # rows per row group: ~20 MB of the users' texts held at a time
+COMPRESSION = "zstd"
+JSON_BLOCK_BYTES = 4 << 20  # Arrow's JSON reader reads blocks of this size on its threads
+DECIMAL_PRECISION = 38  # decimal128's largest, for a numeric declared without one
+PRECISION = re.compile(r"\(\s*(\d+)\s*,")
+
+
+class _Drain:
+    """Where the writer writes: its bytes, taken as each row group is done."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.parts.append(chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        return data
+
+
+def _json_type(storage: pa.DataType) -> pa.DataType:
+    """Arrow's JSON type (written as Parquet's JSON logical type) where pyarrow has it."""
+    maker = getattr(pa, "json_", None)
+    return maker(storage) if maker is not None else storage
+
+
+def arrow_type(column: Column) -> pa.DataType:
+    kind = column.kind
+    if kind is Kind.INTEGER:
+        return pa.int64()
+    if kind is Kind.FLOAT:
+        return pa.float64()
+    if kind is Kind.NUMERIC and column.scale is not None:
+        found = PRECISION.search(column.declared)
+        precision = int(found.group(1)) if found else DECIMAL_PRECISION
+        if precision > DECIMAL_PRECISION:
+            return pa.decimal256(precision, column.scale)
+        return pa.decimal128(precision, column.scale)
+    if kind is Kind.BOOLEAN:
+        return pa.bool_()
+    if kind is Kind.DATE:
+        return pa.date32()
+    if kind is Kind.TIMESTAMP:
+        return pa.timestamp("us", tz="UTC")
+    if kind is Kind.TIME:
+        return pa.time64("us")
+    if kind is Kind.BYTES:
+        return pa.binary()
+    if kind in (Kind.JSON, Kind.ARRAY):
+        return _json_type(pa.string())
+    return pa.string()
+
+
+def _typed(texts: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    """A column of texts as ``to``."""
+    if to == pa.string():
+        return texts
+    if to == pa.binary():
+        return pa.chunked_array([pa.array(
+            [None if text is None else base64.b64decode(text) for text in texts.to_pylist()],
+            pa.binary())])
+    if isinstance(to, pa.ExtensionType):
+        return pa.chunked_array([pa.ExtensionArray.from_storage(to, chunk)
+                                 for chunk in texts.chunks], type=to)
+    if to == pa.time64("us"):  # Arrow casts no text to a time: through a timestamp
+        return pc.cast(pc.strptime(texts, format="%H:%M:%S", unit="us"), to)
+    return pc.cast(texts, to)
+
+
+class Parquet(Format):
+    name = "parquet"
+    media_type = "application/vnd.apache.parquet"
+    extension = "parquet"
+    shape = copy_shape = Shape.TEXTS
+    separator = terminator = b"\n"
+    copy_format = "text"
+    copy_row_end = b"\n"
+    copy_rows = staticmethod(copy_json_rows)
+    compressible = False
+    blocking = True
+    row_group_rows: ClassVar[int] = ROW_GROUP_ROWS
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        super().__init__(columns)
+        self.misfits: set[str] = set()
+        self.pending: list[bytes] = []
+        self.pending_rows = 0
+        self.out = _Drain()
+        self.writer: pq.ParquetWriter | None = None
+
+    async def prepare(self, conn: AsyncConnection, query: ExportQuery) -> None:
+        if conn.dialect.name != "sqlite":
+            return  # PostgreSQL's columns hold their type's values only
+        found = build_misfits(query)
+        if found is None:
+            return
+        statement, names = found
+        flags = (await conn.execute(statement)).one()
+        self.misfits = {name for name, flag in zip(names, flags, strict=True) if flag}
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([
+            (column.name, pa.string() if column.name in self.misfits else arrow_type(column))
+            for column in self.columns
+        ])
+
+    def frame(self, block: bytes) -> bytes:
+        if not block:
+            return b""
+        self.pending.append(block if block.endswith(b"\n") else block + b"\n")
+        self.pending_rows += block.count(b"\n") + (not block.endswith(b"\n"))
+        if self.pending_rows < self.row_group_rows:
+            return b""
+        return self._write()
+
+    def end(self) -> bytes:
+        rows = self._write()
+        assert self.writer is not None
+        self.writer.close()  # the footer: only now is the file readable
+        return rows + self.out.take()
+
+    def _write(self) -> bytes:
+        schema = self.schema()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.out, schema, compression=COMPRESSION)
+        if self.pending:
+            self.writer.write_table(self._table(b"".join(self.pending), schema),
+                                    row_group_size=self.pending_rows)
+            self.pending.clear()
+            self.pending_rows = 0
+        return self.out.take()
+
+    def _table(self, rows: bytes, schema: pa.Schema) -> pa.Table:
+        texts = pa.schema([(field.name, pa.string()) for field in schema])
+        read = pa_json.read_json(
+            pa.BufferReader(rows),
+            read_options=pa_json.ReadOptions(block_size=JSON_BLOCK_BYTES),
+            parse_options=pa_json.ParseOptions(explicit_schema=texts,
+                                               unexpected_field_behavior="error"),
+        )
+        return pa.Table.from_arrays(
+            [_column(read.column(i), field) for i, field in enumerate(schema)], schema=schema)
+
+
+def _column(texts: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    try:
+        return _typed(texts, field.type)
+    except (pa.ArrowInvalid, ValueError) as error:  # PostgreSQL's infinite dates, NaN...
+        raise Unrepresentable(
+            f"column {field.name!r} holds a value that Parquet's {field.type} cannot hold "
+            f"({error}); export it as CSV or NDJSON, or leave that row out with a filter",
+            column=field.name,
+        ) from error
+
+
+__all__ = ["Block", "Parquet"]

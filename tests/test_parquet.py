@@ -1,0 +1,178 @@
+"""Parquet exports of tables the project did not create: read by pyarrow, polars and DuckDB,
+typed by each column's kind, holding the NDJSON export's values, on both backends."""
+# ruff: noqa: F811  (the fixtures of test_foreign.py, imported, are the tests' arguments)
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import duckdb
+import polars
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_foreign import (  # noqa: F401
+    Foreign,
+    exported_specs,
+    foreign,
+    postgres_foreign,
+    sqlite_foreign,
+)
+
+PARQUET = "application/vnd.apache.parquet"
+TYPES = {
+    "integer": pa.int64(), "float": pa.float64(), "boolean": pa.bool_(), "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"), "time": pa.time64("us"), "bytes": pa.binary(),
+    "text": pa.string(), "uuid": pa.string(), "any": pa.string(),
+}
+
+
+def expected_type(column: dict[str, Any]) -> pa.DataType:
+    kind = column["kind"]
+    if kind == "numeric":
+        scale = int(column["type"].rstrip(")").split(",")[1])
+        precision = int(column["type"].split("(")[1].split(",")[0])
+        return pa.decimal128(precision, scale)
+    if kind in ("json", "array"):
+        return pa.json_(pa.string()) if hasattr(pa, "json_") else pa.string()
+    return TYPES[kind]
+
+
+def as_ndjson(value: Any) -> Any:
+    """A Parquet value as the NDJSON export writes it."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def as_float(value: Any) -> Any:
+    """NDJSON's float as the double it reads back as (infinity is a string in JSON)."""
+    return None if value is None else float(value)
+
+
+def ndjson_rows(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line, parse_float=Decimal) for line in data.splitlines()]
+
+
+async def described(foreign: Foreign, table: str) -> dict[str, Any]:
+    found: dict[str, Any] = (await foreign.get(f"/tables/{quote(table)}")).json()
+    return found
+
+
+@pytest.mark.parametrize("table", ["users", "kinds", "memberships", "log_lines", "Order Items",
+                                   "active_users", "doubles", "pg_extras"])
+async def test_every_table_is_typed_by_kind_and_holds_the_ndjson_exports_values(
+    foreign: Foreign, table: str
+) -> None:
+    if table not in {spec.name for spec in exported_specs(foreign.backend)}:
+        pytest.skip(f"{table} is not a table on {foreign.backend}")
+    response = await foreign.get(f"/exports/{quote(table)}.parquet")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == PARQUET
+    assert '.parquet"' in response.headers["content-disposition"]
+    parquet = pq.read_table(io.BytesIO(response.content))
+    columns = (await described(foreign, table))["columns"]
+    assert parquet.schema.names == [column["name"] for column in columns]
+    for column in columns:
+        assert parquet.schema.field(column["name"]).type == expected_type(column), column
+    expected = ndjson_rows(await foreign.body(f"/exports/{quote(table)}.ndjson"))
+    json_columns = {c["name"] for c in columns if c["kind"] in ("json", "array")}
+    float_columns = {c["name"] for c in columns if c["kind"] == "float"}
+    got = [{name: json.loads(value, parse_float=Decimal)
+            if name in json_columns and value is not None else as_ndjson(value)
+            for name, value in row.items()} for row in parquet.to_pylist()]
+    expected = [{name: as_float(value) if name in float_columns else value
+                 for name, value in row.items()} for row in expected]
+    assert got == expected
+
+
+@pytest.mark.parametrize("table", ["kinds", "Order Items", "log_lines"])
+async def test_polars_and_duckdb_read_the_same_rows(
+    foreign: Foreign, table: str, tmp_path: Path
+) -> None:
+    data = await foreign.body(f"/exports/{quote(table)}.parquet")
+    rows = pq.read_table(io.BytesIO(data)).num_rows
+    frame = polars.read_parquet(io.BytesIO(data))
+    assert frame.height == rows > 0
+    assert frame.columns == pq.read_schema(io.BytesIO(data)).names
+    path = tmp_path / "export.parquet"
+    path.write_bytes(data)
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall() == [(rows,)]
+    if table == "kinds":  # typed as pyarrow reads them
+        kinds = {name: kind for name, kind, *_ in duckdb.sql(
+            f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
+        assert kinds["big"] == "BIGINT" and kinds["ratio"] == "DOUBLE"
+        assert kinds["price"] == "DECIMAL(12,2)" and kinds["flag"] == "BOOLEAN"
+        assert kinds["day"] == "DATE" and kinds["at_utc"] == "TIMESTAMP WITH TIME ZONE"
+        assert kinds["clock"] == "TIME" and kinds["raw"] == "BLOB"
+        assert frame.schema["at_utc"] == polars.Datetime("us", "UTC")
+
+
+async def test_a_body_cut_short_opens_in_no_reader(foreign: Foreign, tmp_path: Path) -> None:
+    data = await foreign.body("/exports/kinds.parquet")
+    path = tmp_path / "cut.parquet"
+    for cut in (len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(pa.ArrowInvalid):
+            pq.read_table(path)
+        with pytest.raises(polars.exceptions.PolarsError):
+            polars.read_parquet(path)
+        with pytest.raises(duckdb.Error):
+            duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+
+
+async def test_parquet_is_never_gzipped_on_the_wire(foreign: Foreign) -> None:
+    response = await foreign.client.get("/exports/kinds.parquet",
+                                        headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers
+    assert response.content[:4] == response.content[-4:] == b"PAR1"
+
+
+async def test_filters_fields_and_an_empty_export_give_valid_files(foreign: Foreign) -> None:
+    data = await foreign.body("/exports/kinds.parquet", fields="label,id", limit="3")
+    table = pq.read_table(io.BytesIO(data))
+    assert table.schema.names == ["label", "id"] and table.num_rows == 3
+    empty = pq.read_table(io.BytesIO(await foreign.body("/exports/kinds.parquet", limit="0")))
+    assert empty.num_rows == 0 and empty.schema.field("id").type == pa.int64()
+
+
+async def test_a_sqlite_column_holding_other_kinds_is_written_as_text(
+    sqlite_foreign: Foreign,
+) -> None:
+    """SQLite lets a column hold any value: such a column becomes strings, each value's
+    text as CSV has it, so that nothing is lost and the type says what it holds."""
+    data = await sqlite_foreign.body("/exports/misfits.parquet")
+    table = pq.read_table(io.BytesIO(data))
+    assert table.schema.field("id").type == pa.int64()  # only integers: still typed
+    typed_kinds = ("n", "f", "b", "d", "ts", "m")  # each holds a value of another kind
+    assert [table.schema.field(name).type for name in typed_kinds] == [pa.string()] * 6
+    assert table.column("n").to_pylist() == [
+        "abc", base64.b64encode(b"\x00\xff").decode(), "1.5", "9", None]
+    typed = pq.read_table(io.BytesIO(await sqlite_foreign.body(
+        "/exports/misfits.parquet", fields="id,d", id="4")))
+    assert typed.schema.field("d").type == pa.date32()  # row 4 alone holds a date: typed
+
+
+async def test_infinite_postgresql_moments_are_refused_with_a_reason(
+    postgres_foreign: Foreign,
+) -> None:
+    response = await postgres_foreign.get("/exports/pg_moments.parquet")
+    assert response.status_code == 422
+    assert "infinity" in response.json()["message"]
+    assert "day" in response.json()["message"]
+    finite = await postgres_foreign.body("/exports/pg_moments.parquet", id="3,4")
+    assert pq.read_table(io.BytesIO(finite)).column("day").to_pylist() == [
+        date(2024, 3, 1), None]
