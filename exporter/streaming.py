@@ -91,28 +91,24 @@ async def export_chunks(
         pending = [encoder.begin()]
         pending_size = len(pending[0])
         first = True
-        async with aclosing(blocks):
-            async for rows, block in blocks:
-                data = await _framed(encoder, block)
-                progress.add(rows, len(data))
-                pending.append(data)
-                pending_size += len(data)
-                # The first bytes go out at once (a format may hold its first blocks back).
-                if (first and pending_size) or pending_size >= chunk_bytes:
-                    yield b"".join(pending)
-                    pending.clear()
-                    pending_size = 0
-                    first = False
-                await asyncio.sleep(0)
-        pending.append(await asyncio.to_thread(encoder.end) if encoder.blocking
-                       else encoder.end())
+        try:
+            async with aclosing(blocks):
+                async for rows, block in blocks:
+                    data = await encoder.frame(block)
+                    progress.add(rows, len(data))
+                    pending.append(data)
+                    pending_size += len(data)
+                    # The first bytes go out at once (a format may hold its first blocks back).
+                    if (first and pending_size) or pending_size >= chunk_bytes:
+                        yield b"".join(pending)
+                        pending.clear()
+                        pending_size = 0
+                        first = False
+                    await asyncio.sleep(0)
+            pending.append(await encoder.end())
+        finally:
+            await encoder.close()
         yield b"".join(pending)
-
-
-async def _framed(encoder: Format, block: bytes) -> bytes:
-    if encoder.blocking:
-        return await asyncio.to_thread(encoder.frame, block)
-    return encoder.frame(block)
 
 
 @asynccontextmanager

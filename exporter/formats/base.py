@@ -36,8 +36,6 @@ class Format:
 
     # gzip on the wire, when the client accepts it (a format compressed inside: no).
     compressible: ClassVar[bool] = True
-    # frame() and end() take long enough (tens of ms) to run in a thread, off the loop.
-    blocking: ClassVar[bool] = False
 
     def __init__(self, columns: Sequence[Column]) -> None:
         self.columns = list(columns)
@@ -60,9 +58,13 @@ class Format:
     def begin(self) -> bytes:
         return b""
 
-    def frame(self, block: bytes) -> bytes:
-        """What goes out for a block, given the blocks before it."""
+    async def frame(self, block: bytes) -> bytes:
+        """What goes out for a block, given the blocks before it (a coroutine, so that a
+        format may do its work off the event loop: Parquet)."""
         return block
 
-    def end(self) -> bytes:
+    async def end(self) -> bytes:
         return b""
+
+    async def close(self) -> None:
+        """Let go of what an export that ended early left behind (always called)."""

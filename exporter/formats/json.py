@@ -32,12 +32,12 @@ class JsonArray(Format):
     def begin(self) -> bytes:
         return b"["
 
-    def frame(self, block: bytes) -> bytes:
+    async def frame(self, block: bytes) -> bytes:
         if not block:
             return b""
         lead = b"\n" if self._empty else b",\n"
         self._empty = False
         return lead + block
 
-    def end(self) -> bytes:
+    async def end(self) -> bytes:
         return b"]\n" if self._empty else b"\n]\n"
