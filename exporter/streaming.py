@@ -31,7 +31,8 @@ from exporter.config import Settings
 from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
 from exporter.errors import ExportsBusy
-from exporter.formats import Block, Format
+from exporter.formats import Block, Format, Options
+from exporter.formats.base import DEFAULT_OPTIONS, MiB
 from exporter.memory import MemoryTrimmer
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count, order_key
@@ -72,6 +73,7 @@ async def export_chunks(
     readers: int = 1,
     progress: Progress | None = None,
     count: bool = False,
+    options: Options = DEFAULT_OPTIONS,
 ) -> ChunkStream:
     """Encoded bytes of one export, in chunks of about ``chunk_bytes``.
 
@@ -80,7 +82,7 @@ async def export_chunks(
     ``count``, ``progress.total`` is set first, counted in the same snapshot as the rows.
     """
     progress = progress or Progress()
-    encoder = fmt([query.table.column(name) for name in query.fields])
+    encoder = fmt([query.table.column(name) for name in query.fields], options)
     async with _blocks(engine, query, encoder, batch_rows, chunk_bytes, readers) as (
         conn, blocks
     ):
@@ -157,8 +159,10 @@ def open_export(
     gzip: bool = False,
     progress: Progress | None = None,
     count: bool = False,
+    compression: str | None = None,
 ) -> ChunkStream:
-    """The one export pipeline, whatever the sink: HTTP, the command line, a job file."""
+    """The one export pipeline, whatever the sink: HTTP, the command line, a job file.
+    ``compression``: the format's own, for one that compresses inside (Parquet)."""
     stream = export_chunks(
         engine,
         query,
@@ -168,6 +172,7 @@ def open_export(
         readers=settings.readers,
         progress=progress,
         count=count,
+        options=Options(compression, row_group_bytes=int(settings.parquet_row_group_mb * MiB)),
     )
     return gzip_chunks(stream, settings.gzip_level) if gzip else stream
 

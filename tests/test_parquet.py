@@ -14,11 +14,13 @@ from typing import Any
 from urllib.parse import quote
 
 import duckdb
+import httpx
 import polars
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from exporter.app import create_app
 from tests.test_foreign import (  # noqa: F401
     Foreign,
     exported_specs,
@@ -176,3 +178,42 @@ async def test_infinite_postgresql_moments_are_refused_with_a_reason(
     finite = await postgres_foreign.body("/exports/pg_moments.parquet", id="3,4")
     assert pq.read_table(io.BytesIO(finite)).column("day").to_pylist() == [
         date(2024, 3, 1), None]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "snappy", "gzip", "none"])
+async def test_compression_chooses_the_codec_of_every_column(
+    foreign: Foreign, compression: str
+) -> None:
+    data = await foreign.body("/exports/kinds.parquet", compression=compression)
+    metadata = pq.read_metadata(io.BytesIO(data))
+    codecs = {metadata.row_group(0).column(i).compression
+              for i in range(metadata.num_columns)}
+    assert codecs == {"UNCOMPRESSED" if compression == "none" else compression.upper()}
+    assert pq.read_table(io.BytesIO(data)).num_rows == metadata.num_rows > 0
+
+
+async def test_a_bad_compression_is_a_422_with_the_valid_ones_and_other_bad_parameters(
+    foreign: Foreign,
+) -> None:
+    response = await foreign.get("/exports/kinds.parquet", compression="lz4", nosuch="1")
+    assert response.status_code == 422
+    body = response.json()
+    assert body["parameter"] == "compression" and body["valid"] == [
+        "zstd", "snappy", "gzip", "none"]
+    assert "nosuch" in body["message"]
+    # Elsewhere compression= is no parameter: a filter on a column of that name, if any.
+    assert (await foreign.get("/exports/kinds.csv", compression="zstd")).status_code == 422
+
+
+async def test_row_groups_follow_the_setting(sqlite_foreign: Foreign) -> None:
+    settings = sqlite_foreign.database.settings(run_worker=False, batch_rows=16,
+                                                parquet_row_group_mb=0.001)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            small = (await client.get("/exports/kinds.parquet")).content
+    assert pq.read_metadata(io.BytesIO(small)).num_row_groups > 1
+    whole = await sqlite_foreign.body("/exports/kinds.parquet")
+    assert pq.read_metadata(io.BytesIO(whole)).num_row_groups == 1
+    assert pq.read_table(io.BytesIO(small)).equals(pq.read_table(io.BytesIO(whole)))

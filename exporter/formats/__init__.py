@@ -4,7 +4,7 @@ Adding a format is one module here with one ``Format`` subclass, listed in ``FOR
 
 from __future__ import annotations
 
-from exporter.formats.base import Block, Format
+from exporter.formats.base import Block, Format, Options
 from exporter.formats.csv import Csv
 from exporter.formats.json import JsonArray
 from exporter.formats.ndjson import Ndjson
@@ -13,5 +13,6 @@ from exporter.formats.parquet import Parquet
 FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Ndjson, JsonArray, Parquet)}
 BY_EXTENSION: dict[str, type[Format]] = {cls.extension: cls for cls in FORMATS.values()}
 
-__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson", "Parquet"]
+__all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson", "Options",
+           "Parquet"]
 

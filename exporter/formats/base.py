@@ -11,6 +11,7 @@ and pass down.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,6 +20,19 @@ from exporter.catalog import Column
 from exporter.queries import ExportQuery, Shape
 
 Block = tuple[int, bytes]  # (rows in it, their bytes): whole rows, already joined
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a format writes, beyond its rows: the request's ``compression=`` (a format that
+    compresses inside offers a choice: ``Format.compressions``) and the settings."""
+
+    compression: str | None = None  # None: the format's first
+    row_group_bytes: int = 8 * MiB  # Parquet (Settings.parquet_row_group_mb)
+
+
+DEFAULT_OPTIONS = Options()
 
 
 class Format:
@@ -36,10 +50,13 @@ class Format:
 
     # gzip on the wire, when the client accepts it (a format compressed inside: no).
     compressible: ClassVar[bool] = True
+    # What compression= may name (the first is the default); none: no such parameter.
+    compressions: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, columns: Sequence[Column]) -> None:
+    def __init__(self, columns: Sequence[Column], options: Options = DEFAULT_OPTIONS) -> None:
         self.columns = list(columns)
         self.fields = [column.name for column in self.columns]
+        self.options = options
 
     async def prepare(self, conn: AsyncConnection, query: ExportQuery) -> None:
         """Read what the format must know of the rows before the first byte, in the

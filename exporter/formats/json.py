@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from exporter.catalog import Column
-from exporter.formats.base import Format
+from exporter.formats.base import DEFAULT_OPTIONS, Format, Options
 from exporter.formats.ndjson import copy_json_rows
 from exporter.queries import Shape
 
@@ -21,8 +21,8 @@ class JsonArray(Format):
     copy_row_end = b"\n"
     copy_rows = staticmethod(copy_json_rows)
 
-    def __init__(self, columns: Sequence[Column]) -> None:
-        super().__init__(columns)
+    def __init__(self, columns: Sequence[Column], options: Options = DEFAULT_OPTIONS) -> None:
+        super().__init__(columns, options)
         self._empty = True
 
     @staticmethod

@@ -27,7 +27,7 @@ import io
 import re
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,17 +37,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.catalog import Column, Kind
 from exporter.errors import Unrepresentable
-from exporter.formats.base import Block, Format
+from exporter.formats.base import DEFAULT_OPTIONS, Block, Format, Options
 from exporter.formats.ndjson import copy_json_rows
 from exporter.queries import ExportQuery, Shape, build_misfits
 
 ROW_GROUP_ROWS = 65_536  # rows per row group at most ...
-# ... or this many bytes of texts, so that wide rows hold no more: a group's texts, the
-# strings Arrow reads from them and their typed columns are in memory at once, two groups
-# at a time (one typed and written while the next gathers). 1M users' export, peak RSS
-# above idle and time: 8 MiB +100 MB, 2.85 s (one group at a time: +80 MB, 3.0 s);
-# 4 MiB +90 MB, 2.8 s but 67 row groups of 15k rows; 16 MiB (one at a time) +210 MB.
-ROW_GROUP_BYTES = 8 << 20
+# ... or Options.row_group_bytes of texts (EXPORTER_PARQUET_ROW_GROUP_MB), so that wide rows
+# hold no more: a group's texts, the strings Arrow reads from them and their typed columns
+# are in memory at once, two groups at a time (one typed and written while the next
+# gathers). 1M users' export, peak RSS above idle and time: 8 MiB +100 MB, 2.85 s (one
+# group at a time: +80 MB, 3.0 s); 4 MiB +90 MB, 2.8 s but 67 row groups of 15k rows;
+# 16 MiB (one at a time) +210 MB.
 COMPRESSION = "zstd"
 # Arrow's default allocator (jemalloc) keeps what a row group freed: with malloc's, the peak
 # RSS of 1M users' export went from +169 MB above idle to +83 MB, no slower.
@@ -172,10 +172,10 @@ class Parquet(Format):
     copy_row_end = b"\n"
     copy_rows = staticmethod(copy_json_rows)
     compressible = False
-    row_group_rows: ClassVar[int] = ROW_GROUP_ROWS
+    compressions = ("zstd", "snappy", "gzip", "none")
 
-    def __init__(self, columns: Sequence[Column]) -> None:
-        super().__init__(columns)
+    def __init__(self, columns: Sequence[Column], options: Options = DEFAULT_OPTIONS) -> None:
+        super().__init__(columns, options)
         self.misfits: set[str] = set()
         self.pending: list[bytes] = []
         self.pending_rows = self.pending_bytes = 0
@@ -208,7 +208,8 @@ class Parquet(Format):
         self.pending.append(block if block.endswith(b"\n") else block + b"\n")
         self.pending_rows += block.count(b"\n") + (not block.endswith(b"\n"))
         self.pending_bytes += len(block)
-        if self.pending_rows < self.row_group_rows and self.pending_bytes < ROW_GROUP_BYTES:
+        if (self.pending_rows < ROW_GROUP_ROWS
+                and self.pending_bytes < self.options.row_group_bytes):
             return b""
         self._start_group()
         return await self.groups.popleft() if len(self.groups) > 1 else b""
@@ -245,7 +246,7 @@ class Parquet(Format):
         if self.writer is None:
             schema = self.schema()
             self.writer = pq.ParquetWriter(
-                self.out, schema, compression=COMPRESSION,
+                self.out, schema, compression=self.options.compression or COMPRESSION,
                 # Integers and moments by their differences: 1M users' ids take 2.8 MB
                 # plain, almost nothing so; the file 35 -> 27 MB, and faster to write.
                 use_dictionary=[f.name for f in schema if f.name not in self._deltas(schema)],

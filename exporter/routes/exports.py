@@ -9,7 +9,13 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import StreamingResponse
 
 from exporter.catalog import Catalog
-from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, NotFound, echo
+from exporter.errors import (
+    DATABASE_UNREACHABLE,
+    DatabaseUnavailable,
+    InvalidParameter,
+    NotFound,
+    echo,
+)
 from exporter.files import content_disposition
 from exporter.formats import BY_EXTENSION, FORMATS, Format
 from exporter.openapi import BAD_PARAMETER, EXPORT_MEDIA_TYPES, EXPORTS_BUSY, not_found
@@ -81,7 +87,7 @@ async def export_table(
     (Datasette's grammar): `fields=a,b`, `col=v1,v2`, `col__exact=`, `col__gt=`,
     `col__gte=`, `col__lt=`, `col__lte=`, `col__isnull=true|false`, `limit=`, `after=`;
     `GET /tables/{table}` lists a table's columns."""
-    query, fmt, gzip = await _resolve(request, name, catalog)
+    query, fmt, gzip, compression = await _resolve(request, name, catalog)
     slots.acquire()
     on_batch, metrics_end = metrics.export_started(fmt.name)
 
@@ -92,7 +98,7 @@ async def export_table(
     progress = Progress(on_batch=on_batch)
     count = prefers_exact_count(request.headers.getlist("prefer"))
     stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress,
-                         count=count)
+                         count=count, compression=compression)
     try:
         body = await prime(observed(stream, progress, on_end))
     except DATABASE_UNREACHABLE as exc:
@@ -125,21 +131,52 @@ async def export_table_head(
     """The headers GET would send, after the same checks (404, 422), without reading a
     row: no snapshot, no export slot. The body is empty and chunked, as GET's would be,
     so that no Content-Length: 0 claims the export is empty."""
-    query, fmt, gzip = await _resolve(request, name, catalog)
+    query, fmt, gzip, _ = await _resolve(request, name, catalog)
     return StreamingResponse(iter(()), media_type=fmt.media_type,
                              headers=export_headers(query.table.name, fmt, gzip))
 
 
 async def _resolve(
     request: Request, name: str, catalog: Catalog,
-) -> tuple[ExportQuery, type[Format], bool]:
-    """The query, format and whether to gzip, from the name and the request: 404s and 422s
-    the same for GET and HEAD."""
+) -> tuple[ExportQuery, type[Format], bool, str | None]:
+    """The query, format, whether to gzip, and the format's compression, from the name and
+    the request: 404s and 422s the same for GET and HEAD."""
     table_name, fmt = split_export_name(name)
     table = await catalog.get(table_name)
-    query = parse_query(table, request.query_params.multi_items())
-    gzip = fmt.compressible and accepts_gzip(",".join(request.headers.getlist("accept-encoding")))
-    return query, fmt, gzip
+    items = request.query_params.multi_items()
+    errors: list[InvalidParameter] = []
+    compression = None
+    if fmt.compressions:  # a parameter of the format's, not a filter on a column so named
+        given = [value for key, value in items if key == COMPRESSION]
+        items = [(key, value) for key, value in items if key != COMPRESSION]
+        try:
+            compression = format_compression(fmt, given)
+        except InvalidParameter as error:
+            errors.append(error)
+    try:
+        query = parse_query(table, items)
+    except InvalidParameter as error:
+        errors.append(error)
+    if errors:
+        raise InvalidParameter.combined(errors)
+    accepted = ",".join(request.headers.getlist("accept-encoding"))
+    gzip = fmt.compressible and accepts_gzip(accepted)
+    return query, fmt, gzip, compression
+
+
+COMPRESSION = "compression"
+
+
+def format_compression(fmt: type[Format], given: list[str]) -> str | None:
+    """``compression=`` of a format that compresses inside (Parquet); None: its default."""
+    if not given:
+        return None
+    if len(given) > 1:
+        raise InvalidParameter(COMPRESSION, given[-1], "given more than once")
+    if given[0] not in fmt.compressions:
+        raise InvalidParameter(COMPRESSION, given[0], f"not a compression {fmt.name} offers",
+                               valid=fmt.compressions)
+    return given[0]
 
 
 def export_headers(table_name: str, fmt: type[Format], gzip: bool) -> dict[str, str]:
