@@ -98,6 +98,7 @@ BAD_JOBS: list[tuple[dict[str, Any], str, str]] = [
     ({"format": "xml"}, "format", "csv"),
     ({}, "format", "required"),
     ({"format": "csv", "compression": "zip"}, "compression", "gzip"),
+    ({"format": "parquet", "compression": "gzip"}, "compression", "compressed inside"),
     ({"format": "csv", "fields": []}, "fields", "at least 1"),
     ({"format": "csv", "fields": "id"}, "fields", "list"),
     ({"format": "csv", "fields": ["id", "nope"]}, "fields", "'nope'"),
@@ -1110,7 +1111,7 @@ async def succeeded(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("fmt", "compression"), [
-    ("csv", "none"), ("ndjson", "none"), ("json", "none"), ("csv", "gzip"),
+    ("csv", "none"), ("ndjson", "none"), ("json", "none"), ("csv", "gzip"), ("parquet", "none"),
 ])
 async def test_a_job_of_a_foreign_table_writes_the_bytes_of_its_live_export(
     foreign_database: Database, fmt: str, compression: str
