@@ -16,6 +16,7 @@ from datetime import date, timedelta
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from tests.browser import Page, chromium, find_chromium
@@ -181,6 +182,23 @@ def test_the_download_link_exports_what_the_api_gives_for_the_same_choices(
     page.wait_for_event("Browser.downloadProgress", lambda params: (
         params["guid"] == begun["guid"] and params["state"] == "completed"), mark)
     assert (page.downloads / begun["guid"]).read_bytes() == from_api.content
+
+
+def test_a_parquet_download_is_saved_whole_with_its_row_count(page: Page, server: str) -> None:
+    compose(page)
+    page.click('#formats input[value="parquet"]')
+    href = download_href(page)
+    assert urlsplit(href).path == "/exports/Order%20Items.parquet"
+    from_api = httpx.get(href)
+    rows = pq.read_table(io.BytesIO(from_api.content)).num_rows
+    mark = len(page.events)
+    page.click("#download")
+    begun = page.wait_for_event("Browser.downloadWillBegin", lambda _params: True, mark)
+    assert begun["suggestedFilename"].endswith(".parquet")
+    page.wait_for_event("Browser.downloadProgress", lambda params: (
+        params["guid"] == begun["guid"] and params["state"] == "completed"), mark)
+    assert (page.downloads / begun["guid"]).read_bytes() == from_api.content
+    assert f": {rows} rows," in page.text("#status")
 
 
 def test_a_direct_download_shows_a_real_progress_bar_then_saves_the_whole_export(
