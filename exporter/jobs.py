@@ -63,7 +63,7 @@ class JobRequest(BaseModel):
     table: Annotated[str, Field(
         min_length=1, description="The table or view to export (GET /tables lists them).",
     )] = "users"
-    format: Literal["csv", "ndjson", "json", "parquet"]
+    format: Literal["csv", "tsv", "ndjson", "json", "parquet"]
     fields: Annotated[
         list[Annotated[str, WithJsonSchema(NO_COMMA)]] | None,
         Field(min_length=1, description="Columns, in order; omitted: every column."),

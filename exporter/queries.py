@@ -86,6 +86,9 @@ class Shape(Enum):
     JSON = "json"  # one column: the row as a JSON object, built by the database
     CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
     TEXTS = "texts"  # one column: a JSON object of each value's text as CSV has it, or null
+    # SQLite: one column, the row as a TSV line; PostgreSQL: one column per field, each
+    # value's TSV text, which the text COPY escapes
+    TSV = "tsv"
 
 
 def order_key(query: ExportQuery) -> list[SQL]:
@@ -210,6 +213,17 @@ def _csv_line(query: ExportQuery) -> SQL:
     return line
 
 
+def _tsv(query: ExportQuery, dialect: str) -> list[SQL]:
+    """SQLite: the row as one TSV line (one printf, as CSV's); PostgreSQL: its values."""
+    table = query.table
+    if dialect == "postgresql":
+        return [render.pg_tsv_value(table.column(name), table.sql.c[name]).label(name)
+                for name in query.fields]
+    values = [render.sqlite_tsv_field(table.column(name), table.sql.c[name])
+              for name in query.fields]
+    return [type_coerce(func.printf("\t".join(["%s"] * len(values)), *values), String)]
+
+
 def _csv_values(query: ExportQuery) -> list[SQL]:
     table = query.table
     alone = len(query.fields) == 1
@@ -223,6 +237,8 @@ def build_statement(query: ExportQuery, dialect: str, shape: Shape) -> Select[An
         statement = select(column).select_from(source)
     elif shape is Shape.CSV:
         statement = select(_csv_line(query)).select_from(query.table.sql)
+    elif shape is Shape.TSV:
+        statement = select(*_tsv(query, dialect)).select_from(query.table.sql)
     else:
         statement = select(*_csv_values(query)).select_from(query.table.sql)
     statement = _matching(statement, query, dialect).order_by(*order_key(query))

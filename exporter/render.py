@@ -177,11 +177,11 @@ def _unquoted(value: SQL) -> SQL:
 Quote = Callable[[SQL], SQL]
 
 
-def _as_stored(column: SQL, quoted: Quote) -> SQL:
+def _as_stored(column: SQL, quoted: Quote, blob: Quote) -> SQL:
     """A value that does not fit its kind, as SQLite holds it."""
     return _text(case(
         (_typeof(column) == "real", _sqlite_float(column)),
-        (_typeof(column) == "blob", _base64(column)),
+        (_typeof(column) == "blob", blob(column)),
         (_typeof(column) == "text", quoted(column)),
         else_=column,
     ))
@@ -206,11 +206,44 @@ def sqlite_text_value(column: Column, value: SQL) -> SQL:
     return cast(_sqlite_text(column, value, _unquoted), Text)  # a number too: its text
 
 
-def _sqlite_text(column: Column, value: SQL, quoted: Quote) -> SQL:
+def sqlite_tsv_field(column: Column, value: SQL) -> SQL:
+    """One field of SQLite's TSV line: the value's text as CSV has it, escaped as
+    PostgreSQL's text COPY escapes, bytes as its hex bytea (so that ``\\copy ... from``
+    reads them back as bytes), NULL as ``\\N``."""
+    return func.coalesce(_text(_sqlite_text(column, value, _tsv_escaped, _bytea_hex)),
+                         TSV_NULL)
+
+
+# PostgreSQL's text COPY: a backslash (first, or it would escape the others' own), and the
+# six control characters it spells; any other character goes out as it is.
+TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"),
+               ("\b", "\\b"), ("\f", "\\f"), ("\v", "\\v"))
+TSV_NULL = "\\N"
+
+
+def tsv_escape(text: str) -> str:
+    """A text as PostgreSQL's text COPY writes it (a TSV header's names)."""
+    for char, escaped in TSV_ESCAPES:
+        text = text.replace(char, escaped)
+    return text
+
+
+def _tsv_escaped(value: SQL) -> SQL:
+    for char, escaped in TSV_ESCAPES:
+        value = func.replace(value, char, escaped)
+    return value
+
+
+def _bytea_hex(value: SQL) -> SQL:
+    """Bytes as PostgreSQL's bytea hex text, its backslash escaped for TSV: ``\\\\x00ff``."""
+    return _text(literal("\\\\x") + func.lower(func.hex(value)))
+
+
+def _sqlite_text(column: Column, value: SQL, quoted: Quote, blob: Quote = _base64) -> SQL:
     kind = column.kind
-    stored = _as_stored(value, quoted)
+    stored = _as_stored(value, quoted, blob)
     if kind is Kind.TEXT:  # its affinity turns numbers into text, but keeps a BLOB a BLOB
-        return case((_typeof(value) == "blob", _base64(value)), else_=quoted(value))
+        return case((_typeof(value) == "blob", blob(value)), else_=quoted(value))
     if kind is Kind.UUID or kind is Kind.JSON:  # numeric affinity: numbers stay numbers
         return case((_typeof(value) == "text", quoted(value)), else_=stored)
     if kind is Kind.INTEGER:
@@ -365,6 +398,16 @@ def pg_text_value(column: Column, value: SQL) -> SQL:
     if column.kind is Kind.ARRAY:
         return cast(func.array_to_json(value), Text)
     return cast(value, Text)
+
+
+def pg_tsv_value(column: Column, value: SQL) -> SQL:
+    """One column of PostgreSQL's text COPY for TSV, which escapes it: the text CSV has,
+    but bytes as bytea's hex and arrays as PostgreSQL's own literal, which COPY reads back."""
+    if column.kind is Kind.BYTES:
+        return literal("\\x") + func.encode(value, "hex")
+    if column.kind is Kind.ARRAY:
+        return cast(value, Text)
+    return pg_text_value(column, value)
 
 
 def pg_json_value(column: Column, value: SQL) -> SQL:

@@ -23,7 +23,7 @@ def exporter(database: Database, *args: str) -> subprocess.CompletedProcess[byte
     )
 
 
-@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "ndjson", "json", "parquet"])
 async def test_cli_export_to_stdout_equals_the_http_body(
     database: Database, client: httpx.AsyncClient, fmt: str
 ) -> None:

@@ -1111,7 +1111,8 @@ async def succeeded(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("fmt", "compression"), [
-    ("csv", "none"), ("ndjson", "none"), ("json", "none"), ("csv", "gzip"), ("parquet", "none"),
+    ("csv", "none"), ("ndjson", "none"), ("json", "none"), ("csv", "gzip"), ("tsv", "gzip"),
+    ("parquet", "none"),
 ])
 async def test_a_job_of_a_foreign_table_writes_the_bytes_of_its_live_export(
     foreign_database: Database, fmt: str, compression: str

@@ -209,7 +209,7 @@ def progress_of(event: Event) -> dict[str, Any]:
 
 # Files.
 
-@pytest.mark.parametrize("fmt", ["csv", "ndjson", "json", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "ndjson", "json", "parquet"])
 def test_a_job_file_is_the_live_export_byte_for_byte(shared: Service, fmt: str) -> None:
     job = shared.post_job({"format": fmt, "fields": BODY_FIELDS, "filters": BODY_FILTERS})
     assert job["status"] == "queued" and job["file"] is None

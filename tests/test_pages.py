@@ -148,7 +148,7 @@ def test_the_page_lists_the_tables_and_shows_the_chosen_ones_columns(page: Page)
     assert operators(page, "gift") == ["", "exact", "isnull"]
     assert operators(page, "notes") == ["isnull"]
     assert page.evaluate("[...document.querySelectorAll('#formats input')].map((i) => i.value)"
-                         ) == ["csv", "ndjson", "json", "parquet"]
+                         ) == ["csv", "tsv", "ndjson", "json", "parquet"]
 
 
 def test_the_download_link_exports_what_the_api_gives_for_the_same_choices(

@@ -9,10 +9,11 @@ from exporter.formats.csv import Csv
 from exporter.formats.json import JsonArray
 from exporter.formats.ndjson import Ndjson
 from exporter.formats.parquet import Parquet
+from exporter.formats.tsv import Tsv
 
-FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Ndjson, JsonArray, Parquet)}
+FORMATS: dict[str, type[Format]] = {cls.name: cls for cls in (Csv, Tsv, Ndjson, JsonArray, Parquet)}
 BY_EXTENSION: dict[str, type[Format]] = {cls.extension: cls for cls in FORMATS.values()}
 
 __all__ = ["BY_EXTENSION", "FORMATS", "Block", "Csv", "Format", "JsonArray", "Ndjson", "Options",
-           "Parquet"]
+           "Parquet", "Tsv"]
 
