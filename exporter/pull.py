@@ -135,7 +135,11 @@ def _identity(target: Target) -> str:
 
 def pull_export(client: Client, target: Target, out: Path, quiet: bool = False) -> int:
     """The export into ``out``; its row count."""
-    bar = Bar("rows", quiet)
+    with Bar("rows", quiet) as bar:
+        return _pull_export(client, target, out, bar)
+
+
+def _pull_export(client: Client, target: Target, out: Path, bar: Bar) -> int:
     # The total is for the bar's percent alone; counting costs the service a count(*).
     export = client.export(target.table, target.format, target.params, count=bar.shown)
     part = _aside(out)
@@ -148,7 +152,7 @@ def pull_export(client: Client, target: Target, out: Path, quiet: bool = False) 
         _stored(part, export)
     else:
         label.write_text(_identity(target))
-    with bar, part.open("ab") as file:
+    with part.open("ab") as file:
         for block, _rows in client.blocks(export, progress=bar.rows):
             if file.tell() == 0 and export.header:
                 file.write(export.header)

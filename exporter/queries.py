@@ -268,7 +268,8 @@ def build_misfits(query: ExportQuery) -> tuple[Select[Any], list[str]] | None:
     flags = [case((fits, 0), else_=1).label(f"misfit_{i}")
              for i, fits in enumerate(checked.values())]
     rows = _matching(select(*flags).select_from(table.sql), query, "sqlite")
-    if query.limit is not None:
+    # Without a key to order by, a LIMIT might not pick the export's rows: all are checked.
+    if query.limit is not None and order_key(query):
         rows = rows.order_by(*order_key(query)).limit(literal(query.limit, BigInteger()))
     found = rows.subquery()
     misfits = select(*(func.coalesce(func.max(column), 0) for column in found.c))

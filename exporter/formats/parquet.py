@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import re
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +39,7 @@ from exporter.errors import Unrepresentable
 from exporter.formats.base import DEFAULT_OPTIONS, Block, Format, Options
 from exporter.formats.ndjson import copy_json_rows
 from exporter.queries import ExportQuery, Shape, build_misfits
+from exporter.render import DECIMAL_DIGITS, numeric_precision
 
 ROW_GROUP_ROWS = 65_536  # rows per row group at most ...
 # ... or Options.row_group_bytes of texts (EXPORTER_PARQUET_ROW_GROUP_MB), so that wide rows
@@ -53,8 +53,7 @@ COMPRESSION = "zstd"
 # RSS of 1M users' export went from +169 MB above idle to +83 MB, no slower.
 pa.set_memory_pool(pa.system_memory_pool())
 JSON_BLOCK_BYTES = 4 << 20  # Arrow's JSON reader reads blocks of this size on its threads
-DECIMAL_PRECISION = 38  # decimal128's largest, for a numeric declared without one
-PRECISION = re.compile(r"\(\s*(\d+)\s*,")
+DECIMAL256_PRECISION = 76  # beyond: the numeric's text
 
 
 class _Drain:
@@ -93,6 +92,7 @@ class _Rows(io.RawIOBase):
     def __init__(self, blocks: list[bytes]) -> None:
         super().__init__()
         self.blocks = blocks[::-1]  # popped from the end
+        self.largest = max(map(len, blocks), default=0)
 
     def readable(self) -> bool:
         return True
@@ -121,9 +121,10 @@ def arrow_type(column: Column) -> pa.DataType:
     if kind is Kind.FLOAT:
         return pa.float64()
     if kind is Kind.NUMERIC and column.scale is not None:
-        found = PRECISION.search(column.declared)
-        precision = int(found.group(1)) if found else DECIMAL_PRECISION
-        if precision > DECIMAL_PRECISION:
+        precision = numeric_precision(column) or DECIMAL_DIGITS
+        if precision > DECIMAL256_PRECISION:  # PostgreSQL allows 1000 digits
+            return pa.string()
+        if precision > DECIMAL_DIGITS:
             return pa.decimal256(precision, column.scale)
         return pa.decimal128(precision, column.scale)
     if kind is Kind.BOOLEAN:
@@ -149,7 +150,7 @@ def _typed(texts: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
         return pa.chunked_array([pa.array(
             [None if text is None else base64.b64decode(text) for text in texts.to_pylist()],
             pa.binary())])
-    if isinstance(to, pa.ExtensionType):
+    if isinstance(to, pa.BaseExtensionType):
         return pa.chunked_array([pa.ExtensionArray.from_storage(to, chunk)
                                  for chunk in texts.chunks], type=to)
     if to == pa.time64("us"):  # Arrow casts no text to a time: through a timestamp
@@ -158,7 +159,7 @@ def _typed(texts: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
 
 
 def _texts(kind: pa.DataType) -> bool:
-    storage = kind.storage_type if isinstance(kind, pa.ExtensionType) else kind
+    storage = kind.storage_type if isinstance(kind, pa.BaseExtensionType) else kind
     return bool(pa.types.is_string(storage) or pa.types.is_binary(storage))
 
 
@@ -237,9 +238,10 @@ class Parquet(Format):
                      ) -> bytes:
         table = await asyncio.to_thread(self._table, rows, self.schema())
         if before is not None:
-            await asyncio.wait({before})  # its failure is raised where it is awaited
+            await asyncio.wait({before})
             if before.cancelled() or before.exception() is not None:
-                return b""
+                # Its failure is raised where it is awaited, first; never write after it.
+                raise RuntimeError("the row group before this one was not written")
         return await asyncio.to_thread(self._write, table, count)
 
     def _writer(self) -> pq.ParquetWriter:
@@ -275,7 +277,10 @@ class Parquet(Format):
         texts = pa.schema([(field.name, pa.string()) for field in schema])
         read = pa_json.read_json(
             rows,
-            read_options=pa_json.ReadOptions(block_size=JSON_BLOCK_BYTES),
+            # Each read ends at a block's end or gives a whole block: with blocks no larger
+            # than a read, a row is cut by one read's end at most, which Arrow carries over
+            # (a row over two reads' ends fails: a 5 MB BLOB in one row did).
+            read_options=pa_json.ReadOptions(block_size=max(JSON_BLOCK_BYTES, rows.largest + 1)),
             parse_options=pa_json.ParseOptions(explicit_schema=texts,
                                                unexpected_field_behavior="error"),
         )
