@@ -23,7 +23,7 @@ import pytest
 
 from exporter.app import create_app
 from exporter.catalog import Column, Kind
-from exporter.formats.parquet import arrow_type
+from exporter.formats.arrow import arrow_type
 from tests.conftest import Database
 from tests.test_foreign import (  # noqa: F401
     Foreign,
