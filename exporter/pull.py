@@ -21,12 +21,13 @@ import argparse
 import hashlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from exporter.client import (
@@ -114,6 +115,45 @@ class Bar:
         self.bar.update(size - self.bar.n)
 
 
+SYNC_BYTES = 32 << 20
+
+
+class Syncer:
+    """The file on disk before it is renamed into place (a crash must not leave a renamed,
+    empty file), flushed in the background every ``SYNC_BYTES`` while it is written, so that
+    the last fsync has only the tail to write (1M users: it was 0.1 s of a 2 s pull)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.synced = 0
+        self.thread: threading.Thread | None = None
+        self.error: OSError | None = None
+
+    def wrote(self) -> None:
+        if self.file.tell() - self.synced < SYNC_BYTES:
+            return
+        if self.thread is not None and self.thread.is_alive():
+            return  # the disk is behind: one sync at a time
+        self.file.flush()
+        self.synced = self.file.tell()
+        self.thread = threading.Thread(target=self._sync, daemon=True)
+        self.thread.start()
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self.file.fileno())
+        except OSError as error:  # raised by finish(): the file is not known to be on disk
+            self.error = error
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+
 def _aside(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
@@ -153,14 +193,15 @@ def _pull_export(client: Client, target: Target, out: Path, bar: Bar) -> int:
     else:
         label.write_text(_identity(target))
     with part.open("ab") as file:
+        syncer = Syncer(file)
         for block, _rows in client.blocks(export, progress=bar.rows):
             if file.tell() == 0 and export.header:
                 file.write(export.header)
             file.write(block)
+            syncer.wrote()
         if file.tell() == 0 and export.header:  # no rows: the header alone
             file.write(export.header)
-        file.flush()
-        os.fsync(file.fileno())
+        syncer.finish()
     part.replace(out)
     label.unlink(missing_ok=True)
     return export.rows
