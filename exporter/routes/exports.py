@@ -76,7 +76,8 @@ MEDIA_TYPES: dict[str, dict[str, object]] = {media_type: {} for media_type in EX
 )
 async def export_table(
     request: Request,
-    name: Annotated[str, Path(description="`<table>.<csv|ndjson|json>`, e.g. users.csv")],
+    name: Annotated[str, Path(
+        description="`<table>.<csv|tsv|ndjson|json|parquet>`, e.g. users.csv")],
     settings: SettingsDep,
     engine: EngineDep,
     catalog: CatalogDep,
@@ -86,7 +87,8 @@ async def export_table(
     """Stream a table in primary-key order, from one snapshot. Query parameters
     (Datasette's grammar): `fields=a,b`, `col=v1,v2`, `col__exact=`, `col__gt=`,
     `col__gte=`, `col__lt=`, `col__lte=`, `col__isnull=true|false`, `limit=`, `after=`;
-    `GET /tables/{table}` lists a table's columns."""
+    `.parquet` also takes `compression=zstd|snappy|gzip|none`. `GET /tables/{table}`
+    lists a table's columns."""
     query, fmt, gzip, compression = await _resolve(request, name, catalog)
     slots.acquire()
     on_batch, metrics_end = metrics.export_started(fmt.name)
