@@ -711,19 +711,7 @@ class Bench:
         row.result = verdict(full_mb - idle_mb <= 64)
 
     def ensure_adbc(self) -> Path:
-        python = ADBC_VENV / "bin" / "python"
-        if python.exists():
-            return python
-        self.say(f"installing {', '.join(ADBC_REQUIREMENTS)} into {ADBC_VENV}")
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(ADBC_VENV)],
-                       check=True, timeout=300, capture_output=True)
-        done = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             *ADBC_REQUIREMENTS], capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            shutil.rmtree(ADBC_VENV, ignore_errors=True)
-            raise BenchError(f"could not install ADBC: {done.stderr[-300:]}")
-        return python
+        return self.ensure_venv(ADBC_VENV, ADBC_REQUIREMENTS, "python")
 
     def pull(self, base: str) -> None:
         """The ingesting client (resume bookkeeping, .part file, fsync, rename) against curl
@@ -966,21 +954,26 @@ http {{
                 self.record(key, curl(url, self.args.timeout).seconds)
 
     def ensure_datasette(self) -> Path:
-        datasette = DATASETTE_VENV / "bin" / "datasette"
-        if datasette.exists():
-            return datasette
-        self.say(f"installing {DATASETTE_REQUIREMENT} into {DATASETTE_VENV}")
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(DATASETTE_VENV)],
+        return self.ensure_venv(DATASETTE_VENV, (DATASETTE_REQUIREMENT,), "datasette")
+
+    def ensure_venv(self, venv: Path, requirements: Sequence[str], program: str) -> Path:
+        """A contender in a venv of its own (its dependencies never meet the service's):
+        ``program`` in it, installed on first use."""
+        path = venv / "bin" / program
+        if path.exists():
+            return path
+        self.say(f"installing {', '.join(requirements)} into {venv}")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
                        check=True, timeout=300, capture_output=True)
         done = subprocess.run(
-            [str(DATASETTE_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", DATASETTE_REQUIREMENT],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+             "--disable-pip-version-check", *requirements],
             capture_output=True, text=True, timeout=900,
         )
-        if done.returncode != 0 or not datasette.exists():
-            shutil.rmtree(DATASETTE_VENV, ignore_errors=True)
-            raise BenchError(f"could not install {DATASETTE_REQUIREMENT}: {done.stderr[-300:]}")
-        return datasette
+        if done.returncode != 0 or not path.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            raise BenchError(f"could not install {', '.join(requirements)}: {done.stderr[-300:]}")
+        return path
 
     def naive_stage(self) -> None:
         row = self.rows["naive"]
