@@ -31,7 +31,8 @@ class Module:
         return None
 
 
-EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py")
+EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py", "tests/test_parquet.py",
+           "tests/test_tsv.py")
 MODULES: dict[str, Module] = {
     "formats": Module(("exporter.formats.*",), (*EXPORTS, "tests/test_pg_copy.py")),
     "render": Module(("exporter.render.*",), (*EXPORTS, "tests/test_pg_copy.py")),
