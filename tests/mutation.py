@@ -31,8 +31,10 @@ class Module:
         return None
 
 
-EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py", "tests/test_parquet.py",
-           "tests/test_tsv.py")
+# Not test_parquet.py: mutmut forks each mutant from a process that ran the tests once, and
+# pyarrow's thread pools do not survive a fork (its mutants hung or crashed, whatever they
+# changed); formats/parquet.py and formats/arrow.py are left out of the run (pyproject).
+EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py", "tests/test_tsv.py")
 MODULES: dict[str, Module] = {
     "formats": Module(("exporter.formats.*",), (*EXPORTS, "tests/test_pg_copy.py")),
     "render": Module(("exporter.render.*",), (*EXPORTS, "tests/test_pg_copy.py")),
