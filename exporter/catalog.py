@@ -57,6 +57,7 @@ class Column:
     kind: Kind
     nullable: bool
     scale: int | None = None  # numeric: digits after the point, when declared
+    precision: int | None = None  # numeric: all its digits, when declared
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.declared, "kind": self.kind.value,
@@ -129,39 +130,42 @@ def _sql_type(kind: Kind) -> Any:
 # --- SQLite ---------------------------------------------------------------------------------
 
 ROWID_NAMES = ("rowid", "_rowid_", "oid")  # SQLite's names for it, unless a column has one
-DECIMAL_SCALE = re.compile(r"\(\s*\d+\s*,\s*(\d+)\s*\)")  # NUMERIC(12, 2): 2
+DECIMAL_DIGITS = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")  # NUMERIC(12, 2): 12, 2
+Kinded = tuple[Kind, int | None, int | None]  # the kind, and a numeric's scale and precision
 
 
-def sqlite_kind(declared: str) -> tuple[Kind, int | None]:
+def sqlite_kind(declared: str) -> Kinded:
     """The kind of a SQLite column from its declared type (SQLite's affinity rules first)."""
     upper = declared.upper()
     if "INT" in upper:
-        return Kind.INTEGER, None
+        return Kind.INTEGER, None, None
     if "CHAR" in upper or "CLOB" in upper or "TEXT" in upper:
-        return Kind.TEXT, None
+        return Kind.TEXT, None, None
     if "BLOB" in upper:
-        return Kind.BYTES, None
+        return Kind.BYTES, None, None
     if not upper.strip():
-        return Kind.ANY, None
+        return Kind.ANY, None, None
     if "REAL" in upper or "FLOA" in upper or "DOUB" in upper:
-        return Kind.FLOAT, None
+        return Kind.FLOAT, None, None
     name = upper.split("(")[0].strip()
     if name in ("BOOL", "BOOLEAN"):
-        return Kind.BOOLEAN, None
+        return Kind.BOOLEAN, None, None
     if name == "DATE":
-        return Kind.DATE, None
+        return Kind.DATE, None, None
     if name in ("DATETIME", "TIMESTAMP", "TIMESTAMPTZ"):
-        return Kind.TIMESTAMP, None
+        return Kind.TIMESTAMP, None, None
     if name == "TIME":
-        return Kind.TIME, None
+        return Kind.TIME, None, None
     if name in ("JSON", "JSONB"):
-        return Kind.JSON, None
+        return Kind.JSON, None, None
     if name == "UUID":
-        return Kind.UUID, None
+        return Kind.UUID, None, None
     if name in ("DECIMAL", "NUMERIC"):
-        scale = DECIMAL_SCALE.search(upper)
-        return Kind.NUMERIC, int(scale.group(1)) if scale else None
-    return Kind.ANY, None  # numeric affinity, no kind of its own: rendered as stored
+        digits = DECIMAL_DIGITS.search(upper)
+        if digits:
+            return Kind.NUMERIC, int(digits.group(2)), int(digits.group(1))
+        return Kind.NUMERIC, None, None
+    return Kind.ANY, None, None  # numeric affinity, no kind of its own: rendered as stored
 
 
 async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
@@ -180,11 +184,12 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
         rowid = keyed[0][1] if len(keyed) == 1 and kind == "table" else None
         columns = []
         for column, declared, notnull, _ in info:
-            column_kind, scale = sqlite_kind(declared or "")
+            column_kind, scale, precision = sqlite_kind(declared or "")
             nullable = not notnull and not (
                 column == rowid and (declared or "").upper() == "INTEGER"
             )
-            columns.append(Column(column, declared or "", column_kind, nullable, scale))
+            columns.append(Column(column, declared or "", column_kind, nullable, scale,
+                                  precision))
         table = Table(name, tuple(columns), tuple(column for _, column in keyed),
                       kind == "view")
         if not table.view:
@@ -258,13 +263,14 @@ SELECT c.relname, c.relkind::text, c.reltuples::bigint, a.attname,
 """
 
 
-def postgres_kind(typname: str, category: str, typmod: int) -> tuple[Kind, int | None]:
+def postgres_kind(typname: str, category: str, typmod: int) -> Kinded:
     if category == "A":
-        return Kind.ARRAY, None
+        return Kind.ARRAY, None, None
     kind = POSTGRES_KINDS.get(typname, Kind.TEXT)
     if kind is Kind.NUMERIC and typmod >= 4:
-        return kind, (typmod - 4) & 0xFFFF  # numeric(p, s): the scale's place in typmod
-    return kind, None
+        # numeric(p, s): typmod is 4 more than p in its high 16 bits and s in its low ones
+        return kind, (typmod - 4) & 0xFFFF, ((typmod - 4) >> 16) & 0xFFFF
+    return kind, None, None
 
 
 async def _postgres_tables(conn: AsyncConnection) -> list[Table]:
@@ -272,9 +278,9 @@ async def _postgres_tables(conn: AsyncConnection) -> list[Table]:
     described: Sequence[Any] = (await conn.exec_driver_sql(POSTGRES_COLUMNS)).all()
     for (table, relkind, reltuples, name, declared, nullable, typname, category, typmod,
          key_position) in described:
-        kind, scale = postgres_kind(typname, category, typmod)
+        kind, scale, precision = postgres_kind(typname, category, typmod)
         entry = found.setdefault(table, (relkind, reltuples, [], []))
-        entry[2].append(Column(name, declared, kind, nullable, scale))
+        entry[2].append(Column(name, declared, kind, nullable, scale, precision))
         if key_position is not None:
             entry[3].append((key_position, name))
     return [

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from fractions import Fraction
@@ -143,14 +142,7 @@ def _typeof(column: SQL) -> SQL:
     return func.typeof(column)
 
 
-PRECISION = re.compile(r"\(\s*(\d+)\s*,")
 DECIMAL_DIGITS = 38  # decimal128's, for a numeric declared without a precision
-
-
-def numeric_precision(column: Column) -> int | None:
-    """The digits a numeric column declares (``NUMERIC(12,2)``: 12), if it does."""
-    found = PRECISION.search(column.declared)
-    return int(found.group(1)) if found else None
 
 
 def _sqlite_float(column: SQL) -> SQL:
@@ -287,7 +279,7 @@ def sqlite_fits(column: Column, value: SQL) -> SQL | None:
     elif kind is Kind.NUMERIC and column.scale is not None:
         # SQLite keeps no precision: 1234.5 in a NUMERIC(5,2) column, or an infinity, fits
         # no decimal of that precision. Counted on the text it renders as (999.995: 1000.00).
-        digits = numeric_precision(column) or DECIMAL_DIGITS
+        digits = column.precision or DECIMAL_DIGITS
         text = func.ltrim(func.printf(_numeric_format(column.scale), value), "-")
         fits = and_(_typeof(value).in_(("real", "integer")), func.abs(value) <= LARGEST_DOUBLE,
                     func.length(text) <= digits + (column.scale > 0))

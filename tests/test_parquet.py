@@ -282,7 +282,7 @@ async def test_decimals_beyond_their_precision_and_text_that_is_no_json_become_s
 
 
 def test_a_numeric_wider_than_any_arrow_decimal_is_its_text() -> None:
-    column = Column("n", "numeric(100,2)", Kind.NUMERIC, True, scale=2)
+    column = Column("n", "numeric(100,2)", Kind.NUMERIC, True, scale=2, precision=100)
     assert arrow_type(column) == pa.string()
-    assert arrow_type(Column("n", "numeric(60,2)", Kind.NUMERIC, True, scale=2)) == \
-        pa.decimal256(60, 2)
+    assert arrow_type(Column("n", "numeric(60,2)", Kind.NUMERIC, True, scale=2,
+                             precision=60)) == pa.decimal256(60, 2)

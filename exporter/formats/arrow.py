@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from exporter.catalog import Column, Kind
 from exporter.errors import Unrepresentable
-from exporter.render import DECIMAL_DIGITS, numeric_precision
+from exporter.render import DECIMAL_DIGITS
 
 # Arrow's default allocator (jemalloc) keeps what a row group freed: with malloc's, the peak
 # RSS of 1M users' export went from +169 MB above idle to +83 MB, no slower.
@@ -92,7 +92,7 @@ def arrow_type(column: Column) -> pa.DataType:
     if kind is Kind.FLOAT:
         return pa.float64()
     if kind is Kind.NUMERIC and column.scale is not None:
-        precision = numeric_precision(column) or DECIMAL_DIGITS
+        precision = column.precision or DECIMAL_DIGITS
         if precision > DECIMAL256_PRECISION:  # PostgreSQL allows 1000 digits
             return pa.string()
         if precision > DECIMAL_DIGITS:
