@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write an export without HTTP")
     export.add_argument("--table", default="users", help="table or view (default users)")
     export.add_argument("--format", required=True,
-                        help="csv, ndjson, json or parquet (any format the service has)")
+                        help="csv, tsv, ndjson, json or parquet (any format the service has)")
     export.add_argument("--out", default="-", help="file to write, or - for stdout (default)")
     for name in NAMED_PARAMETERS:
         export.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",

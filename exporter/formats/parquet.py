@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.catalog import Column
-from exporter.formats.base import DEFAULT_OPTIONS, Block, Format, Options
+from exporter.formats.base import DEFAULT_OPTIONS, Format, Options
 from exporter.formats.ndjson import copy_json_rows
 from exporter.queries import ExportQuery, Shape, build_misfits
 
@@ -45,7 +45,6 @@ ROW_GROUP_ROWS = 65_536  # rows per row group at most ...
 # gathers). 1M users' export, peak RSS above idle and time: 8 MiB +100 MB, 2.85 s (one
 # group at a time: +80 MB, 3.0 s); 4 MiB +90 MB, 2.8 s but 67 row groups of 15k rows;
 # 16 MiB (one at a time) +210 MB.
-COMPRESSION = "zstd"
 
 
 def _arrow() -> ModuleType:
@@ -94,8 +93,8 @@ class Parquet(Format):
         written). What goes out is the group before it, once written."""
         if not block:
             return b""
-        self.pending.append(block if block.endswith(b"\n") else block + b"\n")
-        self.pending_rows += block.count(b"\n") + (not block.endswith(b"\n"))
+        self.pending.append(block)  # whole rows, each ending in its line feed
+        self.pending_rows += block.count(b"\n")
         self.pending_bytes += len(block)
         if (self.pending_rows < ROW_GROUP_ROWS
                 and self.pending_bytes < self.options.row_group_bytes):
@@ -137,7 +136,7 @@ class Parquet(Format):
             arrow = _arrow()
             self.out = arrow.Drain()
             self.writer = arrow.writer(self.out, self.schema(),
-                                       self.options.compression or COMPRESSION)
+                                       self.options.compression or self.compressions[0])
         return self.writer
 
     def _write(self, table: Any, rows: int) -> bytes:
@@ -148,5 +147,3 @@ class Parquet(Format):
         self._writer().close()  # the footer: only now is the file readable
         return self.out.take()
 
-
-__all__ = ["Block", "Parquet"]
