@@ -22,6 +22,7 @@ from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import REPORTED_ERRORS, DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
+from exporter.job_storage import job_storage
 from exporter.memory import MemoryTrimmer
 from exporter.metrics import Metrics
 from exporter.openapi import complete_document
@@ -60,17 +61,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.file_chunk_bytes, settings.max_ranges, app.state.metrics
         )
         app.state.digests = DigestCache()
+        app.state.job_storage = job_storage(settings)
         app.state.worker = None
         _log_access(settings)
         try:
-            if settings.run_worker:  # raises, and the service does not start, if it cannot run
-                worker = Worker(engine, settings, app.state.metrics, app.state.catalog)
-                worker.start()
+            # Each raises, and the service does not start, if jobs cannot work here at all.
+            await app.state.job_storage.start()
+            if settings.run_worker:
+                worker = Worker(engine, settings, app.state.metrics, app.state.catalog,
+                                app.state.job_storage)
+                await worker.start()
                 app.state.worker = worker
             yield
         finally:
             if app.state.worker is not None:
                 await app.state.worker.stop()
+            await app.state.job_storage.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -110,7 +110,7 @@ async def _worker(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        worker.start()
+        await worker.start()
     except RuntimeError as exc:
         print(f"exporter worker: {exc}", file=sys.stderr)
         await engine.dispose()

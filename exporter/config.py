@@ -11,8 +11,9 @@ error quotes them back. Validation errors hide every input (``hide_input_in_erro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +24,8 @@ SECRET_SETTINGS = frozenset({"api_keys"})
 # What an Authorization header carries safely: visible ASCII (RFC 9110 field values are
 # bytes; anything else depends on the client's encoding).
 KEY_CHARACTERS = frozenset(map(chr, range(0x21, 0x7F)))
+# s3://bucket or s3://bucket/prefix: a bucket name as S3 allows it (3-63 characters).
+S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(/(?P<prefix>[^\x00-\x1f]*))?")
 
 
 class Settings(BaseSettings):
@@ -216,6 +219,43 @@ class Settings(BaseSettings):
             "and scheduled jobs beyond keep_last."
         ),
     )
+    job_storage: str = Field(
+        "",
+        description=(
+            "Where job files live: empty for the jobs directory under EXPORTER_DATA_DIR, or "
+            "s3://bucket/prefix for an S3-compatible bucket that every replica and worker "
+            "shares (endpoint, region and credentials from the usual AWS variables and files: "
+            "AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE...; needs "
+            "`pip install 'exporter[s3]'`)."
+        ),
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto",
+        description=(
+            "How bucket URLs are built: path (http://host/bucket/key, what MinIO and most "
+            "self-hosted stores want), virtual (http://bucket.host/key) or auto (botocore's "
+            "choice: virtual on AWS)."
+        ),
+    )
+    s3_part_mb: int = Field(
+        8, ge=5, le=1024,
+        description=(
+            "Size of each part of a job file's multipart upload, in MiB (S3's minimum is 5); "
+            "a worker holds about two parts per running job in memory."
+        ),
+    )
+    job_download_redirect: bool = Field(
+        False,
+        description=(
+            "With job files in a bucket: answer GET /jobs/{id}/download with a 307 redirect "
+            "to a presigned URL of the object, so that its bytes leave the bucket directly "
+            "(docs/jobs.md says what that trades away)."
+        ),
+    )
+    job_download_url_seconds: int = Field(
+        300, ge=1, le=7 * 24 * 3600,
+        description="How long a presigned download URL is valid.",
+    )
     events_poll_seconds: float = Field(
         0.5, gt=0, description="How often a /jobs/{id}/events stream reads the job's progress."
     )
@@ -268,6 +308,16 @@ class Settings(BaseSettings):
             if problem:  # never the key itself: the message goes to logs and terminals
                 raise ValueError(f"key {number} of {len(keys)} {problem}")
         return keys
+
+    @field_validator("job_storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if value and not S3_URL.fullmatch(value):
+            raise ValueError(
+                f"EXPORTER_JOB_STORAGE={value!r} is not a storage this service knows: leave it "
+                "empty for the jobs directory, or write s3://bucket or s3://bucket/prefix"
+            )
+        return value
 
     @model_validator(mode="after")
     def _heartbeats_fit_in_a_lease(self) -> Settings:

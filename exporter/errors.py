@@ -17,9 +17,14 @@
     ├── RangeNotSatisfiable       416  no range of the Range header lies within the file
     │                                  (with Content-Range: bytes */<size>)
     ├── ExportsBusy               503  every export slot is taken (with Retry-After)
-    └── DatabaseUnavailable       503  the database could not be reached, was busy, or no
-                                       pooled connection was free, before the first byte
-                                       was sent (with Retry-After)
+    ├── DatabaseUnavailable       503  the database could not be reached, was busy, or no
+    │                                  pooled connection was free, before the first byte
+    │                                  was sent (with Retry-After)
+    └── StorageUnavailable        503  the bucket that holds job files could not be
+        │                              reached (a job that meets it runs again later)
+        └── StorageRefused        503  the bucket answered no: credentials refused, no
+                                       such bucket, access denied (a job that meets it
+                                       fails: only an operator can cure it)
     anything else                 500  a bug: JSON too, and logged
 
 The body is always JSON: ``{"error": code, "message": ..., **details}``. A failure after
@@ -45,6 +50,7 @@ DATABASE_UNREACHABLE = (
     sqlite3.OperationalError,
 )
 DATABASE_RETRY_AFTER = 1  # seconds: a busy or restarting database is often back by then
+STORAGE_RETRY_AFTER = 5  # seconds: a bucket that did not answer
 
 # Errors that say the database went away for a moment, not that the job cannot work: a
 # job whose run fails on one is run again (worker.py). By errno: a refused, reset or
@@ -75,6 +81,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _transient_itself(error: BaseException) -> bool:
+    if isinstance(error, StorageUnavailable):
+        return not isinstance(error, StorageRefused)
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     if isinstance(error, TimeoutError | asyncio.TimeoutError | PoolTimeout):
@@ -288,3 +296,15 @@ class DatabaseUnavailable(ExporterError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(DATABASE_RETRY_AFTER)}
+
+
+class StorageUnavailable(ExporterError):
+    status = 503
+    code = "storage_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(STORAGE_RETRY_AFTER)}
+
+
+class StorageRefused(StorageUnavailable):
+    code = "storage_refused"

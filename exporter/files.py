@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
+from contextlib import aclosing
 from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
@@ -36,12 +37,10 @@ from exporter.ranges import (
     multipart_pieces,
     parse_range,
 )
-from exporter.storage import OpenFile
+from exporter.storage import ChunkStream, StoredFile
 
 UNSAFE_IN_QUOTED = re.compile(r'[^\x20-\x7e]|["\\%]')
 BOUNDARY_BYTES = 16  # random bytes in a multipart boundary: it cannot occur in the data
-
-ChunkStream = AsyncGenerator[bytes, None]
 
 
 def content_disposition(disposition: str, filename: str) -> str:
@@ -73,7 +72,7 @@ class FileSender:
     async def response(
         self,
         request: Request,
-        file: OpenFile,
+        file: StoredFile,
         *,
         etag: str,
         content_type: str,
@@ -88,7 +87,7 @@ class FileSender:
                 request.method,
                 Conditions.from_headers(request.headers),
                 file,
-                Validators(etag, int(file.stat.st_mtime)),
+                Validators(etag, int(file.mtime)),
                 {
                     "Content-Type": content_type,
                     "Content-Disposition": content_disposition(disposition, filename),
@@ -106,7 +105,7 @@ class FileSender:
         self,
         method: str,
         conditions: Conditions,
-        file: OpenFile,
+        file: StoredFile,
         validators: Validators,
         described: dict[str, str],
     ) -> Response:
@@ -151,7 +150,7 @@ class FileBodyResponse(StreamingResponse):
 
     def __init__(
         self,
-        file: OpenFile,
+        file: StoredFile,
         pieces: Pieces,
         chunk_bytes: int,
         status: int,
@@ -167,21 +166,16 @@ class FileBodyResponse(StreamingResponse):
         super().__init__(self.chunks, status_code=status, headers=headers)
 
     async def _read(self) -> ChunkStream:
-        handle = self.file.handle
         for piece in self.pieces:
             if isinstance(piece, bytes):
                 yield piece
                 continue
-            await handle.seek(piece.start)
-            remaining = piece.length
-            while remaining:
-                chunk = await handle.read(min(self.chunk_bytes, remaining))
-                if not chunk:  # shrunk since it was opened: abort, never a short 200
-                    raise OSError(f"{self.file.path} ended {remaining} bytes early")
-                remaining -= len(chunk)
-                if self.metrics is not None:
-                    self.metrics.file_bytes_sent.inc(len(chunk))
-                yield chunk
+            async with aclosing(self.file.read(piece.start, piece.length,
+                                               self.chunk_bytes)) as chunks:
+                async for chunk in chunks:
+                    if self.metrics is not None:
+                        self.metrics.file_bytes_sent.inc(len(chunk))
+                    yield chunk
         self.finished = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

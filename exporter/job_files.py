@@ -7,7 +7,8 @@ download serves: storage.py), hashed and counted as they are written, fsynced, r
 a cancel at any point, even just after the rename, removes what was written, partial or
 renamed: a file at the final path is always a whole export.
 
-Job files are named ``<id>-<attempt>.<ext>`` in ``<data_dir>/jobs`` (``JOB_FILE``): the
+Job files are named ``<id>-<attempt>.<ext>`` (``JOB_FILE``), in the job storage
+(job_storage.py: ``<data_dir>/jobs``, or a bucket): the
 attempt keeps a worker that lost its claim from ever renaming over the file of the run that
 took over.
 """
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiofiles
 import aiofiles.os
@@ -32,6 +34,9 @@ from exporter.config import Settings
 from exporter.jobs import Job, JobSpec
 from exporter.leases import Counts
 from exporter.streaming import ChunkStream, Progress, open_export
+
+if TYPE_CHECKING:  # job_storage.py builds on this module's writer
+    from exporter.job_storage import JobStorage
 
 PARTIAL_SUFFIX = ".part"
 # <id>-<attempt>.<ext> once complete; .<id>-<attempt>.<ext>.part while written.
@@ -115,20 +120,19 @@ class JobFile:
 
 
 async def write_job_file(
-    engine: AsyncEngine, catalog: Catalog, spec: JobSpec, settings: Settings, stem: str,
-    progress: JobProgress,
+    engine: AsyncEngine, catalog: Catalog, spec: JobSpec, settings: Settings,
+    storage: JobStorage, stem: str, progress: JobProgress,
 ) -> JobFile:
-    """The job's export (the bytes of the live HTTP export) to ``<stem>.<ext>`` in the jobs
-    directory, whole or not at all."""
+    """The job's export (the bytes of the live HTTP export) to ``<stem>.<ext>`` in the job
+    storage, whole or not at all."""
     chunks = open_export(
         engine, await spec.query(catalog), spec.fmt, settings, gzip=spec.gzip,
         progress=progress.export, count=True,
     )
-    written = await write_file(settings.jobs_dir / f"{stem}.{spec.extension}", chunks,
-                               progress.wrote)
+    written = await storage.write(f"{stem}.{spec.extension}", chunks, progress.wrote)
     return JobFile(written.path.name, written.size, written.sha256, progress.export.rows)
 
 
-async def remove_job_file(settings: Settings, job: Job) -> None:
+async def remove_job_file(storage: JobStorage, job: Job) -> None:
     if job.file_path:
-        await remove_file(settings.jobs_dir / job.file_path)
+        await storage.remove(job.file_path)

@@ -18,9 +18,10 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import aiofiles
 
@@ -35,11 +36,34 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBL
 # must not hang the opening thread; it has no effect on reading a regular file
 
 
+ChunkStream = AsyncGenerator[bytes, None]
+
+
 class FileKey(NamedTuple):
     device: int
     inode: int
     size: int
     mtime_ns: int
+
+
+class StoredFile(Protocol):
+    """A file a download can send: a local file (``OpenFile``) or an object in a bucket
+    (job_storage.py). Its size and time are fixed when it is opened."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime(self) -> float: ...
+
+    def read(self, start: int, length: int, chunk_bytes: int) -> ChunkStream:
+        """``length`` bytes from ``start``, in chunks; raises if the file ends early."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -51,8 +75,25 @@ class OpenFile:
     stat: os.stat_result
 
     @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
     def size(self) -> int:
         return self.stat.st_size
+
+    @property
+    def mtime(self) -> float:
+        return self.stat.st_mtime
+
+    async def read(self, start: int, length: int, chunk_bytes: int) -> ChunkStream:
+        await self.handle.seek(start)
+        while length:
+            chunk = await self.handle.read(min(chunk_bytes, length))
+            if not chunk:  # shrunk since it was opened: abort, never a short 200
+                raise OSError(f"{self.path} ended {length} bytes early")
+            length -= len(chunk)
+            yield chunk
 
     @property
     def key(self) -> FileKey:

@@ -46,10 +46,10 @@ from exporter.job_files import (
     JOB_FILE,
     JobFile,
     JobProgress,
-    remove_file,
     remove_job_file,
     write_job_file,
 )
+from exporter.job_storage import JobStorage, job_storage
 from exporter.jobs import Job
 from exporter.leases import Beat
 from exporter.metrics import Metrics
@@ -142,10 +142,12 @@ class Worker:
 
     def __init__(
         self, engine: AsyncEngine, settings: Settings, metrics: Metrics | None = None,
-        catalog: Catalog | None = None,
+        catalog: Catalog | None = None, storage: JobStorage | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
+        self.storage = storage or job_storage(settings)
+        self._owns_storage = storage is None  # started and closed here, else by the caller
         self.catalog = catalog or Catalog.from_settings(engine, settings)
         self.metrics = metrics
         self.owner = worker_owner()
@@ -159,17 +161,11 @@ class Worker:
         self._last_error = ""
         self._failing_schedules: dict[str, str] = {}  # id -> the error last logged
 
-    def start(self) -> None:
-        """Start the loop; raise at once if jobs cannot run here at all."""
+    async def start(self) -> None:
+        """Start the loop; raise RuntimeError at once if jobs cannot run here at all."""
         leases.check_sqlite_returning(self.engine)
-        directory = self.settings.jobs_dir
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RuntimeError(
-                f"the job files directory {directory} cannot be made ({exc}); "
-                "EXPORTER_DATA_DIR must be a writable directory"
-            ) from exc
+        if self._owns_storage:
+            await self.storage.start()
         self.task = asyncio.create_task(self.run(), name="exporter worker")
         self.task.add_done_callback(self._loop_ended)
 
@@ -197,6 +193,8 @@ class Worker:
                 await leases.requeue(self.engine, job_id, self.owner)
         if self._beats:  # late heartbeats end before the engine may be disposed
             await asyncio.wait(set(self._beats), timeout=STOP_WAIT_S)
+        if self._owns_storage:
+            await self.storage.close()
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -289,8 +287,8 @@ class Worker:
         try:
             await self._remove_files_of(job.id)  # left by earlier attempts, which are over
             writer = asyncio.create_task(
-                write_job_file(self.engine, self.catalog, job.spec, self.settings, stem,
-                               progress)
+                write_job_file(self.engine, self.catalog, job.spec, self.settings,
+                               self.storage, stem, progress)
             )
             verdict = await self._supervise(job, writer, progress)
         except asyncio.CancelledError:  # the worker is stopping: stop() hands the job back
@@ -369,7 +367,7 @@ class Worker:
             log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
         if outcome != jobs.SUCCEEDED:
             # Renamed just before the cancel or the loss was seen: no record will own it.
-            await remove_file(self.settings.jobs_dir / f"{_stem(job)}.{job.spec.extension}")
+            await self.storage.remove(f"{_stem(job)}.{job.spec.extension}")
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(outcome).inc()
 
@@ -415,7 +413,7 @@ class Worker:
                  file.sha256)
         if schedule is not None:
             for old in await retention(self.engine, *schedule):
-                await remove_job_file(self.settings, old)
+                await remove_job_file(self.storage, old)
         return jobs.SUCCEEDED
 
     async def _keep_last(self, schedule_id: str) -> tuple[str, int] | None:
@@ -426,11 +424,10 @@ class Worker:
         return schedule.id, schedule.keep_last
 
     async def _remove_files_of(self, job_id: str) -> None:
-        names = await asyncio.to_thread(_job_file_names, self.settings.jobs_dir)
-        for name in names:
+        for name in await self.storage.names():
             match = JOB_FILE.match(name)
             if match and match["id"] == job_id:
-                await remove_file(self.settings.jobs_dir / name)
+                await self.storage.remove(name)
 
     async def sweep(self) -> None:
         """End lapsed runs that must not run again, expire old one-off files, apply
@@ -438,9 +435,9 @@ class Worker:
         await leases.settle_lapsed(self.engine, utcnow(), self.settings.job_max_attempts)
         for job in await jobs.expire_jobs(self.engine, utcnow()):
             log.info("job %s expired; removing its file", job.id)
-            await remove_job_file(self.settings, job)
+            await remove_job_file(self.storage, job)
         for job in await all_retention(self.engine):
-            await remove_job_file(self.settings, job)
+            await remove_job_file(self.storage, job)
         await expire_unscheduled(
             self.engine, utcnow(), timedelta(seconds=self.settings.job_ttl_seconds)
         )
@@ -449,7 +446,7 @@ class Worker:
     async def _remove_orphans(self) -> None:
         # Listed before the database is read: a claim always comes before its file, so
         # every file listed here has a row that says whether a run still owns it.
-        names = await asyncio.to_thread(_job_file_names, self.settings.jobs_dir)
+        names = await self.storage.names()
         found = {name: match for name in names if (match := JOB_FILE.match(name))}
         known = await jobs.jobs_by_id(self.engine, sorted({m["id"] for m in found.values()}))
         for name, match in found.items():
@@ -460,15 +457,7 @@ class Worker:
             )
             if not live:
                 log.info("removing %s: no run will finish it", name)
-                await remove_file(self.settings.jobs_dir / name)
-
-
-def _job_file_names(directory: Path) -> list[str]:
-    try:
-        with os.scandir(directory) as entries:
-            return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
+                await self.storage.remove(name)
 
 
 def _stem(job: Job) -> str:

@@ -35,6 +35,7 @@ from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import downgrade_all, driver_connection, migrate
 from exporter.errors import is_transient
+from exporter.job_storage import JobStorage
 from exporter.jobs import JobRequest
 from exporter.leases import Beat, Counts
 from exporter.params import parse_query
@@ -621,7 +622,7 @@ async def test_a_job_whose_export_fails_ends_failed_with_the_error_and_leaves_no
     worker = Worker(engine, settings)
     try:
         job = await jobs.create_job(engine, JobRequest(format="csv").spec(), datetime.now(UTC))
-        worker.start()
+        await worker.start()
         for _ in range(200):
             job = await jobs.find_job(engine, job.id)
             if job.finished:
@@ -656,7 +657,7 @@ async def run_worker(
 ) -> None:
     """Run a worker until ``until`` holds (failing after ``seconds``)."""
     worker = Worker(engine, settings)
-    worker.start()
+    await worker.start()
     try:
         deadline = time.monotonic() + seconds
         while not await until(worker):
@@ -689,7 +690,7 @@ async def test_a_worker_stopped_while_its_claim_waits_leaves_no_lock_behind(
             await driver.execute("BEGIN IMMEDIATE")
         else:
             await driver.execute("BEGIN; LOCK TABLE exporter.export_jobs IN EXCLUSIVE MODE")
-        running.start()
+        await running.start()
         await asyncio.sleep(0.5)  # the worker's claim is waiting for the lock
         stopping = asyncio.ensure_future(running.stop())
         await asyncio.sleep(0.3)
@@ -730,7 +731,7 @@ async def test_a_worker_stopped_mid_round_claims_nothing_more_and_leaves_no_job_
     settings = worker_settings(empty_database, tmp_path, worker_poll_seconds=30,
                                worker_concurrency=2)
     running = Worker(engine, settings)
-    running.start()
+    await running.start()
     await asyncio.sleep(0.6)  # its first round and sweep are done: idle
     queued = await queue(engine, 2, datetime.now(UTC))
     running.wake()  # as POST /jobs does: a round that would claim both, sweep not due
@@ -896,7 +897,7 @@ async def test_a_worker_whose_heartbeats_hang_gives_the_job_up_before_its_lease_
 
     async def endless_write(
         _engine: AsyncEngine, _catalog: Catalog, _spec: jobs.JobSpec, settings: Settings,
-        stem: str, _progress: worker.JobProgress,
+        _storage: JobStorage, stem: str, _progress: worker.JobProgress,
     ) -> worker.JobFile:
         partial = settings.jobs_dir / f".{stem}.part"
         partial.write_bytes(b"id\r\n")
@@ -1052,7 +1053,7 @@ async def test_a_worker_that_cannot_make_its_jobs_directory_fails_at_start(
     (tmp_path / "data").write_text("a file where the data directory should be")
     settings = worker_settings(empty_database, tmp_path / "data")
     with pytest.raises(RuntimeError, match="EXPORTER_DATA_DIR must be a writable directory"):
-        Worker(engines[0], settings).start()
+        await Worker(engines[0], settings).start()
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "worker"], capture_output=True, timeout=60,
         env=Database("sqlite", empty_database.url, tmp_path / "data").env(),
@@ -1076,7 +1077,7 @@ async def test_a_worker_stops_even_when_the_stop_comes_as_it_wakes_up(
 
     watched = Watched(engines[0], worker_settings(empty_database, tmp_path,
                                                   worker_poll_seconds=30))
-    watched.start()
+    await watched.start()
     assert watched.task is not None
     try:
         await asyncio.wait_for(idle.wait(), timeout=10)

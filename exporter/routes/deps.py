@@ -13,6 +13,7 @@ from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.errors import InvalidParameter
 from exporter.files import FileSender
+from exporter.job_storage import JobStorage
 from exporter.metrics import Metrics
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
@@ -38,6 +39,7 @@ FileSenderDep = Annotated[FileSender, Depends(_state("file_sender"))]
 DigestsDep = Annotated[DigestCache, Depends(_state("digests"))]
 CatalogDep = Annotated[Catalog, Depends(_state("catalog"))]
 WorkerDep = Annotated[Worker | None, Depends(_state("worker"))]
+JobStorageDep = Annotated[JobStorage, Depends(_state("job_storage"))]
 
 
 class _Members(list[tuple[str, Any]]):

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -41,12 +42,13 @@ from exporter.routes.deps import (
     DigestsDep,
     EngineDep,
     FileSenderDep,
+    JobStorageDep,
     SettingsDep,
     StrictJsonBody,
     WorkerDep,
 )
 from exporter.routes.files import FILE_CACHE_CONTROL
-from exporter.storage import DigestCache, OpenFile, open_within
+from exporter.storage import DigestCache, OpenFile, StoredFile
 
 log = logging.getLogger("exporter.routes.jobs")
 router = APIRouter(tags=["jobs"])
@@ -203,10 +205,10 @@ async def cancel_job(job_id: str, engine: EngineDep) -> Response:
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses=NO_JOB | DATABASE_BUSY)
-async def delete_job(job_id: str, engine: EngineDep, settings: SettingsDep) -> Response:
+async def delete_job(job_id: str, engine: EngineDep, storage: JobStorageDep) -> Response:
     """Remove the job and its file (a running job is stopped first)."""
     job = await jobs.delete_job(engine, job_id)
-    await remove_job_file(settings, job)
+    await remove_job_file(storage, job)
     return Response(status_code=204)
 
 
@@ -216,11 +218,12 @@ async def download_job(
     job_id: str,
     request: Request,
     engine: EngineDep,
-    settings: SettingsDep,
+    storage: JobStorageDep,
     sender: FileSenderDep,
     digests: DigestsDep,
 ) -> Response:
-    """The job's file, as ``GET /files/{name}`` serves files: Range, ETag (its sha256)."""
+    """The job's file, as ``GET /files/{name}`` serves files: Range, ETag (its sha256); or,
+    with ``EXPORTER_JOB_DOWNLOAD_REDIRECT``, a 307 to a presigned URL of its object."""
     job = await jobs.find_job(engine, job_id)
     if job.expired_at(_now()):
         when = job.expires_at.isoformat() if job.expires_at else "some time"
@@ -228,10 +231,15 @@ async def download_job(
                    "POST /jobs to make it again", status=jobs.EXPIRED)
     if job.status != jobs.SUCCEEDED or not job.file_path or not job.sha256:
         raise Conflict(_no_file_yet(job), status=job.status)
-    file = await open_within(settings.jobs_dir, settings.jobs_dir / job.file_path)
+    filename = job.file_name or job.file_path
+    url = await storage.download_url(job.file_path, filename, job.spec.media_type)
+    if url is not None:
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    file = await storage.open(job.file_path)
     if file is None:
-        log.warning("job %s: %s is missing from %s", job_id, job.file_path, settings.jobs_dir)
-        raise NotFound(f"job {job_id}'s file is not in this replica's data directory")
+        log.warning("job %s: %s is missing from the %s", job_id, job.file_path,
+                    storage.description)
+        raise NotFound(f"job {job_id}'s file is missing from the {storage.description}")
     try:
         etag = await _etag(job, file, digests)
     except BaseException:
@@ -239,7 +247,7 @@ async def download_job(
         raise
     return await sender.response(
         request, file, etag=etag, content_type=job.spec.media_type,
-        disposition="attachment", filename=job.file_name or file.path.name,
+        disposition="attachment", filename=filename,
         cache_control=FILE_CACHE_CONTROL,
     )
 
@@ -276,13 +284,15 @@ async def job_events(
     )
 
 
-async def _etag(job: Job, file: OpenFile, digests: DigestCache) -> str:
-    """The sha256 recorded when the file was written, unless the file on disk plainly is
+async def _etag(job: Job, file: StoredFile, digests: DigestCache) -> str:
+    """The sha256 recorded when the file was written, unless the stored file plainly is
     not that file any more: an ETag must never name other bytes."""
     if job.sha256 and job.file_size == file.size:
         return strong_etag(job.sha256)
-    log.error("job %s: %s is not the file its record describes", job.id, file.path)
-    return strong_etag(await digests.sha256(file))
+    log.error("job %s: %s is not the file its record describes", job.id, file.name)
+    if isinstance(file, OpenFile):
+        return strong_etag(await digests.sha256(file))
+    raise NotFound(f"job {job.id}'s file in the bucket is not the one it wrote")
 
 
 def _revision(last_event_id: str | None) -> int:

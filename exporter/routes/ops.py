@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exporter.db import current_revision
 from exporter.openapi import error
-from exporter.routes.deps import EngineDep, MetricsDep, SchemaRevisionDep
+from exporter.routes.deps import EngineDep, JobStorageDep, MetricsDep, SchemaRevisionDep
 
 router = APIRouter(tags=["operations"])
+STORAGE_CHECK_SECONDS = 2
 
 
 @router.get("/health")
@@ -24,9 +27,14 @@ async def health() -> dict[str, str]:
     responses={503: error("The database is unreachable, or the service's state is not "
                           "migrated to this code's revision.")},
 )
-async def ready(engine: EngineDep, expected: SchemaRevisionDep) -> JSONResponse:
+async def ready(
+    engine: EngineDep, expected: SchemaRevisionDep, storage: JobStorageDep
+) -> JSONResponse:
     """Ready: the database answers, and the service's own state (the schema ``exporter``)
-    is migrated to the revision this code expects."""
+    is migrated to the revision this code expects. The job storage is reported too; one
+    that does not answer makes the service ``degraded``, still 200: exports need only the
+    database, and a load balancer must not take a replica out for a bucket every replica
+    shares."""
     try:
         async with engine.connect() as conn:
             revision = await current_revision(conn)
@@ -38,7 +46,16 @@ async def ready(engine: EngineDep, expected: SchemaRevisionDep) -> JSONResponse:
             f"the service's state (schema exporter) is at revision {revision!r}, this code "
             f"needs {expected!r}; run `exporter migrate`",
         )
-    return JSONResponse({"status": "ready", "database": engine.dialect.name})
+    answer: dict[str, str] = {"status": "ready", "database": engine.dialect.name,
+                              "job_storage": storage.description}
+    try:
+        async with asyncio.timeout(STORAGE_CHECK_SECONDS):
+            problem = await storage.problem()
+    except TimeoutError:
+        problem = f"the {storage.description} did not answer within {STORAGE_CHECK_SECONDS} s"
+    if problem is not None:
+        answer |= {"status": "degraded", "job_storage_problem": problem}
+    return JSONResponse(answer)
 
 
 def _unready(code: str, message: str) -> JSONResponse:

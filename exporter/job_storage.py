@@ -1,0 +1,415 @@
+"""Where job files live: the jobs directory (the default) or an S3-compatible bucket.
+
+Both keep the promise of ``job_files.py``: a file under its final name is a whole export,
+or there is none. In the directory, the bytes go to ``.<name>.part`` and are renamed; in a
+bucket, they go up as a multipart upload as the export runs (memory: about two parts per
+job), and the object exists only once the upload is completed after its last part. A file
+smaller than one part is sent in one PUT at the end, which S3 makes visible whole too. A
+failed or canceled write aborts its upload; one whose worker died (kill -9) is aborted by
+the next attempt of its job, or by the sweep.
+
+Names are ``<id>-<attempt>.<ext>`` (``job_files.JOB_FILE``). ``names()`` lists the complete
+files and those being written, the latter as ``.<name>.part`` in both storages, so that the
+worker's sweep and takeover treat a partial file and a multipart upload alike.
+
+The bucket is reached with aiobotocore (botocore's requests, signatures, credential chain
+and presigning, on aiohttp): every error it raises becomes ``StorageUnavailable`` (could not
+reach the bucket: a job runs again later) or ``StorageRefused`` (it answered no: a job fails
+with the reason), so that nothing above this module knows botocore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.config import S3_URL, Settings
+from exporter.errors import StorageRefused, StorageUnavailable
+from exporter.job_files import PARTIAL_SUFFIX, WrittenFile, remove_file, write_file
+from exporter.storage import ChunkStream, StoredFile, open_within
+
+log = logging.getLogger("exporter.job_storage")
+
+MiB = 1024 * 1024
+# Answers that mean "no" from the bucket, not "not now": only an operator can cure them.
+REFUSALS = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+    "InvalidBucketName", "AllAccessDisabled", "AccountProblem", "InvalidToken",
+    "ExpiredToken", "403", "401",
+})
+CONNECT_SECONDS = 5
+READ_SECONDS = 60
+
+
+def partial_name(name: str) -> str:
+    return f".{name}{PARTIAL_SUFFIX}"
+
+
+class JobStorage:
+    """The interface both storages offer the worker and the routes."""
+
+    description = ""
+
+    async def start(self) -> None:
+        """Get ready; raise RuntimeError, naming what to change, if job files cannot be kept
+        here at all (a bucket that does not answer yet is only logged: it may come back)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def write(self, name: str, chunks: ChunkStream,
+                    on_write: Callable[[int], None] | None = None) -> WrittenFile:
+        """``chunks`` under ``name``, whole or not at all; ``chunks`` is closed either way."""
+        raise NotImplementedError
+
+    async def open(self, name: str) -> StoredFile | None:
+        """The complete file ``name``, or None."""
+        raise NotImplementedError
+
+    async def remove(self, name: str) -> None:
+        """Remove a complete file, or (``.<name>.part``) one being written; no error if
+        there is none."""
+        raise NotImplementedError
+
+    async def names(self) -> list[str]:
+        """Every file here, complete or being written (``.<name>.part``)."""
+        raise NotImplementedError
+
+    async def problem(self) -> str | None:
+        """None when job files can be written and read now; else what is wrong."""
+        raise NotImplementedError
+
+    async def download_url(self, name: str, filename: str, media_type: str) -> str | None:
+        """A URL the client may fetch the file from directly, or None to stream it."""
+        return None
+
+
+def job_storage(settings: Settings) -> JobStorage:
+    """The storage ``EXPORTER_JOB_STORAGE`` names."""
+    match = S3_URL.fullmatch(settings.job_storage)
+    if match is None:
+        return DirectoryStorage(settings.jobs_dir)
+    return BucketStorage(match["bucket"], match["prefix"] or "", settings)
+
+
+# --- A directory ----------------------------------------------------------------------------
+
+
+class DirectoryStorage(JobStorage):
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.description = f"directory {directory}"
+
+    async def start(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(
+                f"the job files directory {self.directory} cannot be made ({exc}); "
+                "EXPORTER_DATA_DIR must be a writable directory"
+            ) from exc
+
+    async def write(self, name: str, chunks: ChunkStream,
+                    on_write: Callable[[int], None] | None = None) -> WrittenFile:
+        return await write_file(self.directory / name, chunks, on_write)
+
+    async def open(self, name: str) -> StoredFile | None:
+        return await open_within(self.directory, self.directory / name)
+
+    async def remove(self, name: str) -> None:
+        await remove_file(self.directory / name)
+
+    async def names(self) -> list[str]:
+        return await asyncio.to_thread(_file_names, self.directory)
+
+    async def problem(self) -> str | None:
+        if await asyncio.to_thread(os.access, self.directory, os.W_OK | os.X_OK):
+            return None
+        return f"the job files directory {self.directory} is missing or not writable"
+
+
+def _file_names(directory: Path) -> list[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+# --- A bucket -------------------------------------------------------------------------------
+
+
+class BucketStorage(JobStorage):
+    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.settings = settings
+        self.part_bytes = settings.s3_part_mb * MiB
+        self.description = f"bucket s3://{bucket}/{self.prefix}"
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        try:
+            from aiobotocore.session import get_session
+            from botocore.config import Config
+        except ImportError as exc:
+            raise RuntimeError(
+                f"EXPORTER_JOB_STORAGE={self.settings.job_storage} needs the S3 client: "
+                "pip install 'exporter[s3]'"
+            ) from exc
+        config = Config(
+            signature_version="s3v4",  # presigned URLs too: every S3-compatible store has v4
+            s3={"addressing_style": self.settings.s3_addressing_style},
+            connect_timeout=CONNECT_SECONDS, read_timeout=READ_SECONDS,
+            retries={"mode": "standard", "max_attempts": 3},
+        )
+        # AWS_REGION is what most tools set; botocore reads only AWS_DEFAULT_REGION.
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client("s3", region_name=region or "us-east-1",
+                                        config=config)
+        )
+        self.description += f" at {self._client.meta.endpoint_url}"
+        if (problem := await self.problem()) is not None:
+            log.warning("job files: %s; jobs will fail or wait until it answers", problem)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def call(self, operation: str, **params: Any) -> Any:
+        """One request to the bucket, its failures translated (see the module's doc)."""
+        with _translated(self.description):
+            return await getattr(self._client, operation)(Bucket=self.bucket, **params)
+
+    async def write(self, name: str, chunks: ChunkStream,
+                    on_write: Callable[[int], None] | None = None) -> WrittenFile:
+        digest = hashlib.sha256()
+        size = 0
+        upload = Upload(self, self.key(name))
+        try:
+            async with aclosing(chunks) as source:
+                async for chunk in source:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await upload.add(chunk)
+                    if on_write is not None:
+                        on_write(len(chunk))
+            await upload.complete()
+        except BaseException:  # stopped (even just after completing) or failed: leave nothing
+            await _finish_anyway(upload.abort())
+            raise
+        return WrittenFile(Path(name), size, digest.hexdigest())
+
+    async def open(self, name: str) -> StoredFile | None:
+        try:
+            head = await self.call("head_object", Key=self.key(name))
+        except StorageRefused as exc:
+            if exc.details.get("answer") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return BucketFile(self, name, head["ContentLength"], head["LastModified"].timestamp(),
+                          head["ETag"])
+
+    async def remove(self, name: str) -> None:
+        if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+            key = self.key(name[1:-len(PARTIAL_SUFFIX)])
+            for upload in await self._uploads(key):
+                if upload["Key"] == key:
+                    await self.call("abort_multipart_upload", Key=key,
+                                    UploadId=upload["UploadId"])
+            return
+        await self.call("delete_object", Key=self.key(name))  # S3 says 204 for none too
+
+    async def names(self) -> list[str]:
+        found = []
+        token: dict[str, str] = {}
+        while True:
+            page = await self.call("list_objects_v2", Prefix=self.prefix, **token)
+            found += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+        found += [partial_name(u["Key"][len(self.prefix):]) for u in await self._uploads("")]
+        return [name for name in found if name and "/" not in name]
+
+    async def _uploads(self, below: str) -> list[dict[str, Any]]:
+        uploads: list[dict[str, Any]] = []
+        markers: dict[str, str] = {}
+        while True:
+            page = await self.call("list_multipart_uploads", Prefix=below or self.prefix,
+                                   **markers)
+            uploads += page.get("Uploads", [])
+            if not page.get("IsTruncated"):
+                return uploads
+            markers = {"KeyMarker": page["NextKeyMarker"],
+                       "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    async def problem(self) -> str | None:
+        try:
+            await self.call("head_bucket")
+        except StorageUnavailable as exc:
+            return exc.message
+        return None
+
+    async def download_url(self, name: str, filename: str, media_type: str) -> str | None:
+        if not self.settings.job_download_redirect:
+            return None
+        from exporter.files import content_disposition
+
+        with _translated(self.description):
+            url: str = await self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self.key(name),
+                        "ResponseContentDisposition": content_disposition("attachment",
+                                                                          filename),
+                        "ResponseContentType": media_type},
+                ExpiresIn=self.settings.job_download_url_seconds,
+            )
+        return url
+
+
+class Upload:
+    """One object written part by part: a part is sent while the next one fills, so the
+    export waits for the bucket only when the bucket is slower than the export."""
+
+    def __init__(self, storage: BucketStorage, key: str) -> None:
+        self.storage = storage
+        self.key = key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.sending: asyncio.Task[None] | None = None
+        self.completed = False
+
+    async def add(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        if len(self.buffer) >= self.storage.part_bytes:
+            await self._send(bytes(self.buffer))
+            self.buffer.clear()
+
+    async def _send(self, body: bytes) -> None:
+        if self.upload_id is None:
+            started = await self.storage.call("create_multipart_upload", Key=self.key)
+            self.upload_id = started["UploadId"]
+        await self._sent()
+        self.sending = asyncio.create_task(self._part(len(self.parts) + 1, body))
+
+    async def _part(self, number: int, body: bytes) -> None:
+        sent = await self.storage.call("upload_part", Key=self.key, UploadId=self.upload_id,
+                                       PartNumber=number, Body=body)
+        self.parts.append({"ETag": sent["ETag"], "PartNumber": number})
+
+    async def _sent(self) -> None:
+        if self.sending is not None:
+            sending, self.sending = self.sending, None
+            await sending
+
+    async def complete(self) -> None:
+        if self.upload_id is None:  # smaller than one part: one PUT, visible whole
+            await self.storage.call("put_object", Key=self.key, Body=bytes(self.buffer))
+        else:
+            if self.buffer or not self.parts:
+                await self._send(bytes(self.buffer))
+            await self._sent()
+            await self.storage.call("complete_multipart_upload", Key=self.key,
+                                    UploadId=self.upload_id,
+                                    MultipartUpload={"Parts": self.parts})
+        self.buffer.clear()
+        self.completed = True
+
+    async def abort(self) -> None:
+        """Leave no object and no upload behind (errors are logged: the sweep retries)."""
+        if self.sending is not None:
+            self.sending.cancel()
+            with suppress(BaseException):
+                await self.sending
+        try:
+            if self.completed:
+                await self.storage.call("delete_object", Key=self.key)
+            elif self.upload_id is not None:
+                await self.storage.call("abort_multipart_upload", Key=self.key,
+                                        UploadId=self.upload_id)
+        except StorageUnavailable as exc:
+            log.warning("%s: could not clean up after a stopped upload (%s); the sweep will",
+                        self.key, exc.message)
+
+
+@dataclass
+class BucketFile:
+    """An object as it was when opened: its reads ask for that version (If-Match)."""
+
+    storage: BucketStorage
+    name: str
+    size: int
+    mtime: float
+    etag: str
+
+    async def read(self, start: int, length: int, chunk_bytes: int) -> ChunkStream:
+        if length == 0:
+            return
+        answer = await self.storage.call(
+            "get_object", Key=self.storage.key(self.name), IfMatch=self.etag,
+            Range=f"bytes={start}-{start + length - 1}",
+        )
+        with _translated(self.storage.description):
+            async with answer["Body"] as body:
+                async for chunk in body.iter_chunks(chunk_bytes):
+                    length -= len(chunk)
+                    yield chunk
+        if length:
+            raise OSError(f"{self.name} ended {length} bytes early")
+
+    async def close(self) -> None:
+        """Nothing is held between reads."""
+
+
+async def _finish_anyway(cleanup: Awaitable[None]) -> None:
+    """Run ``cleanup`` to its end even if this task is cancelled again meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+@contextmanager
+def _translated(description: str) -> Iterator[None]:
+    """Turns botocore's and aiohttp's errors into StorageUnavailable or StorageRefused."""
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except Exception as error:
+        raise _storage_error(description, error) from error
+
+
+def _storage_error(description: str, error: Exception) -> StorageUnavailable:
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    if isinstance(error, ClientError):
+        answer = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = f"the {description} answered {answer or status}: {error}"
+        if answer in REFUSALS or 400 <= status < 500:
+            return StorageRefused(message, answer=answer)
+        return StorageUnavailable(message, answer=answer)
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return StorageRefused(
+            f"no credentials for the {description}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a credentials file"
+        )
+    return StorageUnavailable(
+        f"the {description} could not be reached: {type(error).__name__}: {error}"
+    )
