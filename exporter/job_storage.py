@@ -46,6 +46,7 @@ REFUSALS = frozenset({
 })
 CONNECT_SECONDS = 5
 READ_SECONDS = 60
+CHECK_SECONDS = 2  # /ready's and the start's look at the bucket: one answer, not retries
 
 
 def partial_name(name: str) -> str:
@@ -169,7 +170,14 @@ class BucketStorage(JobStorage):
             signature_version="s3v4",  # presigned URLs too: every S3-compatible store has v4
             s3={"addressing_style": self.settings.s3_addressing_style},
             connect_timeout=CONNECT_SECONDS, read_timeout=READ_SECONDS,
-            retries={"mode": "standard", "max_attempts": 3},
+            # botocore's own retries, as AWS_RETRY_MODE and AWS_MAX_ATTEMPTS say, else 3
+            # attempts: a job that still fails is run again later anyway (worker.py).
+            retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"),
+                     "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "3"))},
+            # Checksums only where S3 requires them: many S3-compatible stores do not know
+            # botocore's newer default ones, and some send the whole object's with a range.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         # AWS_REGION is what most tools set; botocore reads only AWS_DEFAULT_REGION.
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -247,8 +255,14 @@ class BucketStorage(JobStorage):
         uploads: list[dict[str, Any]] = []
         markers: dict[str, str] = {}
         while True:
-            page = await self.call("list_multipart_uploads", Prefix=below or self.prefix,
-                                   **markers)
+            try:
+                page = await self.call("list_multipart_uploads", Prefix=below or self.prefix,
+                                       **markers)
+            except StorageRefused as exc:
+                # rclone's S3 server answers "no such upload" where S3 lists none.
+                if exc.details.get("answer") == "NoSuchUpload":
+                    return uploads
+                raise
             uploads += page.get("Uploads", [])
             if not page.get("IsTruncated"):
                 return uploads
@@ -257,9 +271,12 @@ class BucketStorage(JobStorage):
 
     async def problem(self) -> str | None:
         try:
-            await self.call("head_bucket")
+            async with asyncio.timeout(CHECK_SECONDS):
+                await self.call("head_bucket")
         except StorageUnavailable as exc:
             return exc.message
+        except TimeoutError:
+            return f"the {self.description} did not answer within {CHECK_SECONDS} s"
         return None
 
     async def download_url(self, name: str, filename: str, media_type: str) -> str | None:
@@ -402,6 +419,9 @@ def _storage_error(description: str, error: Exception) -> StorageUnavailable:
         answer = str(error.response.get("Error", {}).get("Code", ""))
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         message = f"the {description} answered {answer or status}: {error}"
+        if status in (401, 403):
+            message += (" (are AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+                        "right, and may they read and write this bucket?)")
         if answer in REFUSALS or 400 <= status < 500:
             return StorageRefused(message, answer=answer)
         return StorageUnavailable(message, answer=answer)

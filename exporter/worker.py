@@ -285,17 +285,20 @@ class Worker:
         writer: asyncio.Task[JobFile] | None = None
         progress = JobProgress()
         try:
-            await self._remove_files_of(job.id)  # left by earlier attempts, which are over
-            writer = asyncio.create_task(
-                write_job_file(self.engine, self.catalog, job.spec, self.settings,
-                               self.storage, stem, progress)
-            )
+            writer = asyncio.create_task(self._write(job, stem, progress))
             verdict = await self._supervise(job, writer, progress)
         except asyncio.CancelledError:  # the worker is stopping: stop() hands the job back
             if writer is not None:
                 await _stop(writer)
             raise
         await self._finish(job, writer, progress, verdict)
+
+    async def _write(self, job: Job, stem: str, progress: JobProgress) -> JobFile:
+        """The file of this attempt, after removing those of earlier ones, which are over
+        (a storage that fails here fails the attempt as a write would: _failed decides)."""
+        await self._remove_files_of(job.id)
+        return await write_job_file(self.engine, self.catalog, job.spec, self.settings,
+                                    self.storage, stem, progress)
 
     async def _supervise(
         self, job: Job, writer: asyncio.Task[JobFile], progress: JobProgress
