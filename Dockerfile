@@ -11,7 +11,8 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so that editing the code reuses this layer.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+# With the s3 extra: job files in an S3-compatible bucket (docker-compose.yml uses one).
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
@@ -19,7 +20,7 @@ COPY alembic.ini ./
 COPY exporter ./exporter
 COPY migrations ./migrations
 COPY seed ./seed
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[s3]" \
     && mkdir -p /data \
     && chown exporter:exporter /data
 

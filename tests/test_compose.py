@@ -9,6 +9,7 @@ import shlex
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 from exporter.auth import listen_refusal
 from exporter.cli import build_parser
 from exporter.config import Settings, load_settings
+from exporter.job_storage import BucketStorage, job_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -61,7 +63,11 @@ def data_mount(service: str) -> str:
     return sources[0]
 
 
-@pytest.mark.parametrize("service", [s for s in SERVICES if "command" in SERVICES[s]])
+OURS = [name for name, service in SERVICES.items() if service.get("image") == "exporter:local"]
+REPLICAS = [name for name in OURS if SERVICES[name]["command"][1] == "serve"]
+
+
+@pytest.mark.parametrize("service", OURS)
 def test_every_command_is_a_real_exporter_subcommand_with_real_flags(service: str) -> None:
     command = [str(part) for part in SERVICES[service]["command"]]
     assert command[0] == "exporter"
@@ -77,7 +83,7 @@ def test_every_exporter_variable_in_compose_is_a_settings_field() -> None:
     assert used and used <= known, f"not settings: {sorted(used - known)}"
 
 
-@pytest.mark.parametrize("service", ["seed", "api"])
+@pytest.mark.parametrize("service", OURS)
 def test_the_database_url_reaches_the_postgres_service_with_its_credentials(service: str) -> None:
     raw = env(service)["EXPORTER_DATABASE_URL"]
     url, pg = make_url(raw), env("postgres")
@@ -99,19 +105,60 @@ def test_postgres_healthcheck_runs_pg_isready_over_tcp_for_its_user_and_database
     assert options["-h"] in {"127.0.0.1", "localhost"}
 
 
-def test_services_start_in_order_postgres_then_seed_then_api() -> None:
+@pytest.mark.parametrize("service", [*REPLICAS, "worker"])
+def test_services_start_in_order_postgres_and_bucket_then_seed_then_the_rest(
+    service: str,
+) -> None:
     assert SERVICES["seed"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert SERVICES["seed"]["restart"] == "no"
-    api = SERVICES["api"]["depends_on"]
-    assert api["seed"]["condition"] == "service_completed_successfully"
-    assert api["postgres"]["condition"] == "service_healthy"
-    assert "/ready" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    needs = SERVICES[service]["depends_on"]
+    assert needs["seed"]["condition"] == "service_completed_successfully"
+    assert needs["bucket"]["condition"] == "service_completed_successfully"
+    assert needs["postgres"]["condition"] == "service_healthy"
+    assert SERVICES["bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    if service in REPLICAS:
+        assert "/ready" in " ".join(SERVICES[service]["healthcheck"]["test"])
 
 
-def test_api_and_seed_share_one_named_volume_for_the_data_dir() -> None:
-    assert env("api")["EXPORTER_DATA_DIR"] == env("seed")["EXPORTER_DATA_DIR"]
-    assert data_mount("api") == data_mount("seed")
-    assert data_mount("api") in COMPOSE["volumes"]
+def test_two_api_replicas_and_one_worker_run_the_jobs_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert len(REPLICAS) == 2
+    for replica in REPLICAS:
+        assert not settings_under(env(replica), monkeypatch).run_worker, "the worker runs jobs"
+    worker = SERVICES["worker"]
+    assert build_parser().parse_args(worker["command"][1:]).command == "worker"
+    published = [SERVICES[r]["ports"][0].rsplit(":", 1)[0] for r in REPLICAS]
+    assert len(set(published)) == 2 and all(p.startswith("127.0.0.1:") for p in published)
+
+
+@pytest.mark.parametrize("service", [*REPLICAS, "worker"])
+def test_every_replica_and_the_worker_keep_job_files_in_the_bucket_compose_makes(
+    service: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_under(env(service), monkeypatch)
+    storage = job_storage(settings)
+    assert isinstance(storage, BucketStorage)
+    endpoint = urlsplit(env(service)["AWS_ENDPOINT_URL"])
+    assert endpoint.hostname in SERVICES, "the endpoint is a compose service"
+    minio = SERVICES[endpoint.hostname]
+    assert minio["command"][:2] == ["server", "/data"]
+    assert endpoint.port == 9000, "MinIO's S3 port"
+    root = env(endpoint.hostname)
+    assert (env(service)["AWS_ACCESS_KEY_ID"], env(service)["AWS_SECRET_ACCESS_KEY"]) == (
+        root["MINIO_ROOT_USER"], root["MINIO_ROOT_PASSWORD"])
+    assert settings.s3_addressing_style == "path", "MinIO's host name is no bucket's"
+    made = " ".join(SERVICES["bucket"]["command"])
+    assert f"mc alias set local {endpoint.scheme}://{endpoint.netloc} " \
+        f"{root['MINIO_ROOT_USER']} {root['MINIO_ROOT_PASSWORD']}" in made
+    assert f"mc mb --ignore-existing local/{storage.bucket}" in made
+
+
+@pytest.mark.parametrize("service", REPLICAS)
+def test_replicas_and_seed_share_one_named_volume_for_the_demo_files(service: str) -> None:
+    assert env(service)["EXPORTER_DATA_DIR"] == env("seed")["EXPORTER_DATA_DIR"]
+    assert data_mount(service) == data_mount("seed")
+    assert data_mount(service) in COMPOSE["volumes"]
 
 
 def test_the_dockerfile_copies_every_package_pyproject_installs() -> None:
@@ -129,26 +176,39 @@ def test_the_dockerfile_copies_every_package_pyproject_installs() -> None:
     assert packages | {"pyproject.toml", pyproject["project"]["readme"]} <= copied
 
 
-def test_the_api_listens_on_all_interfaces_at_the_exposed_and_published_port() -> None:
-    host_side, _, container_port = SERVICES["api"]["ports"][0].rpartition(":")
+@pytest.mark.parametrize("service", REPLICAS)
+def test_the_api_listens_on_all_interfaces_at_the_exposed_and_published_port(
+    service: str,
+) -> None:
+    host_side, _, container_port = SERVICES[service]["ports"][0].rpartition(":")
     assert host_side.startswith("127.0.0.1:"), "published beyond loopback while open to all"
-    for command in (SERVICES["api"]["command"], json.loads(instruction_args("CMD")[-1])):
+    for command in (SERVICES[service]["command"], json.loads(instruction_args("CMD")[-1])):
         args = build_parser().parse_args([str(part) for part in command[1:]])
         assert (args.command, args.host, str(args.port)) == ("serve", "0.0.0.0", container_port)
     assert container_port in " ".join(instruction_args("EXPOSE")).split()
-    assert f"127.0.0.1:{container_port}/ready" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{container_port}/ready" in " ".join(
+        SERVICES[service]["healthcheck"]["test"])
 
 
+@pytest.mark.parametrize("service", REPLICAS)
 def test_the_api_service_would_start_on_all_interfaces_even_without_keys(
-    monkeypatch: pytest.MonkeyPatch,
+    service: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = settings_under(env("api"), monkeypatch)  # EXPORTER_API_KEYS unset: empty
-    assert listen_refusal(serve_host(SERVICES["api"]["command"]), settings) is None
+    settings = settings_under(env(service), monkeypatch)  # EXPORTER_API_KEYS unset: empty
+    assert listen_refusal(serve_host(SERVICES[service]["command"]), settings) is None
 
 
-def test_the_api_service_takes_api_keys_from_the_environment_of_compose() -> None:
-    raw = yaml.safe_load(COMPOSE_TEXT)["services"]["api"]["environment"]
+@pytest.mark.parametrize("service", REPLICAS)
+def test_the_api_service_takes_api_keys_from_the_environment_of_compose(service: str) -> None:
+    raw = yaml.safe_load(COMPOSE_TEXT)["services"][service]["environment"]
     assert raw["EXPORTER_API_KEYS"] == "${EXPORTER_API_KEYS:-}"
+
+
+def test_the_image_installs_the_s3_extra_that_compose_relies_on() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "optional-dependencies']['s3']" in " ".join(instruction_args("RUN"))
+    assert any('".[s3]"' in args for args in instruction_args("RUN"))
+    assert pyproject["project"]["optional-dependencies"]["s3"]
 
 
 def test_the_image_alone_does_not_serve_all_interfaces_without_keys(
