@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    documented = set(re.findall(r"`(EXPORTER_[A-Z_]+)`", README))
+    documented = set(re.findall(r"`(EXPORTER_[A-Z0-9_]+)`", README))
     settings = {f"EXPORTER_{name.upper()}" for name in Settings.model_fields}
     assert settings - documented == set(), "settings missing from the README"
     tests_own = {"EXPORTER_TEST_DATABASE_URL", "EXPORTER_TEST_CHROMIUM",

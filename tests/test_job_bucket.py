@@ -426,6 +426,9 @@ async def test_without_its_bucket_the_service_is_degraded_exports_go_on_and_jobs
     template: Database, bucket: Bucket, tmp_path: Path,
 ) -> None:
     database = await clone_database(template, tmp_path / "data", "bucket_faults")
+    with serving(database.env(**FAST, **bucket.env())) as api:
+        made = finished(api.url, httpx.post(f"{api.url}/jobs", json={"format": "csv"}
+                                             ).json()["id"])
     cases = {
         "unreachable": ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"},
                         "could not be reached|did not answer", "could not be reached"),
@@ -445,7 +448,11 @@ async def test_without_its_bucket_the_service_is_degraded_exports_go_on_and_jobs
             done = finished(api.url, job["id"])
             assert done["status"] == "failed" and says in done["error"], done
             assert httpx.get(f"{api.url}/jobs/{job['id']}/download").status_code == 409
-    assert await bucket.objects() == {} and await bucket.uploads() == []
+            earlier = httpx.get(f"{api.url}/jobs/{made['id']}/download")
+            assert earlier.status_code == 503 and "retry-after" in earlier.headers
+            assert re.search(ready_says, earlier.json()["message"])
+    assert list(await bucket.objects()) == [f"{made['id']}-1.csv"], "nothing else, partial or not"
+    assert await bucket.uploads() == []
 
 
 async def test_redirected_downloads_go_to_the_bucket_and_arrive_whole(

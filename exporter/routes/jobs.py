@@ -31,6 +31,7 @@ from exporter.openapi import (
     BAD_PARAMETER,
     DATABASE_BUSY,
     JOB_FILE_MEDIA_TYPES,
+    RETRY_AFTER,
     Responses,
     error,
     file_responses,
@@ -59,10 +60,18 @@ NO_JOB = not_found("No such job.")
 DOWNLOAD_RESPONSES: Responses = file_responses(
     JOB_FILE_MEDIA_TYPES, "The job's file: its format's media type, or application/gzip."
 ) | {
-    404: error("No such job, or its file is not in this replica's data directory."),
+    307: {"description": "With EXPORTER_JOB_DOWNLOAD_REDIRECT and job files in a bucket: "
+                         "a presigned URL of the object, in Location.",
+          "headers": {"Location": header("The presigned URL.")}},
+    404: error("No such job, or its file is missing from the job storage."),
     409: error("The job has not succeeded (yet): `status` says what it is."),
     410: error("The job's file expired and was removed."),
-} | DATABASE_BUSY
+} | {503: error(
+    "The database could not be reached or was busy, or the bucket that holds job files "
+    "could not be reached or refused the service; ask again after Retry-After. GET /ready "
+    "says which.",
+    RETRY_AFTER,
+)}
 EVENTS_RESPONSES: Responses = NO_JOB | DATABASE_BUSY | {
     200: {"content": {"text/event-stream": {}},
           "description": "Progress events, then succeeded, failed or canceled."},
