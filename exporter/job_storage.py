@@ -79,8 +79,9 @@ class JobStorage:
         there is none."""
         raise NotImplementedError
 
-    async def names(self) -> list[str]:
-        """Every file here, complete or being written (``.<name>.part``)."""
+    async def names(self, beginning: str = "") -> list[str]:
+        """Every file here whose name begins so, complete or being written (then listed as
+        ``.<name>.part``)."""
         raise NotImplementedError
 
     async def problem(self) -> str | None:
@@ -127,8 +128,9 @@ class DirectoryStorage(JobStorage):
     async def remove(self, name: str) -> None:
         await remove_file(self.directory / name)
 
-    async def names(self) -> list[str]:
-        return await asyncio.to_thread(_file_names, self.directory)
+    async def names(self, beginning: str = "") -> list[str]:
+        found = await asyncio.to_thread(_file_names, self.directory)
+        return [name for name in found if name.removeprefix(".").startswith(beginning)]
 
     async def problem(self) -> str | None:
         if await asyncio.to_thread(os.access, self.directory, os.W_OK | os.X_OK):
@@ -239,25 +241,26 @@ class BucketStorage(JobStorage):
             return
         await self.call("delete_object", Key=self.key(name))  # S3 says 204 for none too
 
-    async def names(self) -> list[str]:
+    async def names(self, beginning: str = "") -> list[str]:
+        below = self.key(beginning)
         found = []
         token: dict[str, str] = {}
         while True:
-            page = await self.call("list_objects_v2", Prefix=self.prefix, **token)
+            page = await self.call("list_objects_v2", Prefix=below, **token)
             found += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):
                 break
             token = {"ContinuationToken": page["NextContinuationToken"]}
-        found += [partial_name(u["Key"][len(self.prefix):]) for u in await self._uploads("")]
+        found += [partial_name(u["Key"][len(self.prefix):]) for u in await self._uploads(below)]
         return [name for name in found if name and "/" not in name]
 
     async def _uploads(self, below: str) -> list[dict[str, Any]]:
+        """The multipart uploads under way whose keys begin with ``below``."""
         uploads: list[dict[str, Any]] = []
         markers: dict[str, str] = {}
         while True:
             try:
-                page = await self.call("list_multipart_uploads", Prefix=below or self.prefix,
-                                       **markers)
+                page = await self.call("list_multipart_uploads", Prefix=below, **markers)
             except StorageRefused as exc:
                 # rclone's S3 server answers "no such upload" where S3 lists none.
                 if exc.details.get("answer") == "NoSuchUpload":

@@ -427,7 +427,7 @@ class Worker:
         return schedule.id, schedule.keep_last
 
     async def _remove_files_of(self, job_id: str) -> None:
-        for name in await self.storage.names():
+        for name in await self.storage.names(job_id):
             match = JOB_FILE.match(name)
             if match and match["id"] == job_id:
                 await self.storage.remove(name)

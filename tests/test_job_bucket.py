@@ -87,7 +87,7 @@ class Bucket:
     async def uploads(self) -> list[str]:
         """The keys of multipart uploads begun and neither completed nor aborted."""
         async with self.storage() as storage:
-            return [upload["Key"] for upload in await storage._uploads("")]
+            return [upload["Key"] for upload in await storage._uploads(storage.prefix)]
 
 
 @contextmanager
@@ -172,6 +172,8 @@ async def test_a_file_goes_up_whole_and_reads_back_by_ranges(bucket: Bucket, siz
         written = await storage.write("a" * 32 + "-1.csv", chunks_of(data))
         assert written.size == size and written.sha256 == hashlib.sha256(data).hexdigest()
         assert await storage.names() == ["a" * 32 + "-1.csv"]
+        assert await storage.names("a" * 32) == ["a" * 32 + "-1.csv"]
+        assert await storage.names("b" * 32) == [], "a job's files alone, by its id"
         file = await storage.open("a" * 32 + "-1.csv")
         assert file is not None and file.size == size
         assert await read_all(storage, file.name, 0, size) == data
