@@ -5,8 +5,8 @@ It runs inside the service (``EXPORTER_RUN_WORKER``, the default) or as
 which one runs what (``leases.py``, ``schedules.py``).
 
 A job's file is written by the one export pipeline (``open_export``, the bytes of the live
-HTTP export) and the one atomic writer (``job_files.py``) to ``<data_dir>/jobs/<id>-<n>.<ext>``
-(n: the attempt): a complete file or none.
+HTTP export) to ``<id>-<n>.<ext>`` (n: the attempt) in the job storage (``job_storage.py``:
+``<data_dir>/jobs``, or a bucket): a complete file or none.
 While it runs, a heartbeat every ``job_progress_seconds`` writes the progress, renews the
 lease and reads the cancel flag; a cancel or a lost claim stops the export at once and
 removes the partial file. A worker whose heartbeats do not go through (each is waited for
