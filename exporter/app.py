@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _log_access(settings)
         try:
             # Each raises, and the service does not start, if jobs cannot work here at all.
-            await app.state.job_storage.start()
+            await app.state.job_storage.start(writing=settings.run_worker)
             if settings.run_worker:
                 worker = Worker(engine, settings, app.state.metrics, app.state.catalog,
                                 app.state.job_storage)

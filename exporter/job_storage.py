@@ -45,6 +45,16 @@ REFUSALS = frozenset({
     "ExpiredToken", "403", "401",
 })
 CONNECT_SECONDS = 5
+MAX_PARTS = 10_000  # S3's limit on one multipart upload
+WRITER_CONNECTIONS = 16  # uploads (two a running job at most), listings, removals, /ready
+READER_CONNECTIONS = 64  # downloads, one held while its client reads a range
+# Answers that mean the object is not there.
+MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+# 4xx answers that mean "not now": a job that meets one runs again later.
+TRANSIENT_ANSWERS = frozenset({
+    "RequestTimeout", "408", "429", "SlowDown", "Throttling", "ThrottlingException",
+    "TooManyRequests", "RequestLimitExceeded", "OperationAborted", "503",
+})
 READ_SECONDS = 60
 CHECK_SECONDS = 2  # /ready's and the start's look at the bucket: one answer, not retries
 
@@ -58,9 +68,10 @@ class JobStorage:
 
     description = ""
 
-    async def start(self) -> None:
+    async def start(self, writing: bool = True) -> None:
         """Get ready; raise RuntimeError, naming what to change, if job files cannot be kept
-        here at all (a bucket that does not answer yet is only logged: it may come back)."""
+        here at all (a bucket that does not answer yet is only logged: it may come back).
+        ``writing``: whether this process runs jobs (a worker) or only serves them."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -109,7 +120,9 @@ class DirectoryStorage(JobStorage):
         self.directory = directory
         self.description = f"directory {directory}"
 
-    async def start(self) -> None:
+    async def start(self, writing: bool = True) -> None:
+        if not writing:  # a replica without a worker reads what others wrote, if anything
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -157,39 +170,58 @@ class BucketStorage(JobStorage):
         self.part_bytes = settings.s3_part_mb * MiB
         self.description = f"bucket s3://{bucket}/{self.prefix}"
         self._stack = AsyncExitStack()
+        # Two clients, two connection pools: slow downloads holding every connection of one
+        # must not stall the uploads, listings and /ready checks of the other.
         self._client: Any = None
+        self._reader: Any = None
 
-    async def start(self) -> None:
+    async def start(self, writing: bool = True) -> None:
         try:
             from aiobotocore.session import get_session
-            from botocore.config import Config
         except ImportError as exc:
             raise RuntimeError(
                 f"EXPORTER_JOB_STORAGE={self.settings.job_storage} needs the S3 client: "
                 "pip install 'exporter[s3]'"
             ) from exc
+        try:
+            session = get_session()
+            self._client = await self._new_client(session, WRITER_CONNECTIONS)
+            self._reader = await self._new_client(session, READER_CONNECTIONS)
+        except Exception as exc:  # a malformed AWS_* variable, an unknown profile...
+            await self._stack.aclose()
+            raise RuntimeError(
+                f"the S3 client for EXPORTER_JOB_STORAGE={self.settings.job_storage} could "
+                f"not be set up: {type(exc).__name__}: {exc} (check the AWS_* variables "
+                "and ~/.aws files)"
+            ) from exc
+        log.info("job files: %s at %s", self.description, self._client.meta.endpoint_url)
+        if (problem := await self.problem()) is not None:
+            log.warning("job files: %s; jobs will fail or wait until it answers", problem)
+
+    async def _new_client(self, session: Any, connections: int) -> Any:
+        from botocore.config import Config
+
         config = Config(
             signature_version="s3v4",  # presigned URLs too: every S3-compatible store has v4
             s3={"addressing_style": self.settings.s3_addressing_style},
             connect_timeout=CONNECT_SECONDS, read_timeout=READ_SECONDS,
-            # botocore's own retries, as AWS_RETRY_MODE and AWS_MAX_ATTEMPTS say, else 3
-            # attempts: a job that still fails is run again later anyway (worker.py).
+            max_pool_connections=connections,
+            # botocore's own attempts, as AWS_RETRY_MODE and AWS_MAX_ATTEMPTS say (attempts,
+            # the first one included), else 3: a job that still fails runs again later.
             retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"),
-                     "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "3"))},
+                     "total_max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "3"))},
             # Checksums only where S3 requires them: many S3-compatible stores do not know
             # botocore's newer default ones, and some send the whole object's with a range.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        # AWS_REGION is what most tools set; botocore reads only AWS_DEFAULT_REGION.
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        self._client = await self._stack.enter_async_context(
-            get_session().create_client("s3", region_name=region or "us-east-1",
-                                        config=config)
+        # AWS_REGION is what most tools set; botocore itself reads AWS_DEFAULT_REGION and
+        # the profile's region; S3 answers us-east-1 for a bucket anywhere else too.
+        region = (os.environ.get("AWS_REGION") or session.get_config_variable("region")
+                  or "us-east-1")
+        return await self._stack.enter_async_context(
+            session.create_client("s3", region_name=region, config=config)
         )
-        self.description += f" at {self._client.meta.endpoint_url}"
-        if (problem := await self.problem()) is not None:
-            log.warning("job files: %s; jobs will fail or wait until it answers", problem)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -197,10 +229,11 @@ class BucketStorage(JobStorage):
     def key(self, name: str) -> str:
         return self.prefix + name
 
-    async def call(self, operation: str, **params: Any) -> Any:
+    async def call(self, operation: str, *, reading: bool = False, **params: Any) -> Any:
         """One request to the bucket, its failures translated (see the module's doc)."""
+        client = self._reader if reading else self._client
         with _translated(self.description):
-            return await getattr(self._client, operation)(Bucket=self.bucket, **params)
+            return await getattr(client, operation)(Bucket=self.bucket, **params)
 
     async def write(self, name: str, chunks: ChunkStream,
                     on_write: Callable[[int], None] | None = None) -> WrittenFile:
@@ -215,17 +248,17 @@ class BucketStorage(JobStorage):
                     await upload.add(chunk)
                     if on_write is not None:
                         on_write(len(chunk))
-            await upload.complete()
-        except BaseException:  # stopped (even just after completing) or failed: leave nothing
+            await upload.complete(size)
+        except BaseException:  # stopped (even while completing) or failed: leave nothing
             await _finish_anyway(upload.abort())
             raise
         return WrittenFile(Path(name), size, digest.hexdigest())
 
     async def open(self, name: str) -> StoredFile | None:
         try:
-            head = await self.call("head_object", Key=self.key(name))
+            head = await self.call("head_object", reading=True, Key=self.key(name))
         except StorageRefused as exc:
-            if exc.details.get("answer") in ("404", "NoSuchKey", "NotFound"):
+            if exc.details.get("answer") in MISSING:
                 return None
             raise
         return BucketFile(self, name, head["ContentLength"], head["LastModified"].timestamp(),
@@ -244,11 +277,11 @@ class BucketStorage(JobStorage):
     async def names(self, beginning: str = "") -> list[str]:
         below = self.key(beginning)
         found = []
-        token: dict[str, str] = {}
+        token: dict[str, Any] = {}
         while True:
             page = await self.call("list_objects_v2", Prefix=below, **token)
             found += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
+            if not (page.get("IsTruncated") and page.get("NextContinuationToken")):
                 break
             token = {"ContinuationToken": page["NextContinuationToken"]}
         found += [partial_name(u["Key"][len(self.prefix):]) for u in await self._uploads(below)]
@@ -257,7 +290,7 @@ class BucketStorage(JobStorage):
     async def _uploads(self, below: str) -> list[dict[str, Any]]:
         """The multipart uploads under way whose keys begin with ``below``."""
         uploads: list[dict[str, Any]] = []
-        markers: dict[str, str] = {}
+        markers: dict[str, Any] = {}
         while True:
             try:
                 page = await self.call("list_multipart_uploads", Prefix=below, **markers)
@@ -267,10 +300,10 @@ class BucketStorage(JobStorage):
                     return uploads
                 raise
             uploads += page.get("Uploads", [])
-            if not page.get("IsTruncated"):
+            if not (page.get("IsTruncated") and page.get("NextKeyMarker")):
                 return uploads
             markers = {"KeyMarker": page["NextKeyMarker"],
-                       "UploadIdMarker": page["NextUploadIdMarker"]}
+                       "UploadIdMarker": page.get("NextUploadIdMarker", "")}
 
     async def problem(self) -> str | None:
         try:
@@ -288,7 +321,7 @@ class BucketStorage(JobStorage):
         from exporter.files import content_disposition
 
         with _translated(self.description):
-            url: str = await self._client.generate_presigned_url(
+            url: str = await self._reader.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self.key(name),
                         "ResponseContentDisposition": content_disposition("attachment",
@@ -300,8 +333,10 @@ class BucketStorage(JobStorage):
 
 
 class Upload:
-    """One object written part by part: a part is sent while the next one fills, so the
-    export waits for the bucket only when the bucket is slower than the export."""
+    """One object written part by part, every part but the last exactly ``part_bytes`` long
+    (Cloudflare R2 and others refuse parts of different sizes). A part is sent while the
+    next one fills, so the export waits for the bucket only when the bucket is the slower;
+    at most one part in flight and one filling are held."""
 
     def __init__(self, storage: BucketStorage, key: str) -> None:
         self.storage = storage
@@ -310,22 +345,28 @@ class Upload:
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
         self.sending: asyncio.Task[None] | None = None
-        self.completed = False
+        self.completing = False  # from the request that makes the object on: abort deletes
 
     async def add(self, chunk: bytes) -> None:
         self.buffer += chunk
-        if len(self.buffer) >= self.storage.part_bytes:
-            await self._send(bytes(self.buffer))
-            self.buffer.clear()
+        while len(self.buffer) >= self.storage.part_bytes:
+            await self._sent()  # the previous part is up and freed before the next is cut
+            part, self.buffer = self.buffer, self.buffer[self.storage.part_bytes:]
+            del part[self.storage.part_bytes:]  # in place: no copy of the part
+            await self._send(part)
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytearray) -> None:
+        if len(self.parts) + 1 > MAX_PARTS:
+            raise StorageRefused(
+                f"the job file is larger than S3's {MAX_PARTS} parts of "
+                f"{self.storage.settings.s3_part_mb} MiB; raise EXPORTER_S3_PART_MB"
+            )
         if self.upload_id is None:
             started = await self.storage.call("create_multipart_upload", Key=self.key)
             self.upload_id = started["UploadId"]
-        await self._sent()
         self.sending = asyncio.create_task(self._part(len(self.parts) + 1, body))
 
-    async def _part(self, number: int, body: bytes) -> None:
+    async def _part(self, number: int, body: bytearray) -> None:
         sent = await self.storage.call("upload_part", Key=self.key, UploadId=self.upload_id,
                                        PartNumber=number, Body=body)
         self.parts.append({"ETag": sent["ETag"], "PartNumber": number})
@@ -335,18 +376,28 @@ class Upload:
             sending, self.sending = self.sending, None
             await sending
 
-    async def complete(self) -> None:
+    async def complete(self, size: int) -> None:
+        await self._sent()
+        self.completing = True
         if self.upload_id is None:  # smaller than one part: one PUT, visible whole
-            await self.storage.call("put_object", Key=self.key, Body=bytes(self.buffer))
-        else:
-            if self.buffer or not self.parts:
-                await self._send(bytes(self.buffer))
+            await self.storage.call("put_object", Key=self.key, Body=self.buffer)
+            return
+        if self.buffer:
+            await self._send(self.buffer)
             await self._sent()
+        try:
             await self.storage.call("complete_multipart_upload", Key=self.key,
                                     UploadId=self.upload_id,
                                     MultipartUpload={"Parts": self.parts})
-        self.buffer.clear()
-        self.completed = True
+        except StorageRefused as exc:
+            # A completion whose answer was lost and that botocore sent again: the first
+            # one made the object, the second finds no upload.
+            if exc.details.get("answer") != "NoSuchUpload" or not await self._made(size):
+                raise
+
+    async def _made(self, size: int) -> bool:
+        file = await self.storage.open(self.key.removeprefix(self.storage.prefix))
+        return file is not None and file.size == size
 
     async def abort(self) -> None:
         """Leave no object and no upload behind (errors are logged: the sweep retries)."""
@@ -355,11 +406,12 @@ class Upload:
             with suppress(BaseException):
                 await self.sending
         try:
-            if self.completed:
+            if self.upload_id is not None:
+                with suppress(StorageRefused):  # completed meanwhile: no such upload
+                    await self.storage.call("abort_multipart_upload", Key=self.key,
+                                            UploadId=self.upload_id)
+            if self.completing:  # the object may exist: the request may have gone through
                 await self.storage.call("delete_object", Key=self.key)
-            elif self.upload_id is not None:
-                await self.storage.call("abort_multipart_upload", Key=self.key,
-                                        UploadId=self.upload_id)
         except StorageUnavailable as exc:
             log.warning("%s: could not clean up after a stopped upload (%s); the sweep will",
                         self.key, exc.message)
@@ -379,11 +431,14 @@ class BucketFile:
         if length == 0:
             return
         answer = await self.storage.call(
-            "get_object", Key=self.storage.key(self.name), IfMatch=self.etag,
+            "get_object", reading=True, Key=self.storage.key(self.name), IfMatch=self.etag,
             Range=f"bytes={start}-{start + length - 1}",
         )
         with _translated(self.storage.description):
             async with answer["Body"] as body:
+                if answer.get("ContentLength") != length:  # a store that ignored the Range
+                    raise OSError(f"{self.name}: asked for {length} bytes from {start}, the "
+                                  f"bucket answers {answer.get('ContentLength')}")
                 async for chunk in body.iter_chunks(chunk_bytes):
                     length -= len(chunk)
                     yield chunk
@@ -425,7 +480,7 @@ def _storage_error(description: str, error: Exception) -> StorageUnavailable:
         if status in (401, 403):
             message += (" (are AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
                         "right, and may they read and write this bucket?)")
-        if answer in REFUSALS or 400 <= status < 500:
+        if answer not in TRANSIENT_ANSWERS and (answer in REFUSALS or 400 <= status < 500):
             return StorageRefused(message, answer=answer)
         return StorageUnavailable(message, answer=answer)
     if isinstance(error, NoCredentialsError | PartialCredentialsError):

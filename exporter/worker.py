@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter import jobs, leases
 from exporter.catalog import Catalog
 from exporter.config import Settings
-from exporter.errors import NotFound, is_transient
+from exporter.errors import NotFound, StorageUnavailable, is_transient
 from exporter.job_files import (
     JOB_FILE,
     JobFile,
@@ -252,8 +252,9 @@ class Worker:
                 break
             self._start(job)
         if time.monotonic() >= self._next_sweep:
-            await self.sweep()
+            # Due again a period later even if this one fails (a bucket that is down).
             self._next_sweep = time.monotonic() + self.settings.job_sweep_seconds
+            await self.sweep()
         delay = self.settings.worker_poll_seconds
         if next_due is not None:
             delay = min(delay, max(0.0, (next_due - utcnow()).total_seconds()))
@@ -370,7 +371,7 @@ class Worker:
             log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
         if outcome != jobs.SUCCEEDED:
             # Renamed just before the cancel or the loss was seen: no record will own it.
-            await self.storage.remove(f"{_stem(job)}.{job.spec.extension}")
+            await self._remove(f"{_stem(job)}.{job.spec.extension}")
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(outcome).inc()
 
@@ -416,8 +417,17 @@ class Worker:
                  file.sha256)
         if schedule is not None:
             for old in await retention(self.engine, *schedule):
-                await remove_job_file(self.storage, old)
+                if old.file_path:
+                    await self._remove(old.file_path)
         return jobs.SUCCEEDED
+
+    async def _remove(self, name: str) -> None:
+        """Remove a file whose job's outcome is recorded already: a storage that fails now
+        leaves it to the sweep, which removes every file no record owns."""
+        try:
+            await self.storage.remove(name)
+        except StorageUnavailable as exc:
+            log.warning("could not remove %s now (%s); the sweep will", name, exc.message)
 
     async def _keep_last(self, schedule_id: str) -> tuple[str, int] | None:
         try:

@@ -186,6 +186,49 @@ async def test_a_file_goes_up_whole_and_reads_back_by_ranges(bucket: Bucket, siz
     assert await bucket.uploads() == []
 
 
+@pytest.mark.parametrize("size", [5 * MiB, 10 * MiB + 3], ids=["one-part-exactly", "2-parts"])
+async def test_every_part_but_the_last_is_exactly_the_part_size_and_none_is_empty(
+    bucket: Bucket, size: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cloudflare R2 refuses parts of different sizes, and some stores an empty one. The
+    real requests go to the real server; this only notes each part's size on the way."""
+    data = sample(size)
+    sizes: list[int] = []
+    async with bucket.storage() as storage:
+        call = storage.call
+
+        async def noted(operation: str, **params: Any) -> Any:
+            if operation == "upload_part":
+                sizes.append(len(params["Body"]))
+            return await call(operation, **params)
+
+        monkeypatch.setattr(storage, "call", noted)
+        # Chunks that do not divide a part: the cut falls inside one.
+        await storage.write("9" * 32 + "-1.csv", chunks_of(data, size=300_001))
+        assert await read_all(storage, "9" * 32 + "-1.csv", 0, size) == data
+    assert sizes[:-1] == [5 * MiB] * (len(sizes) - 1) and 0 < sizes[-1] <= 5 * MiB, sizes
+    assert sum(sizes) == size
+
+
+def test_s3_answers_that_mean_not_now_are_transient_and_refusals_are_not() -> None:
+    from botocore.exceptions import ClientError
+
+    from exporter.job_storage import _storage_error
+
+    def answer(code: str, status: int) -> StorageUnavailable:
+        error = ClientError({"Error": {"Code": code, "Message": code},
+                             "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+        return _storage_error("bucket s3://b/", error)
+
+    for code, status in (("SlowDown", 503), ("RequestTimeout", 400), ("429", 429),
+                         ("OperationAborted", 409), ("InternalError", 500)):
+        assert is_transient(answer(code, status)), code
+    for code, status in (("AccessDenied", 403), ("InvalidAccessKeyId", 403),
+                         ("NoSuchBucket", 404), ("EntityTooSmall", 400)):
+        assert isinstance(answer(code, status), StorageRefused), code
+        assert not is_transient(answer(code, status)), code
+
+
 async def test_an_upload_is_invisible_until_its_last_part_and_aborted_when_the_export_fails(
     bucket: Bucket,
 ) -> None:
@@ -359,8 +402,8 @@ async def test_two_replicas_serve_a_file_the_worker_wrote_to_the_bucket(
                                  capture_output=True, text=True)
         assert resumed.returncode == 0, resumed.stderr
         assert out.read_bytes() == live
-        assert not (tmp_path / "worker" / "jobs").exists() or \
-            not os.listdir(tmp_path / "worker" / "jobs"), "nothing written locally"
+        jobs_dir = Path(worker_env["EXPORTER_DATA_DIR"]) / "jobs"
+        assert not jobs_dir.exists() or not os.listdir(jobs_dir), "nothing written locally"
         assert list((await bucket.objects()).values()) == [live]
         # Deleting through either replica removes the object.
         assert httpx.delete(f"{two.url}/jobs/{job['id']}").status_code == 204
@@ -468,6 +511,11 @@ async def test_redirected_downloads_go_to_the_bucket_and_arrive_whole(
         answer = httpx.get(f"{api.url}/jobs/{job['id']}/download")
         assert answer.status_code == 307
         assert answer.headers["location"].startswith(bucket.endpoint)
+        head = httpx.head(f"{api.url}/jobs/{job['id']}/download")  # a URL is signed for GET
+        assert head.status_code == 200, "HEAD is answered here, with GET's headers"
+        assert head.headers["content-length"] == str(done["file"]["size"])
+        assert head.headers["etag"] == f'"{done["file"]["sha256"]}"'
+        assert httpx.get(f"{api.url}/jobs/{'0' * 32}/download").status_code == 404
         followed = httpx.get(f"{api.url}/jobs/{job['id']}/download", follow_redirects=True)
         assert hashlib.sha256(followed.content).hexdigest() == done["file"]["sha256"]
         assert f'users-{job["id"]}.json' in followed.headers["content-disposition"]

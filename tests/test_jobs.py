@@ -35,7 +35,7 @@ from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
 from exporter.db import downgrade_all, driver_connection, migrate
 from exporter.errors import is_transient
-from exporter.job_storage import JobStorage
+from exporter.job_storage import JobStorage, job_storage
 from exporter.jobs import JobRequest
 from exporter.leases import Beat, Counts
 from exporter.params import parse_query
@@ -1045,6 +1045,20 @@ async def test_an_idle_worker_settles_lapsed_runs_only_when_it_sweeps(
                                job_sweep_seconds=3600)
     await run_worker(engines[0], settings, idled)
     assert settles[0] == 1, "once, in the first sweep; not in every round"
+
+
+async def test_a_replica_without_a_worker_starts_where_it_could_not_make_the_jobs_directory(
+    tmp_path: Path,
+) -> None:
+    """It only reads job files (if any: a bucket may hold them), so it has no directory to
+    make; a worker does."""
+    (tmp_path / "data").write_text("a file where the data directory should be")
+    storage = job_storage(load_settings(data_dir=tmp_path / "data"))
+    await storage.start(writing=False)
+    assert await storage.open("0" * 32 + "-1.csv") is None
+    assert "not writable" in (await storage.problem() or "")
+    with pytest.raises(RuntimeError, match="EXPORTER_DATA_DIR must be a writable directory"):
+        await storage.start(writing=True)
 
 
 async def test_a_worker_that_cannot_make_its_jobs_directory_fails_at_start(

@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from exporter import jobs
-from exporter.errors import DATABASE_UNREACHABLE, Conflict, Gone, InvalidParameter, NotFound
+from exporter.errors import (
+    DATABASE_UNREACHABLE,
+    Conflict,
+    Gone,
+    InvalidParameter,
+    NotFound,
+    StorageUnavailable,
+)
 from exporter.files import strong_etag
 from exporter.job_files import remove_job_file
 from exporter.jobs import Job, JobRequest
@@ -217,7 +224,10 @@ async def cancel_job(job_id: str, engine: EngineDep) -> Response:
 async def delete_job(job_id: str, engine: EngineDep, storage: JobStorageDep) -> Response:
     """Remove the job and its file (a running job is stopped first)."""
     job = await jobs.delete_job(engine, job_id)
-    await remove_job_file(storage, job)
+    try:
+        await remove_job_file(storage, job)
+    except StorageUnavailable as exc:  # the record is gone: the sweep removes its file
+        log.warning("job %s deleted; its file stays until the sweep: %s", job_id, exc.message)
     return Response(status_code=204)
 
 
@@ -241,14 +251,17 @@ async def download_job(
     if job.status != jobs.SUCCEEDED or not job.file_path or not job.sha256:
         raise Conflict(_no_file_yet(job), status=job.status)
     filename = job.file_name or job.file_path
-    url = await storage.download_url(job.file_path, filename, job.spec.media_type)
-    if url is not None:
-        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     file = await storage.open(job.file_path)
     if file is None:
         log.warning("job %s: %s is missing from the %s", job_id, job.file_path,
                     storage.description)
         raise NotFound(f"job {job_id}'s file is missing from the {storage.description}")
+    # GET alone: a presigned URL is signed for one method, and a HEAD is answered here.
+    if request.method == "GET" and (
+        url := await storage.download_url(job.file_path, filename, job.spec.media_type)
+    ):
+        await file.close()
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     try:
         etag = await _etag(job, file, digests)
     except BaseException:
