@@ -119,8 +119,10 @@ class DirectoryStorage(JobStorage):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.description = f"directory {directory}"
+        self.writing = True
 
     async def start(self, writing: bool = True) -> None:
+        self.writing = writing
         if not writing:  # a replica without a worker reads what others wrote, if anything
             return
         try:
@@ -146,7 +148,8 @@ class DirectoryStorage(JobStorage):
         return [name for name in found if name.removeprefix(".").startswith(beginning)]
 
     async def problem(self) -> str | None:
-        if await asyncio.to_thread(os.access, self.directory, os.W_OK | os.X_OK):
+        if not self.writing or await asyncio.to_thread(os.access, self.directory,
+                                                      os.W_OK | os.X_OK):
             return None
         return f"the job files directory {self.directory} is missing or not writable"
 
