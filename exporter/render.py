@@ -97,9 +97,8 @@ def sqlite_float(value: float | None) -> str | None:
     number = float(value)
     if not math.isfinite(number):
         return PG_NON_FINITE[repr(number)]
+    # From 1e15 up PostgreSQL writes an exponent, whatever the digits.
     digits = Decimal(_shortest_inside(number)).normalize()
-    if -4 <= digits.adjusted() < 15:
-        return format(digits, "f")
     mantissa, exponent = format(digits, "e").split("e")
     return f"{mantissa}e{exponent[0]}{exponent[1:].zfill(2)}"  # e+16, e-05: two digits
 
@@ -345,8 +344,11 @@ def sqlite_json_value(column: Column, value: SQL) -> SQL:
         return case((_typeof(value) == "text", func.coalesce(_sqlite_moment(kind, value), value)),
                     else_=as_stored)
     if kind is Kind.JSON:
-        return case((_typeof(value) == "blob", _base64(value)),  # SQLite 3.45 reads JSONB
-                    (func.json_valid(value) == 1, func.json(value)), else_=as_stored)
+        # Text that is JSON, as JSON; a number stored as one goes as a number would (json()
+        # would write a REAL with SQLite's 15 digits: 0.30000000000000004 as 0.3), a BLOB
+        # as base64 (SQLite 3.45's json_valid would read it as JSONB).
+        return case((and_(_typeof(value) == "text", func.json_valid(value) == 1),
+                     func.json(value)), else_=as_stored)
     return as_stored  # BYTES, ANY, NUMERIC without a scale
 
 

@@ -37,7 +37,8 @@ class Module:
 EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py", "tests/test_tsv.py")
 MODULES: dict[str, Module] = {
     "formats": Module(("exporter.formats.*",), (*EXPORTS, "tests/test_pg_copy.py")),
-    "render": Module(("exporter.render.*",), (*EXPORTS, "tests/test_pg_copy.py")),
+    "render": Module(("exporter.render.*",),
+                     ("tests/test_render.py", *EXPORTS, "tests/test_pg_copy.py")),
     "params": Module(("exporter.params.*",), EXPORTS),
     "queries": Module(("exporter.queries.*",), (
         *EXPORTS, "tests/test_pg_copy.py", "tests/test_cursors.py", "tests/test_streaming.py")),

@@ -278,6 +278,10 @@ MISFITS = Spec("misfits", (
     (3, 1.5, 7, 42, 0.5, 3.25, 1.25, 12, "[1, 2]", b"\x03"),
     (4, 9.0, None, "x,y", 1, "2024-03-01", "2024-03-01T12:00:00+01:00", 0.05, '"s"', None),
     (5, None, None, None, None, "now", "12:00", None, None, None),
+    # A REAL whose SQLite text is not the shortest (0.3), a comma in numeric columns,
+    # infinities, and a BLOB where JSON is declared.
+    (6, "a,b", math.inf, None, 0.1 + 0.2, None, None, "1,5", b"\x04", "x,y"),
+    (7, -math.inf, -math.inf, None, None, None, None, None, 0.1 + 0.2, 5),
 ))
 
 
@@ -907,6 +911,8 @@ MISFITS_CSV = (
     b'3,1.5,7,42,0.5,3.25,1.25,12.00,"[1, 2]",Aw==\r\n'
     b'4,9,,"x,y",true,2024-03-01,2024-03-01T11:00:00Z,0.05,"""s""",\r\n'
     b"5,,,,,now,12:00,,,\r\n"
+    b'6,"a,b",Infinity,,0.30000000000000004,,,"1,5",BA==,"x,y"\r\n'
+    b"7,-Infinity,-Infinity,,,,,,0.30000000000000004,5\r\n"
 )
 MISFITS_OBJECTS = [
     b'{"id":1,"n":"abc","f":"abc","t":"1.5","b":2,"d":"not a date","ts":1700000000,'
@@ -919,6 +925,10 @@ MISFITS_OBJECTS = [
     b'"m":0.05,"j":"s","u":null}',
     b'{"id":5,"n":null,"f":null,"t":null,"b":null,"d":"now","ts":"12:00","m":null,"j":null,'
     b'"u":null}',
+    b'{"id":6,"n":"a,b","f":"Infinity","t":null,"b":0.30000000000000004,"d":null,"ts":null,'
+    b'"m":"1,5","j":"BA==","u":"x,y"}',
+    b'{"id":7,"n":"-Infinity","f":"-Infinity","t":null,"b":null,"d":null,"ts":null,'
+    b'"m":null,"j":0.30000000000000004,"u":5}',
 ]
 
 

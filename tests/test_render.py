@@ -1,0 +1,237 @@
+"""render.py on its own: the SQL each kind renders as, run in real SQLite and PostgreSQL,
+against oracles outside it (PostgreSQL's own float8 text, Python's reading of each value).
+
+The exports' tests (test_exports, test_foreign) check the same code through whole exports;
+these reach what those cannot: the Python functions SQLite calls with every double, and the
+forms only Parquet uses (``sqlite_fits``, ``sqlite_text_value``), without pyarrow, so that
+the mutation run (tests/mutation.py) can check them too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import sqlite3
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Column as SAColumn
+from sqlalchemy import MetaData, select
+from sqlalchemy import Table as SATable
+from sqlalchemy.dialects import postgresql, sqlite
+
+from exporter import render
+from exporter.catalog import Column, Kind
+from tests.conftest import postgres_url
+from tests.test_foreign import random_doubles
+
+INF = float("inf")
+# PostgreSQL 15's float8 text of each (extra_float_digits 1, its default), as psql prints it.
+POSTGRESQL_WRITES = [  # pairs, not a dict: 0.0 and -0.0 are equal keys
+    (0.0, "0"), (-0.0, "-0"), (0.1, "0.1"), (100.0, "100"), (1e-5, "1e-05"),
+    (5e-324, "5e-324"), (1e15, "1e+15"), (-1e15, "-1e+15"), (1e16, "1e+16"),
+    (1e23, "9.999999999999999e+22"), (999999999999999.9, "999999999999999.9"),
+    (1234567890123456.0, "1.234567890123456e+15"),
+    (1.7976931348623157e308, "1.7976931348623157e+308"), (INF, "Infinity"),
+    (-INF, "-Infinity"), (math.nan, "NaN"),
+]
+
+
+def test_sqlite_float_writes_each_double_as_postgresql_writes_float8() -> None:
+    for value, text in POSTGRESQL_WRITES:
+        assert render.sqlite_float(value) == text, value
+    assert render.sqlite_float(None) is None
+
+
+async def test_sqlite_float_agrees_with_postgresql_on_every_double_of_the_property_set(
+) -> None:
+    url = postgres_url().replace("postgresql+asyncpg", "postgresql")
+    doubles = [*random_doubles(), *(value for value, _ in POSTGRESQL_WRITES)]
+    connection = await asyncpg.connect(url)
+    try:
+        written = await connection.fetch("SELECT x::text FROM unnest($1::float8[]) AS x",
+                                         doubles)
+    finally:
+        await connection.close()
+    mismatches = [(value, render.sqlite_float(value), row[0])
+                  for value, row in zip(doubles, written, strict=True)
+                  if render.sqlite_float(value) != row[0]]
+    assert mismatches == []
+
+
+def test_sqlite_base64_is_base64_and_leaves_other_values_alone() -> None:
+    assert render.sqlite_base64(b"\x00\xff\x10") == base64.b64encode(b"\x00\xff\x10").decode()
+    assert render.sqlite_base64("text") == "text" and render.sqlite_base64(None) is None
+
+
+# SQLite: one column of each kind, and values that fit it or not.
+
+KINDS: dict[str, Column] = {
+    "n": Column("n", "INTEGER", Kind.INTEGER, True),
+    "f": Column("f", "REAL", Kind.FLOAT, True),
+    "m": Column("m", "NUMERIC(5,2)", Kind.NUMERIC, True, 2, 5),
+    "x": Column("x", "NUMERIC", Kind.NUMERIC, True),
+    "b": Column("b", "BOOLEAN", Kind.BOOLEAN, True),
+    "d": Column("d", "DATE", Kind.DATE, True),
+    "ts": Column("ts", "TIMESTAMP", Kind.TIMESTAMP, True),
+    "tm": Column("tm", "TIME", Kind.TIME, True),
+    "by": Column("by", "BLOB", Kind.BYTES, True),
+    "j": Column("j", "JSON", Kind.JSON, True),
+    "t": Column("t", "TEXT", Kind.TEXT, True),
+    "u": Column("u", "UUID", Kind.UUID, True),
+    "a": Column("a", "", Kind.ANY, True),
+}
+
+
+def sqlite_values(values: dict[str, list[Any]], expression: Any) -> dict[str, list[Any]]:
+    """Each column's values stored in a real SQLite table of those declared types, then
+    read back through ``expression(column, sql_column)``."""
+    connection = sqlite3.connect(":memory:")
+    connection.create_function(render.BASE64, 1, render.sqlite_base64, deterministic=True)
+    connection.create_function(render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True)
+    connection.create_function(render.FLOAT_REPR, 1, float.__repr__, deterministic=True)
+    table = SATable("kinds", MetaData(), *(SAColumn(name) for name in values))
+    answers: dict[str, list[Any]] = {}
+    for name, stored in values.items():
+        declared = KINDS[name].declared
+        connection.execute(f'CREATE TABLE "k_{name}" (v {declared})')
+        connection.executemany(f'INSERT INTO "k_{name}" VALUES (?)', [(v,) for v in stored])
+        rendered = expression(KINDS[name], table.c[name])
+        if rendered is None:
+            answers[name] = [None] * len(stored)
+            continue
+        compiled = select(rendered).compile(dialect=sqlite.dialect(),
+                                            compile_kwargs={"literal_binds": True})
+        sql = str(compiled).replace('kinds."' + name + '"', "v").replace(f"kinds.{name}", "v")
+        sql = sql.replace("FROM kinds", f'FROM "k_{name}"')
+        answers[name] = [row[0] for row in connection.execute(sql + " ORDER BY rowid")]
+    connection.close()
+    return answers
+
+
+# Stored values per column, and whether each has its kind's own form (NULL does).
+FITS: dict[str, list[tuple[Any, bool]]] = {
+    "n": [(1, True), (None, True), (1.5, False), ("abc", False), (b"\x01", False)],
+    "f": [(1.5, True), (7, True), ("abc", False), (b"\x01", False)],
+    "m": [(3.5, True), (999.99, True), (-999.99, True), (1000.0, False), (12, True),
+          (INF, False), ("n/a", False), (b"\x02", False)],
+    "b": [(1, True), (0, True), (2, False), ("yes", False), (0.5, False)],
+    "d": [("2024-03-01", True), (20240301, False), ("now", False), (b"\x03", False)],
+    "ts": [("2024-03-01 12:00:00", True), (1700000000, False), ("yesterday", False)],
+    "tm": [("12:00:00", True), ("12:00", True), (1200, False), ("noon", False)],
+    "by": [(b"\x00\xff", True), ("text", False), (5, False)],
+    "j": [('{"a": 1}', True), ("[1, 2]", True), ("7", True), ("{oops", False),
+          (b"\x04", False)],
+}
+
+
+def test_sqlite_fits_says_which_values_have_their_kinds_form() -> None:
+    found = sqlite_values({name: [v for v, _ in cases] for name, cases in FITS.items()},
+                          render.sqlite_fits)
+    for name, cases in FITS.items():
+        assert [bool(answer) for answer in found[name]] == [fits for _, fits in cases], name
+
+
+def test_sqlite_fits_has_nothing_to_check_for_kinds_whose_every_value_is_text() -> None:
+    found = sqlite_values({"t": ["x", 1], "u": ["x", 2.5], "a": [b"\x01"], "x": [1.25]},
+                          render.sqlite_fits)
+    assert found == {"t": [None, None], "u": [None, None], "a": [None], "x": [None]}
+
+
+# The text of each value, as CSV has it but never quoted (Parquet's strings): a value that
+# fits its kind in the kind's form, one that does not as SQLite stores it.
+TEXTS: dict[str, list[tuple[Any, str | None]]] = {
+    "n": [(42, "42"), (None, None), (1.5, "1.5"), (0.30000000000000004, "0.30000000000000004"),
+          ("a,b", "a,b"), (b"\x00\xff", "AP8="), (-INF, "-Infinity")],
+    "f": [(1.5, "1.5"), (100.0, "100"), (1e16, "1e+16"), (0.0, "0"), (INF, "Infinity"),
+          (7, "7"), ("x,y", "x,y"), (b"\x01", "AQ==")],
+    "m": [(3.5, "3.50"), (12, "12.00"), ("1,5", "1,5"), (0.1 + 0.2, "0.30")],
+    "x": [(1.25, "1.25"), (3, "3"), ("n/a", "n/a")],
+    "b": [(1, "true"), (0, "false"), (2, "2"), ("yes", "yes"), (0.5, "0.5")],
+    "d": [("2024-03-01", "2024-03-01"), ("2024-03-01 10:00:00", "2024-03-01"),
+          (20240301, "20240301"), ("now", "now"), ("2024-13-45", "2024-13-45")],
+    "ts": [("2024-03-01 12:00:00", "2024-03-01T12:00:00Z"),
+           ("2024-03-01T12:00:00+01:00", "2024-03-01T11:00:00Z"),
+           ("2024-03-01 12:00:00.999", "2024-03-01T12:00:00Z"), ("12:00", "12:00"),
+           (1.25, "1.25")],
+    "tm": [("12:00:00.5", "12:00:00"), ("07:30", "07:30:00"), ("noon", "noon")],
+    "by": [(b"\x00\xff\x10", "AP8Q"), ("as text", "as text"), (5, "5")],
+    "j": [('{"a": 1}', '{"a": 1}'), ("{oops", "{oops"), (7, "7"), (2.5, "2.5"),
+          (b"\x04", "BA==")],
+    "t": [("a,\"b\"\r\n", "a,\"b\"\r\n"), (b"\x05", "BQ=="), (1.5, "1.5")],
+    "u": [("6f1c-x", "6f1c-x"), (5, "5"), (12.5, "12.5"), (b"\x06", "Bg==")],
+    "a": [(b"\x07", "Bw=="), (0.1 + 0.2, "0.30000000000000004"), ("q,r", "q,r"), (3, "3")],
+}
+
+
+def test_sqlite_text_value_is_each_kinds_form_or_the_stored_value_unquoted() -> None:
+    found = sqlite_values({name: [v for v, _ in cases] for name, cases in TEXTS.items()},
+                          render.sqlite_text_value)
+    for name, cases in TEXTS.items():
+        assert found[name] == [text for _, text in cases], name
+
+
+# The JSON member of each value (json_object's argument): numbers, booleans and JSON as
+# themselves, infinity as PostgreSQL's row_to_json writes it, the rest as strings.
+MEMBERS: dict[str, list[tuple[Any, Any]]] = {
+    "n": [(42, 42), (0.30000000000000004, 0.30000000000000004), ("a,b", "a,b"),
+          (b"\x00\xff", "AP8="), (-INF, "-Infinity")],
+    "f": [(1.5, 1.5), (100.0, 100), (INF, "Infinity"), (-INF, "-Infinity"), (7, 7),
+          ("abc", "abc")],
+    "m": [(3.5, 3.5), (12, 12), ("n/a", "n/a")],
+    "b": [(1, True), (0, False), (2, 2), ("yes", "yes")],
+    "ts": [("2024-03-01 12:00:00", "2024-03-01T12:00:00Z"), (1.25, 1.25), ("12:00", "12:00")],
+    "j": [('{"a": [1, 2]}', {"a": [1, 2]}), ("{oops", "{oops"), (b"\x04", "BA=="), (7, 7)],
+    "u": [("6f1c-x", "6f1c-x"), (5, 5), (12.5, 12.5), (b"\x06", "Bg==")],
+    "t": [("x", "x"), (b"\x05", "BQ==")],
+    "a": [(b"\x07", "Bw=="), (0.30000000000000004, 0.30000000000000004), ("q", "q")],
+}
+
+
+def test_sqlite_json_value_is_each_kinds_json_or_the_stored_value() -> None:
+    def member(column: Column, value: Any) -> Any:
+        from sqlalchemy import func
+        return func.json_object("v", render.sqlite_json_value(column, value))
+
+    found = sqlite_values({name: [v for v, _ in cases] for name, cases in MEMBERS.items()},
+                          member)
+    for name, cases in MEMBERS.items():
+        assert [json.loads(text)["v"] for text in found[name]] == [m for _, m in cases], name
+
+
+# PostgreSQL: the texts Parquet reads, for the kinds whose text is not PostgreSQL's own.
+
+async def test_postgresql_text_values_of_arrays_json_bytes_and_moments() -> None:
+    url = postgres_url().replace("postgresql+asyncpg", "postgresql")
+    table = SATable("t", MetaData(), *(SAColumn(name) for name in
+                                       ("arr", "j", "jb", "by", "ts", "tz", "f")))
+    columns = {
+        "arr": Column("arr", "integer[]", Kind.ARRAY, True),
+        "j": Column("j", "json", Kind.JSON, True),
+        "jb": Column("jb", "jsonb", Kind.JSON, True),
+        "by": Column("by", "bytea", Kind.BYTES, True),
+        "ts": Column("ts", "timestamp without time zone", Kind.TIMESTAMP, True),
+        "tz": Column("tz", "timestamp with time zone", Kind.TIMESTAMP, True),
+        "f": Column("f", "double precision", Kind.FLOAT, True),
+    }
+    rendered = select(*(render.pg_text_value(columns[name], table.c[name])
+                        for name in columns))
+    sql = str(rendered.compile(dialect=postgresql.dialect(),
+                               compile_kwargs={"literal_binds": True}))
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            "CREATE TEMPORARY TABLE t (arr integer[], j json, jb jsonb, by bytea, "
+            "ts timestamp, tz timestamptz, f float8)")
+        await connection.execute(
+            "INSERT INTO t VALUES ('{1,NULL,3}', '{\"b\": 1,  \"a\": [1, 2]}', "
+            "'{\"b\": 1, \"a\": 2}', '\\x00ff', '2024-03-01 12:00:00.5', "
+            "'2024-03-01 13:00:00+01', 'Infinity'), (NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+        await connection.execute("SET TIME ZONE 'Asia/Tokyo'")
+        rows = [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
+    assert rows[0] == ("[1,null,3]", '{"b": 1,  "a": [1, 2]}', '{"a": 2, "b": 1}', "AP8=",
+                       "2024-03-01T12:00:00Z", "2024-03-01T12:00:00Z", "Infinity")
+    assert rows[1] == (None,) * 7
