@@ -387,6 +387,18 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
+def make_directory(directory: Path, what: str,
+                   error: type[RuntimeError] = RuntimeError) -> None:
+    """Make a directory under the data directory, or raise ``error`` saying what to fix."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(
+            f"{what} {directory} cannot be made ({exc}); EXPORTER_DATA_DIR must be a "
+            "writable directory"
+        ) from exc
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides winning."""
     return Settings(**overrides)  # type: ignore[arg-type]

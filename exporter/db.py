@@ -32,6 +32,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from exporter import render
+from exporter.config import make_directory
 from exporter.state import STATE_SCHEMA, alembic_options
 
 log = logging.getLogger("exporter.db")
@@ -98,13 +99,8 @@ class StateUnavailable(RuntimeError):
 
 
 def _state_file(state_path: Path) -> str:
-    try:
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateUnavailable(
-            f"the service's state database {state_path} cannot be made ({exc}); "
-            "EXPORTER_DATA_DIR must be a writable directory"
-        ) from exc
+    make_directory(state_path.parent, "the directory of the service's state database",
+                   StateUnavailable)
     return str(state_path)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.config import S3_URL, Settings
+from exporter.config import S3_URL, Settings, make_directory
 from exporter.errors import StorageRefused, StorageUnavailable
 from exporter.job_files import PARTIAL_SUFFIX, WrittenFile, remove_file, write_file
 from exporter.storage import ChunkStream, StoredFile, open_within
@@ -125,13 +125,7 @@ class DirectoryStorage(JobStorage):
         self.writing = writing
         if not writing:  # a replica without a worker reads what others wrote, if anything
             return
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RuntimeError(
-                f"the job files directory {self.directory} cannot be made ({exc}); "
-                "EXPORTER_DATA_DIR must be a writable directory"
-            ) from exc
+        make_directory(self.directory, "the job files directory")
 
     async def write(self, name: str, chunks: ChunkStream,
                     on_write: Callable[[int], None] | None = None) -> WrittenFile:
