@@ -6,6 +6,14 @@ heaps, which return memory to the system only from their top. ``malloc_trim(0)``
 every free page; the service calls it once no export has run for ``TRIM_AFTER_IDLE_S``,
 on a worker thread (it walks the heaps), so that the next burst starts from near idle.
 A libc other than glibc has no ``malloc_trim``, and nothing is done there.
+
+Blocks of a MiB and more (a Parquet row group's texts, Arrow's buffers, a job's upload
+parts) are given their own mappings, returned the moment they are freed
+(``return_big_blocks``): glibc would otherwise raise its mmap threshold each time such a
+block is freed, serve the next ones from its heaps, and keep them. An all-users Parquet
+export peaked 90 MB above idle and stayed 86 MB above; with the threshold fixed at 1 MiB,
+56 and 36 (300k users, `/tmp` measurement of 2026-12-07). Below a MiB, as the 256 KiB
+chunks of every export, the heaps serve as before: no system call per chunk.
 """
 
 from __future__ import annotations
@@ -27,6 +35,21 @@ def _glibc_trim() -> Callable[[int], int] | None:
     except (OSError, AttributeError):
         return None
     return trim
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h); setting it ends its adjustment
+BIG_BLOCK_BYTES = 1 << 20
+
+
+def return_big_blocks(threshold: int = BIG_BLOCK_BYTES) -> bool:
+    """Give blocks of ``threshold`` bytes and more their own mappings (glibc only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+    log.debug("blocks of %d bytes and more are mapped apart: %s", threshold, done)
+    return done
 
 
 class MemoryTrimmer:
