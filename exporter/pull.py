@@ -30,6 +30,8 @@ from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import httpx
+
 from exporter.client import (
     RETRYABLE,
     Client,
@@ -247,6 +249,9 @@ def pull_job(client: Client, job_id: str, out: Path | None, quiet: bool = False)
     return out
 
 
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -264,16 +269,31 @@ def _fetch_rest(client: Client, file: dict[str, Any], part: Path,
     if have:
         headers |= {"Range": f"bytes={have}-", "If-Range": f'"{file["sha256"]}"'}
     with client.http.stream("GET", file["url"], headers=headers) as response:
-        check(response)
-        if response.status_code not in (200, 206):
-            raise ExportError(f"{file['url']} answered {response.status_code}, not the file")
-        # 206: the rest, after what the part holds; 200: the whole file (If-Range said no).
-        with part.open("ab" if response.status_code == 206 else "wb") as out:
-            for data in response.iter_raw():
-                out.write(data)
-                progress(out.tell())
-            out.flush()
-            os.fsync(out.fileno())
+        if response.status_code in REDIRECTS and "location" in response.headers:
+            # A presigned URL of the file's object in a bucket: asked without the API key
+            # (it is its own credential) and without If-Range, since the bucket's ETag is not
+            # the sha256; an object of a job's attempt is never replaced, and the sha256
+            # checked at the end catches what a wrong range would do.
+            headers.pop("If-Range", None)
+            with httpx.stream("GET", response.headers["location"], headers=headers,
+                              timeout=client.http.timeout) as redirected:
+                _write_rest(redirected, file, part, progress)
+            return
+        _write_rest(response, file, part, progress)
+
+
+def _write_rest(response: httpx.Response, file: dict[str, Any], part: Path,
+                progress: Callable[[int], None]) -> None:
+    check(response)
+    if response.status_code not in (200, 206):
+        raise ExportError(f"{file['url']} answered {response.status_code}, not the file")
+    # 206: the rest, after what the part holds; 200: the whole file (If-Range said no).
+    with part.open("ab" if response.status_code == 206 else "wb") as out:
+        for data in response.iter_raw():
+            out.write(data)
+            progress(out.tell())
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def run_pull(args: argparse.Namespace) -> int:

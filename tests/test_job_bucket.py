@@ -519,3 +519,12 @@ async def test_redirected_downloads_go_to_the_bucket_and_arrive_whole(
         followed = httpx.get(f"{api.url}/jobs/{job['id']}/download", follow_redirects=True)
         assert hashlib.sha256(followed.content).hexdigest() == done["file"]["sha256"]
         assert f'users-{job["id"]}.json' in followed.headers["content-disposition"]
+        # exporter pull follows the redirect, resumes a partial file from the bucket, and
+        # checks the sha256.
+        out = tmp_path / "pulled.json"
+        (tmp_path / "pulled.json.part").write_bytes(followed.content[:1000])
+        pulled = subprocess.run(
+            [sys.executable, "-m", "exporter", "pull", "--quiet", "--job", job["id"],
+             "--server", api.url, "-o", str(out)], capture_output=True, text=True, timeout=60)
+        assert pulled.returncode == 0, pulled.stderr
+        assert out.read_bytes() == followed.content and "sha256 checked" in pulled.stderr
