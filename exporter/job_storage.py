@@ -54,6 +54,8 @@ MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 TRANSIENT_ANSWERS = frozenset({
     "RequestTimeout", "408", "429", "SlowDown", "Throttling", "ThrottlingException",
     "TooManyRequests", "RequestLimitExceeded", "OperationAborted", "503",
+    # A body that arrived damaged or cut: sending it again is the cure.
+    "IncompleteBody", "BadDigest", "XAmzContentSHA256Mismatch",
 })
 READ_SECONDS = 60
 CHECK_SECONDS = 2  # /ready's and the start's look at the bucket: one answer, not retries
@@ -346,13 +348,17 @@ class Upload:
 
     async def add(self, chunk: bytes) -> None:
         self.buffer += chunk
-        while len(self.buffer) >= self.storage.part_bytes:
+        size = self.storage.part_bytes
+        while len(self.buffer) >= size:
             await self._sent()  # the previous part is up and freed before the next is cut
-            part, self.buffer = self.buffer, self.buffer[self.storage.part_bytes:]
-            del part[self.storage.part_bytes:]  # in place: no copy of the part
+            # bytes, which botocore streams from a BytesIO (aiohttp would send a bytearray in
+            # one write, and the event loop keep a copy of what the socket did not take).
+            with memoryview(self.buffer) as view:
+                part = bytes(view[:size])
+            del self.buffer[:size]
             await self._send(part)
 
-    async def _send(self, body: bytearray) -> None:
+    async def _send(self, body: bytes) -> None:
         if len(self.parts) + 1 > MAX_PARTS:
             raise StorageRefused(
                 f"the job file is larger than S3's {MAX_PARTS} parts of "
@@ -363,7 +369,7 @@ class Upload:
             self.upload_id = started["UploadId"]
         self.sending = asyncio.create_task(self._part(len(self.parts) + 1, body))
 
-    async def _part(self, number: int, body: bytearray) -> None:
+    async def _part(self, number: int, body: bytes) -> None:
         sent = await self.storage.call("upload_part", Key=self.key, UploadId=self.upload_id,
                                        PartNumber=number, Body=body)
         self.parts.append({"ETag": sent["ETag"], "PartNumber": number})
@@ -375,13 +381,15 @@ class Upload:
 
     async def complete(self, size: int) -> None:
         await self._sent()
-        self.completing = True
         if self.upload_id is None:  # smaller than one part: one PUT, visible whole
-            await self.storage.call("put_object", Key=self.key, Body=self.buffer)
+            self.completing = True
+            await self.storage.call("put_object", Key=self.key, Body=bytes(self.buffer))
             return
         if self.buffer:
-            await self._send(self.buffer)
+            await self._send(bytes(self.buffer))
+            self.buffer.clear()
             await self._sent()
+        self.completing = True
         try:
             await self.storage.call("complete_multipart_upload", Key=self.key,
                                     UploadId=self.upload_id,
@@ -389,12 +397,17 @@ class Upload:
         except StorageRefused as exc:
             # A completion whose answer was lost and that botocore sent again: the first
             # one made the object, the second finds no upload.
-            if exc.details.get("answer") != "NoSuchUpload" or not await self._made(size):
+            if exc.details.get("answer") != "NoSuchUpload":
                 raise
+            if not await self._made(size):  # taken over, or a store slow to show it: later
+                raise StorageUnavailable(exc.message, answer="NoSuchUpload") from exc
 
     async def _made(self, size: int) -> bool:
-        file = await self.storage.open(self.key.removeprefix(self.storage.prefix))
-        return file is not None and file.size == size
+        try:
+            head = await self.storage.call("head_object", Key=self.key)
+        except StorageRefused:
+            return False
+        return bool(head["ContentLength"] == size)
 
     async def abort(self) -> None:
         """Leave no object and no upload behind (errors are logged: the sweep retries)."""

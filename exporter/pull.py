@@ -275,7 +275,8 @@ def _fetch_rest(client: Client, file: dict[str, Any], part: Path,
             # the sha256; an object of a job's attempt is never replaced, and the sha256
             # checked at the end catches what a wrong range would do.
             headers.pop("If-Range", None)
-            with httpx.stream("GET", response.headers["location"], headers=headers,
+            location = response.url.join(response.headers["location"])
+            with httpx.stream("GET", location, headers=headers,
                               timeout=client.http.timeout) as redirected:
                 _write_rest(redirected, file, part, progress)
             return

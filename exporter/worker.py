@@ -252,9 +252,10 @@ class Worker:
                 break
             self._start(job)
         if time.monotonic() >= self._next_sweep:
-            # Due again a period later even if this one fails (a bucket that is down).
-            self._next_sweep = time.monotonic() + self.settings.job_sweep_seconds
-            await self.sweep()
+            try:
+                await self.sweep()
+            finally:  # due a period after it ended, even failed (a bucket that is down)
+                self._next_sweep = time.monotonic() + self.settings.job_sweep_seconds
         delay = self.settings.worker_poll_seconds
         if next_due is not None:
             delay = min(delay, max(0.0, (next_due - utcnow()).total_seconds()))

@@ -186,9 +186,11 @@ async def test_a_file_goes_up_whole_and_reads_back_by_ranges(bucket: Bucket, siz
     assert await bucket.uploads() == []
 
 
-@pytest.mark.parametrize("size", [5 * MiB, 10 * MiB + 3], ids=["one-part-exactly", "2-parts"])
+@pytest.mark.parametrize(("size", "chunk"), [(5 * MiB, 300_001), (10 * MiB + 3, 300_001),
+                                             (11 * MiB + 5, 11 * MiB + 5)],
+                         ids=["one-part-exactly", "3-parts", "a-chunk-of-two-parts"])
 async def test_every_part_but_the_last_is_exactly_the_part_size_and_none_is_empty(
-    bucket: Bucket, size: int, monkeypatch: pytest.MonkeyPatch,
+    bucket: Bucket, size: int, chunk: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Cloudflare R2 refuses parts of different sizes, and some stores an empty one. The
     real requests go to the real server; this only notes each part's size on the way."""
@@ -203,11 +205,61 @@ async def test_every_part_but_the_last_is_exactly_the_part_size_and_none_is_empt
             return await call(operation, **params)
 
         monkeypatch.setattr(storage, "call", noted)
-        # Chunks that do not divide a part: the cut falls inside one.
-        await storage.write("9" * 32 + "-1.csv", chunks_of(data, size=300_001))
+        # Chunks that do not divide a part (the cut falls inside one), or hold several.
+        await storage.write("9" * 32 + "-1.csv", chunks_of(data, size=chunk))
         assert await read_all(storage, "9" * 32 + "-1.csv", 0, size) == data
     assert sizes[:-1] == [5 * MiB] * (len(sizes) - 1) and 0 < sizes[-1] <= 5 * MiB, sizes
     assert sum(sizes) == size
+
+
+async def test_a_completion_sent_again_after_its_answer_was_lost_is_a_success(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """botocore sends a request again when its answer is lost; a completion that went
+    through the first time then finds no upload. The real completion runs on the real
+    server; only its answer is replaced by the second one's."""
+    data = sample(6 * MiB)
+    async with bucket.storage() as storage:
+        call = storage.call
+
+        async def answer_lost(operation: str, **params: Any) -> Any:
+            answer = await call(operation, **params)
+            if operation == "complete_multipart_upload":
+                raise StorageRefused("no such upload", answer="NoSuchUpload")
+            return answer
+
+        monkeypatch.setattr(storage, "call", answer_lost)
+        written = await storage.write("7" * 32 + "-1.csv", chunks_of(data))
+        monkeypatch.undo()
+        assert written.size == len(data)
+        assert await read_all(storage, "7" * 32 + "-1.csv", 0, len(data)) == data
+
+
+@pytest.mark.parametrize("size", [1000, 6 * MiB], ids=["put", "multipart"])
+async def test_a_job_stopped_while_its_object_is_being_made_leaves_none(
+    bucket: Bucket, size: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = "6" * 32 + "-1.csv"
+    made = asyncio.Event()
+    async with bucket.storage() as storage:
+        call = storage.call
+
+        async def slow_answer(operation: str, **params: Any) -> Any:
+            answer = await call(operation, **params)
+            if operation in ("complete_multipart_upload", "put_object"):
+                made.set()  # the object exists; the answer has not come back yet
+                await asyncio.Event().wait()
+            return answer
+
+        monkeypatch.setattr(storage, "call", slow_answer)
+        writer = asyncio.create_task(storage.write(name, chunks_of(sample(size))))
+        await asyncio.wait_for(made.wait(), 30)
+        writer.cancel()
+        await asyncio.wait({writer})
+        monkeypatch.undo()
+        assert await storage.open(name) is None, "the object it made is deleted"
+        assert await storage.names() == []
+    assert await bucket.uploads() == []
 
 
 def test_s3_answers_that_mean_not_now_are_transient_and_refusals_are_not() -> None:
@@ -353,9 +405,11 @@ def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
                 process.wait()
 
 
-def finished(url: str, job_id: str, seconds: float = 60) -> dict[str, Any]:
+def finished(url: str, job_id: str, seconds: float = 60,
+             client: httpx.Client | None = None) -> dict[str, Any]:
+    get = client.get if client is not None else httpx.get
     deadline = time.monotonic() + seconds
-    while (job := httpx.get(f"{url}/jobs/{job_id}").json())["status"] in ("queued", "running"):
+    while (job := get(f"{url}/jobs/{job_id}").json())["status"] in ("queued", "running"):
         assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
         time.sleep(0.05)
     return job  # type: ignore[no-any-return]
@@ -451,8 +505,10 @@ async def test_a_worker_killed_mid_upload_is_taken_over_with_one_object_and_no_u
     with serving(database.env(**slow, EXPORTER_RUN_WORKER="false")) as api:
         job = httpx.post(f"{api.url}/jobs", json={"format": "ndjson"}).json()
         with worker_process(database.env(**slow)) as first:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90  # a loaded machine: the first part is slow
             while not (await bucket.uploads()):  # its first part has gone up
+                status = httpx.get(f"{api.url}/jobs/{job['id']}").json()["status"]
+                assert status in ("queued", "running"), f"the job ended ({status}) first"
                 assert time.monotonic() < deadline, "no multipart upload began"
                 time.sleep(0.1)
             first.kill()
@@ -504,19 +560,23 @@ async def test_redirected_downloads_go_to_the_bucket_and_arrive_whole(
     template: Database, bucket: Bucket, tmp_path: Path,
 ) -> None:
     database = await clone_database(template, tmp_path / "data", "bucket_redirect")
-    with serving(database.env(**FAST, **bucket.env(EXPORTER_JOB_DOWNLOAD_REDIRECT="true"))
-                 ) as api:
-        job = httpx.post(f"{api.url}/jobs", json={"format": "json"}).json()
-        done = finished(api.url, job["id"])
-        answer = httpx.get(f"{api.url}/jobs/{job['id']}/download")
+    key = "redirect-test-key"
+    keyed = httpx.Client(headers={"Authorization": f"Bearer {key}"})
+    with serving(database.env(**FAST, **bucket.env(EXPORTER_JOB_DOWNLOAD_REDIRECT="true"),
+                              EXPORTER_API_KEYS=key)) as api, keyed:
+        job = keyed.post(f"{api.url}/jobs", json={"format": "json"}).json()
+        done = finished(api.url, job["id"], client=keyed)
+        answer = keyed.get(f"{api.url}/jobs/{job['id']}/download")
         assert answer.status_code == 307
         assert answer.headers["location"].startswith(bucket.endpoint)
-        head = httpx.head(f"{api.url}/jobs/{job['id']}/download")  # a URL is signed for GET
+        head = keyed.head(f"{api.url}/jobs/{job['id']}/download")  # a URL is signed for GET
         assert head.status_code == 200, "HEAD is answered here, with GET's headers"
         assert head.headers["content-length"] == str(done["file"]["size"])
         assert head.headers["etag"] == f'"{done["file"]["sha256"]}"'
-        assert httpx.get(f"{api.url}/jobs/{'0' * 32}/download").status_code == 404
-        followed = httpx.get(f"{api.url}/jobs/{job['id']}/download", follow_redirects=True)
+        # The presigned URL is its own credential: the API key must not go to the bucket,
+        # which would refuse a request signed twice.
+        followed = httpx.get(answer.headers["location"])
+        assert followed.status_code == 200
         assert hashlib.sha256(followed.content).hexdigest() == done["file"]["sha256"]
         assert f'users-{job["id"]}.json' in followed.headers["content-disposition"]
         # exporter pull follows the redirect, resumes a partial file from the bucket, and
@@ -525,6 +585,12 @@ async def test_redirected_downloads_go_to_the_bucket_and_arrive_whole(
         (tmp_path / "pulled.json.part").write_bytes(followed.content[:1000])
         pulled = subprocess.run(
             [sys.executable, "-m", "exporter", "pull", "--quiet", "--job", job["id"],
-             "--server", api.url, "-o", str(out)], capture_output=True, text=True, timeout=60)
+             "--server", api.url, "--api-key", key, "-o", str(out)],
+            capture_output=True, text=True, timeout=60)
         assert pulled.returncode == 0, pulled.stderr
         assert out.read_bytes() == followed.content and "sha256 checked" in pulled.stderr
+        # An object that is not there is a 404 from the service, not a redirect to one.
+        async with bucket.storage() as storage:
+            await storage.remove(done["file"]["url"] and f"{job['id']}-1.json")
+        gone = keyed.get(f"{api.url}/jobs/{job['id']}/download")
+        assert gone.status_code == 404 and "missing" in gone.json()["message"]

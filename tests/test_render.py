@@ -58,6 +58,14 @@ async def test_sqlite_float_agrees_with_postgresql_on_every_double_of_the_proper
                   for value, row in zip(doubles, written, strict=True)
                   if render.sqlite_float(value) != row[0]]
     assert mismatches == []
+    # The same doubles stored in SQLite and rendered by its SQL, which sends each to
+    # float.__repr__, printf('%d') or sqlite_float; SQLite keeps no NaN and no -0.
+    stored = [(value, row[0]) for value, row in zip(doubles, written, strict=True)
+              if not math.isnan(value) and not (value == 0 and math.copysign(1, value) < 0)]
+    rendered = sqlite_values({"f": [value for value, _ in stored]}, render.sqlite_text_value)
+    mismatches = [(value, text, expected) for (value, expected), text
+                  in zip(stored, rendered["f"], strict=True) if text != expected]
+    assert mismatches == []
 
 
 def test_sqlite_base64_is_base64_and_leaves_other_values_alone() -> None:
@@ -182,7 +190,8 @@ MEMBERS: dict[str, list[tuple[Any, Any]]] = {
     "m": [(3.5, 3.5), (12, 12), ("n/a", "n/a")],
     "b": [(1, True), (0, False), (2, 2), ("yes", "yes")],
     "ts": [("2024-03-01 12:00:00", "2024-03-01T12:00:00Z"), (1.25, 1.25), ("12:00", "12:00")],
-    "j": [('{"a": [1, 2]}', {"a": [1, 2]}), ("{oops", "{oops"), (b"\x04", "BA=="), (7, 7)],
+    "j": [('{"a": [1, 2]}', {"a": [1, 2]}), ("{oops", "{oops"), (b"\x04", "BA=="), (7, 7),
+          (0.30000000000000004, 0.30000000000000004)],  # json() would write 0.3
     "u": [("6f1c-x", "6f1c-x"), (5, 5), (12.5, 12.5), (b"\x06", "Bg==")],
     "t": [("x", "x"), (b"\x05", "BQ==")],
     "a": [(b"\x07", "Bw=="), (0.30000000000000004, 0.30000000000000004), ("q", "q")],

@@ -256,17 +256,18 @@ async def download_job(
         log.warning("job %s: %s is missing from the %s", job_id, job.file_path,
                     storage.description)
         raise NotFound(f"job {job_id}'s file is missing from the {storage.description}")
-    # GET alone: a presigned URL is signed for one method, and a HEAD is answered here.
-    if request.method == "GET" and (
-        url := await storage.download_url(job.file_path, filename, job.spec.media_type)
-    ):
-        await file.close()
-        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     try:
         etag = await _etag(job, file, digests)
+        # GET alone: a presigned URL is signed for one method; a HEAD is answered here.
+        url = None
+        if request.method == "GET":
+            url = await storage.download_url(job.file_path, filename, job.spec.media_type)
     except BaseException:
         await file.close()
         raise
+    if url is not None:
+        await file.close()
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     return await sender.response(
         request, file, etag=etag, content_type=job.spec.media_type,
         disposition="attachment", filename=filename,
