@@ -79,6 +79,8 @@ KINDS: dict[str, Column] = {
     "n": Column("n", "INTEGER", Kind.INTEGER, True),
     "f": Column("f", "REAL", Kind.FLOAT, True),
     "m": Column("m", "NUMERIC(5,2)", Kind.NUMERIC, True, 2, 5),
+    "m0": Column("m0", "NUMERIC(5,0)", Kind.NUMERIC, True, 0, 5),
+    "m1": Column("m1", "NUMERIC(4,1)", Kind.NUMERIC, True, 1, 4),
     "x": Column("x", "NUMERIC", Kind.NUMERIC, True),
     "b": Column("b", "BOOLEAN", Kind.BOOLEAN, True),
     "d": Column("d", "DATE", Kind.DATE, True),
@@ -124,8 +126,12 @@ FITS: dict[str, list[tuple[Any, bool]]] = {
     "f": [(1.5, True), (7, True), ("abc", False), (b"\x01", False)],
     "m": [(3.5, True), (999.99, True), (-999.99, True), (1000.0, False), (12, True),
           (INF, False), ("n/a", False), (b"\x02", False)],
+    # The decimal point counts in the text's length only where there is one.
+    "m0": [(12345, True), (-12345, True), (123456, False)],
+    "m1": [(123.4, True), (-123.4, True), (1234.5, False)],
     "b": [(1, True), (0, True), (2, False), ("yes", False), (0.5, False)],
-    "d": [("2024-03-01", True), (20240301, False), ("now", False), (b"\x03", False)],
+    "d": [("2024-03-01", True), (20240301, False), ("now", False), (b"\x03", False),
+          (b"2024-03-01", False)],  # a BLOB whose bytes look like a date is no date
     "ts": [("2024-03-01 12:00:00", True), (1700000000, False), ("yesterday", False)],
     "tm": [("12:00:00", True), ("12:00", True), (1200, False), ("noon", False)],
     "by": [(b"\x00\xff", True), ("text", False), (5, False)],
