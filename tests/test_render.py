@@ -220,7 +220,7 @@ def test_sqlite_json_value_is_each_kinds_json_or_the_stored_value() -> None:
 async def test_postgresql_text_values_of_arrays_json_bytes_and_moments() -> None:
     url = postgres_url().replace("postgresql+asyncpg", "postgresql")
     table = SATable("t", MetaData(), *(SAColumn(name) for name in
-                                       ("arr", "j", "jb", "by", "ts", "tz", "f")))
+                                       ("arr", "j", "jb", "by", "ts", "tz", "f", "d", "tm")))
     columns = {
         "arr": Column("arr", "integer[]", Kind.ARRAY, True),
         "j": Column("j", "json", Kind.JSON, True),
@@ -229,6 +229,8 @@ async def test_postgresql_text_values_of_arrays_json_bytes_and_moments() -> None
         "ts": Column("ts", "timestamp without time zone", Kind.TIMESTAMP, True),
         "tz": Column("tz", "timestamp with time zone", Kind.TIMESTAMP, True),
         "f": Column("f", "double precision", Kind.FLOAT, True),
+        "d": Column("d", "date", Kind.DATE, True),
+        "tm": Column("tm", "time without time zone", Kind.TIME, True),
     }
     rendered = select(*(render.pg_text_value(columns[name], table.c[name])
                         for name in columns))
@@ -238,15 +240,19 @@ async def test_postgresql_text_values_of_arrays_json_bytes_and_moments() -> None
     try:
         await connection.execute(
             "CREATE TEMPORARY TABLE t (arr integer[], j json, jb jsonb, by bytea, "
-            "ts timestamp, tz timestamptz, f float8)")
+            "ts timestamp, tz timestamptz, f float8, d date, tm time)")
         await connection.execute(
             "INSERT INTO t VALUES ('{1,NULL,3}', '{\"b\": 1,  \"a\": [1, 2]}', "
             "'{\"b\": 1, \"a\": 2}', '\\x00ff', '2024-03-01 12:00:00.5', "
-            "'2024-03-01 13:00:00+01', 'Infinity'), (NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+            "'2024-03-01 13:00:00+01', 'Infinity', '2024-03-01', '07:30:00.5'), "
+            "(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+        # A server whose settings are not the defaults: its own text would differ.
         await connection.execute("SET TIME ZONE 'Asia/Tokyo'")
+        await connection.execute("SET datestyle = 'SQL, DMY'")
         rows = [tuple(row) for row in await connection.fetch(sql)]
     finally:
         await connection.close()
     assert rows[0] == ("[1,null,3]", '{"b": 1,  "a": [1, 2]}', '{"a": 2, "b": 1}', "AP8=",
-                       "2024-03-01T12:00:00Z", "2024-03-01T12:00:00Z", "Infinity")
-    assert rows[1] == (None,) * 7
+                       "2024-03-01T12:00:00Z", "2024-03-01T12:00:00Z", "Infinity",
+                       "2024-03-01", "07:30:00")
+    assert rows[1] == (None,) * 9
