@@ -23,7 +23,7 @@ from exporter.db import create_engine, head_revision
 from exporter.errors import REPORTED_ERRORS, DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
 from exporter.job_storage import job_storage
-from exporter.memory import MemoryTrimmer, return_big_blocks
+from exporter.memory import MemoryTrimmer
 from exporter.metrics import Metrics
 from exporter.openapi import complete_document
 from exporter.routes import exports, files, jobs, ops, pages, schedules, tables
@@ -40,7 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        return_big_blocks()
         engine = create_engine(
             settings.resolved_database_url,
             state_path=settings.state_database_path,

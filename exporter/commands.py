@@ -96,7 +96,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _worker(settings: Settings) -> int:
-    from exporter.memory import return_big_blocks
     from exporter.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -105,7 +104,6 @@ async def _worker(settings: Settings) -> int:
         max_overflow=settings.worker_concurrency * settings.connections_per_export,
         sqlite_nice=settings.sqlite_nice,
     )
-    return_big_blocks()  # a job's upload parts and Parquet row groups, returned when freed
     worker = Worker(engine, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
