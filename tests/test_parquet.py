@@ -174,7 +174,7 @@ async def test_a_sqlite_column_holding_other_kinds_is_written_as_text(
     typed_kinds = ("n", "f", "b", "d", "ts", "m")  # each holds a value of another kind
     assert [table.schema.field(name).type for name in typed_kinds] == [pa.string()] * 6
     assert table.column("n").to_pylist() == [
-        "abc", base64.b64encode(b"\x00\xff").decode(), "1.5", "9", None]
+        "abc", base64.b64encode(b"\x00\xff").decode(), "1.5", "9", None, "a,b", "-Infinity"]
     typed = pq.read_table(io.BytesIO(await sqlite_foreign.body(
         "/exports/misfits.parquet", fields="id,d", id="4")))
     assert typed.schema.field("d").type == pa.date32()  # row 4 alone holds a date: typed
