@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.catalog import Catalog
 from exporter.config import Settings
+from exporter.errors import StorageUnavailable
 from exporter.jobs import Job, JobSpec
 from exporter.leases import Counts
 from exporter.streaming import ChunkStream, Progress, open_export
@@ -38,6 +40,7 @@ from exporter.streaming import ChunkStream, Progress, open_export
 if TYPE_CHECKING:  # job_storage.py builds on this module's writer
     from exporter.job_storage import JobStorage
 
+log = logging.getLogger("exporter.job_files")
 PARTIAL_SUFFIX = ".part"
 # <id>-<attempt>.<ext> once complete; .<id>-<attempt>.<ext>.part while written.
 JOB_FILE = re.compile(r"^(?P<partial>\.)?(?P<id>[0-9a-f]{32})-(?P<attempt>\d+)\.")
@@ -136,3 +139,12 @@ async def write_job_file(
 async def remove_job_file(storage: JobStorage, job: Job) -> None:
     if job.file_path:
         await storage.remove(job.file_path)
+
+
+async def remove_or_leave(storage: JobStorage, name: str) -> None:
+    """Remove a file whose job's record says already what became of it: a storage that
+    fails now leaves it to the sweep, which removes every file no record owns."""
+    try:
+        await storage.remove(name)
+    except StorageUnavailable as exc:
+        log.warning("could not remove %s now (%s); the sweep will", name, exc.message)

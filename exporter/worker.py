@@ -41,12 +41,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter import jobs, leases
 from exporter.catalog import Catalog
 from exporter.config import Settings
-from exporter.errors import NotFound, StorageUnavailable, is_transient
+from exporter.errors import NotFound, is_transient
 from exporter.job_files import (
     JOB_FILE,
     JobFile,
     JobProgress,
     remove_job_file,
+    remove_or_leave,
     write_job_file,
 )
 from exporter.job_storage import JobStorage, job_storage
@@ -372,7 +373,7 @@ class Worker:
             log.warning("job %s: no longer ours (deleted, or taken over); stopped", job.id)
         if outcome != jobs.SUCCEEDED:
             # Renamed just before the cancel or the loss was seen: no record will own it.
-            await self._remove(f"{_stem(job)}.{job.spec.extension}")
+            await remove_or_leave(self.storage, f"{_stem(job)}.{job.spec.extension}")
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(outcome).inc()
 
@@ -419,16 +420,8 @@ class Worker:
         if schedule is not None:
             for old in await retention(self.engine, *schedule):
                 if old.file_path:
-                    await self._remove(old.file_path)
+                    await remove_or_leave(self.storage, old.file_path)
         return jobs.SUCCEEDED
-
-    async def _remove(self, name: str) -> None:
-        """Remove a file whose job's outcome is recorded already: a storage that fails now
-        leaves it to the sweep, which removes every file no record owns."""
-        try:
-            await self.storage.remove(name)
-        except StorageUnavailable as exc:
-            log.warning("could not remove %s now (%s); the sweep will", name, exc.message)
 
     async def _keep_last(self, schedule_id: str) -> tuple[str, int] | None:
         try:

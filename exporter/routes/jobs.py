@@ -28,10 +28,9 @@ from exporter.errors import (
     Gone,
     InvalidParameter,
     NotFound,
-    StorageUnavailable,
 )
 from exporter.files import strong_etag
-from exporter.job_files import remove_job_file
+from exporter.job_files import remove_or_leave
 from exporter.jobs import Job, JobRequest
 from exporter.openapi import (
     BAD_BODY,
@@ -224,10 +223,8 @@ async def cancel_job(job_id: str, engine: EngineDep) -> Response:
 async def delete_job(job_id: str, engine: EngineDep, storage: JobStorageDep) -> Response:
     """Remove the job and its file (a running job is stopped first)."""
     job = await jobs.delete_job(engine, job_id)
-    try:
-        await remove_job_file(storage, job)
-    except StorageUnavailable as exc:  # the record is gone: the sweep removes its file
-        log.warning("job %s deleted; its file stays until the sweep: %s", job_id, exc.message)
+    if job.file_path:  # the record is gone: a file the storage keeps now, the sweep removes
+        await remove_or_leave(storage, job.file_path)
     return Response(status_code=204)
 
 
