@@ -4,7 +4,8 @@ failures the client must survive, made on purpose.
 Each new connection takes the next budget from ``cuts``: once that many bytes have gone from
 the server to the client, the connection is cut, alternately reset (RST) and closed
 (FIN: a body that just stops). Connections past the last budget pass untouched. ``rate``
-slows the server's bytes, so that a test can act while a download is under way."""
+slows the server's bytes, so that a test can act while a download is under way;
+``upload_rate`` slows the client's, so that it can act while an upload is."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from urllib.parse import urlsplit
 
 
 class CuttingProxy:
-    def __init__(self, upstream: str, cuts: Sequence[int] = (), rate: float | None = None
-                 ) -> None:
+    def __init__(self, upstream: str, cuts: Sequence[int] = (), rate: float | None = None,
+                 upload_rate: float | None = None) -> None:
         parts = urlsplit(upstream)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.cuts = list(cuts)
         self.rate = rate
+        self.upload_rate = upload_rate
         self.sent = 0  # bytes passed from the server to clients
         self.cut = 0  # connections cut
         self.connections = 0
@@ -63,11 +65,12 @@ class CuttingProxy:
             forward.cancel()
             up_writer.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+            if self.upload_rate:
+                await asyncio.sleep(len(data) / self.upload_rate)
 
     async def _back(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     budget: int | None) -> None:

@@ -35,6 +35,7 @@ from tests.conftest import (
     scratch_postgres_url,
     serving,
 )
+from tests.proxy import CuttingProxy
 from tests.test_server import wait_for
 
 MiB = 1024 * 1024
@@ -500,13 +501,16 @@ async def test_a_worker_killed_mid_upload_is_taken_over_with_one_object_and_no_u
     template: Database, bucket: Bucket, tmp_path: Path,
 ) -> None:
     database = await clone_database(template, tmp_path / "data", "bucket_crash")
-    # One row a batch and 5 MiB parts: the job is still uploading when it is killed.
-    slow = {**FAST, **bucket.env(), "EXPORTER_BATCH_ROWS": "1", "EXPORTER_CHUNK_BYTES": "4096"}
-    with serving(database.env(**slow, EXPORTER_RUN_WORKER="false")) as api:
+    # The first worker reaches the bucket through a proxy that lets a 5 MiB part through in
+    # about ten seconds: the upload has begun, and is still under way when the worker dies.
+    slowed = CuttingProxy(bucket.endpoint, upload_rate=512 * 1024)
+    with serving(database.env(**FAST, **bucket.env(), EXPORTER_RUN_WORKER="false")) as api, \
+            slowed:
         job = httpx.post(f"{api.url}/jobs", json={"format": "ndjson"}).json()
-        with worker_process(database.env(**slow)) as first:
+        with worker_process(database.env(**FAST, **bucket.env(AWS_ENDPOINT_URL=slowed.url))
+                            ) as first:
             deadline = time.monotonic() + 90  # a loaded machine: the first part is slow
-            while not (await bucket.uploads()):  # its first part has gone up
+            while not (await bucket.uploads()):  # its first part is going up
                 status = httpx.get(f"{api.url}/jobs/{job['id']}").json()["status"]
                 assert status in ("queued", "running"), f"the job ended ({status}) first"
                 assert time.monotonic() < deadline, "no multipart upload began"
@@ -514,7 +518,7 @@ async def test_a_worker_killed_mid_upload_is_taken_over_with_one_object_and_no_u
             first.kill()
             first.wait()
         assert httpx.get(f"{api.url}/jobs/{job['id']}").json()["status"] == "running"
-        with worker_process(database.env(**{**slow, "EXPORTER_BATCH_ROWS": "500"})):
+        with worker_process(database.env(**FAST, **bucket.env())):
             done = finished(api.url, job["id"])
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
         live = httpx.get(f"{api.url}/exports/users.ndjson").content
