@@ -39,7 +39,7 @@ MODULES: dict[str, Module] = {
     "formats": Module(("exporter.formats.*",), (*EXPORTS, "tests/test_pg_copy.py")),
     "render": Module(("exporter.render.*",),
                      ("tests/test_render.py", *EXPORTS, "tests/test_pg_copy.py")),
-    "params": Module(("exporter.params.*",), EXPORTS),
+    "params": Module(("exporter.params.*",), ("tests/test_params.py", *EXPORTS)),
     "queries": Module(("exporter.queries.*",), (
         *EXPORTS, "tests/test_pg_copy.py", "tests/test_cursors.py", "tests/test_streaming.py")),
     "ranges": Module(("exporter.ranges.*",), ("tests/test_ranges.py", "tests/test_files.py")),
