@@ -22,11 +22,12 @@ from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import REPORTED_ERRORS, DatabaseUnavailable, ExporterError, echo
 from exporter.files import FileSender
+from exporter.follow import Followers
 from exporter.job_storage import job_storage
 from exporter.memory import MemoryTrimmer
 from exporter.metrics import Metrics
 from exporter.openapi import complete_document
-from exporter.routes import exports, files, jobs, ops, pages, schedules, tables
+from exporter.routes import exports, files, jobs, ops, pages, schedules, streams, tables
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
 from exporter.worker import Worker
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.file_chunk_bytes, settings.max_ranges, app.state.metrics
         )
         app.state.digests = DigestCache()
+        app.state.followers = Followers(engine, settings, app.state.metrics)
         app.state.job_storage = job_storage(settings)
         app.state.worker = None
         _log_access(settings)
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.state.worker is not None:
                 await app.state.worker.stop()
             await app.state.job_storage.close()
+            await app.state.followers.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(tables.router)
     app.include_router(exports.router)
+    app.include_router(streams.router)
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(schedules.router)

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="any other query parameter, e.g. --where 'created_at__gte=2024-01-01' "
              "(repeatable)",
     )
+    follow = commands.add_parser(
+        "follow", help="PostgreSQL: install (or uninstall) the trigger that tells live streams "
+        "of TABLE about new rows at once (NOTIFY); without it they look every "
+        "EXPORTER_FOLLOW_POLL_SECONDS. SQLite needs none.",
+    )
+    follow.add_argument("action", choices=("install", "uninstall"))
+    follow.add_argument("table", help="a table of the database, as GET /tables names it")
+
     pull = commands.add_parser(
         "pull", help="download an export (NDJSON, CSV) or a job's file over HTTP into a file, "
         "resuming by itself; exit 0 done, 1 failed, 2 bad usage",

@@ -17,7 +17,7 @@ from exporter.auth import listen_refusal
 from exporter.catalog import Catalog
 from exporter.cli import NAMED_PARAMETERS
 from exporter.config import Settings, describe, load_settings
-from exporter.db import StateUnavailable, create_engine, migrate
+from exporter.db import StateUnavailable, backend_name, create_engine, migrate
 from exporter.errors import InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
 from exporter.job_files import write_file
@@ -54,6 +54,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "seed":
         return asyncio.run(_seed(settings, args))
+    if args.command == "follow":
+        return asyncio.run(_follow(settings, args.action, args.table))
     return _export(settings, args)
 
 
@@ -133,6 +135,33 @@ async def _migrate(settings: Settings) -> None:
         await migrate(engine)
     finally:
         await engine.dispose()
+
+
+async def _follow(settings: Settings, action: str, table: str) -> int:
+    """``exporter follow install|uninstall TABLE``: the trigger that NOTIFYs live streams."""
+    from exporter.changes import install_statements, uninstall_statements
+
+    engine = _engine(settings)
+    try:
+        if backend_name(engine) != "postgresql":
+            print("exporter follow: SQLite needs no trigger: live streams watch the "
+                  "database file", file=sys.stderr)
+            return 0
+        try:
+            await Catalog(engine).get(table)
+        except NotFound as exc:
+            print(f"exporter follow: {exc.message}", file=sys.stderr)
+            return EXIT_FAILED
+        statements = install_statements(table) if action == "install" \
+            else uninstall_statements(table)
+        async with engine.begin() as conn:
+            for statement in statements:
+                await conn.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+    done = "now tells" if action == "install" else "no longer tells"
+    print(f"exporter follow: {table!r} {done} live streams of its new rows", file=sys.stderr)
+    return 0
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:

@@ -263,6 +263,44 @@ class Settings(BaseSettings):
         15.0, gt=0,
         description="Seconds between keepalive comments on an event stream.",
     )
+    max_followers: int = Field(
+        1000, ge=1,
+        description=(
+            "Live streams (follow=true, GET /streams/{table}) open at once per process; the "
+            "next gets 503 with Retry-After. Apart from the export slots, which a follower "
+            "holds only while it catches up."
+        ),
+    )
+    follow_max_seconds: float = Field(
+        3600.0, gt=0,
+        description=(
+            "How long one live stream lasts; it then ends cleanly, and the client resumes "
+            "with after= (NDJSON) or Last-Event-ID (an EventSource does so by itself)."
+        ),
+    )
+    follow_heartbeat_seconds: float = Field(
+        15.0, gt=0,
+        description=(
+            "Seconds of quiet after which a live stream sends a keepalive (a space on "
+            "NDJSON, which JSON allows before a value; a comment on Server-Sent Events), so "
+            "that proxies do not close it."
+        ),
+    )
+    follow_poll_seconds: float = Field(
+        0.5, gt=0,
+        description=(
+            "How often new rows are looked for where nothing announces them: PostgreSQL "
+            "tables without `exporter follow install` (one max(key) query per table, "
+            "whatever the followers); SQLite's file is looked at every 50 ms instead."
+        ),
+    )
+    follow_send_seconds: float = Field(
+        30.0, gt=0,
+        description=(
+            "A live stream whose client has not taken a write for this long is cut: a slow "
+            "follower is disconnected, never buffered for."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -17,6 +17,7 @@
     ├── RangeNotSatisfiable       416  no range of the Range header lies within the file
     │                                  (with Content-Range: bytes */<size>)
     ├── ExportsBusy               503  every export slot is taken (with Retry-After)
+    │   └── FollowersBusy         503  every live-stream slot is taken (follow.py)
     ├── DatabaseUnavailable       503  the database could not be reached, was busy, or no
     │                                  pooled connection was free, before the first byte
     │                                  was sent (with Retry-After)
@@ -277,17 +278,24 @@ class RangeNotSatisfiable(ExporterError):
 class ExportsBusy(ExporterError):
     status = 503
     code = "exports_busy"
+    slots = "export slots"
+    setting = "EXPORTER_MAX_CONCURRENT_EXPORTS"
 
     def __init__(self, limit: int, retry_after: int) -> None:
         super().__init__(
-            f"all {limit} export slots are in use (EXPORTER_MAX_CONCURRENT_EXPORTS); "
-            f"retry in {retry_after} s",
+            f"all {limit} {self.slots} are in use ({self.setting}); retry in {retry_after} s",
             limit=limit,
         )
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class FollowersBusy(ExportsBusy):
+    code = "followers_busy"
+    slots = "live streams"
+    setting = "EXPORTER_MAX_FOLLOWERS"
 
 
 class DatabaseUnavailable(ExporterError):

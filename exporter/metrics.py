@@ -55,6 +55,25 @@ class Metrics:
             "lost: deleted or taken over while running).",
             ["outcome"], registry=self.registry,
         )
+        self.followers = Gauge(
+            "exporter_followers", "Live streams open now (follow=true, /streams).",
+            registry=self.registry,
+        )
+        self.follow_rows = Counter(
+            "exporter_follow_rows", "Rows sent by live streams, by stream (ndjson, sse).",
+            ["stream"], registry=self.registry,
+        )
+        self.followers_finished = Counter(
+            "exporter_followers_finished",
+            "Live streams ended, by outcome (ended: their time was up; disconnected, "
+            "which counts the slow ones too; failed).",
+            ["outcome"], registry=self.registry,
+        )
+        self.followers_slow = Counter(
+            "exporter_followers_slow",
+            "Live streams cut because their client took no write for follow_send_seconds.",
+            registry=self.registry,
+        )
         checked_out = Gauge(
             "exporter_db_connections_checked_out",
             "Database connections in use now (a leak shows here).", registry=self.registry,

@@ -69,7 +69,7 @@ def parse_query(table: Table, params: Iterable[tuple[str, str]]) -> ExportQuery:
             elif name == "after" or (name == "after_id" and _demo(table)):
                 if name == "after_id":  # documented as a whole number from 0
                     natural(name, raw)
-                after = _after(table, name, raw)
+                after = after_key(table, name, raw)
             elif _demo(table) and name in DEMO_ALIASES:
                 filters.append(_alias(table, name, raw))
             else:
@@ -156,7 +156,8 @@ def _filter(table: Table, name: str, raw: str) -> Filter:
     return Filter(column.name, op, values, name)
 
 
-def _after(table: Table, name: str, raw: str) -> tuple[Any, ...]:
+def after_key(table: Table, name: str, raw: str) -> tuple[Any, ...]:
+    """``after=``'s text as the key's values, typed by its columns' kinds."""
     if not table.key:
         raise InvalidParameter(
             name, raw, f"{table.name!r} has no primary key, so there is no key to resume "

@@ -218,15 +218,17 @@ class ExportSlots:
     """At most ``limit`` exports at once; the next one is refused, not queued."""
 
     def __init__(self, limit: int, retry_after: int,
-                 trimmer: MemoryTrimmer | None = None) -> None:
+                 trimmer: MemoryTrimmer | None = None,
+                 busy: type[ExportsBusy] = ExportsBusy) -> None:
         self.limit = limit
         self.retry_after = retry_after
         self.in_use = 0
         self.trimmer = trimmer
+        self.busy = busy  # the 503 a refused one gets
 
     def acquire(self) -> None:
         if self.in_use >= self.limit:
-            raise ExportsBusy(self.limit, self.retry_after)
+            raise self.busy(self.limit, self.retry_after)
         self.in_use += 1
         if self.trimmer is not None:
             self.trimmer.busy()

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import StreamingResponse
 
 from exporter.catalog import Catalog
+from exporter.config import Settings
 from exporter.errors import (
     DATABASE_UNREACHABLE,
     DatabaseUnavailable,
@@ -17,12 +19,29 @@ from exporter.errors import (
     echo,
 )
 from exporter.files import content_disposition
+from exporter.follow import (
+    FOLLOW,
+    Followers,
+    FollowResponse,
+    check_followable,
+    follow_rows,
+    ndjson_body,
+)
 from exporter.formats import BY_EXTENSION, FORMATS, Format
+from exporter.formats.ndjson import Ndjson
 from exporter.openapi import BAD_PARAMETER, EXPORT_MEDIA_TYPES, EXPORTS_BUSY, not_found
-from exporter.params import parse_query
+from exporter.params import boolean, parse_query
 from exporter.queries import ExportQuery
 from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
-from exporter.streaming import ExportResponse, Progress, observed, open_export, prime
+from exporter.streaming import (
+    ChunkStream,
+    ExportResponse,
+    Progress,
+    gzip_chunks,
+    observed,
+    open_export,
+    prime,
+)
 
 router = APIRouter(tags=["exports"])
 
@@ -89,7 +108,9 @@ async def export_table(
     `col__gte=`, `col__lt=`, `col__lte=`, `col__isnull=true|false`, `limit=`, `after=`;
     `.parquet` also takes `compression=zstd|snappy|gzip|none`. `GET /tables/{table}`
     lists a table's columns."""
-    query, fmt, gzip, compression = await _resolve(request, name, catalog)
+    query, fmt, gzip, compression, follow = await _resolve(request, name, catalog)
+    if follow:
+        return await _follow(request, query, gzip, engine, settings)
     slots.acquire()
     on_batch, metrics_end = metrics.export_started(fmt.name)
 
@@ -133,21 +154,29 @@ async def export_table_head(
     """The headers GET would send, after the same checks (404, 422), without reading a
     row: no snapshot, no export slot. The body is empty and chunked, as GET's would be,
     so that no Content-Length: 0 claims the export is empty."""
-    query, fmt, gzip, _ = await _resolve(request, name, catalog)
+    query, fmt, gzip, _, _ = await _resolve(request, name, catalog)
     return StreamingResponse(iter(()), media_type=fmt.media_type,
                              headers=export_headers(query.table.name, fmt, gzip))
 
 
 async def _resolve(
     request: Request, name: str, catalog: Catalog,
-) -> tuple[ExportQuery, type[Format], bool, str | None]:
-    """The query, format, whether to gzip, and the format's compression, from the name and
-    the request: 404s and 422s the same for GET and HEAD."""
+) -> tuple[ExportQuery, type[Format], bool, str | None, bool]:
+    """The query, format, whether to gzip, the format's compression and whether to follow,
+    from the name and the request: 404s and 422s the same for GET and HEAD."""
     table_name, fmt = split_export_name(name)
     table = await catalog.get(table_name)
     items = request.query_params.multi_items()
     errors: list[InvalidParameter] = []
     compression = None
+    follow = False
+    if any(key == FOLLOW for key, _ in items):  # a parameter of NDJSON's, not a filter
+        given = [value for key, value in items if key == FOLLOW]
+        items = [(key, value) for key, value in items if key != FOLLOW]
+        try:
+            follow = _follows(fmt, given)
+        except InvalidParameter as error:
+            errors.append(error)
     if fmt.compressions:  # a parameter of the format's, not a filter on a column so named
         given = [value for key, value in items if key == COMPRESSION]
         items = [(key, value) for key, value in items if key != COMPRESSION]
@@ -159,11 +188,53 @@ async def _resolve(
         query = parse_query(table, items)
     except InvalidParameter as error:
         errors.append(error)
+    if follow and not errors:
+        try:
+            check_followable(query)
+        except InvalidParameter as error:
+            errors.append(error)
     if errors:
         raise InvalidParameter.combined(errors)
     accepted = ",".join(request.headers.getlist("accept-encoding"))
     gzip = fmt.compressible and accepts_gzip(accepted)
-    return query, fmt, gzip, compression
+    return query, fmt, gzip, compression, follow
+
+
+def _follows(fmt: type[Format], given: list[str]) -> bool:
+    if len(given) > 1:
+        raise InvalidParameter(FOLLOW, given[-1], "given more than once")
+    follow = boolean(FOLLOW, given[0])
+    if follow and fmt is not Ndjson:
+        raise InvalidParameter(
+            FOLLOW, given[0], f"a live stream is NDJSON: ask for .ndjson, or GET "
+            f"/streams/{{table}} for Server-Sent Events (not .{fmt.extension})",
+        )
+    return follow
+
+
+async def _follow(request: Request, query: ExportQuery, gzip: bool, engine: AsyncEngine,
+                  settings: Settings) -> ExportResponse:
+    """``follow=true``: the rows after ``after``, then each new one as it is committed."""
+    followers: Followers = request.app.state.followers
+    on_rows, on_end = followers.start("ndjson")
+    rows = follow_rows(engine, followers.changes, query, settings)
+    stream: ChunkStream = ndjson_body(rows, on_rows)
+    if gzip:
+        stream = gzip_chunks(stream, settings.gzip_level)
+    try:
+        body = await prime(observed(stream, Progress(), on_end))
+    except DATABASE_UNREACHABLE as exc:
+        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+    return FollowResponse(
+        body, media_type=Ndjson.media_type,
+        headers=export_headers(query.table.name, Ndjson, gzip) | NO_BUFFERING,
+        send_seconds=settings.follow_send_seconds,
+        on_slow=followers.metrics.followers_slow.inc,
+    )
+
+
+# A proxy that buffers a response (nginx does by default) would hold a live stream's rows.
+NO_BUFFERING = {"X-Accel-Buffering": "no"}
 
 
 COMPRESSION = "compression"

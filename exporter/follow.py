@@ -1,0 +1,194 @@
+"""Live streams: an export that catches up, then sends each new row once it is committed,
+until the client leaves (``follow=true`` on NDJSON; Server-Sent Events on
+``GET /streams/{table}``).
+
+A follower reads in short keyset batches (the rows after the last key it sent, in key
+order, at most ``batch_rows``), each on a pooled connection taken for that read alone, and
+between them waits on ``Changes`` (changes.py) holding no connection and no transaction:
+nothing pins an old snapshot or keeps vacuum back, whatever the number of followers.
+
+The key must be the table's primary key, of one column, and grow as rows are added (an
+integer id from a sequence or AUTOINCREMENT, a time-ordered key): a row committed with a
+key below one already sent is not sent. On PostgreSQL, two transactions can commit their
+sequence numbers out of order (the one that took 41 commits after the one that took 42,
+which a follower may have sent already): with several concurrent writers, such a row can
+be missed, as it would be by any reader resuming after a key. One writer, or writers that
+commit in key order, lose nothing.
+
+Unlike an export, a live stream is not one snapshot: each batch sees what was committed
+when it ran. Rows are the NDJSON export's bytes (the database renders them); a quiet
+stream sends a keepalive every ``follow_heartbeat_seconds`` (NDJSON: one space, which JSON
+allows before a value, so every line stays one JSON object); after
+``follow_max_seconds`` the stream ends cleanly and the client resumes after its last key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from datetime import time as time_of_day
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Receive, Scope, Send
+
+from exporter.catalog import Table
+from exporter.changes import Changes
+from exporter.config import Settings
+from exporter.db import backend_name
+from exporter.errors import FollowersBusy, InvalidParameter
+from exporter.metrics import Metrics
+from exporter.params import after_key
+from exporter.queries import ExportQuery, Shape, build_statement, order_key
+from exporter.streaming import ExportResponse, ExportSlots
+
+log = logging.getLogger("exporter.follow")
+
+HEARTBEAT = b" "  # NDJSON's keepalive: whitespace JSON allows before the next value
+FOLLOW = "follow"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # its key as after= takes it (and an event's id)
+    json: str  # the row as the NDJSON export writes it, without its line feed
+
+
+def check_followable(query: ExportQuery, name: str = FOLLOW) -> None:
+    """A 422 unless the query can be followed: a one-column primary key, no limit."""
+    table = query.table
+    if len(table.key) != 1:
+        what = "no primary key" if not table.key else f"a key of {len(table.key)} columns"
+        raise InvalidParameter(
+            name, "true", f"{table.name!r} has {what}: a live stream sends the rows after the "
+            "last key it sent, and needs a primary key of one column that grows as rows are "
+            "added",
+        )
+    if query.limit is not None:
+        raise InvalidParameter("limit", str(query.limit),
+                               "a live stream has no end: limit cannot be combined with it")
+
+
+def key_text(value: Any) -> str:
+    """A key value as ``after=`` takes it back."""
+    if isinstance(value, datetime | date | time_of_day):
+        return value.isoformat()
+    return str(value)
+
+
+async def follow_rows(
+    engine: AsyncEngine, changes: Changes, query: ExportQuery, settings: Settings,
+) -> AsyncGenerator[Sequence[Row] | None, None]:
+    """Batches of the rows after ``query.after``, in key order, as they come: the first
+    at once, even empty (the stream has begun); then each batch that came, or None after
+    ``follow_heartbeat_seconds`` without one. Ends after ``follow_max_seconds``."""
+    table = query.table
+    dialect = backend_name(engine)
+    key = order_key(query)[0]
+    after = query.after
+    deadline = time.monotonic() + settings.follow_max_seconds
+    first = True
+    while True:
+        seen = changes.generation(table.name)
+        batch = replace(query, after=after, limit=settings.batch_rows)
+        statement = build_statement(batch, dialect, Shape.JSON).add_columns(key)
+        async with engine.connect() as conn:  # for this read alone
+            found = (await conn.execute(statement)).all()
+        rows = [Row(key_text(last), json) for json, last in found]
+        if rows or first:
+            yield rows
+            first = False
+        if rows:
+            after = after_key(table, FOLLOW, rows[-1].key)
+            if len(rows) == settings.batch_rows:
+                await asyncio.sleep(0)
+                continue  # more are there already
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if await changes.wait(table, seen, min(settings.follow_heartbeat_seconds, left)) == seen:
+            if time.monotonic() >= deadline:
+                return
+            yield None
+
+
+def last_event_key(table: Table, header: str | None, after: tuple[Any, ...] | None
+                   ) -> tuple[Any, ...] | None:
+    """Where a stream resumes: the ``Last-Event-ID`` an EventSource sends on reconnecting,
+    else ``after=``."""
+    if header is None or header == "":
+        return after
+    return after_key(table, "Last-Event-ID", header)
+
+
+async def ndjson_body(rows: AsyncGenerator[Sequence[Row] | None, None],
+                      on_rows: Callable[[int, int], None]) -> AsyncGenerator[bytes, None]:
+    """A live stream as NDJSON: each batch's lines, or a keepalive space."""
+    try:
+        async for batch in rows:
+            data = HEARTBEAT if batch is None else "".join(
+                f"{row.json}\n" for row in batch).encode()
+            on_rows(len(batch or ()), len(data))
+            yield data
+    finally:
+        await rows.aclose()
+
+
+class SlowFollower(Exception):
+    """The client took no write for ``follow_send_seconds``: it is cut, not buffered for."""
+
+
+class FollowResponse(ExportResponse):
+    """An export response whose every write must be taken within ``send_seconds``."""
+
+    def __init__(self, *args: Any, send_seconds: float, on_slow: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.send_seconds = send_seconds
+        self.on_slow = on_slow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed(message: Any) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.send_seconds)
+            except TimeoutError:
+                log.warning("a live stream's client took no write for %s s: cut",
+                            self.send_seconds)
+                self.on_slow()
+                raise SlowFollower() from None
+
+        await super().__call__(scope, receive, timed)
+
+
+class Followers:
+    """This process's live streams: their cap, their change signals, their metrics."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings, metrics: Metrics) -> None:
+        self.changes = Changes(engine, settings.follow_poll_seconds)
+        self.slots = ExportSlots(settings.max_followers, settings.retry_after_seconds,
+                                 busy=FollowersBusy)
+        self.metrics = metrics
+
+    def start(self, stream: str) -> tuple[Callable[[int, int], None], Callable[[str], None]]:
+        """Take a slot (or raise FollowersBusy); the per-batch and at-the-end callbacks."""
+        self.slots.acquire()
+        self.metrics.followers.inc()
+        rows = self.metrics.follow_rows.labels(stream)
+
+        def on_rows(count: int, _size: int) -> None:
+            rows.inc(count)
+
+        def on_end(outcome: str) -> None:
+            self.slots.release()
+            self.metrics.followers.dec()
+            self.metrics.followers_finished.labels(
+                "ended" if outcome == "completed" else outcome).inc()
+
+        return on_rows, on_end
+
+    async def close(self) -> None:
+        await self.changes.close()
