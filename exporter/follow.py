@@ -119,10 +119,14 @@ async def follow_rows(
 def last_event_key(table: Table, header: str | None, after: tuple[Any, ...] | None
                    ) -> tuple[Any, ...] | None:
     """Where a stream resumes: the ``Last-Event-ID`` an EventSource sends on reconnecting,
-    else ``after=``."""
+    else ``after=``. An id that is no key of this table (not one this stream sent) is
+    ignored, as ``/jobs/{id}/events`` ignores one."""
     if header is None or header == "":
         return after
-    return after_key(table, "Last-Event-ID", header)
+    try:
+        return after_key(table, "Last-Event-ID", header)
+    except InvalidParameter:
+        return after
 
 
 async def ndjson_body(rows: AsyncGenerator[Sequence[Row] | None, None],
