@@ -58,10 +58,14 @@ class Row:
     json: str  # the row as the NDJSON export writes it, without its line feed
 
 
+def followable(table: Table) -> bool:
+    return len(table.key) == 1
+
+
 def check_followable(query: ExportQuery, name: str = FOLLOW) -> None:
     """A 422 unless the query can be followed: a one-column primary key, no limit."""
     table = query.table
-    if len(table.key) != 1:
+    if not followable(table):
         what = "no primary key" if not table.key else f"a key of {len(table.key)} columns"
         raise InvalidParameter(
             name, "true", f"{table.name!r} has {what}: a live stream sends the rows after the "

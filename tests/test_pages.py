@@ -398,3 +398,51 @@ def test_schedules_are_listed_made_and_deleted_on_the_page(page: Page, server: s
     page.click("#schedule")
     refused = page.wait_for("document.querySelector('#schedule-status.error')?.innerText")
     assert refused.startswith("cron: ") and "never comes" in refused
+
+
+def test_following_a_table_shows_new_rows_as_they_are_committed(
+    page: Page, page_database: Database
+) -> None:
+    assert page.evaluate("document.getElementById('follow').disabled"), \
+        "a table with a two-column key cannot be followed"
+    page.pick("#table", "users")
+    assert not page.evaluate("document.getElementById('follow').disabled")
+    database = page_database.data_dir / "exporter.db"
+    with sqlite3.connect(database) as conn:
+        last = conn.execute("SELECT max(id) FROM users").fetchone()[0]
+    page.click('#columns input[value="id"]')
+    page.click('#columns input[value="email"]')
+    page.type("#after", str(last - 3))
+    page.click("#follow")
+    cells = "[...document.querySelectorAll('#follow-rows tr')].map((r) => r.cells[0].textContent)"
+    assert page.wait_for(f"{cells}.length === 3 && {cells}")
+    assert page.evaluate(cells) == [str(last), str(last - 1), str(last - 2)], "newest first"
+    with sqlite3.connect(database) as conn:  # another program commits a row
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(users)")]
+        chosen = ", ".join("max(id) + 1" if name == "id" else "'live@example.com'"
+                           if name == "email" else f'"{name}"' for name in columns)
+        conn.execute(f"INSERT INTO users SELECT {chosen} FROM users WHERE id = ?", (last,))
+    page.wait_for(f"{cells}[0] === '{last + 1}'")
+    assert page.evaluate("document.querySelector('#follow-rows tr').cells[1].textContent") \
+        == "live@example.com"
+    assert page.evaluate("[...document.querySelectorAll('#follow-head th')]"
+                         ".map((h) => h.textContent)") == ["id", "email"]
+    status = page.wait_for("document.getElementById('follow-status').textContent.startsWith"
+                           "('4 rows') && document.getElementById('follow-status').textContent")
+    assert status == f"4 rows, the last with key {last + 1}"
+    assert not page.evaluate("document.getElementById('follow-rate').hidden")
+    page.click("#unfollow")
+    assert page.evaluate("document.getElementById('follow-status').textContent").endswith(
+        "Stopped.")
+
+
+def test_a_refused_live_stream_shows_the_services_message(page: Page) -> None:
+    page.pick("#table", "users")
+    page.click("#filter-add")
+    page.pick("#filters select.column", "id")
+    page.type("#filters input.value", "abc")
+    page.click("#follow")
+    message = page.wait_for("document.getElementById('follow-status').className === 'error'"
+                            " && document.getElementById('follow-status').textContent")
+    assert "column 'id' is integer" in message
+    assert page.evaluate("document.getElementById('follow-table').hidden")

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 
 from exporter.catalog import Table
+from exporter.follow import followable
 from exporter.formats import FORMATS
 from exporter.openapi import DATABASE_BUSY, not_found
 from exporter.params import parameter_names
@@ -28,6 +29,8 @@ def describe(table: Table, request: Request) -> dict[str, Any]:
         "exports": {fmt.name: f"{base}/exports/{path}.{fmt.extension}"
                     for fmt in FORMATS.values()},
         "parameters": parameter_names(table),
+        # A live stream of its rows (Server-Sent Events), where it can be followed.
+        "stream": f"{base}/streams/{path}" if followable(table) else None,
     }
 
 
