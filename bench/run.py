@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bench import wide
+from bench import follow, wide
 
 try:
     import httpx
@@ -132,6 +132,13 @@ def fresh_rows() -> dict[str, Row]:
             f"the local jobs directory: `{JOB_VIEW}` as JSON", "none (reported)"),
         Row("job_bucket_rss", "server RSS peak above idle while that job uploads",
             "<= 64 MB"),
+        Row("follow_sqlite", "live stream, commit to wire, SQLite (the file watched)",
+            "p99 < 1 s (polling's goal)"),
+        Row("follow_notify", "live stream, commit to wire, PostgreSQL with "
+            "`exporter follow install`", "p99 < 100 ms"),
+        Row("follow_poll", "live stream, commit to wire, PostgreSQL polled", "p99 < 1 s"),
+        Row("follow_health", f"`/health` p99 while {follow.IDLE_FOLLOWERS} live streams wait",
+            "<= 25 ms"),
     ]
     return {row.key: row for row in rows}
 
@@ -1199,6 +1206,58 @@ http {{
             self.record(f"job {where} peak MB", peak.peak_mb)
             client.delete(f"/jobs/{job['id']}")
 
+    # ---- live streams (bench/follow.py)
+
+    def follow_sqlite_stage(self) -> None:
+        work = Path(tempfile.mkdtemp(dir=self.work, prefix="follow-"))
+        url = f"sqlite+aiosqlite:///{work / 'ticks.db'}"
+        follow.make_table(url)
+        self.migrate(self.exporter_env(url, work))
+        with self.exporter_server("exporter-follow", url, EXPORTER_DATA_DIR=str(work)) as (
+            base, _proc
+        ):
+            self.follow_latency("follow_sqlite", base, url, 1.0)
+            waits, seen = follow.health_while_followed(base)
+        self.raw["follow health ms"] = [wait * 1000 for wait in waits]
+        p99 = percentile(waits, 99) * 1000
+        row = self.rows["follow_health"]
+        row.exporter = follow.summary(waits, percentile)
+        row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
+        row.value = f"p99 {p99:.1f} ms"
+        row.result = verdict(p99 <= 25)
+
+    def follow_postgres_stage(self) -> None:
+        url: str | None = self.args.postgres_url
+        if not url:
+            for key in ("follow_notify", "follow_poll"):
+                self.rows[key].result = "n/a: no --postgres-url given"
+            return
+        work = Path(tempfile.mkdtemp(dir=self.work, prefix="follow-pg-"))
+        follow.make_table(url)
+        env = self.exporter_env(url, work)
+        self.migrate(env)
+        for action, key, goal in (("install", "follow_notify", 0.1),
+                                  ("uninstall", "follow_poll", 1.0)):
+            done = subprocess.run([sys.executable, "-m", "exporter", "follow", action,
+                                   follow.TABLE], env=env, cwd=ROOT, capture_output=True,
+                                  text=True, timeout=120)
+            if done.returncode != 0:
+                raise BenchError(f"exporter follow {action}: {done.stderr[-300:]}")
+            with self.exporter_server(f"exporter-{key}", url) as (base, _proc):
+                self.follow_latency(key, base, url, goal)
+
+    def follow_latency(self, key: str, base: str, url: str, goal: float) -> None:
+        self.say(f"{key}: {follow.WRITES} rows committed one by one while a follower reads")
+        waits = follow.latencies(base, url)
+        self.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
+        p99 = percentile(waits, 99)
+        row = self.rows[key]
+        row.exporter = follow.summary(waits, percentile)
+        row.anchor = (f"{follow.WRITES} rows, one commit each {follow.WRITE_EVERY_S * 1000:.0f}"
+                      " ms apart")
+        row.value = f"p99 {p99 * 1000:.1f} ms"
+        row.result = verdict(p99 < goal)
+
     # ---- everything
 
     def run(self) -> None:
@@ -1214,6 +1273,8 @@ http {{
         self.stage(["postgres", "wide_postgres"], self.postgres_stage)
         self.stage(["seed"], self.seed_stage)
         self.stage(["job_bucket", "job_bucket_rss"], self.job_bucket_stage)
+        self.stage(["follow_sqlite", "follow_health"], self.follow_sqlite_stage)
+        self.stage(["follow_notify", "follow_poll"], self.follow_postgres_stage)
 
     def collect_versions(self) -> None:
         def first_line(command: Sequence[str]) -> str:

@@ -1,0 +1,155 @@
+"""The live streams' measurements (docs/follow.md): how long a committed row takes to reach
+a follower's socket, and how quick ``/health`` stays while hundreds of followers wait.
+
+Latency: one follower reads ``/exports/ticks.ndjson?follow=true`` on a thread; one writer
+commits a row every ``WRITE_EVERY_S``, noting the clock when each COMMIT returned; the
+reader notes the clock when each row's line arrived. Both clocks are this process's
+``perf_counter``, so the difference is commit to wire (to the reader's socket, in fact:
+the time the client takes to parse a line is included, a few microseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+TABLE = "ticks"
+WRITES = 200
+WRITE_EVERY_S = 0.02
+IDLE_FOLLOWERS = 200
+HEALTH_SAMPLES = 300
+HEALTH_EVERY_S = 0.010
+SCHEMA = {
+    "sqlite": f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, note TEXT)",
+    "postgresql": f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, note text)",
+}
+
+
+def make_table(url: str) -> None:
+    async def make() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(SCHEMA[engine.dialect.name])
+        finally:
+            await engine.dispose()
+
+    asyncio.run(make())
+
+
+def latencies(base: str, url: str, writes: int = WRITES) -> list[float]:
+    """Seconds from each row's COMMIT to its line at a follower, for ``writes`` rows."""
+    start = _largest(url)
+    arrived: dict[int, float] = {}
+    ready = threading.Event()
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            with httpx.Client(timeout=60, trust_env=False) as client, client.stream(
+                "GET", f"{base}/exports/{TABLE}.ndjson",
+                params={"follow": "true", "after": str(start)},
+            ) as response:
+                response.raise_for_status()
+                ready.set()
+                for line in response.iter_lines():
+                    if line.strip():
+                        arrived[json.loads(line)["id"]] = time.perf_counter()
+                        if len(arrived) == writes:
+                            return
+        except BaseException as exc:  # reported by the caller
+            failed.append(exc)
+            ready.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    if not ready.wait(30) or failed:
+        raise RuntimeError(f"the follower did not start: {failed}")
+    time.sleep(1.0)  # its watcher (or LISTEN connection) is up
+    committed = asyncio.run(_write(url, writes))
+    reader.join(60)
+    if failed or len(arrived) < writes:
+        raise RuntimeError(f"the follower got {len(arrived)} of {writes} rows: {failed}")
+    return [arrived[key] - at for key, at in committed.items()]
+
+
+def _largest(url: str) -> int:
+    async def largest() -> int:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                found = (await conn.execute(text(f"SELECT max(id) FROM {TABLE}"))).scalar()
+                return int(found or 0)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(largest())
+
+
+async def _write(url: str, writes: int) -> dict[int, float]:
+    engine = create_async_engine(url)
+    committed: dict[int, float] = {}
+    try:
+        for _ in range(writes):
+            async with engine.connect() as conn:
+                made = await conn.execute(
+                    text(f"INSERT INTO {TABLE} (note) VALUES ('tick') RETURNING id"))
+                key = int(made.scalar_one())
+                await conn.commit()
+                committed[key] = time.perf_counter()
+            await asyncio.sleep(WRITE_EVERY_S)
+    finally:
+        await engine.dispose()
+    return committed
+
+
+def health_while_followed(base: str, followers: int = IDLE_FOLLOWERS,
+                          samples: int = HEALTH_SAMPLES) -> tuple[list[float], str]:
+    """``/health`` latencies while ``followers`` live streams wait for rows; and the
+    service's own count of them and of checked-out connections, from /metrics."""
+    async def measure() -> tuple[list[float], str]:
+        limits = httpx.Limits(max_connections=followers + 10)
+        async with httpx.AsyncClient(timeout=60, limits=limits, trust_env=False) as client:
+            streams = []
+            try:
+                for _ in range(followers):
+                    stream = client.stream("GET", f"{base}/exports/{TABLE}.ndjson",
+                                           params={"follow": "true", "after": str(2**62)})
+                    (await stream.__aenter__()).raise_for_status()
+                    streams.append(stream)
+                metrics = (await client.get(f"{base}/metrics")).text
+                seen = _metric(metrics, "exporter_followers") + " followers, " + _metric(
+                    metrics, "exporter_db_connections_checked_out") + " connections checked out"
+                async with httpx.AsyncClient(base_url=base, trust_env=False) as probe:
+                    await probe.get("/health")
+                    waits = []
+                    for _ in range(samples):
+                        started = time.perf_counter()
+                        (await probe.get("/health")).raise_for_status()
+                        waits.append(time.perf_counter() - started)
+                        await asyncio.sleep(HEALTH_EVERY_S)
+                return waits, seen
+            finally:
+                for stream in streams:
+                    await stream.__aexit__(None, None, None)
+
+    return asyncio.run(measure())
+
+
+def _metric(text_format: str, name: str) -> str:
+    for line in text_format.splitlines():
+        if line.startswith(f"{name} "):
+            return str(int(float(line.split()[1])))
+    return "?"
+
+
+def summary(values: list[float], percentile: Callable[[list[float], float], float]) -> str:
+    return (f"p50 {percentile(values, 50) * 1000:.1f} ms, "
+            f"p99 {percentile(values, 99) * 1000:.1f} ms")
