@@ -164,9 +164,10 @@ def _compared(table: Table, name: str, dialect: str) -> SQL:
 
 def _condition(table: Table, item: Filter, dialect: str) -> SQL:
     column = table.column(item.column)
+    if item.op is Op.ISNULL:  # as stored: SQLite's date('n/a') is NULL, but 'n/a' is not
+        stored = table.sql.c[item.column]
+        return stored.is_(None) if item.values[0] else stored.is_not(None)
     value = _compared(table, item.column, dialect)
-    if item.op is Op.ISNULL:
-        return value.is_(None) if item.values[0] else value.is_not(None)
     bound = [_bound(column.kind, v, dialect, column.declared) for v in item.values]
     if column.kind is Kind.BOOLEAN:
         return or_(*(value.is_(v) if dialect == "postgresql" else value == int(v)
@@ -193,7 +194,8 @@ def _json_object(query: ExportQuery, dialect: str, texts: bool = False
     pg_value = render.pg_text_value if texts else render.pg_json_value
     row = select(*(pg_value(table.column(name), table.sql.c[name]).label(name)
                    for name in query.fields))
-    lateral = row.correlate(table.sql).lateral("t")  # only the asked fields, in their order
+    # Only the asked fields, in their order; unnamed, so that no table's name can clash.
+    lateral = row.correlate(table.sql).lateral()
     column = cast(func.row_to_json(lateral.table_valued()), Text)
     return column, table.sql.join(lateral, true())
 

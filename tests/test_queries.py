@@ -277,6 +277,8 @@ SQLITE_SCHEMA = [
     # Values that do not fit their column's kind (SQLite keeps whatever it is given).
     "CREATE TABLE mixed (id INTEGER PRIMARY KEY, n INTEGER, d DATE, t TEXT, f REAL)",
     "CREATE VIEW mixed_view AS SELECT * FROM mixed",
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",  # named as an alias might be
+    "INSERT INTO t VALUES (1, 'one'), (2, NULL)",
 ]
 POSTGRES_SCHEMA = [
     "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')",
@@ -288,6 +290,8 @@ POSTGRES_SCHEMA = [
     'CREATE TABLE logs (msg text COLLATE "C", n integer)',
     "CREATE TABLE events (at timestamp PRIMARY KEY, label text)",  # UTC, without its zone
     "CREATE VIEW positive AS SELECT id, name, n FROM things WHERE n > 0",
+    "CREATE TABLE t (id integer PRIMARY KEY, v text)",  # named as an alias might be
+    "INSERT INTO t VALUES (1, 'one'), (2, NULL)",
 ]
 MISFIT_AT = {"n": 6, "d": 8}  # mixed: 'abc' in the INTEGER n of row 6, 'someday' in d of 8
 MIXED = [(i, "abc" if i == MISFIT_AT["n"] else i,
@@ -618,6 +622,24 @@ async def test_json_objects_hold_the_fields_asked_in_their_order(db: Db) -> None
     objects = await db.objects(query_for(things, "limit=3"))
     assert [[name for name, _ in pairs] for pairs in objects] == [list(things.names)] * 3
     assert list(things.names) == list(THINGS[0])
+
+
+async def test_a_table_named_like_an_alias_exports_its_rows(db: Db) -> None:
+    """PostgreSQL's JSON rows come from a lateral subquery: its name must clash with none."""
+    objects = await db.objects(query_for(db.tables["t"], "fields=v,id"))
+    assert objects == [[("v", "one"), ("id", 1)], [("v", None), ("id", 2)]]
+
+
+async def test_isnull_asks_for_null_as_stored_not_for_a_moment_sqlite_cannot_read(
+    sqlite_db: Db,
+) -> None:
+    """'someday' in a DATE column is no date, but it is not NULL either: it exports as
+    'someday', so __isnull=true must not pick it (nor __isnull=false leave it out)."""
+    mixed = sqlite_db.tables["mixed"]
+    nulls = await sqlite_db.objects(query_for(mixed, "fields=id&d__isnull=true"))
+    assert nulls == []
+    others = await sqlite_db.objects(query_for(mixed, "fields=id&d__isnull=false"))
+    assert [[value for _, value in row] for row in others] == [[i] for i in range(1, 11)]
 
 
 async def test_texts_give_each_value_as_its_text(db: Db) -> None:
