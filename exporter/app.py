@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from exporter.auth import Access
 from exporter.catalog import Catalog
+from exporter.changes import READS_AT_ONCE
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
 from exporter.errors import REPORTED_ERRORS, DatabaseUnavailable, ExporterError, echo
@@ -46,9 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state_path=settings.state_database_path,
             pool_size=settings.db_pool_size,
             # A running job holds an export's connections and briefly takes one more for
-            # each heartbeat; sized so that no export waits for a connection.
+            # each heartbeat; live streams read on at most READS_AT_ONCE at a time; sized
+            # so that no export waits for a connection.
             max_overflow=(settings.max_concurrent_exports + settings.worker_concurrency)
-            * settings.connections_per_export + settings.worker_concurrency,
+            * settings.connections_per_export + settings.worker_concurrency + READS_AT_ONCE,
             sqlite_nice=settings.sqlite_nice,
         )
         app.state.engine = engine

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,16 @@ TRIGGER = "exporter_follow"
 FUNCTION = "exporter.notify_follow"  # in the service's own schema, beside its state
 WATCH_SECONDS = 0.05  # SQLite: how often the file is looked at, for a latency under 100 ms
 RECONNECT_SECONDS = 2.0  # PostgreSQL: a lost LISTEN connection is opened again after this
-LINGER_SECONDS = 10.0  # the watcher stops once no one has waited for this long
+LINGER_SECONDS = 10.0  # the watcher stops once no one has followed for this long
+SAFETY_POLLS = 10  # an announced table is still polled every this many polls
+READS_AT_ONCE = 4  # followers' reads at once per process (app.py sizes the pool for them)
+DB_HEADER = b"\0" * 28  # SQLite's header up to its file change counter (offset 24)
+SHM_HEADER = b"\0" * 48  # the WAL index's header: iChange, mxFrame, salts, checksums
 ANNOUNCED = """
 SELECT EXISTS (SELECT 1 FROM pg_trigger t
                  JOIN pg_class c ON c.oid = t.tgrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE t.tgname = :trigger AND c.relname = :table
+                WHERE t.tgname = :trigger AND c.relname = :table AND t.tgenabled <> 'D'
                   AND n.nspname = current_schema())
 """
 
@@ -59,36 +63,50 @@ class Changes:
         self.poll_seconds = poll_seconds
         self.generations: dict[str, int] = {}
         self.moved: dict[str, asyncio.Event] = {}  # set when the table's generation moves
-        self.waiting: dict[str, Table] = {}  # the tables waited on, by name
-        self.waiters = 0
+        self.watched: dict[str, Table] = {}  # the tables followed now, by name ...
+        self.followers: dict[str, int] = {}  # ... and how many follow each
         self.idle_since = 0.0
         self.announced: set[str] = set()  # PostgreSQL tables whose trigger NOTIFYs
         self.listening = False
+        self.polls = 0
         # What was last seen, kept across the watcher's restarts so that a change made
-        # while no one waited is not taken for the way things were.
-        self.stamps: list[tuple[int, int, int] | None] | None = None
+        # while no one followed is not taken for the way things were.
+        self.stamps: list[bytes] | None = None
         self.maxima: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
+        # Followers' reads at once, so that they never take the connections exports need
+        # (a SQLite commit wakes every follower of the file at the same moment).
+        self.reads = asyncio.Semaphore(READS_AT_ONCE)
 
     def generation(self, table: str) -> int:
         return self.generations.get(table, 0)
 
-    async def wait(self, table: Table, seen: int, seconds: float) -> int:
-        """The table's generation once it is past ``seen``, or as it is after ``seconds``."""
-        self.waiting.setdefault(table.name, table)
-        self.waiters += 1
+    @contextlib.asynccontextmanager
+    async def watching(self, table: Table) -> AsyncIterator[None]:
+        """While a follower follows ``table``: the table is watched, from before its first
+        read (a commit between that read and its first wait moves the generation)."""
+        self.watched[table.name] = table
+        self.followers[table.name] = self.followers.get(table.name, 0) + 1
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._watch())
         try:
-            if self.task is None or self.task.done():
-                self.task = asyncio.create_task(self._watch())
-            if self.generation(table.name) <= seen:
-                moved = self.moved.setdefault(table.name, asyncio.Event())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(moved.wait(), seconds)
-            return self.generation(table.name)
+            yield
         finally:
-            self.waiters -= 1
-            if not self.waiters:
+            self.followers[table.name] -= 1
+            if not self.followers[table.name]:
+                del self.followers[table.name], self.watched[table.name]
+                self.maxima.pop(table.name, None)
+            if not self.followers:
                 self.idle_since = time.monotonic()
+
+    async def wait(self, table: Table, seen: int, seconds: float) -> int:
+        """The table's generation once it is past ``seen``, or as it is after ``seconds``
+        (``watching`` the table)."""
+        if self.generation(table.name) <= seen:
+            moved = self.moved.setdefault(table.name, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), seconds)
+        return self.generation(table.name)
 
     async def close(self) -> None:
         if self.task is not None:
@@ -97,19 +115,20 @@ class Changes:
                 await self.task
 
     def _move(self, tables: Iterable[str] | None) -> None:
-        """Move the named tables' generations (None: every waited-on table's) and wake
+        """Move the named tables' generations (None: every watched table's) and wake
         their waiters."""
-        for name in list(self.waiting if tables is None else tables):
+        for name in list(self.watched if tables is None else tables):
             self.generations[name] = self.generation(name) + 1
             moved = self.moved.pop(name, None)
             if moved is not None:
                 moved.set()
 
     def _done(self) -> bool:
-        """True once no one has waited for ``LINGER_SECONDS``: the watcher then stops."""
-        if self.waiters or time.monotonic() - self.idle_since < LINGER_SECONDS:
+        """True once no one has followed for ``LINGER_SECONDS``: the watcher then stops
+        (and a follower that comes later starts another)."""
+        if self.followers or time.monotonic() - self.idle_since < LINGER_SECONDS:
             return False
-        self.waiting.clear()
+        self.task = None
         return True
 
     async def _watch(self) -> None:
@@ -130,12 +149,12 @@ class Changes:
                 await asyncio.sleep(self.poll_seconds)
                 self._move(None)
             return
-        paths = [Path(database), Path(f"{database}-wal")]
+        paths = [Path(database), Path(f"{database}-wal"), Path(f"{database}-shm")]
+        self._move(None)  # what came while no one watched
         while not self._done():
             now = _stamps(paths)
             if now != self.stamps:
-                if self.stamps is not None:
-                    self._move(None)
+                self._move(None)
                 self.stamps = now
             await asyncio.sleep(WATCH_SECONDS)
 
@@ -153,21 +172,28 @@ class Changes:
                 await listener
 
     async def _poll_maxima(self) -> None:
-        """One max(key) query per waited-on table that no trigger announces."""
-        polled = [table for name, table in list(self.waiting.items())
-                  if table.key and not (self.listening and name in self.announced)]
-        if not polled:
+        """One max(key) query per followed table that no trigger announces (and, every
+        ``SAFETY_POLLS``, of those too: a NOTIFY can be lost with its connection); whether
+        each has its trigger, asked again each time (an operator may remove it)."""
+        self.polls += 1
+        tables = [table for table in list(self.watched.values()) if table.key]
+        if not tables:
             return
-        async with self.engine.connect() as conn:
-            for table in polled:
+        async with self.reads, self.engine.connect() as conn:
+            for table in tables:
                 announced = (await conn.execute(
                     text(ANNOUNCED), {"trigger": TRIGGER, "table": table.name})).scalar_one()
                 if announced:
                     self.announced.add(table.name)
+                else:
+                    self.announced.discard(table.name)
+                if announced and self.listening and self.polls % SAFETY_POLLS:
+                    continue
                 key = table.sql.c[table.key[0]]
                 largest = (await conn.execute(select(func.max(key)))).scalar_one()
-                if self.maxima.get(table.name, largest) != largest:
-                    self._move([table.name])
+                known = self.maxima.get(table.name, self)  # self: never polled yet
+                if known is self or known != largest:  # a first poll moves: rows may have
+                    self._move([table.name])            # come before it
                 self.maxima[table.name] = largest
 
     async def _listen(self) -> None:
@@ -176,7 +202,10 @@ class Changes:
             try:
                 connection = await asyncpg.connect(
                     url.render_as_string(hide_password=False),
-                    server_settings={"application_name": "exporter follow"},
+                    server_settings={"application_name": "exporter follow",
+                                     # a connection gone silently is noticed, not waited on
+                                     "tcp_keepalives_idle": "30",
+                                     "tcp_keepalives_interval": "10"},
                 )
             except (OSError, asyncpg.PostgresError) as error:
                 log.warning("LISTEN %s: could not connect (%s); polling every table", CHANNEL,
@@ -198,19 +227,26 @@ class Changes:
             await asyncio.sleep(RECONNECT_SECONDS)
 
     def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.announced.add(payload)
-        self._move([payload])
+        if payload in self.watched:
+            self._move([payload])
 
 
-def _stamps(paths: list[Path]) -> list[tuple[int, int, int] | None]:
-    stamps: list[tuple[int, int, int] | None] = []
-    for path in paths:
+def _stamps(paths: list[Path]) -> list[bytes]:
+    """What changes with every commit: each file's size and times, the database header's
+    change counter (rollback journal) and the WAL index's header, whose counter moves with
+    every WAL transaction even when the WAL is reused at the same size."""
+    stamps: list[bytes] = []
+    for path, head in zip(paths, (DB_HEADER, b"", SHM_HEADER), strict=True):
         try:
             found = os.stat(path)
         except FileNotFoundError:
-            stamps.append(None)
-        else:
-            stamps.append((found.st_ino, found.st_size, found.st_mtime_ns))
+            stamps.append(b"")
+            continue
+        stamp = f"{found.st_ino}:{found.st_size}:{found.st_mtime_ns}".encode()
+        if head:
+            with contextlib.suppress(OSError), open(path, "rb") as file:
+                stamp += file.read(len(head))
+        stamps.append(stamp)
     return stamps
 
 

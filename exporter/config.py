@@ -267,8 +267,8 @@ class Settings(BaseSettings):
         1000, ge=1,
         description=(
             "Live streams (follow=true, GET /streams/{table}) open at once per process; the "
-            "next gets 503 with Retry-After. Apart from the export slots, which a follower "
-            "holds only while it catches up."
+            "next gets 503 with Retry-After. Apart from the export slots: a live stream "
+            "takes none."
         ),
     )
     follow_max_seconds: float = Field(

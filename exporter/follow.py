@@ -33,6 +33,7 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from typing import Any
 
+from sqlalchemy import literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
@@ -88,36 +89,52 @@ async def follow_rows(
     engine: AsyncEngine, changes: Changes, query: ExportQuery, settings: Settings,
 ) -> AsyncGenerator[Sequence[Row] | None, None]:
     """Batches of the rows after ``query.after``, in key order, as they come: the first
-    at once, even empty (the stream has begun); then each batch that came, or None after
-    ``follow_heartbeat_seconds`` without one. Ends after ``follow_max_seconds``."""
+    at once, even empty (the stream has begun); then each batch that came, or None when
+    nothing was sent for ``follow_heartbeat_seconds``. Ends after ``follow_max_seconds``."""
     table = query.table
-    dialect = backend_name(engine)
-    key = order_key(query)[0]
-    after = query.after
+    heartbeat = settings.follow_heartbeat_seconds
     deadline = time.monotonic() + settings.follow_max_seconds
+    last: Any = None  # the last key sent, as the database gave it (None: query.after)
     first = True
-    while True:
-        seen = changes.generation(table.name)
-        batch = replace(query, after=after, limit=settings.batch_rows)
-        statement = build_statement(batch, dialect, Shape.JSON).add_columns(key)
-        async with engine.connect() as conn:  # for this read alone
-            found = (await conn.execute(statement)).all()
-        rows = [Row(key_text(last), json) for json, last in found]
-        if rows or first:
-            yield rows
-            first = False
-        if rows:
-            after = after_key(table, FOLLOW, rows[-1].key)
+    sent_at = time.monotonic()
+    async with changes.watching(table):  # watched before the first read: no commit slips by
+        while True:
+            seen = changes.generation(table.name)
+            rows, key = await _read(engine, changes, query, last, settings.batch_rows)
+            if rows or first:
+                yield rows
+                first = False
+                sent_at = time.monotonic()
+            if rows:
+                last = key
+            now = time.monotonic()
+            if now >= deadline:
+                return
             if len(rows) == settings.batch_rows:
                 await asyncio.sleep(0)
                 continue  # more are there already
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        if await changes.wait(table, seen, min(settings.follow_heartbeat_seconds, left)) == seen:
-            if time.monotonic() >= deadline:
-                return
-            yield None
+            quiet = sent_at + heartbeat - now
+            if quiet <= 0:  # whatever woke it, a stream quiet this long sends a keepalive
+                yield None
+                sent_at = now
+                quiet = heartbeat
+            await changes.wait(table, seen, min(quiet, deadline - now))
+
+
+async def _read(engine: AsyncEngine, changes: Changes, query: ExportQuery, last: Any,
+                rows: int) -> tuple[list[Row], Any]:
+    """The next rows after ``last`` (the key as the database gave it, compared as it is
+    stored: no text in between, which SQLite would compare otherwise), or after the
+    query's own ``after`` at first; on a pooled connection taken for this read alone."""
+    key = order_key(query)[0]
+    batch = replace(query, after=query.after if last is None else None, limit=rows)
+    statement = build_statement(batch, backend_name(engine), Shape.JSON).add_columns(key)
+    if last is not None:
+        statement = statement.where(key > literal(last, key.type))
+    async with changes.reads, engine.connect() as conn:
+        found = (await conn.execute(statement)).all()
+    return [Row(key_text(value), json) for json, value in found], (found[-1][1] if found
+                                                                    else None)
 
 
 def last_event_key(table: Table, header: str | None, after: tuple[Any, ...] | None
@@ -190,7 +207,13 @@ class Followers:
         def on_rows(count: int, _size: int) -> None:
             rows.inc(count)
 
-        def on_end(outcome: str) -> None:
+        ended = False
+
+        def on_end(outcome: str) -> None:  # once, whoever calls it first
+            nonlocal ended
+            if ended:
+                return
+            ended = True
             self.slots.release()
             self.metrics.followers.dec()
             self.metrics.followers_finished.labels(

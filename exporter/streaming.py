@@ -22,6 +22,7 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import StreamingResponse
@@ -239,7 +240,10 @@ class ExportSlots:
             self.trimmer.idle()
 
 
-class PrimedStream:
+Item = TypeVar("Item")
+
+
+class PrimedStream(Generic[Item]):
     """A stream whose first chunk was already produced, so that failures before it
     could still become an error status. ``aclose`` closes the underlying stream.
 
@@ -251,15 +255,15 @@ class PrimedStream:
     made goes on until ``aclose``, outside the scope, cancels it once, so that the stream
     unwinds in order."""
 
-    def __init__(self, first: bytes, rest: ChunkStream) -> None:
+    def __init__(self, first: Item, rest: AsyncGenerator[Item, None]) -> None:
         self.first = first
         self.rest = rest
-        self.step: asyncio.Future[bytes] | None = None
+        self.step: asyncio.Future[Item] | None = None
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[Item]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def _iterate(self) -> AsyncIterator[Item]:
         yield self.first
         while True:
             self.step = asyncio.ensure_future(anext(self.rest))
@@ -284,7 +288,7 @@ class PrimedStream:
         await self.rest.aclose()
 
 
-async def prime(stream: ChunkStream) -> PrimedStream:
+async def prime(stream: ChunkStream) -> PrimedStream[bytes]:
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -299,7 +303,7 @@ class ExportResponse(StreamingResponse):
     """A streaming response that always closes its stream: on completion, on failure and
     on a client disconnect (where Starlette only cancels the task that iterates it)."""
 
-    body_iterator: PrimedStream
+    body_iterator: PrimedStream[bytes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

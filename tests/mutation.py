@@ -41,7 +41,8 @@ MODULES: dict[str, Module] = {
                      ("tests/test_render.py", *EXPORTS, "tests/test_pg_copy.py")),
     "params": Module(("exporter.params.*",), ("tests/test_params.py", *EXPORTS)),
     "queries": Module(("exporter.queries.*",), (
-        "tests/test_queries.py", *EXPORTS, "tests/test_pg_copy.py", "tests/test_cursors.py", "tests/test_streaming.py")),
+        "tests/test_queries.py", *EXPORTS, "tests/test_pg_copy.py", "tests/test_cursors.py",
+        "tests/test_streaming.py")),
     "ranges": Module(("exporter.ranges.*",), ("tests/test_ranges.py", "tests/test_files.py")),
     "preconditions": Module(("exporter.preconditions.*",),
                             ("tests/test_preconditions.py", "tests/test_files.py")),

@@ -154,9 +154,9 @@ async def export_table_head(
     """The headers GET would send, after the same checks (404, 422), without reading a
     row: no snapshot, no export slot. The body is empty and chunked, as GET's would be,
     so that no Content-Length: 0 claims the export is empty."""
-    query, fmt, gzip, _, _ = await _resolve(request, name, catalog)
-    return StreamingResponse(iter(()), media_type=fmt.media_type,
-                             headers=export_headers(query.table.name, fmt, gzip))
+    query, fmt, gzip, _, follow = await _resolve(request, name, catalog)
+    headers = export_headers(query.table.name, fmt, gzip) | (NO_BUFFERING if follow else {})
+    return StreamingResponse(iter(()), media_type=fmt.media_type, headers=headers)
 
 
 async def _resolve(
@@ -170,7 +170,8 @@ async def _resolve(
     errors: list[InvalidParameter] = []
     compression = None
     follow = False
-    if any(key == FOLLOW for key, _ in items):  # a parameter of NDJSON's, not a filter
+    # A parameter of NDJSON's; on a table with a column so named, that column's filter.
+    if not table.has(FOLLOW) and any(key == FOLLOW for key, _ in items):
         given = [value for key, value in items if key == FOLLOW]
         items = [(key, value) for key, value in items if key != FOLLOW]
         try:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import suppress
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable
@@ -17,8 +20,10 @@ from exporter.follow import FOLLOW, Followers, Row, check_followable, follow_row
 from exporter.openapi import BAD_PARAMETER, not_found
 from exporter.params import parse_query
 from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep
+from exporter.streaming import PrimedStream
 
 router = APIRouter(tags=["exports"])
+log = logging.getLogger("exporter.follow")
 
 RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects after the stream ends
 # Characters an event id cannot hold (the field ends at a line break; NUL resets it).
@@ -65,23 +70,33 @@ async def stream_table(
         if isinstance(exc, DATABASE_UNREACHABLE):
             raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
         raise
-    shutdown = anyio.Event()
+    # Each later read runs shielded from the response's cancel scope (PrimedStream), so
+    # that a client leaving mid-read cannot cut the connection's way back to the pool.
+    events = PrimedStream(ServerSentEvent(retry=RETRY_MILLISECONDS, comment="rows follow"),
+                          _events(first, rows, on_rows, on_end))
     return ClosingEventSource(
-        _events(first, rows, on_rows, on_end),
-        shutdown_event=shutdown,
-        shutdown_grace_period=1,
+        events, on_end=on_end, on_slow=followers.metrics.followers_slow.inc,
+        shutdown_event=anyio.Event(), shutdown_grace_period=1,
         send_timeout=settings.follow_send_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+@router.head("/streams/{table:path}", include_in_schema=False)
+async def stream_table_head(request: Request, table: str, catalog: CatalogDep) -> Response:
+    """The headers GET would send, after the same checks (404, 422), without a follower."""
+    found = await catalog.get(table)
+    check_followable(parse_query(found, request.query_params.multi_items()), "/streams")
+    return Response(media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 async def _events(
     first: Sequence[Row] | None, rows: AsyncGenerator[Sequence[Row] | None, None],
     on_rows: Callable[[int, int], None], on_end: Callable[[str], None],
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     outcome = "failed"
     try:
-        yield ServerSentEvent(retry=RETRY_MILLISECONDS, comment="rows follow")
         batch = first
         while True:
             if batch is None:
@@ -95,9 +110,8 @@ async def _events(
             except StopAsyncIteration:
                 break
         outcome = "completed"
-    except BaseException as exc:
-        if isinstance(exc, GeneratorExit | anyio.get_cancelled_exc_class()):
-            outcome = "disconnected"
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome = "disconnected"
         raise
     finally:
         await rows.aclose()
@@ -105,13 +119,23 @@ async def _events(
 
 
 class ClosingEventSource(EventSourceResponse):
-    """An event stream whose events generator is closed however the response ends (a
-    client gone, a send timed out), so that its slot is given back at once."""
+    """An event stream whose events are closed however the response ends (a client gone,
+    a send timed out), and whose slot is given back even if they never started."""
+
+    def __init__(self, content: PrimedStream[ServerSentEvent], *, on_end: Callable[[str], None],
+                 on_slow: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.events = content
+        self.on_end = on_end
+        self.on_slow = on_slow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.warning("a live stream's client took no event for %s s: cut", self.send_timeout)
+            self.on_slow()
+            raise
         finally:
-            iterator: Any = self.body_iterator
-            with suppress(Exception):
-                await iterator.aclose()
+            await self.events.aclose()
+            self.on_end("disconnected")  # a no-op if the events ended it already
