@@ -62,6 +62,15 @@ class Settings(BaseSettings):
             "separated by commas; globs in either part (`users.password_hash,*.secret_*`)."
         ),
     )
+    follow_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Live streams: the columns a table is followed by, where its primary key will not "
+            "do (none, or one that does not grow), as `table.column` separated by commas; "
+            "several of one table make one key, in the order given "
+            "(`events.created_at,events.id`: a time the application sets, then a tie-breaker)."
+        ),
+    )
     catalog_refresh_seconds: float = Field(
         2.0, ge=0,
         description=(
@@ -315,23 +324,28 @@ class Settings(BaseSettings):
             )
         return url
 
-    @field_validator("tables", "hidden_columns", mode="before")
+    @field_validator("tables", "hidden_columns", "follow_keys", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment: one string, comma-separated
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
-    @field_validator("hidden_columns")
+    @field_validator("hidden_columns", "follow_keys")
     @classmethod
     def _table_dot_column(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
             if "." not in item.strip("."):
                 raise ValueError(
-                    f"{item!r} is not table.column; name each hidden column with its table, "
+                    f"{item!r} is not table.column; name each column with its table, "
                     "e.g. users.password_hash (or *.password_hash for every table)"
                 )
         return value
+
+    def follow_key(self, table: str) -> tuple[str, ...]:
+        """The columns ``follow_keys`` names for ``table``, in order; () for none."""
+        return tuple(item.split(".", 1)[1] for item in self.follow_keys
+                     if item.split(".", 1)[0] == table)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -33,7 +33,7 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from typing import Any
 
-from sqlalchemy import literal
+from sqlalchemy import literal, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
@@ -59,19 +59,35 @@ class Row:
     json: str  # the row as the NDJSON export writes it, without its line feed
 
 
-def followable(table: Table) -> bool:
-    return len(table.key) == 1
+def followed(table: Table, settings: Settings) -> Table:
+    """The table as a live stream sees it: keyed by the columns ``EXPORTER_FOLLOW_KEYS``
+    names for it, if any (a 422 if it names one the table lacks), else by its own key."""
+    named = settings.follow_key(table.name)
+    if not named:
+        return table
+    missing = [name for name in named if not table.has(name)]
+    if missing:
+        raise InvalidParameter(
+            FOLLOW, "true", f"EXPORTER_FOLLOW_KEYS names {table.name}.{missing[0]}, a column "
+            f"{table.name!r} does not have (or hides)", table.names,
+        )
+    return replace(table, key=named)
 
 
-def check_followable(query: ExportQuery, name: str = FOLLOW) -> None:
-    """A 422 unless the query can be followed: a one-column primary key, no limit."""
+def followable(table: Table, settings: Settings) -> bool:
+    return bool(settings.follow_key(table.name)) or len(table.key) == 1
+
+
+def check_followable(query: ExportQuery, settings: Settings, name: str = FOLLOW) -> None:
+    """A 422 unless the query can be followed: a key of one column or the one
+    ``EXPORTER_FOLLOW_KEYS`` names (``followed``), no limit."""
     table = query.table
-    if not followable(table):
+    if not followable(table, settings):
         what = "no primary key" if not table.key else f"a key of {len(table.key)} columns"
         raise InvalidParameter(
             name, "true", f"{table.name!r} has {what}: a live stream sends the rows after the "
             "last key it sent, and needs a primary key of one column that grows as rows are "
-            "added",
+            "added, or columns EXPORTER_FOLLOW_KEYS names for it",
         )
     if query.limit is not None:
         raise InvalidParameter("limit", str(query.limit),
@@ -126,15 +142,17 @@ async def _read(engine: AsyncEngine, changes: Changes, query: ExportQuery, last:
     """The next rows after ``last`` (the key as the database gave it, compared as it is
     stored: no text in between, which SQLite would compare otherwise), or after the
     query's own ``after`` at first; on a pooled connection taken for this read alone."""
-    key = order_key(query)[0]
+    key = order_key(query)
     batch = replace(query, after=query.after if last is None else None, limit=rows)
-    statement = build_statement(batch, backend_name(engine), Shape.JSON).add_columns(key)
+    statement = build_statement(batch, backend_name(engine), Shape.JSON).add_columns(*key)
     if last is not None:
-        statement = statement.where(key > literal(last, key.type))
+        bound = [literal(value, column.type) for column, value in zip(key, last, strict=True)]
+        statement = statement.where(tuple_(*key) > tuple_(*bound) if len(key) > 1
+                                    else key[0] > bound[0])
     async with changes.reads, engine.connect() as conn:
         found = (await conn.execute(statement)).all()
-    return [Row(key_text(value), json) for json, value in found], (found[-1][1] if found
-                                                                    else None)
+    rows_read = [Row(",".join(map(key_text, values)), json) for json, *values in found]
+    return rows_read, (tuple(found[-1][1:]) if found else None)
 
 
 def last_event_key(table: Table, header: str | None, after: tuple[Any, ...] | None

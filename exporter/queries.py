@@ -113,7 +113,10 @@ def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Selec
     for item in query.filters:
         statement = statement.where(_condition(query.table, item, dialect))
     if query.after is not None:
-        key = order_key(query)
+        # SQLite's moments as their text in one form, as the bound values are: a key stored
+        # as '2024-01-01 10:00:02' would else sort below '2024-01-01 10:00:02.000'.
+        key = [_compared(query.table, name, dialect) if dialect == "sqlite"
+               else query.table.sql.c[name] for name in query.table.key]
         columns = [query.table.column(name) for name in query.table.key]
         values = [_bound(column.kind, value, dialect, column.declared)
                   for column, value in zip(columns, query.after, strict=True)]

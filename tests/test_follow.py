@@ -36,6 +36,7 @@ TABLES_SQL = {
         # key of no declared type (SQLite then compares an integer below any text).
         "CREATE TABLE stamps (at TIMESTAMP PRIMARY KEY, v TEXT)",
         "CREATE TABLE untyped (k PRIMARY KEY, v TEXT)",
+        "CREATE TABLE feed (at TIMESTAMP NOT NULL, seq INTEGER NOT NULL, msg TEXT)",
     ],
     "postgresql": [
         "CREATE TABLE events (id bigserial PRIMARY KEY, body text NOT NULL, at timestamptz)",
@@ -44,6 +45,7 @@ TABLES_SQL = {
         "CREATE TABLE big (id integer PRIMARY KEY, filler text)",
         "CREATE TABLE stamps (at timestamptz PRIMARY KEY, v text)",
         "CREATE TABLE untyped (k text PRIMARY KEY, v text)",
+        "CREATE TABLE feed (at timestamp NOT NULL, seq integer NOT NULL, msg text)",
     ],
 }
 # A heartbeat longer than any test: a follower that only read on its heartbeat would fail.
@@ -429,5 +431,68 @@ async def test_keys_that_text_would_spoil_are_followed_as_the_database_holds_the
                     assert len(got) == 40, (table, got[-3:])
                     exported = (await client.get(f"{server.url}/exports/{table}.ndjson"))
                     assert got == exported.content.splitlines(), table
+    finally:
+        await engine.dispose()
+
+
+async def test_a_table_is_followed_by_the_columns_the_operator_names(events: Database) -> None:
+    """No primary key: EXPORTER_FOLLOW_KEYS=feed.at,feed.seq, a time the application sets
+    and a tie-breaker. Rows sharing a moment come once each, across a cut and a resume by
+    Last-Event-ID."""
+    from sqlalchemy import text
+
+    sqlite = events.backend == "sqlite"
+
+    def moment(i: int) -> Any:  # three rows a second: ties the second column breaks
+        at = datetime(2024, 1, 1, 10, 0, i // 3)
+        return at.strftime("%Y-%m-%d %H:%M:%S") if sqlite else at
+
+    async def insert_feed(numbers: range) -> None:
+        async with engine.begin() as conn:
+            for i in numbers:
+                await conn.execute(text("INSERT INTO feed VALUES (:at, :seq, :msg)"),
+                                   {"at": moment(i), "seq": i, "msg": f"m{i}"})
+
+    engine = create_async_engine(events.url)
+    try:
+        await insert_feed(range(0, 20))
+        env = events.env(**FAST, EXPORTER_FOLLOW_KEYS="feed.at,feed.seq")
+        with serving(env) as server:
+            listed = httpx.get(f"{server.url}/tables/feed").json()
+            assert listed["stream"].endswith("/streams/feed")
+            assert listed["primary_key"] == [], "the catalog's key is the database's"
+            received: list[str] = []
+            last = None
+            async with httpx.AsyncClient(timeout=30) as client:
+                for cut in (7, None):
+                    headers = {"Last-Event-ID": last} if last else {}
+                    async with client.stream("GET", f"{server.url}/streams/feed",
+                                             params={"fields": "seq"}, headers=headers
+                                             ) as response:
+                        if cut is None:
+                            await insert_feed(range(20, 30))
+                        fields: dict[str, str] = {}
+                        async for line in _lines(response):
+                            line = line.rstrip(b"\r")
+                            if line:
+                                name, _, value = line.decode().partition(":")
+                                fields[name] = value.strip()
+                                continue
+                            if "data" in fields:
+                                last = fields["id"]
+                                received.append(json.loads(fields["data"])["seq"])
+                                if len(received) in (cut, 30):
+                                    break
+                            fields = {}
+            assert received == list(range(30)), "each row once, in (at, seq) order"
+            assert last is not None and last.endswith(",29")
+            resumed = httpx.get(f"{server.url}/exports/feed.ndjson", timeout=10, params={
+                "follow": "true", "after": last, "fields": "seq", "limit": "1"})
+            assert resumed.status_code == 422, "after= takes the followed key; limit never"
+        bad = events.env(**FAST, EXPORTER_FOLLOW_KEYS="feed.nope")
+        with serving(bad) as server:
+            refused = httpx.get(f"{server.url}/exports/feed.ndjson?follow=true")
+            assert refused.status_code == 422
+            assert "EXPORTER_FOLLOW_KEYS names feed.nope" in refused.json()["message"]
     finally:
         await engine.dispose()

@@ -25,6 +25,7 @@ from exporter.follow import (
     FollowResponse,
     check_followable,
     follow_rows,
+    followed,
     ndjson_body,
 )
 from exporter.formats import BY_EXTENSION, FORMATS, Format
@@ -176,6 +177,8 @@ async def _resolve(
         items = [(key, value) for key, value in items if key != FOLLOW]
         try:
             follow = _follows(fmt, given)
+            if follow:  # resumed after=, and ordered, by the key a live stream follows
+                table = followed(table, request.app.state.settings)
         except InvalidParameter as error:
             errors.append(error)
     if fmt.compressions:  # a parameter of the format's, not a filter on a column so named
@@ -191,7 +194,7 @@ async def _resolve(
         errors.append(error)
     if follow and not errors:
         try:
-            check_followable(query)
+            check_followable(query, request.app.state.settings)
         except InvalidParameter as error:
             errors.append(error)
     if errors:

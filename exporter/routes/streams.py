@@ -16,7 +16,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable
-from exporter.follow import FOLLOW, Followers, Row, check_followable, follow_rows, last_event_key
+from exporter.follow import (
+    FOLLOW,
+    Followers,
+    Row,
+    check_followable,
+    follow_rows,
+    followed,
+    last_event_key,
+)
 from exporter.openapi import BAD_PARAMETER, not_found
 from exporter.params import parse_query
 from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep
@@ -54,10 +62,10 @@ async def stream_table(
     `Last-Event-ID`), then each new one as it is committed, until the client leaves. The
     export's filters and `fields=` apply; each event's data is the row as NDJSON writes it,
     its id the row's key, so that an EventSource resumes by itself."""
-    found = await catalog.get(table)
+    found = followed(await catalog.get(table), settings)
     query = parse_query(found, [(key, value) for key, value in request.query_params.multi_items()
                                 if key != FOLLOW])
-    check_followable(query, "/streams")
+    check_followable(query, settings, "/streams")
     after = last_event_key(found, last_event_id, query.after)
     followers: Followers = request.app.state.followers
     on_rows, on_end = followers.start("sse")
@@ -83,10 +91,12 @@ async def stream_table(
 
 
 @router.head("/streams/{table:path}", include_in_schema=False)
-async def stream_table_head(request: Request, table: str, catalog: CatalogDep) -> Response:
+async def stream_table_head(request: Request, table: str, catalog: CatalogDep,
+                            settings: SettingsDep) -> Response:
     """The headers GET would send, after the same checks (404, 422), without a follower."""
-    found = await catalog.get(table)
-    check_followable(parse_query(found, request.query_params.multi_items()), "/streams")
+    found = followed(await catalog.get(table), settings)
+    check_followable(parse_query(found, request.query_params.multi_items()), settings,
+                     "/streams")
     return Response(media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -30,7 +30,8 @@ def describe(table: Table, request: Request) -> dict[str, Any]:
                     for fmt in FORMATS.values()},
         "parameters": parameter_names(table),
         # A live stream of its rows (Server-Sent Events), where it can be followed.
-        "stream": f"{base}/streams/{path}" if followable(table) else None,
+        "stream": f"{base}/streams/{path}"
+        if followable(table, request.app.state.settings) else None,
     }
 
 
