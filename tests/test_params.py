@@ -333,3 +333,54 @@ def test_a_timestamp_without_an_offset_is_utc_and_one_with_an_offset_is_moved_to
     assert moved == datetime(2024, 3, 1, 5, 30, tzinfo=UTC) and moved.tzinfo is UTC
     assert timestamp("2024-03-01T00:30:00Z").utcoffset() == timedelta(0)
     assert timestamp("2024-03-01T00:30:00+01:00").tzinfo is not timezone(timedelta(hours=1))
+
+
+# What each refusal says: the parameter, the value as given, the reason (a client shows
+# them: tests that only check "a 422" would let any of them be lost).
+
+def test_each_refusal_names_its_parameter_and_the_value_given() -> None:
+    cases: list[tuple[Table, tuple[tuple[str, str], ...], str, object, str]] = [
+        (THINGS, (("id", "1,"),), "id", "1,",
+         "expected a comma-separated list with no empty items"),
+        (THINGS, (("fields", "id,nope"),), "fields", "id,nope",
+         "unknown field 'nope': 'things' has no such column"),
+        (THINGS, (("fields", "id,id"),), "fields", "id,id", "field 'id' is listed twice"),
+        (THINGS, (("after", "x"),), "after", "x",
+         "column 'id' is integer: expected a whole number such as 42 or -7"),
+        (THINGS, (("name", "a\x00b"),), "name", "a\x00b", "a NUL character cannot be compared"),
+        (THINGS, (("id__gte", "10"), ("id__lt", "5")), "id__lt", "5",
+         "is below id__gte=10; were they swapped?"),
+        (USERS, (("country", "de,"),), "country", "de,",
+         "expected a comma-separated list with no empty items"),
+        (USERS, (("country", "DEU"),), "country", "DEU",
+         "'DEU' is not an ISO 3166-1 alpha-2 code such as DE or FR"),
+        (USERS, (("plan", "pro,"),), "plan", "pro,",
+         "expected a comma-separated list with no empty items"),
+        (USERS, (("plan", "gold"),), "plan", "gold", "unknown value 'gold'"),
+        (USERS, (("after", "1"), ("after_id", "2")), "after_id", "",
+         "after_id is the demo's name for after; give one"),
+    ]
+    for table, params, parameter, given, reason in cases:
+        error = refused(table, *params).each()[-1]
+        assert (error.parameter, error.value, error.reason) == (parameter, given, reason), params
+
+
+def test_each_filter_remembers_the_name_the_client_gave_it() -> None:
+    """For the messages about it later (``created_to`` below ``created_from``)."""
+    named = {
+        "on__isnull": only(parse(THINGS, ("on__isnull", "true"))),
+        "country": only(parse(USERS, ("country", "de"))),
+        "plan": only(parse(USERS, ("plan", "pro"))),
+        "is_active": only(parse(USERS, ("is_active", "true"))),
+        "created_to": only(parse(USERS, ("created_to", "2024-03-01"))),
+    }
+    for parameter, made in named.items():
+        assert made.parameter == parameter
+
+
+def test_an_offset_of_sixty_minutes_is_refused_though_python_would_read_it() -> None:
+    """datetime.fromisoformat takes +01:60 as +02:00; a client meant something else."""
+    for raw in ("2024-03-01T12:00:00+01:60", "2024-03-01T23:59:60Z"):
+        with pytest.raises(InvalidParameter, match="is timestamp"):
+            value(column("c", Kind.TIMESTAMP), "c", raw)
+    assert value(column("c", Kind.TIME), "c", "10:59:59") == time(10, 59, 59)
