@@ -40,9 +40,10 @@ MODULES: dict[str, Module] = {
     "render": Module(("exporter.render.*",),
                      ("tests/test_render.py", *EXPORTS, "tests/test_pg_copy.py")),
     "params": Module(("exporter.params.*",), ("tests/test_params.py", *EXPORTS)),
-    "queries": Module(("exporter.queries.*",), (
-        "tests/test_queries.py", *EXPORTS, "tests/test_pg_copy.py", "tests/test_cursors.py",
-        "tests/test_streaming.py")),
+    # Its own tests alone: they check every function against Python's oracle in 3 s, where
+    # the whole exports took minutes a mutant, hours for the equivalent ones that survive.
+    # A narrower selection can only kill fewer: the score is not flattered.
+    "queries": Module(("exporter.queries.*",), ("tests/test_queries.py",)),
     "ranges": Module(("exporter.ranges.*",), ("tests/test_ranges.py", "tests/test_files.py")),
     "preconditions": Module(("exporter.preconditions.*",),
                             ("tests/test_preconditions.py", "tests/test_files.py")),
