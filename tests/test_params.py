@@ -152,6 +152,7 @@ def test_isnull_takes_a_boolean_on_every_kind() -> None:
             name, Op.ISNULL, (False,), f"{name}__isnull")
     error = refused(THINGS, ("name__isnull", "maybe"))
     assert error.reason == "expected a boolean" and error.valid == ("true", "false")
+    assert error.parameter == "name__isnull" and error.value == "maybe"
 
 
 def test_json_bytes_and_arrays_are_filtered_only_by_being_null() -> None:
