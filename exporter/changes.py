@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ SAFETY_POLLS = 10  # an announced table is still polled every this many polls
 READS_AT_ONCE = 4  # followers' reads at once per process (app.py sizes the pool for them)
 DB_HEADER = b"\0" * 28  # SQLite's header up to its file change counter (offset 24)
 SHM_HEADER = b"\0" * 48  # the WAL index's header: iChange, mxFrame, salts, checksums
+RUNNING: weakref.WeakSet[Changes] = weakref.WeakSet()  # this process's, for a shutdown
 ANNOUNCED = """
 SELECT EXISTS (SELECT 1 FROM pg_trigger t
                  JOIN pg_class c ON c.oid = t.tgrelid
@@ -55,6 +57,12 @@ SELECT EXISTS (SELECT 1 FROM pg_trigger t
                 WHERE t.tgname = :trigger AND c.relname = :table AND t.tgenabled <> 'D'
                   AND n.nspname = current_schema())
 """
+
+
+def stop_followers() -> None:
+    """On SIGTERM (server.py): every live stream in this process ends cleanly."""
+    for changes in list(RUNNING):
+        changes.stop()
 
 
 class Changes:
@@ -77,6 +85,14 @@ class Changes:
         # Followers' reads at once, so that they never take the connections exports need
         # (a SQLite commit wakes every follower of the file at the same moment).
         self.reads = asyncio.Semaphore(READS_AT_ONCE)
+        self.stopping = False  # the server shuts down: live streams end cleanly
+        RUNNING.add(self)
+
+    def stop(self) -> None:
+        """End every live stream of this process cleanly, each after its current batch:
+        on a shutdown, a client resumes after its last key rather than see a cut body."""
+        self.stopping = True
+        self._move(None)
 
     def generation(self, table: str) -> int:
         return self.generations.get(table, 0)

@@ -19,7 +19,8 @@ Unlike an export, a live stream is not one snapshot: each batch sees what was co
 when it ran. Rows are the NDJSON export's bytes (the database renders them); a quiet
 stream sends a keepalive every ``follow_heartbeat_seconds`` (NDJSON: one space, which JSON
 allows before a value, so every line stays one JSON object); after
-``follow_max_seconds`` the stream ends cleanly and the client resumes after its last key.
+``follow_max_seconds``, or when the server shuts down, the stream ends cleanly and the
+client resumes after its last key.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ async def follow_rows(
             if rows:
                 last = key
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline or changes.stopping:
                 return
             if len(rows) == settings.batch_rows:
                 await asyncio.sleep(0)
@@ -135,6 +136,8 @@ async def follow_rows(
                 sent_at = now
                 quiet = heartbeat
             await changes.wait(table, seen, min(quiet, deadline - now))
+            if changes.stopping:
+                return
 
 
 async def _read(engine: AsyncEngine, changes: Changes, query: ExportQuery, last: Any,

@@ -17,12 +17,15 @@ from types import FrameType
 
 import uvicorn
 
+from exporter.changes import stop_followers
+
 log = logging.getLogger("exporter.server")
 LISTED = 20  # running requests named in the shutdown log line
 
 
 class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stop_followers()  # live streams have no end of their own: they end now, cleanly
         running = [
             f"{cycle.scope['method']} {cycle.scope['path']}"
             for connection in self.server_state.connections

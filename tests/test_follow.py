@@ -496,3 +496,27 @@ async def test_a_table_is_followed_by_the_columns_the_operator_names(events: Dat
             assert "EXPORTER_FOLLOW_KEYS names feed.nope" in refused.json()["message"]
     finally:
         await engine.dispose()
+
+
+async def test_a_shutdown_ends_live_streams_cleanly_for_their_clients_to_resume(
+    events: Database,
+) -> None:
+    """Live streams have no end of their own: on SIGTERM they end (a complete body, which
+    the client resumes after its last key) instead of waiting out the grace and being cut."""
+    with serving(events.env(**FAST, EXPORTER_SHUTDOWN_GRACE_SECONDS="30")) as server:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def whole(path: str) -> bytes:
+                async with client.stream("GET", server.url + path) as response:
+                    return b"".join([chunk async for chunk in response.aiter_bytes()])
+
+            bodies = [asyncio.ensure_future(whole(path)) for path in (
+                "/exports/events.ndjson?follow=true&fields=id&id__lte=2",
+                "/streams/events?fields=id&id__lte=2")]
+            await asyncio.sleep(1.0)
+            assert server.process is not None
+            started = time.monotonic()
+            server.process.terminate()
+            ndjson, sse = await asyncio.wait_for(asyncio.gather(*bodies), 15)
+            assert time.monotonic() - started < 10, "they ended at once, not after the grace"
+    assert ndjson.splitlines() == [b'{"id":1}', b'{"id":2}']
+    assert b'data: {"id":2}' in sse
