@@ -41,9 +41,10 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import NullType
 
 from exporter import render
-from exporter.catalog import Kind, Table
+from exporter.catalog import Column, Kind, Table
 from exporter.db import DriverStatement
 
 SQL = ColumnElement[Any]
@@ -118,11 +119,21 @@ def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Selec
         key = [_compared(query.table, name, dialect) if dialect == "sqlite"
                else query.table.sql.c[name] for name in query.table.key]
         columns = [query.table.column(name) for name in query.table.key]
-        values = [_bound(column.kind, value, dialect, column.declared)
+        values = [_key_bound(column, value, dialect)
                   for column, value in zip(columns, query.after, strict=True)]
         left, right = _key_values(key, values)
         statement = statement.where(left > right)
     return statement
+
+
+def _key_bound(column: Column, value: Any, dialect: str) -> Any:
+    """A key's value as ``after=`` compares it. PostgreSQL: a key of a text-like type that
+    is not text (uuid, an enum) is compared as that type, in the order the key sorts in
+    (an enum's declared order, not its text's), so its value is sent untyped for the
+    server to read as the column's type: uuid > varchar has no operator."""
+    if dialect == "postgresql" and column.kind in (Kind.TEXT, Kind.UUID, Kind.ANY):
+        return literal(value, NullType())
+    return _bound(column.kind, value, dialect, column.declared)
 
 
 def _bound(kind: Kind, value: Any, dialect: str, declared: str = "") -> Any:

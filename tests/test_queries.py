@@ -861,3 +861,41 @@ def test_the_cases_boundaries_are_values_the_tables_hold() -> None:
                           ("tm", time(2, 30, 30)), ("name", "name050"), ("name", "name010")):
         assert any(row[column] == value for row in THINGS), (column, value)
     assert sum(row["ts"] == START + timedelta(minutes=14) for row in THINGS) == 3
+
+
+async def _made(db: Db, statements: Sequence[str], name: str) -> Table:
+    """A table made for one test, as the catalog reflects it."""
+    async with db.engine.begin() as conn:
+        for statement in statements:
+            await conn.exec_driver_sql(statement)
+    async with db.engine.connect() as conn:
+        return {table.name: table for table in await reflect(conn)}[name]
+
+
+async def test_after_on_a_uuid_or_enum_key_compares_as_the_keys_own_type(
+    postgresql_db: Db,
+) -> None:
+    """uuid > varchar has no operator in PostgreSQL, and an enum sorts in its declared
+    order ('sad' < 'ok' < 'happy'), not its text's: resuming after such a key failed."""
+    ids = [str(uuid.UUID(int=i)) for i in (3, 1, 2)]
+    tokens = await _made(postgresql_db, [
+        "CREATE TABLE tokens (id uuid PRIMARY KEY, v text)",
+        "INSERT INTO tokens VALUES " + ", ".join(f"('{i}', 'v')" for i in ids)], "tokens")
+    objects = await postgresql_db.objects(query_for(tokens, f"fields=id&after={ids[1]}"))
+    assert objects == [[("id", ids[2])], [("id", ids[0])]]
+    moods = await _made(postgresql_db, [
+        "CREATE TABLE moods (m mood PRIMARY KEY)",
+        "INSERT INTO moods VALUES ('happy'), ('sad'), ('ok')"], "moods")
+    objects = await postgresql_db.objects(query_for(moods, "after=sad"))
+    assert objects == [[("m", "ok")], [("m", "happy")]], "in the enum's order"
+
+
+async def test_after_on_sqlite_compares_a_moment_key_in_one_text_form(sqlite_db: Db) -> None:
+    """A key stored as '2024-03-01 12:00:00' and the bound '2024-03-01 12:00:00.000': as
+    text the stored one sorts below, so the rows sharing that moment were skipped."""
+    ticks = await _made(sqlite_db, [
+        "CREATE TABLE ticks (at TIMESTAMP, seq INTEGER, PRIMARY KEY (at, seq))",
+        "INSERT INTO ticks VALUES ('2024-03-01 12:00:00', 2), ('2024-03-01 12:00:01', 1), "
+        "('2024-03-01 12:00:00', 1), ('2024-03-01 12:00:00', 3)"], "ticks")
+    objects = await sqlite_db.objects(query_for(ticks, "fields=seq&after=2024-03-01T12:00:00Z,1"))
+    assert objects == [[("seq", 2)], [("seq", 3)], [("seq", 1)]]
