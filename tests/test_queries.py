@@ -899,3 +899,14 @@ async def test_after_on_sqlite_compares_a_moment_key_in_one_text_form(sqlite_db:
         "('2024-03-01 12:00:00', 1), ('2024-03-01 12:00:00', 3)"], "ticks")
     objects = await sqlite_db.objects(query_for(ticks, "fields=seq&after=2024-03-01T12:00:00Z,1"))
     assert objects == [[("seq", 2)], [("seq", 3)], [("seq", 1)]]
+
+
+async def test_after_on_a_timestamptz_key_is_the_moment_given(postgresql_db: Db) -> None:
+    """A key with a zone is compared as a moment; the database's sessions run in Tokyo, so
+    a bound read as a local time without a zone would pick hours of other rows."""
+    moments = await _made(postgresql_db, [
+        "CREATE TABLE moments (at timestamptz PRIMARY KEY)",
+        "INSERT INTO moments VALUES ('2024-03-01 13:00:00+00'), ('2024-03-01 11:00:00+00'), "
+        "('2024-03-01 12:00:00+00')"], "moments")
+    objects = await postgresql_db.objects(query_for(moments, "after=2024-03-01T12:00:00Z"))
+    assert objects == [[("at", "2024-03-01T13:00:00Z")]]
