@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.catalog import Table
 from exporter.db import backend_name
@@ -205,12 +206,27 @@ class Changes:
                     self.announced.discard(table.name)
                 if announced and self.listening and self.polls % SAFETY_POLLS:
                     continue
-                key = table.sql.c[table.key[0]]
-                largest = (await conn.execute(select(func.max(key)))).scalar_one()
+                largest = await self._largest(conn, table)
                 known = self.maxima.get(table.name, self)  # self: never polled yet
                 if known is self or known != largest:  # a first poll moves: rows may have
-                    self._move([table.name])            # come before it
-                self.maxima[table.name] = largest
+                    self._move([table.name])            # come before it (and so does a
+                self.maxima[table.name] = largest       # table that could not be polled)
+
+    async def _largest(self, conn: AsyncConnection, table: Table) -> Any:
+        """The largest key, all its columns (ORDER BY ... DESC: PostgreSQL has no max() of a
+        uuid); ``self`` if the query failed, which then moves the table at every poll."""
+        key = [table.sql.c[name] for name in table.key]
+        try:
+            async with conn.begin_nested():
+                found = (await conn.execute(
+                    select(*key).where(*(column.is_not(None) for column in key))
+                    .order_by(*(column.desc() for column in key)).limit(1)
+                )).first()
+        except DBAPIError as error:
+            log.warning("looking for new rows of %r failed (%s); its followers read at "
+                        "every poll", table.name, error.orig)
+            return self
+        return None if found is None else tuple(found)
 
     async def _listen(self) -> None:
         url = self.engine.url.set(drivername="postgresql")

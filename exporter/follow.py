@@ -148,6 +148,9 @@ async def _read(engine: AsyncEngine, changes: Changes, query: ExportQuery, last:
     key = order_key(query)
     batch = replace(query, after=query.after if last is None else None, limit=rows)
     statement = build_statement(batch, backend_name(engine), Shape.JSON).add_columns(*key)
+    # A row whose key holds NULL has no place after any key (a column EXPORTER_FOLLOW_KEYS
+    # names may allow NULL): it is never sent, rather than end a batch no row comes after.
+    statement = statement.where(*(column.is_not(None) for column in key))
     if last is not None:
         bound = [literal(value, column.type) for column, value in zip(key, last, strict=True)]
         statement = statement.where(tuple_(*key) > tuple_(*bound) if len(key) > 1

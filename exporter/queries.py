@@ -114,10 +114,9 @@ def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Selec
     for item in query.filters:
         statement = statement.where(_condition(query.table, item, dialect))
     if query.after is not None:
-        # SQLite's moments as their text in one form, as the bound values are: a key stored
-        # as '2024-01-01 10:00:02' would else sort below '2024-01-01 10:00:02.000'.
-        key = [_compared(query.table, name, dialect) if dialect == "sqlite"
-               else query.table.sql.c[name] for name in query.table.key]
+        # The key as ORDER BY sorts it (raw, so the key's index serves the seek), and the
+        # values as the key stores them (``_key_bound``).
+        key = [query.table.sql.c[name] for name in query.table.key]
         columns = [query.table.column(name) for name in query.table.key]
         values = [_key_bound(column, value, dialect)
                   for column, value in zip(columns, query.after, strict=True)]
@@ -133,7 +132,23 @@ def _key_bound(column: Column, value: Any, dialect: str) -> Any:
     server to read as the column's type: uuid > varchar has no operator."""
     if dialect == "postgresql" and column.kind in (Kind.TEXT, Kind.UUID, Kind.ANY):
         return literal(value, NullType())
+    if dialect == "sqlite" and column.kind in SQLITE_MOMENTS:
+        return literal(_stored_moment(column.kind, value), String())
     return _bound(column.kind, value, dialect, column.declared)
+
+
+def _stored_moment(kind: Kind, value: Any) -> str:
+    """SQLite: a moment as SQLite's own functions and Python's sqlite3 store one
+    ('2024-01-01 10:00:02', '2024-01-01 10:00:02.123456'), for a key compared as it is
+    stored: equal to a stored key of that form, so that rows sharing a moment are told
+    apart by the key's next column. (A column mixing forms sorts in text order, and
+    cannot be resumed in time order.)"""
+    if kind is Kind.DATE:
+        return str(value.isoformat())
+    fraction = f".{value.microsecond:06d}" if value.microsecond else ""
+    if kind is Kind.TIME:
+        return value.strftime("%H:%M:%S") + fraction
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + fraction
 
 
 def _bound(kind: Kind, value: Any, dialect: str, declared: str = "") -> Any:
@@ -208,10 +223,14 @@ def _json_object(query: ExportQuery, dialect: str, texts: bool = False
     pg_value = render.pg_text_value if texts else render.pg_json_value
     row = select(*(pg_value(table.column(name), table.sql.c[name]).label(name)
                    for name in query.fields))
-    # Only the asked fields, in their order; unnamed, so that no table's name can clash.
-    lateral = row.correlate(table.sql).lateral()
+    # Only the asked fields, in their order, under a name no table's can clash with.
+    lateral = row.correlate(table.sql).lateral(
+        ROW_ALIAS if table.name != ROW_ALIAS else f"{ROW_ALIAS}_")
     column = cast(func.row_to_json(lateral.table_valued()), Text)
     return column, table.sql.join(lateral, true())
+
+
+ROW_ALIAS = "exporter_row"
 
 
 def _csv_line(query: ExportQuery) -> SQL:

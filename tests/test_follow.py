@@ -520,3 +520,33 @@ async def test_a_shutdown_ends_live_streams_cleanly_for_their_clients_to_resume(
             assert time.monotonic() - started < 10, "they ended at once, not after the grace"
     assert ndjson.splitlines() == [b'{"id":1}', b'{"id":2}']
     assert b'data: {"id":2}' in sse
+
+
+async def test_a_uuid_keyed_table_is_polled_like_any_other(events: Database) -> None:
+    """PostgreSQL has no max() of a uuid: the poll takes the largest key by ORDER BY. A
+    poll that failed would leave followers to their heartbeat (60 s here)."""
+    if events.backend == "sqlite":
+        return
+    from sqlalchemy import text
+
+    engine = create_async_engine(events.url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE uuids (id uuid PRIMARY KEY, v text)"))
+            await conn.execute(text(
+                "INSERT INTO uuids VALUES ('00000000-0000-0000-0000-000000000001', 'a')"))
+        with serving(events.env(**FAST)) as server:
+            async with httpx.AsyncClient(timeout=30) as client:
+                async with client.stream("GET", f"{server.url}/exports/uuids.ndjson",
+                                         params={"follow": "true"}) as response:
+                    lines = _lines(response)
+                    assert json.loads(await anext(lines))["v"] == "a"
+                    await asyncio.sleep(0.5)
+                    async with engine.begin() as conn:
+                        await conn.execute(text(
+                            "INSERT INTO uuids VALUES ('00000000-0000-0000-0000-000000000002', "
+                            "'b')"))
+                    async with asyncio.timeout(5):
+                        assert json.loads(await anext(lines))["v"] == "b"
+    finally:
+        await engine.dispose()

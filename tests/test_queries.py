@@ -910,3 +910,32 @@ async def test_after_on_a_timestamptz_key_is_the_moment_given(postgresql_db: Db)
         "('2024-03-01 12:00:00+00')"], "moments")
     objects = await postgresql_db.objects(query_for(moments, "after=2024-03-01T12:00:00Z"))
     assert objects == [[("at", "2024-03-01T13:00:00Z")]]
+
+
+async def test_after_on_a_sqlite_moment_key_with_microseconds_loses_and_repeats_nothing(
+    sqlite_db: Db,
+) -> None:
+    """Keys as Python's sqlite3 stores a datetime (microseconds when there are some):
+    compared as stored, exactly, and with the key's index (a seek, not a scan)."""
+    stamps = await _made(sqlite_db, [
+        "CREATE TABLE stamps (at TIMESTAMP PRIMARY KEY)",
+        "INSERT INTO stamps VALUES ('2024-03-01 12:00:02.123600'), "
+        "('2024-03-01 12:00:02.123300'), ('2024-03-01 12:00:02.124100'), "
+        "('2024-03-01 12:00:02.123400'), ('2024-03-01 12:00:02')"], "stamps")
+    rows = await sqlite_db.fetch(build_statement(
+        query_for(stamps, "after=2024-03-01T12:00:02.1233Z"), "sqlite", Shape.JSON))
+    assert len(rows) == 3, "after .1233: .1234, .1236 and .1241"
+    rows = await sqlite_db.fetch(build_statement(
+        query_for(stamps, "after=2024-03-01T12:00:02Z"), "sqlite", Shape.JSON))
+    assert len(rows) == 4, "after the whole second: the four with a fraction"
+    plan = await sqlite_db.run("EXPLAIN QUERY PLAN SELECT 1 FROM stamps WHERE at > ?",
+                               ["2024-03-01 12:00:02"])
+    assert any("SEARCH" in str(step) for step in plan)
+
+
+async def test_a_postgresql_table_named_as_any_alias_exports_its_rows(postgresql_db: Db) -> None:
+    for name in ("anon_1", "exporter_row"):
+        table = await _made(postgresql_db, [
+            f'CREATE TABLE "{name}" (id integer PRIMARY KEY)',
+            f'INSERT INTO "{name}" VALUES (1), (2)'], name)
+        assert await postgresql_db.objects(query_for(table)) == [[("id", 1)], [("id", 2)]]
