@@ -22,7 +22,7 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import StreamingResponse
@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from exporter.config import Settings
 from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
-from exporter.errors import ExportsBusy
+from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable, ExportsBusy
 from exporter.formats import Block, Format, Options
 from exporter.formats.base import DEFAULT_OPTIONS, MiB
 from exporter.memory import MemoryTrimmer
@@ -288,15 +288,45 @@ class PrimedStream(Generic[Item]):
         await self.rest.aclose()
 
 
-async def prime(stream: ChunkStream) -> PrimedStream[bytes]:
+@overload
+async def prime(stream: ChunkStream) -> PrimedStream[bytes]: ...
+@overload
+async def prime(stream: AsyncGenerator[Item, None], empty: Item) -> PrimedStream[Item]: ...
+
+
+async def prime(stream: AsyncGenerator[Any, None], empty: Any = b"") -> PrimedStream[Any]:
+    """The stream with its first item made (``empty`` if it has none: no bytes), while a
+    failure can still be an error status."""
     try:
         first = await anext(stream)
     except StopAsyncIteration:
-        first = b""
+        first = empty
     except BaseException:
         await stream.aclose()
         raise
     return PrimedStream(first, stream)
+
+
+@overload
+async def response_body(stream: ChunkStream) -> PrimedStream[bytes]: ...
+@overload
+async def response_body(stream: AsyncGenerator[Item, None], empty: Item
+                        ) -> PrimedStream[Item]: ...
+
+
+async def response_body(stream: AsyncGenerator[Any, None], empty: Any = b""
+                        ) -> PrimedStream[Any]:
+    """A route's body, primed: a database that could not be read before the first byte
+    is a 503 with Retry-After."""
+    try:
+        return await prime(stream, empty)
+    except DATABASE_UNREACHABLE as exc:
+        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+
+
+# A proxy that buffers a response (nginx does by default) would hold a stream's rows.
+NO_BUFFERING = {"X-Accel-Buffering": "no"}
+EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", **NO_BUFFERING}
 
 
 class ExportResponse(StreamingResponse):

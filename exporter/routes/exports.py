@@ -12,8 +12,6 @@ from starlette.responses import StreamingResponse
 from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.errors import (
-    DATABASE_UNREACHABLE,
-    DatabaseUnavailable,
     InvalidParameter,
     NotFound,
     echo,
@@ -35,13 +33,14 @@ from exporter.params import boolean, parse_query
 from exporter.queries import ExportQuery
 from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
 from exporter.streaming import (
+    NO_BUFFERING,
     ChunkStream,
     ExportResponse,
     Progress,
     gzip_chunks,
     observed,
     open_export,
-    prime,
+    response_body,
 )
 
 router = APIRouter(tags=["exports"])
@@ -123,10 +122,7 @@ async def export_table(
     count = prefers_exact_count(request.headers.getlist("prefer"))
     stream = open_export(engine, query, fmt, settings, gzip=gzip, progress=progress,
                          count=count, compression=compression)
-    try:
-        body = await prime(observed(stream, progress, on_end))
-    except DATABASE_UNREACHABLE as exc:
-        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+    body = await response_body(observed(stream, progress, on_end))
     headers = export_headers(query.table.name, fmt, gzip)
     if count and progress.total is not None:  # counted before the first chunk, same snapshot
         headers |= {"Preference-Applied": "count=exact", TOTAL_COUNT: str(progress.total)}
@@ -225,20 +221,13 @@ async def _follow(request: Request, query: ExportQuery, gzip: bool, engine: Asyn
     stream: ChunkStream = ndjson_body(rows, on_rows)
     if gzip:
         stream = gzip_chunks(stream, settings.gzip_level)
-    try:
-        body = await prime(observed(stream, Progress(), on_end))
-    except DATABASE_UNREACHABLE as exc:
-        raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+    body = await response_body(observed(stream, Progress(), on_end))
     return FollowResponse(
         body, media_type=Ndjson.media_type,
         headers=export_headers(query.table.name, Ndjson, gzip) | NO_BUFFERING,
         send_seconds=settings.follow_send_seconds,
         on_slow=followers.metrics.followers_slow.inc,
     )
-
-
-# A proxy that buffers a response (nginx does by default) would hold a live stream's rows.
-NO_BUFFERING = {"X-Accel-Buffering": "no"}
 
 
 COMPRESSION = "compression"

@@ -56,6 +56,7 @@ from exporter.routes.deps import (
 )
 from exporter.routes.files import FILE_CACHE_CONTROL
 from exporter.storage import DigestCache, OpenFile, StoredFile
+from exporter.streaming import EVENT_STREAM_HEADERS
 
 log = logging.getLogger("exporter.routes.jobs")
 router = APIRouter(tags=["jobs"])
@@ -300,7 +301,7 @@ async def job_events(
         shutdown_grace_period=settings.events_poll_seconds + 1,
         ping=settings.events_keepalive_seconds,
         ping_message_factory=lambda: ServerSentEvent(comment="keepalive"),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=EVENT_STREAM_HEADERS,
     )
 
 

@@ -15,7 +15,6 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from exporter.errors import DATABASE_UNREACHABLE, DatabaseUnavailable
 from exporter.follow import (
     FOLLOW,
     Followers,
@@ -28,7 +27,7 @@ from exporter.follow import (
 from exporter.openapi import BAD_PARAMETER, not_found
 from exporter.params import parse_query
 from exporter.routes.deps import CatalogDep, EngineDep, SettingsDep
-from exporter.streaming import PrimedStream
+from exporter.streaming import EVENT_STREAM_HEADERS, PrimedStream, response_body
 
 router = APIRouter(tags=["exports"])
 log = logging.getLogger("exporter.follow")
@@ -70,23 +69,14 @@ async def stream_table(
     followers: Followers = request.app.state.followers
     on_rows, on_end = followers.start("sse")
     rows = follow_rows(engine, followers.changes, replace(query, after=after), settings)
-    try:
-        first = await anext(rows)
-    except BaseException as exc:
-        await rows.aclose()
-        on_end("failed")
-        if isinstance(exc, DATABASE_UNREACHABLE):
-            raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
-        raise
-    # Each later read runs shielded from the response's cancel scope (PrimedStream), so
-    # that a client leaving mid-read cannot cut the connection's way back to the pool.
-    events = PrimedStream(ServerSentEvent(retry=RETRY_MILLISECONDS, comment="rows follow"),
-                          _events(first, rows, on_rows, on_end))
+    # The first read is made here, while its failure can be an error status; each later
+    # one runs shielded from the response's cancel scope (PrimedStream), so that a client
+    # leaving mid-read cannot cut the connection's way back to the pool.
+    events = await response_body(_events(rows, on_rows, on_end), ServerSentEvent())
     return ClosingEventSource(
         events, on_end=on_end, on_slow=followers.metrics.followers_slow.inc,
         shutdown_event=anyio.Event(), shutdown_grace_period=1,
-        send_timeout=settings.follow_send_seconds,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        send_timeout=settings.follow_send_seconds, headers=EVENT_STREAM_HEADERS,
     )
 
 
@@ -97,17 +87,18 @@ async def stream_table_head(request: Request, table: str, catalog: CatalogDep,
     found = followed(await catalog.get(table), settings)
     check_followable(parse_query(found, request.query_params.multi_items()), settings,
                      "/streams")
-    return Response(media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(media_type="text/event-stream", headers=EVENT_STREAM_HEADERS)
 
 
 async def _events(
-    first: Sequence[Row] | None, rows: AsyncGenerator[Sequence[Row] | None, None],
+    rows: AsyncGenerator[Sequence[Row] | None, None],
     on_rows: Callable[[int, int], None], on_end: Callable[[str], None],
 ) -> AsyncGenerator[ServerSentEvent, None]:
+    """The first read, then the reconnection delay, then each batch's rows."""
     outcome = "failed"
     try:
-        batch = first
+        batch = await anext(rows)
+        yield ServerSentEvent(retry=RETRY_MILLISECONDS, comment="rows follow")
         while True:
             if batch is None:
                 yield ServerSentEvent(comment="keepalive")
