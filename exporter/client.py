@@ -221,6 +221,10 @@ class _Export:
         # after_id is the demo's name for after, unless the table has a column of that name.
         self.resume_names = ("after",) if "after_id" in kinds else ("after", "after_id")
         self.inexact = [name for name in key if kinds.get(name) in INEXACT_KEYS]
+        # SQLite lets a key not declared NOT NULL hold NULL: such rows come first, and no
+        # after= comes after one of them (CSV cannot even tell it from an empty text).
+        self.nullable = [column["name"] for column in described["columns"]
+                         if column["name"] in key and column.get("nullable")]
         self.fields = fields
         self.table, self.fmt, self.key, self.retry = table, fmt, key, retry
         self.path = f"/exports/{quote(table, safe='')}.{fmt}"
@@ -328,6 +332,7 @@ class _Export:
                 raise ExportError(f"the rows have no {', '.join(missing)}: not an export of "
                                   f"{self.table!r} with its key")
             parts = [values[name] for name in self.key]
+            held = [name for name in self.nullable if values[name] == ""]
         else:
             # Numbers as their exported text: a float would come back as 5e-05, or rounded.
             row = json.loads(record, parse_float=str)
@@ -335,6 +340,12 @@ class _Export:
                 raise ExportError(f"the last row has no key ({', '.join(self.key)}): not an "
                                   f"export of {self.table!r}: {record[:80]!r}")
             parts = [_key_text(row[name]) for name in self.key]
+            held = [name for name in self.key if row[name] is None]
+        if held:
+            raise ExportError(
+                f"cannot resume {self.path} after its row {self.rows}: its key holds NULL "
+                f"(or, in CSV, an empty text) in {', '.join(held)}; such rows come first and "
+                "no after= comes after them: export again from the start")
         if any("," in part for part in parts[:-1]):
             raise ExportError(f"cannot resume after key {parts}: a value of a key column "
                               "other than the last holds a comma, which after= cannot carry")

@@ -19,6 +19,8 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import LargeBinary, cast, select
@@ -34,6 +36,7 @@ from exporter.queries import (
     build_plan,
     build_statement,
     key_arguments,
+    nullable_key,
     order_key,
     plan_ranges,
     plan_row,
@@ -69,11 +72,36 @@ async def sqlite_blocks(
     """The export's batches, rendered in turn by each reader: with two readers SQLite
     renders on two cores. Every connection is in the same snapshot (db.shared_snapshot).
     A view without a key has nothing to cut batches by: its rows are read in one statement
-    (``sqlite_rows``)."""
+    (``sqlite_rows``), as are the rows whose key holds NULL, first (``nullable_key``)."""
     if not order_key(query):
-        async for block in sqlite_rows(planner, query, fmt, batch_rows):
-            yield block
+        async with aclosing(sqlite_rows(planner, query, fmt, batch_rows)) as rows:
+            async for block in rows:
+                yield block
         return
+    if nullable_key(query):
+        rest = replace(query, null_key=False)
+        if query.after is None:  # else they came before the key it names
+            sent = 0
+            nulls = replace(query, null_key=True)
+            async with aclosing(sqlite_rows(planner, nulls, fmt, batch_rows)) as rows:
+                async for block in rows:
+                    sent += block[0]
+                    yield block
+            if query.limit is not None:
+                rest = replace(rest, limit=query.limit - sent)
+        query = rest
+    async with aclosing(_batches(planner, readers, query, fmt, batch_rows)) as batches:
+        async for block in batches:
+            yield block
+
+
+async def _batches(
+    planner: AsyncConnection,
+    readers: Sequence[AsyncConnection],
+    query: ExportQuery,
+    fmt: Format,
+    batch_rows: int,
+) -> AsyncGenerator[Block, None]:
     drivers = [await driver_connection(conn) for conn in readers]
     render = Keyed(
         lambda first: build_batch(query, fmt.shape, fmt.separator.decode(), first),

@@ -78,6 +78,9 @@ class ExportQuery:
     filters: tuple[Filter, ...] = ()
     after: tuple[Any, ...] | None = None  # keyset resume: rows after this primary key
     limit: int | None = None
+    # SQLite: only the rows whose key holds a NULL (True), or only those whose key holds
+    # none (False); see ``nullable_key``.
+    null_key: bool | None = None
 
 
 class Shape(Enum):
@@ -97,10 +100,27 @@ def order_key(query: ExportQuery) -> list[SQL]:
     rowid for a table without one; none for a view without one, or on PostgreSQL."""
     table = query.table
     if table.key:
-        return [table.sql.c[name] for name in table.key]
+        key: list[SQL] = [table.sql.c[name] for name in table.key]
+        if query.null_key and table.rowid and (alias := table.rowid_alias):
+            key.append(literal_column(alias))  # NULLs are equal in ORDER BY: the rowid decides
+        return key
     if table.rowid and (alias := table.rowid_alias):  # SQLite's, where the catalog found one
         return [literal_column(alias)]
     return []
+
+
+def nullable_key(query: ExportQuery) -> bool:
+    """Whether a row's key can hold NULL: SQLite allows it in a primary key not declared NOT
+    NULL (other than the rowid). NULL compares to no key, so keyset batches and ``after=``
+    cannot reach such rows: they come first, as ORDER BY puts NULLs first, read apart by
+    one statement (``null_key=True``), and the batches take the rest (``null_key=False``).
+    A client cannot resume after such a row: its key names no place."""
+    return any(query.table.column(name).nullable for name in query.table.key)
+
+
+def _null_key(query: ExportQuery) -> SQL:
+    return or_(*(query.table.sql.c[name].is_(None) for name in query.table.key
+                 if query.table.column(name).nullable))
 
 
 def _key_values(key: Sequence[SQL], values: Sequence[Any]) -> tuple[SQL, SQL]:
@@ -113,6 +133,9 @@ def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Selec
     """``statement`` restricted to the rows ``query`` asks for."""
     for item in query.filters:
         statement = statement.where(_condition(query.table, item, dialect))
+    if query.null_key is not None:
+        held = _null_key(query)
+        statement = statement.where(held if query.null_key else ~held)
     if query.after is not None:
         # The key as ORDER BY sorts it (raw, so the key's index serves the seek), and the
         # values as the key stores them (``_key_bound``).
@@ -305,7 +328,8 @@ def build_misfits(query: ExportQuery) -> tuple[Select[Any], list[str]] | None:
     rows = _matching(select(*flags).select_from(table.sql), query, "sqlite")
     # Without a key to order by, a LIMIT might not pick the export's rows: all are checked.
     if query.limit is not None and order_key(query):
-        rows = rows.order_by(*order_key(query)).limit(literal(query.limit, BigInteger()))
+        first = [_null_key(query).desc()] if nullable_key(query) else []  # as they are sent
+        rows = rows.order_by(*first, *order_key(query)).limit(literal(query.limit, BigInteger()))
     found = rows.subquery()
     misfits = select(*(func.coalesce(func.max(column), 0) for column in found.c))
     return misfits, list(checked)

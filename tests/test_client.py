@@ -344,6 +344,7 @@ ODD_SQL = [
     "CREATE TABLE readings (at NUMERIC(30,6) PRIMARY KEY, note TEXT)",
     "CREATE TABLE tickets (id INTEGER PRIMARY KEY, after_id INTEGER)",
     "CREATE TABLE events (at TIMESTAMP PRIMARY KEY, what TEXT)",
+    "CREATE TABLE codes (code TEXT PRIMARY KEY, note TEXT)",  # SQLite: NULL allowed
 ]
 
 
@@ -362,6 +363,10 @@ def odd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         conn.executemany("INSERT INTO events VALUES (?, ?)",
                          [(f"2024-03-01 12:00:{n // 4:02d}.{n % 4 * 25:02d}", f"e{n}")
                           for n in range(200)])
+        # 100 rows of 500 bytes whose key is NULL (they come first), then 300 keyed ones.
+        conn.executemany("INSERT INTO codes VALUES (?, ?)",
+                         [(None, "n" * 500)] * 100 + [(f"c{n:04d}", "c" * 300)
+                                                      for n in range(300)])
     conn.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
     env |= {"EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'odd.db'}",
@@ -396,6 +401,24 @@ def test_a_key_exported_to_the_second_is_not_resumed_into_duplicates(odd: str) -
             for row in client.rows("events", "ndjson"):
                 seen.append(row)
     assert len(seen) == len({json.dumps(row) for row in seen}) > 0  # no duplicate
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_a_cut_after_the_rows_whose_key_holds_null_resumes_and_one_among_them_stops(
+    odd: str, fmt: str,
+) -> None:
+    expected = parsed(httpx.get(f"{odd}/exports/codes.{fmt}").content, fmt)
+    assert len(expected) == 400 and not expected[99]["code"] and expected[100]["code"]
+    with CuttingProxy(odd, [80_000]) as proxy, Client(proxy.url, retry=FAST) as client:
+        rows = list(client.rows("codes", fmt))
+    assert proxy.cut == 1 and rows == expected
+    # Inside the first 50 KB: no after= comes after a NULL key (an empty text, in CSV).
+    with CuttingProxy(odd, [20_000]) as proxy, Client(proxy.url, retry=FAST) as client:
+        seen: list[dict[str, Any]] = []
+        with pytest.raises(ExportError, match="holds NULL"):
+            for row in client.rows("codes", fmt):
+                seen.append(row)
+    assert 0 < len(seen) < 100 and seen == expected[: len(seen)]
 
 
 def test_limit_0_still_asks_and_a_part_of_another_export_is_refused(

@@ -324,6 +324,41 @@ async def test_a_table_whose_key_is_hidden_cannot_be_resumed(foreign: Database) 
         assert job.status_code == 422 and job.json()["parameter"] == "filters.after"
 
 
+@pytest.mark.parametrize("readers", [1, 2])
+async def test_rows_whose_sqlite_key_holds_null_come_first_and_none_is_left_out(
+    tmp_path: Path, readers: int,
+) -> None:
+    """SQLite lets a key not declared NOT NULL hold NULL, and NULL compares to no key: cut
+    into keyset batches alone, an export left those rows out and looked complete."""
+    database = await build_foreign_database("sqlite", tmp_path, "null_keys")
+    await run_sql(
+        database,
+        "CREATE TABLE codes (code TEXT PRIMARY KEY, label TEXT)",
+        "INSERT INTO codes VALUES (NULL, 'n1'), ('b', 'two'), (NULL, 'n2'), ('a', 'one'), "
+        "('c', 'three'), (NULL, 'n3')",
+        "CREATE TABLE pairs (a TEXT, b TEXT, label TEXT, PRIMARY KEY (a, b))",
+        "INSERT INTO pairs VALUES ('x', NULL, 'p1'), ('a', 'b', 'p2'), (NULL, 'y', 'p3'), "
+        "('x', 'z', 'p4'), ('a', 'a', 'p5'), ('b', NULL, 'p6')",
+    )
+    async with service(database, batch_rows=2, readers=readers) as client:
+        async def labels(path: str) -> list[str]:
+            response = await client.get(path)
+            assert response.status_code == 200, response.text
+            return [row.split(",")[-1] for row in response.text.split("\r\n")[1:-1]]
+
+        assert await labels("/exports/codes.csv") == ["n1", "n2", "n3", "one", "two", "three"]
+        assert await labels("/exports/codes.csv?limit=4") == ["n1", "n2", "n3", "one"]
+        assert await labels("/exports/codes.csv?limit=2") == ["n1", "n2"]
+        # after= names a key: the rows whose key holds NULL came before any.
+        assert await labels("/exports/codes.csv?after=a") == ["two", "three"]
+        # NULL sorts first in ORDER BY (NULL, 'y') < ('b', NULL) < ('x', NULL); but (b, NULL)
+        # and (x, NULL) come with the other NULLs, before every whole key.
+        assert await labels("/exports/pairs.csv") == ["p3", "p6", "p1", "p5", "p2", "p4"]
+        assert await labels("/exports/pairs.csv?after=a,a") == ["p2", "p4"]
+        assert await labels("/exports/pairs.csv?label__gte=p2&limit=4") == ["p3", "p6", "p5", "p2"]
+        assert (await client.get("/exports/pairs.ndjson")).text.count("\n") == 6
+
+
 async def test_a_sqlite_table_without_rowid_whose_key_is_hidden_still_exports(
     tmp_path: Path,
 ) -> None:
