@@ -11,17 +11,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from exporter.auth import Access
 from exporter.catalog import Catalog
-from exporter.changes import READS_AT_ONCE
 from exporter.config import Settings, load_settings
 from exporter.db import create_engine, head_revision
-from exporter.errors import REPORTED_ERRORS, DatabaseUnavailable, ExporterError, echo
+from exporter.errors import (
+    DATABASE_DOWN,
+    REPORTED_ERRORS,
+    DatabaseUnavailable,
+    ExporterError,
+    echo,
+)
 from exporter.files import FileSender
 from exporter.follow import Followers
 from exporter.job_storage import job_storage
@@ -42,15 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool_size, max_overflow = settings.pool(api=True)
         engine = create_engine(
             settings.resolved_database_url,
             state_path=settings.state_database_path,
-            pool_size=settings.db_pool_size,
-            # A running job holds an export's connections and briefly takes one more for
-            # each heartbeat; live streams read on at most READS_AT_ONCE at a time; sized
-            # so that no export waits for a connection.
-            max_overflow=(settings.max_concurrent_exports + settings.worker_concurrency)
-            * settings.connections_per_export + settings.worker_concurrency + READS_AT_ONCE,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
             sqlite_nice=settings.sqlite_nice,
         )
         app.state.engine = engine
@@ -145,6 +145,8 @@ def _said(error: Any) -> str:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExporterError)
     async def exporter_error(_request: Request, exc: ExporterError) -> JSONResponse:
+        if exc.status == 500:  # a broken export: ours to look into, not the client's
+            log.error("%s", exc.code, exc_info=exc)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
@@ -172,9 +174,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
     # Anywhere else a database failure escapes to (jobs, schedules), it is still a 503.
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(PoolTimeout)
     async def database_error(_request: Request, exc: Exception) -> JSONResponse:
         log.warning("database error: %s", exc)
         cause = getattr(exc, "orig", None) or exc
@@ -183,6 +182,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             "reachable and migrated"
         )
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+    for down in DATABASE_DOWN:
+        app.add_exception_handler(down, database_error)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.catalog import Table
+from exporter.config import FOLLOW_READS_AT_ONCE
 from exporter.db import backend_name
 
 log = logging.getLogger("exporter.changes")
@@ -47,7 +48,6 @@ WATCH_SECONDS = 0.05  # SQLite: how often the file is looked at, for a latency u
 RECONNECT_SECONDS = 2.0  # PostgreSQL: a lost LISTEN connection is opened again after this
 LINGER_SECONDS = 10.0  # the watcher stops once no one has followed for this long
 SAFETY_POLLS = 10  # an announced table is still polled every this many polls
-READS_AT_ONCE = 4  # followers' reads at once per process (app.py sizes the pool for them)
 DB_HEADER = b"\0" * 28  # SQLite's header up to its file change counter (offset 24)
 SHM_HEADER = b"\0" * 48  # the WAL index's header: iChange, mxFrame, salts, checksums
 RUNNING: weakref.WeakSet[Changes] = weakref.WeakSet()  # this process's, for a shutdown
@@ -85,7 +85,7 @@ class Changes:
         self.task: asyncio.Task[None] | None = None
         # Followers' reads at once, so that they never take the connections exports need
         # (a SQLite commit wakes every follower of the file at the same moment).
-        self.reads = asyncio.Semaphore(READS_AT_ONCE)
+        self.reads = asyncio.Semaphore(FOLLOW_READS_AT_ONCE)  # the pool has room
         self.stopping = False  # the server shuts down: live streams end cleanly
         RUNNING.add(self)
 

@@ -22,7 +22,8 @@ from exporter.errors import InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
 from exporter.job_files import write_file
 from exporter.params import parse_query
-from exporter.streaming import ChunkStream, open_export
+from exporter.storage import ChunkStream
+from exporter.streaming import open_export
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_USAGE = 2
@@ -101,11 +102,9 @@ async def _worker(settings: Settings) -> int:
     from exporter.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    engine = _engine(
-        settings, pool_size=2 * settings.worker_concurrency + 1,
-        max_overflow=settings.worker_concurrency * settings.connections_per_export,
-        sqlite_nice=settings.sqlite_nice,
-    )
+    pool_size, max_overflow = settings.pool(api=False)
+    engine = _engine(settings, pool_size=pool_size, max_overflow=max_overflow,
+                     sqlite_nice=settings.sqlite_nice)
     worker = Worker(engine, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from exporter.state import STATE_FILE_NAME
 
+FOLLOW_READS_AT_ONCE = 4  # live streams' reads at once per process (changes.py)
+
 SECRET_SETTINGS = frozenset({"api_keys"})
 # What an Authorization header carries safely: visible ASCII (RFC 9110 field values are
 # bytes; anything else depends on the client's encoding).
@@ -159,8 +161,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         5, ge=1,
         description=(
-            "Database connections kept open per process; up to max_concurrent_exports more "
-            "are opened while exports run, so exports never wait for a connection."
+            "Database connections `exporter serve` keeps open; more open while exports, "
+            "jobs and live streams run, as many as they can hold at once (Settings.pool), "
+            "so that none waits for a connection."
         ),
     )
     file_chunk_bytes: int = Field(
@@ -402,6 +405,19 @@ class Settings(BaseSettings):
         if self.readers == 1:
             return 1
         return self.readers + (2 if self.resolved_database_url.startswith("sqlite") else 1)
+
+    def pool(self, *, api: bool) -> tuple[int, int]:
+        """This process's database pool: the connections kept open, and how many more may
+        open under load, sized so that no export waits for one. An export or a running job
+        holds ``connections_per_export``; a job's heartbeat takes one more for a moment;
+        live streams read on at most ``FOLLOW_READS_AT_ONCE``. ``api``: ``exporter serve``
+        (with its worker, unless run_worker is off); else ``exporter worker`` alone."""
+        jobs = self.worker_concurrency
+        if api:
+            return self.db_pool_size, ((self.max_concurrent_exports + jobs)
+                                       * self.connections_per_export + jobs
+                                       + FOLLOW_READS_AT_ONCE)
+        return 2 * jobs + 1, jobs * self.connections_per_export
 
     @property
     def readers(self) -> int:

@@ -27,6 +27,7 @@ from sqlalchemy import LargeBinary, cast, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.db import DriverStatement, driver_connection
+from exporter.errors import BrokenExport
 from exporter.formats import Block, Format
 from exporter.queries import (
     ExportQuery,
@@ -128,7 +129,7 @@ async def _batches(
             [(data, rows)] = await future
             pending.popleft()
             if rows != planned.rows:
-                raise RuntimeError(
+                raise BrokenExport(
                     f"the batch after key {planned.after} gave {rows} lines for "
                     f"{planned.rows} planned rows: a row rendered as NULL, or the readers "
                     "do not share one snapshot"
@@ -154,7 +155,7 @@ async def sqlite_rows(
     async with driver.execute(statement.sql, statement.arguments()) as cursor:
         while found := await cursor.fetchmany(batch_rows):
             if any(row is None for (row,) in found):
-                raise RuntimeError("a row rendered as NULL")
+                raise BrokenExport("a row rendered as NULL")
             block = fmt.separator.join(row for (row,) in found) + fmt.terminator
             check_utf8(block)
             yield len(found), block

@@ -33,6 +33,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from exporter import render
 from exporter.config import make_directory
+from exporter.errors import BrokenExport
 from exporter.state import STATE_SCHEMA, alembic_options
 
 log = logging.getLogger("exporter.db")
@@ -282,7 +283,7 @@ async def _postgresql_shared(
     first = await stack.enter_async_context(snapshot(engine))
     exported = (await first.exec_driver_sql("SELECT pg_export_snapshot()")).scalar_one()
     if not SNAPSHOT_ID.fullmatch(exported):  # it goes into SQL text below
-        raise RuntimeError(f"unexpected snapshot id from PostgreSQL: {exported!r}")
+        raise BrokenExport(f"unexpected snapshot id from PostgreSQL: {exported!r}")
     connections = [first]
     for _ in range(readers - 1):
         conn = await stack.enter_async_context(snapshot(engine))

@@ -9,6 +9,8 @@
     │                                  names the parameter, the bad value, what is valid
     ├── NotFound                  404  no such resource (also every name or id that
     │                                  would reach outside the served directories)
+    ├── Unrepresentable           422  a value the asked format cannot hold (an
+    │                                  infinite date in Parquet)
     ├── Conflict                  409  the resource is not in a state that allows it
     │                                  (a download of a job that has not succeeded,
     │                                  a cancel of a finished job)
@@ -21,11 +23,16 @@
     ├── DatabaseUnavailable       503  the database could not be reached, was busy, or no
     │                                  pooled connection was free, before the first byte
     │                                  was sent (with Retry-After)
-    └── StorageUnavailable        503  the bucket that holds job files could not be
-        │                              reached (a job that meets it runs again later)
-        └── StorageRefused        503  the bucket answered no: credentials refused, no
-                                       such bucket, access denied (a job that meets it
-                                       fails: only an operator can cure it)
+    ├── StorageUnavailable        503  the bucket that holds job files could not be
+    │   │                              reached (a job that meets it runs again later)
+    │   └── StorageRefused        503  the bucket answered no: credentials refused, no
+    │                                  such bucket, access denied (a job that meets it
+    │                                  fails: only an operator can cure it)
+    └── BrokenExport              500  an export's reads disagree with their plan (a
+        │                              batch gave other rows than planned, a row rendered
+        │                              as nothing, readers not in one snapshot): a bug
+        │                              or a damaged database, never the client's doing
+        └── TornRow               500  a COPY chunk that does not end at a row end
     anything else                 500  a bug: JSON too, and logged
 
 The body is always JSON: ``{"error": code, "message": ..., **details}``. A failure after
@@ -44,12 +51,12 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-# Raised before the first byte, these mean "the database cannot serve us now": 503.
-# sqlite3's own: the SQLite routes call the driver directly (cursors.py, db.py).
-DATABASE_UNREACHABLE = (
-    OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError,
-    sqlite3.OperationalError,
-)
+# SQLAlchemy's word for "the database cannot serve us now": 503 wherever it escapes to
+# (app.py), and a schedule's tick that meets it waits for the next one (schedules.py).
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+# The same, raised before an export's first byte, where the driver is called directly
+# (sqlite3's own: cursors.py, db.py) and a connection may fail below SQLAlchemy.
+DATABASE_UNREACHABLE = (*DATABASE_DOWN, OSError, asyncio.TimeoutError, sqlite3.OperationalError)
 DATABASE_RETRY_AFTER = 1  # seconds: a busy or restarting database is often back by then
 STORAGE_RETRY_AFTER = 5  # seconds: a bucket that did not answer
 
@@ -316,3 +323,13 @@ class StorageUnavailable(ExporterError):
 
 class StorageRefused(StorageUnavailable):
     code = "storage_refused"
+
+
+class BrokenExport(ExporterError, RuntimeError):
+    """Raised mid-export, almost always after the first byte (the body is then aborted)."""
+
+    code = "broken_export"
+
+
+class TornRow(BrokenExport):
+    """A COPY chunk that does not end at a row end: the protocol promises it always does."""

@@ -5,12 +5,7 @@
                     └────cancel────> canceled <── cancel_requested, honoured by the worker
 
 Every change is one conditional statement, so it is atomic on both backends whichever
-process makes it: a claim takes a queued job, or a running one whose lease lapsed (its
-worker died), with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and one
-``UPDATE ... WHERE id = (SELECT ...) RETURNING`` on SQLite, whose writes are serialised.
-A worker keeps its claim by a heartbeat that also writes progress and reads the cancel
-flag; every later change it makes is conditional on still holding the claim, so a worker
-that lost it (the lease lapsed, the job was deleted) can change nothing.
+process makes it. How a worker claims, keeps and ends a run is leases.py's.
 
 ``revision`` grows with every change an event stream shows; it is the SSE event id.
 """

@@ -34,6 +34,7 @@ from sqlalchemy import ColumnElement, Select, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.db import DriverStatement
+from exporter.errors import BrokenExport, TornRow
 from exporter.formats import Block, Format
 from exporter.queries import (
     ExportQuery,
@@ -82,10 +83,6 @@ async def _driver_in_snapshot(conn: AsyncConnection) -> asyncpg.Connection:
     if not driver.is_in_transaction():
         await conn.exec_driver_sql("SELECT 1")
     return driver
-
-
-class TornRow(RuntimeError):
-    """A COPY chunk that does not end at a row end: the protocol promises it always does."""
 
 
 @dataclass
@@ -315,7 +312,7 @@ async def copy_ranges(
                     rows += block[0]
                     yield block
             if rows != planned.rows:
-                raise RuntimeError(
+                raise BrokenExport(
                     f"the range after key {planned.after} gave {rows} rows for {planned.rows} "
                     "planned: the readers do not share one snapshot"
                 )

@@ -34,12 +34,11 @@ from zoneinfo import ZoneInfo, available_timezones
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Row, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.catalog import Catalog
-from exporter.errors import InvalidParameter, NotFound, echo
+from exporter.errors import DATABASE_DOWN, InvalidParameter, NotFound, echo
 from exporter.jobs import (
     FINISHED,
     QUEUED,
@@ -65,8 +64,6 @@ RANDOM_FIELD = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 # Zone files that are not places: the host's own zone, and placeholders.
 NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 MAX_KEEP_LAST = 10_000
-# errors.DATABASE_UNREACHABLE less OSError, which a schedule's own zone file can raise too.
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def parse_cron(expression: str) -> str:
@@ -276,7 +273,7 @@ async def fire_due(
                 if job is not None:
                     made.append(job)
                 upcoming = next_time(schedule.cron, schedule.timezone, now)
-        except DATABASE_DOWN:
+        except DATABASE_DOWN:  # not DATABASE_UNREACHABLE: its OSError is also a zone file's
             raise  # not this schedule's fault: the worker reports it and tries again
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"

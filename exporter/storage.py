@@ -36,7 +36,7 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBL
 # must not hang the opening thread; it has no effect on reading a regular file
 
 
-ChunkStream = AsyncGenerator[bytes, None]
+ChunkStream = AsyncGenerator[bytes, None]  # bytes as they go out: a file's, an export's
 
 
 class FileKey(NamedTuple):

@@ -38,10 +38,10 @@ from exporter.memory import MemoryTrimmer
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count, order_key
 from exporter.render import sqlite_calls_python
+from exporter.storage import ChunkStream
 
 log = logging.getLogger("exporter.streaming")
 
-ChunkStream = AsyncGenerator[bytes, None]
 GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's way of asking for a gzip header and trailer
 CLOSE_WAIT = 10.0  # seconds a closed export may take to unwind (stop its reads, roll back)
 # A COPY costs a round trip or two to start: PostgreSQL's ranges are this many batches long.
