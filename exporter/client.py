@@ -74,7 +74,7 @@ class Retry:
     longest_wait: float = 30.0
 
     def wait(self, failures: int, retry_after: float | None) -> float:
-        backoff = min(self.first_wait * 2 ** min(failures - 1, 30), self.longest_wait)
+        backoff = min(self.first_wait * 2.0 ** min(failures - 1, 30), self.longest_wait)
         if retry_after is None:
             return backoff
         # No sooner than a 503 asks, nor than the backoff: a short Retry-After must not use

@@ -156,7 +156,7 @@ def _uncount_sqlite_memory() -> bool:
     library.sqlite3_config.argtypes = [ctypes.c_int, ctypes.c_int]
     if library.sqlite3_shutdown() != 0:
         return False
-    configured = library.sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == 0
+    configured: bool = library.sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == 0
     if library.sqlite3_initialize() != 0:
         raise RuntimeError("SQLite could not start again after its memory count was set")
     log.debug("SQLite memory counting %s", "off" if configured else "left on")

@@ -170,8 +170,8 @@ def _stored_moment(kind: Kind, value: Any) -> str:
         return str(value.isoformat())
     fraction = f".{value.microsecond:06d}" if value.microsecond else ""
     if kind is Kind.TIME:
-        return value.strftime("%H:%M:%S") + fraction
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + fraction
+        return f"{value:%H:%M:%S}{fraction}"
+    return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S}{fraction}"
 
 
 def _bound(kind: Kind, value: Any, dialect: str, declared: str = "") -> Any:

@@ -31,14 +31,14 @@ class SeedImage(NamedTuple):
 
 
 def _draw(rng: random.Random) -> Image.Image:
-    background = tuple(rng.randrange(256) for _ in range(3))
-    image = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), background)  # type: ignore[arg-type]
+    background = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    image = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), background)
     draw = ImageDraw.Draw(image)
     for _ in range(12):
         x0, y0 = rng.randrange(IMAGE_SIDE), rng.randrange(IMAGE_SIDE)
         x1, y1 = x0 + rng.randrange(8, 96), y0 + rng.randrange(8, 96)
-        colour = tuple(rng.randrange(256) for _ in range(3))
-        draw.ellipse((x0, y0, x1, y1), fill=colour)  # type: ignore[arg-type]
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        draw.ellipse((x0, y0, x1, y1), fill=colour)
     return image
 
 

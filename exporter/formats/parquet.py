@@ -38,6 +38,8 @@ from exporter.queries import ExportQuery, Shape, build_misfits
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from exporter.formats.arrow import Drain
+
 ROW_GROUP_ROWS = 65_536  # rows per row group at most ...
 # ... or Options.row_group_bytes of texts (EXPORTER_PARQUET_ROW_GROUP_MB), so that wide rows
 # hold no more: a group's texts, the strings Arrow reads from them and their typed columns
@@ -69,7 +71,7 @@ class Parquet(Format):
         self.misfits: set[str] = set()
         self.pending: list[bytes] = []
         self.pending_rows = self.pending_bytes = 0
-        self.out: Any = None  # arrow.Drain, once Arrow is imported
+        self.out: Drain | None = None  # once Arrow is imported
         self.writer: Any = None  # pyarrow's ParquetWriter
         self.groups: deque[asyncio.Future[bytes]] = deque()  # oldest first
 
@@ -131,19 +133,22 @@ class Parquet(Format):
                 raise RuntimeError("the row group before this one was not written")
         return await asyncio.to_thread(self._write, table, count)
 
-    def _writer(self) -> Any:
-        if self.writer is None:
+    def _writer(self) -> tuple[Any, Drain]:
+        """pyarrow's ParquetWriter, and what it writes into."""
+        if self.writer is None or self.out is None:
             arrow = _arrow()
             self.out = arrow.Drain()
             self.writer = arrow.writer(self.out, self.schema(),
                                        self.options.compression or self.compressions[0])
-        return self.writer
+        return self.writer, self.out
 
     def _write(self, table: Any, rows: int) -> bytes:
-        self._writer().write_table(table, row_group_size=rows)
-        return self.out.take()
+        writer, out = self._writer()
+        writer.write_table(table, row_group_size=rows)
+        return out.take()
 
     def _close(self) -> bytes:
-        self._writer().close()  # the footer: only now is the file readable
-        return self.out.take()
+        writer, out = self._writer()
+        writer.close()  # the footer: only now is the file readable
+        return out.take()
 

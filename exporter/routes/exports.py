@@ -32,9 +32,9 @@ from exporter.openapi import BAD_PARAMETER, EXPORT_MEDIA_TYPES, EXPORTS_BUSY, no
 from exporter.params import boolean, parse_query
 from exporter.queries import ExportQuery
 from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
+from exporter.storage import ChunkStream
 from exporter.streaming import (
     NO_BUFFERING,
-    ChunkStream,
     ExportResponse,
     Progress,
     gzip_chunks,
