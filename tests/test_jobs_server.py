@@ -30,7 +30,7 @@ from sqlalchemy import update
 
 from exporter import jobs
 from exporter.jobs import JobRequest
-from exporter.schedules import next_time
+from exporter.cron import next_time
 from exporter.state import export_jobs
 from tests.conftest import (
     SEED,
