@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,7 +17,6 @@ from exporter.job_storage import JobStorage
 from exporter.metrics import Metrics
 from exporter.storage import DigestCache
 from exporter.streaming import ExportSlots
-from exporter.worker import Worker
 
 
 def _state(attribute: str) -> Callable[[Request], Any]:
@@ -29,6 +28,12 @@ def _state(attribute: str) -> Callable[[Request], Any]:
     return dependency
 
 
+class Waker(Protocol):
+    """What a route needs of this process's worker (worker.Worker): a job was queued, so it
+    need not wait for its next poll. The routes stay apart from the worker's machinery."""
+
+    def wake(self) -> None: ...
+
 
 SettingsDep = Annotated[Settings, Depends(_state("settings"))]
 EngineDep = Annotated[AsyncEngine, Depends(_state("engine"))]
@@ -38,7 +43,7 @@ SchemaRevisionDep = Annotated[str, Depends(_state("schema_revision"))]
 FileSenderDep = Annotated[FileSender, Depends(_state("file_sender"))]
 DigestsDep = Annotated[DigestCache, Depends(_state("digests"))]
 CatalogDep = Annotated[Catalog, Depends(_state("catalog"))]
-WorkerDep = Annotated[Worker | None, Depends(_state("worker"))]
+WorkerDep = Annotated[Waker | None, Depends(_state("worker"))]
 JobStorageDep = Annotated[JobStorage, Depends(_state("job_storage"))]
 
 
