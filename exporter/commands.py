@@ -164,7 +164,7 @@ async def _follow(settings: Settings, action: str, table: str) -> int:
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:
-    from seed import NotTheDemo, SeedMismatch, SeedPlan, seed_database
+    from exporter.seed import NotTheDemo, SeedMismatch, SeedPlan, seed_database
 
     plan = SeedPlan(
         users=args.users,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib.util
 import logging
 import os
 import re
@@ -397,10 +398,12 @@ class DriverStatement:
 def _alembic_config(connection: Any = None) -> Any:
     from alembic.config import Config
 
-    import migrations
-
+    # migrations/, installed as exporter.migrations (pyproject.toml): found, not imported.
+    spec = importlib.util.find_spec("exporter.migrations")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("exporter.migrations is not installed: pip install the package")
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("script_location", str(Path(spec.origin).parent))
     config.attributes["connection"] = connection
     return config
 

@@ -27,15 +27,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter import models
 from exporter.db import backend_name, migrate
-from seed.files import (
+
+from .files import (
     SeedImage,
     damaged_images,
     rewrite_images,
     write_images,
     write_large_file,
 )
-from seed.sqlite import seed_cache, sqlite_rows
-from seed.users import SeedUser, draw_users, seed_user
+from .sqlite import seed_cache, sqlite_rows
+from .users import SeedUser, draw_users, seed_user
 
 INSERT_BATCH = 20_000
 PROGRESS_EVERY = 100_000

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from seed.users import CREATED_SPAN_SECONDS, EPOCH, LAST_LOGIN_SPAN_SECONDS, DrawnUser
+from .users import CREATED_SPAN_SECONDS, EPOCH, LAST_LOGIN_SPAN_SECONDS, DrawnUser
 
 # SQLAlchemy's own SQLite DATETIME storage format.
 SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"

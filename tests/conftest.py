@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+from exporter.seed import SeedPlan, seed_database
 from fastapi import FastAPI
 from sqlalchemy import insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -36,7 +37,6 @@ from exporter.models import users
 from exporter.params import parse_query
 from exporter.queries import ExportQuery
 from exporter.state import STATE_FILE_NAME
-from seed import SeedPlan, seed_database
 
 PG_URL_VARIABLE = "EXPORTER_TEST_DATABASE_URL"
 SEEDED_USERS = 3000

@@ -7,7 +7,6 @@ import os
 import re
 import shlex
 import tomllib
-from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -163,11 +162,9 @@ def test_replicas_and_seed_share_one_named_volume_for_the_demo_files(service: st
 
 def test_the_dockerfile_copies_every_package_pyproject_installs() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {
-        path.name for path in ROOT.iterdir()
-        if (path / "__init__.py").exists() and any(fnmatch(path.name, p) for p in patterns)
-    }
+    # The folders the installed packages come from (exporter.seed from seed/, ...).
+    packages = {Path(folder).parts[0]
+                for folder in pyproject["tool"]["setuptools"]["package-dir"].values()}
     copied = {
         Path(source).name for args in instruction_args("COPY")
         for source in args.split()[:-1] if not source.startswith("--")

@@ -29,8 +29,8 @@ import pytest
 from sqlalchemy import update
 
 from exporter import jobs
-from exporter.jobs import JobRequest
 from exporter.cron import next_time
+from exporter.jobs import JobRequest
 from exporter.state import export_jobs
 from tests.conftest import (
     SEED,

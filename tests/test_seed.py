@@ -19,14 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
-from sqlalchemy import func, select, text
-
-from exporter.app import create_app
-from exporter.models import images, users
-from seed import SeedMismatch, SeedPlan, seed_database
-from seed.sqlite import SQLITE_TIMESTAMP, sqlite_rows, sqlite_timestamp
-from seed.users import (
+from exporter.seed import SeedMismatch, SeedPlan, seed_database
+from exporter.seed.sqlite import SQLITE_TIMESTAMP, sqlite_rows, sqlite_timestamp
+from exporter.seed.users import (
     BIOS,
     COUNTRIES,
     COUNTRY_CITIES,
@@ -41,6 +36,11 @@ from seed.users import (
     draw_users,
     generate_users,
 )
+from PIL import Image
+from sqlalchemy import func, select, text
+
+from exporter.app import create_app
+from exporter.models import images, users
 from tests.conftest import GOLDEN_ROWS, Database, build_database, scratch_postgres_url
 
 
