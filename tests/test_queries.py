@@ -31,7 +31,7 @@ import time as clock
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -939,3 +939,84 @@ async def test_a_postgresql_table_named_as_any_alias_exports_its_rows(postgresql
             f'CREATE TABLE "{name}" (id integer PRIMARY KEY)',
             f'INSERT INTO "{name}" VALUES (1), (2)'], name)
         assert await postgresql_db.objects(query_for(table)) == [[("id", 1)], [("id", 2)]]
+    # Never the alias the other would take either (a fixed alias is wrong for one table).
+    table = await _made(postgresql_db, [
+        'CREATE TABLE "exporter_row_" (id integer PRIMARY KEY)',
+        'INSERT INTO "exporter_row_" VALUES (1), (2)'], "exporter_row_")
+    assert await postgresql_db.objects(query_for(table)) == [[("id", 1)], [("id", 2)]]
+
+
+async def test_after_on_a_sqlite_date_key_is_compared_as_stored_in_any_local_zone(
+    sqlite_db: Db,
+) -> None:
+    """A date key is bound as its ISO text, a timestamp key as its UTC text: the process's
+    own time zone (a host far from UTC) must not move either."""
+    days = await _made(sqlite_db, [
+        "CREATE TABLE days (d DATE, seq INTEGER, PRIMARY KEY (d, seq))",
+        "INSERT INTO days VALUES ('2024-03-02', 1), ('2024-03-01', 2), ('2024-03-01', 1), "
+        "('2024-02-29', 1)"], "days")
+    marks = await _made(sqlite_db, [
+        "CREATE TABLE marks (at TIMESTAMP PRIMARY KEY)",
+        "INSERT INTO marks VALUES ('2024-03-01 23:30:00'), ('2024-03-01 12:00:00'), "
+        "('2024-03-02 00:30:00')"], "marks")
+    with local_time_zone("America/New_York"):
+        objects = await sqlite_db.objects(query_for(days, "after=2024-03-01,1"))
+        assert objects == [[("d", "2024-03-01"), ("seq", 2)], [("d", "2024-03-02"), ("seq", 1)]]
+        objects = await sqlite_db.objects(query_for(marks, "after=2024-03-01T18:30:00-05:00"))
+        assert objects == [[("at", "2024-03-02T00:30:00Z")]], "23:30 UTC, the key, is not after"
+
+
+# --- SQLite keys that may hold NULL ---------------------------------------------------------
+# SQLite lets a primary key column not declared NOT NULL hold NULL. The rows whose key holds
+# one are read apart (null_key=True), first, in key order and then rowid order; the batches
+# take the whole keys (null_key=False). A filter on another, indexed column makes SQLite
+# read in that index's order and sort by the key: the rowid then decides among NULLs.
+
+async def _codes(db: Db) -> Table:
+    return await _made(db, [
+        "CREATE TABLE codes (code TEXT PRIMARY KEY, label TEXT)",
+        "CREATE INDEX codes_label ON codes (label)",
+        "INSERT INTO codes VALUES (NULL, 'n3'), (NULL, 'n1'), ('b', 'x2'), (NULL, 'n2'), "
+        "('a', 'x1'), ('c', 'x3')"], "codes")
+
+
+async def test_rows_whose_sqlite_key_holds_null_are_read_apart_in_rowid_order(
+    sqlite_db: Db,
+) -> None:
+    codes = await _codes(sqlite_db)
+
+    async def labels(query: ExportQuery) -> list[str]:
+        return [dict(pairs)["label"] for pairs in await sqlite_db.objects(query)]
+
+    whole = query_for(codes, "label__gte=a")
+    assert await labels(replace(whole, null_key=True)) == ["n3", "n1", "n2"], "rowid order"
+    assert await labels(replace(whole, null_key=False)) == ["x1", "x2", "x3"]
+    # after= names a whole key: the NULL-keyed rows were before it, and stay out.
+    assert await labels(replace(query_for(codes, "after=a"), null_key=False)) == ["x2", "x3"]
+    assert await sqlite_db.one(build_count(replace(whole, null_key=True), "sqlite")) == (3,)
+    assert await sqlite_db.one(build_count(replace(whole, null_key=False), "sqlite")) == (3,)
+    # A composite key: (a IS NULL OR b IS NULL) is no seek on the key's index; with the
+    # label's index SQLite reads in label order, and sorts: the rowid decides among equals.
+    duos = await _made(sqlite_db, [
+        "CREATE TABLE duos (a TEXT, b TEXT, label TEXT, PRIMARY KEY (a, b))",
+        "CREATE INDEX duos_label ON duos (label)",
+        "INSERT INTO duos VALUES (NULL, NULL, 'n3'), (NULL, NULL, 'n1'), ('a', 'x', 'x1'), "
+        "(NULL, NULL, 'n2')"], "duos")
+    nulls = replace(query_for(duos, "label__gte=a"), null_key=True)
+    assert await labels(nulls) == ["n3", "n1", "n2"], "rowid order"
+
+
+async def test_misfits_with_a_limit_check_the_rows_a_nullable_key_sends_first(
+    sqlite_db: Db,
+) -> None:
+    """Sent: ('z', NULL) (its key holds a NULL), then ('a', 'x'), then ('b', 'y'), whose n
+    is no integer: two rows hold no misfit, three do. ORDER BY the key alone would put
+    ('a', 'x') first, and no order at all ('b', 'y'), the first row stored."""
+    pairs = await _made(sqlite_db, [
+        "CREATE TABLE keyed_pairs (a TEXT, b TEXT, n INTEGER, PRIMARY KEY (a, b))",
+        "INSERT INTO keyed_pairs VALUES ('b', 'y', 'not a number'), ('z', NULL, 1), ('a', 'x', 2)",
+    ], "keyed_pairs")
+    for raw, flagged in (("limit=1", 0), ("limit=2", 0), ("limit=3", 1)):
+        found = build_misfits(query_for(pairs, raw))
+        assert found is not None and found[1] == ["n"]
+        assert await sqlite_db.one(found[0]) == (flagged,), raw
