@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import csv
 import functools
 import importlib.metadata
-import math
 import os
 import platform
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -33,23 +30,36 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from bench import follow, wide
+from bench import ROOT, follow, wide
+from bench.probes import (
+    MB,
+    BenchError,
+    RssSampler,
+    count_csv_records,
+    count_lines,
+    curl,
+    percentile,
+    process_cpu,
+    rss_kb,
+    timed,
+    timed_cpu,
+)
+from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
+from bench.rows import Row, plural, seconds, verdict
 
 try:
     import httpx
 except ImportError:  # pragma: no cover - a friendly message instead of a traceback
     sys.exit("bench: httpx is missing; run ./scripts/bench (or .venv/bin/python -m bench.run)")
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS_OUT = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 README_START = "<!-- bench-table:start -->"
@@ -58,10 +68,7 @@ DATASETTE_VENV = ROOT / "bench" / ".venv-datasette"
 DATASETTE_REQUIREMENT = "datasette==0.65.5"
 ADBC_VENV = ROOT / "bench" / ".venv-adbc"
 ADBC_REQUIREMENTS = ("adbc-driver-sqlite>=1.0", "pyarrow>=17")
-LOOPBACK = "127.0.0.1"
-MB = 1024 * 1024
 HEALTH_INTERVAL_S = 0.010
-RSS_INTERVAL_S = 0.050
 CONCURRENT_EXPORTS = 4
 STORM_AT_ONCE = 20
 STORM_READ_BYTES = 4096
@@ -75,22 +82,7 @@ JOB_VIEW = f"{wide.TABLE}_twice"
 S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
 
 
-class BenchError(Exception):
-    """A measurement could not be taken; its row says why, the others go on."""
-
-
 # --------------------------------------------------------------------------- the table
-
-
-@dataclass
-class Row:
-    key: str
-    what: str
-    target: str
-    exporter: str = ""
-    anchor: str = ""
-    value: str = ""
-    result: str = "n/a: not run"
 
 
 def fresh_rows() -> dict[str, Row]:
@@ -155,211 +147,6 @@ def render_table(rows: dict[str, Row]) -> str:
         cells = (row.what, row.exporter, row.anchor, row.value, row.target, row.result)
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
-
-
-def seconds(value: float) -> str:
-    return f"{value:.2f} s"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child of the bench: own session, output to a log file, ended by process group."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        name: str,
-        command: Sequence[str],
-        env: dict[str, str] | None = None,
-        stdout: int | IO[bytes] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as log_file:
-            proc = subprocess.Popen(
-                list(command),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file if stdout is None else stdout,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        self.started.append(proc)
-        return proc
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        log = self.log_dir / f"{name}.log"
-        if not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            with contextlib.suppress(Exception):
-                self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_http(
-    url: str, proc: subprocess.Popen[bytes], timeout: float, what: str, procs: Processes
-) -> None:
-    """Poll ``url`` until it answers 200; fail early if the process died."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(trust_env=False, timeout=5) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"{what} exited with {proc.returncode}: {procs.log_tail(what)}"
-                )
-            try:
-                response = client.get(url)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-    raise BenchError(f"{what} not ready at {url} after {timeout:.0f} s: {last}")
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Download:
-    seconds: float
-    bytes: int
-
-
-def curl(url: str, timeout: float, out: str = "/dev/null") -> Download:
-    """One full download with curl; its own ``time_total`` is the wall time."""
-    command = [
-        "curl", "-sS", "--noproxy", "*", "--max-time", str(int(timeout)), "-o", out,
-        "-w", "%{http_code} %{size_download} %{time_total}", url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30)
-    if done.returncode != 0:
-        raise BenchError(f"curl {url}: exit {done.returncode}: {done.stderr.strip()}")
-    code, size, total = done.stdout.split()
-    if code != "200":
-        raise BenchError(f"curl {url}: HTTP {code}")
-    return Download(float(total), int(size))
-
-
-def timed_cpu(command: Sequence[str], timeout: float) -> tuple[float, float]:
-    """Wall time and CPU time (user + system) of a command whose output goes to /dev/null."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(
-        list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
-    )
-    elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise BenchError(
-            f"{shlex.join(command)}: exit {done.returncode}: {done.stderr.decode()[-300:]}"
-        )
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
-
-
-def timed(command: Sequence[str], timeout: float) -> float:
-    return timed_cpu(command, timeout)[0]
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a running process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-class RssSampler:
-    """Peak VmRSS of one process, sampled every 50 ms on a thread while the block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kb = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            with contextlib.suppress(OSError, BenchError):
-                self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
-                self.samples += 1
-            if self._stop.wait(RSS_INTERVAL_S):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_kb / 1024
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def count_csv_records(path: Path) -> int:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        return sum(1 for _ in csv.reader(handle)) - 1  # minus the header
-
-
-def count_lines(path: Path) -> int:
-    count = 0
-    with path.open("rb") as handle:
-        while block := handle.read(MB):
-            count += block.count(b"\n")
-    return count
 
 
 # --------------------------------------------------------------------------- the bench
@@ -1299,14 +1086,6 @@ http {{
         for package in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite", "asyncpg"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 self.versions[package] = importlib.metadata.version(package)
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def find_tool(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
 
 
 # --------------------------------------------------------------------------- the report
