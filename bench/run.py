@@ -14,7 +14,6 @@ and is ended (its process group) in a ``finally``; every address is loopback.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import functools
 import importlib.metadata
@@ -24,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -38,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, follow, wide
+from bench import ROOT, follow, memory, wide
+from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
     MB,
     BenchError,
@@ -70,13 +69,6 @@ ADBC_VENV = ROOT / "bench" / ".venv-adbc"
 ADBC_REQUIREMENTS = ("adbc-driver-sqlite>=1.0", "pyarrow>=17")
 HEALTH_INTERVAL_S = 0.010
 CONCURRENT_EXPORTS = 4
-STORM_AT_ONCE = 20
-STORM_READ_BYTES = 4096
-STORM_RSS_MB = 160
-# SQLite keeps a closed connection's descriptors of a file while the process holds locks on
-# it (POSIX locks are per process), and reuses them: the user's file and the state's.
-STORM_FILES_PER_CONNECTION = 2
-MEMORY_SLICE_ROWS = 100_000
 # The job-storage stage's table: every wide row twice, a JSON file above 1 GiB at 1M rows.
 JOB_VIEW = f"{wide.TABLE}_twice"
 S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
@@ -307,8 +299,8 @@ class Bench:
     # ---- SQLite: downloads, memory, health, large file
 
     def sqlite_stage(self) -> None:
-        self.stage(["mem_idle", "mem_growth"], self.memory)
-        self.stage(["storm"], self.storm)
+        self.stage(["mem_idle", "mem_growth"], lambda: memory.peaks(self))
+        self.stage(["storm"], lambda: memory.storm(self))
         self.stage(["parquet_rss"], self.parquet_memory)
         with self.exporter_server("exporter") as (base, proc):
             self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
@@ -320,84 +312,6 @@ class Bench:
             self.stage(["health"], lambda: self.health(base))
             self.stage(["health8"], lambda: self.health(base, 8, "health8"))
             self.stage(["large_file"], lambda: self.large_file(base))
-
-    def storm(self) -> None:
-        """Clients that each read a few KB of a full export and hang up, many at a time:
-        the process's RSS and open files, idle before and 3 s after, on a fresh server."""
-        # Two readers, their planner, and the connection that lines their snapshots up under
-        # SQLite's write lock for a moment (db._sqlite_shared): four at an export's start.
-        connections_per_export = 4
-        with self.exporter_server("exporter-storm",
-                                  EXPORTER_MAX_CONCURRENT_EXPORTS=str(STORM_AT_ONCE)) as (
-                base, proc):
-            curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)
-            time.sleep(1.0)
-            idle_kb, idle_files = rss_kb(proc.pid), len(os.listdir(f"/proc/{proc.pid}/fd"))
-            host, port = base.removeprefix("http://").split(":")
-
-            def hang_up(index: int) -> None:
-                fmt = ("csv", "ndjson", "json")[index % 3]
-                with socket.create_connection((host, int(port)), timeout=60) as sock:
-                    sock.sendall(f"GET /exports/users.{fmt} HTTP/1.1\r\nHost: x\r\n\r\n"
-                                 .encode())
-                    received = 0
-                    while received < STORM_READ_BYTES:
-                        chunk = sock.recv(STORM_READ_BYTES)
-                        if not chunk:
-                            break
-                        received += len(chunk)
-
-            clients: int = self.args.storm_clients
-            self.say(f"storm: {clients} clients, {STORM_AT_ONCE} at a time")
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(STORM_AT_ONCE) as pool:
-                list(pool.map(hang_up, range(clients)))
-            self.record("storm s", time.perf_counter() - started)
-            time.sleep(3.0)
-            after_kb, after_files = rss_kb(proc.pid), len(os.listdir(f"/proc/{proc.pid}/fd"))
-        rss_mb, files = (after_kb - idle_kb) / 1024, after_files - idle_files
-        self.raw["storm rss above idle MB"] = [rss_mb]
-        self.raw["storm open files above idle"] = [float(files)]
-        peak = STORM_AT_ONCE * connections_per_export
-        row = self.rows["storm"]
-        row.exporter = f"RSS +{rss_mb:.0f} MB, files +{files}"
-        row.anchor = (f"{clients} clients; idle {idle_kb / 1024:.0f} MB, {idle_files} files; "
-                      f"{peak} connections")
-        row.value = f"{files / peak:.1f} files a connection"
-        row.result = verdict(rss_mb <= STORM_RSS_MB
-                             and files <= STORM_FILES_PER_CONNECTION * peak)
-
-    def memory(self) -> None:
-        """Peak RSS only ever rises (freed memory mostly stays with the allocator), so each
-        measured export gets a fresh server, warmed up by the same 100k-row export: the
-        100k and full runs then differ only in rows, and nothing one run kept can hide in
-        another's peak."""
-        self.say("memory: idle, 100k-row and all-row CSV exports, each on a fresh server")
-        slice_rows = min(MEMORY_SLICE_ROWS, self.users)
-        small_path = f"/exports/users.csv?limit={slice_rows}"
-        with self.exporter_server("exporter-idle") as (base, proc):
-            curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)  # imports, pools
-            time.sleep(0.5)
-            with RssSampler(proc.pid) as idle:
-                time.sleep(1.0)
-        for _ in range(self.args.runs):
-            for key, path in (("rss_100k_mb", small_path), ("rss_full_mb", "/exports/users.csv")):
-                with self.exporter_server("exporter-memory") as (base, proc):
-                    curl(f"{base}{small_path}", self.args.timeout)  # the same warm-up
-                    with RssSampler(proc.pid) as peak:
-                        curl(f"{base}{path}", self.args.timeout)
-                self.record(key, peak.peak_mb)
-        idle_mb = idle.peak_mb
-        self.raw["rss_idle_mb"] = [idle_mb]
-        small_mb, full_mb = self.median("rss_100k_mb"), self.median("rss_full_mb")
-        row = self.rows["mem_idle"]
-        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
-        row.value = f"+{full_mb - idle_mb:.1f} MB"
-        row.result = verdict(full_mb - idle_mb <= 64)
-        row = self.rows["mem_growth"]
-        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"{slice_rows} rows: {small_mb:.0f} MB"
-        row.value = f"{full_mb - small_mb:+.1f} MB"
-        row.result = verdict(abs(full_mb - small_mb) <= 10)
 
     def downloads(self, base: str, pid: int, table: str = "users", key: str = "") -> None:
         """Every format of ``table`` against the sqlite3 shell on the same file, interleaved;
