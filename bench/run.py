@@ -36,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, follow, memory, wide
+from bench import ROOT, follow, health, memory, wide
+from bench.health import CONCURRENT_EXPORTS
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
     MB,
@@ -67,8 +68,6 @@ DATASETTE_VENV = ROOT / "bench" / ".venv-datasette"
 DATASETTE_REQUIREMENT = "datasette==0.65.5"
 ADBC_VENV = ROOT / "bench" / ".venv-adbc"
 ADBC_REQUIREMENTS = ("adbc-driver-sqlite>=1.0", "pyarrow>=17")
-HEALTH_INTERVAL_S = 0.010
-CONCURRENT_EXPORTS = 4
 # The job-storage stage's table: every wide row twice, a JSON file above 1 GiB at 1M rows.
 JOB_VIEW = f"{wide.TABLE}_twice"
 S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
@@ -309,8 +308,8 @@ class Bench:
             self.stage(["parquet", "parquet_adbc", "parquet_size"], lambda: self.parquet(base))
             self.stage(["pull"], lambda: self.pull(base))
             self.stage(["count"], lambda: self.count(base))
-            self.stage(["health"], lambda: self.health(base))
-            self.stage(["health8"], lambda: self.health(base, 8, "health8"))
+            self.stage(["health"], lambda: health.during_exports(self, base))
+            self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
             self.stage(["large_file"], lambda: self.large_file(base))
 
     def downloads(self, base: str, pid: int, table: str = "users", key: str = "") -> None:
@@ -471,70 +470,6 @@ class Bench:
         row.anchor = f"without: {plain * 1000:.0f} ms"
         row.value = f"+{(counted - plain) * 1000:.0f} ms"
         row.result = "info"
-
-    def health(self, base: str, exports: int = CONCURRENT_EXPORTS, key: str = "health"
-               ) -> None:
-        """``/health`` every 10 ms while ``exports`` full CSV downloads run at once."""
-        p50s, p99s, counts = [], [], []
-        label = "health" if key == "health" else f"health {exports}"
-        for run in range(1, self.args.runs + 1):
-            self.say(f"/health under {exports} concurrent CSV exports: "
-                     f"run {run}/{self.args.runs}")
-            started = time.perf_counter()
-            latencies = self.health_once(base, exports)
-            self.record(f"{label} run s", time.perf_counter() - started)
-            p50s.append(percentile(latencies, 50) * 1000)
-            p99s.append(percentile(latencies, 99) * 1000)
-            counts.append(len(latencies))
-            self.record(f"{label} max ms", max(latencies) * 1000)
-        self.raw[f"{label} p50 ms"], self.raw[f"{label} p99 ms"] = p50s, p99s
-        self.raw[f"{label} samples"] = [float(c) for c in counts]
-        p50, p99 = statistics.median(p50s), statistics.median(p99s)
-        row = self.rows[key]
-        row.exporter = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        row.anchor = (f"{int(statistics.median(counts))} requests in "
-                      f"{self.median(f'{label} run s'):.0f} s, one per 10 ms at most")
-        row.value = f"p99 {p99:.1f} ms"
-        row.result = verdict(p99 <= 25) if key == "health" else "info"
-
-    def health_once(self, base: str, concurrent: int = CONCURRENT_EXPORTS) -> list[float]:
-        url = f"{base}/exports/users.csv"
-        exports = [
-            self.procs.start(
-                f"health-curl-{i}",
-                ["curl", "-sS", "--noproxy", "*", "--max-time", str(int(self.args.timeout)),
-                 "-o", "/dev/null", "-w", "%{http_code}", url],
-                stdout=subprocess.PIPE,
-            )
-            for i in range(concurrent)
-        ]
-        latencies: list[float] = []
-        deadline = time.monotonic() + self.args.timeout
-        try:
-            with httpx.Client(base_url=base, trust_env=False, timeout=10) as client:
-                client.get("/health").raise_for_status()  # connect outside the measurement
-                next_at = time.perf_counter()
-                while any(p.poll() is None for p in exports) or len(latencies) < 20:
-                    if time.monotonic() > deadline:
-                        raise BenchError("concurrent exports did not finish in time")
-                    pause = next_at - time.perf_counter()
-                    if pause > 0:
-                        time.sleep(pause)
-                    started = time.perf_counter()
-                    client.get("/health").raise_for_status()
-                    latencies.append(time.perf_counter() - started)
-                    next_at = max(next_at + HEALTH_INTERVAL_S, time.perf_counter())
-            for proc in exports:
-                assert proc.stdout is not None
-                status = proc.stdout.read().decode().strip()
-                proc.wait(timeout=self.args.timeout)
-                if proc.returncode != 0 or status != "200":
-                    raise BenchError(f"a concurrent export failed: curl exit "
-                                     f"{proc.returncode}, HTTP {status}")
-        finally:
-            for proc in exports:
-                self.procs.stop(proc)
-        return latencies
 
     def large_file(self, base: str) -> None:
         path = self.data_dir / "files" / "large-file.bin"
