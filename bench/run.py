@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, follow, health, memory, wide
+from bench import ROOT, follow, health, memory, parquet, wide
 from bench.health import CONCURRENT_EXPORTS
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
@@ -66,8 +66,6 @@ README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
 DATASETTE_VENV = ROOT / "bench" / ".venv-datasette"
 DATASETTE_REQUIREMENT = "datasette==0.65.5"
-ADBC_VENV = ROOT / "bench" / ".venv-adbc"
-ADBC_REQUIREMENTS = ("adbc-driver-sqlite>=1.0", "pyarrow>=17")
 # The job-storage stage's table: every wide row twice, a JSON file above 1 GiB at 1M rows.
 JOB_VIEW = f"{wide.TABLE}_twice"
 S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
@@ -300,12 +298,13 @@ class Bench:
     def sqlite_stage(self) -> None:
         self.stage(["mem_idle", "mem_growth"], lambda: memory.peaks(self))
         self.stage(["storm"], lambda: memory.storm(self))
-        self.stage(["parquet_rss"], self.parquet_memory)
+        self.stage(["parquet_rss"], lambda: parquet.memory(self))
         with self.exporter_server("exporter") as (base, proc):
             self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
             self.stage(["wide_csv", "wide_ndjson", "wide_json"],
                        lambda: self.downloads(base, proc.pid, wide.TABLE, "wide_"))
-            self.stage(["parquet", "parquet_adbc", "parquet_size"], lambda: self.parquet(base))
+            self.stage(["parquet", "parquet_adbc", "parquet_size"],
+                       lambda: parquet.download(self, base))
             self.stage(["pull"], lambda: self.pull(base))
             self.stage(["count"], lambda: self.count(base))
             self.stage(["health"], lambda: health.during_exports(self, base))
@@ -347,85 +346,6 @@ class Bench:
             row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
             row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
             row.result = verdict(wall / floor_wall <= limit)
-
-    def parquet(self, base: str) -> None:
-        """All users as Parquet, against ``sqlite3 -csv`` and against ADBC + pyarrow writing
-        the file without HTTP (its own seconds, imports left out), interleaved; then the
-        file's size against the gzip CSV body's."""
-        python, timeout = self.ensure_adbc(), self.args.timeout
-        ours_file, theirs_file = self.work / "exporter.parquet", self.work / "adbc.parquet"
-        contender = [str(python), str(ROOT / "bench" / "adbc_parquet.py"), str(self.db),
-                     "users", str(theirs_file)]
-        try:
-            for run in range(1, self.args.runs + 1):
-                self.say(f"Parquet: run {run}/{self.args.runs}")
-                self.record("parquet sqlite3 -csv", timed(
-                    ["sqlite3", "-csv", "-header", str(self.db), "select * from users"],
-                    timeout))
-                self.record("exporter parquet", curl(
-                    f"{base}/exports/users.parquet", timeout, str(ours_file)).seconds)
-                done = subprocess.run(contender, capture_output=True, text=True,
-                                      timeout=timeout)
-                if done.returncode != 0:
-                    raise BenchError(f"ADBC + pyarrow: {done.stderr.strip()[-300:]}")
-                took, rows = done.stdout.split()
-                self.record("adbc parquet", float(took))
-            import pyarrow.parquet as pq  # the service's own dependency
-
-            for name, path in (("exporter", ours_file), ("ADBC", theirs_file)):
-                if pq.read_metadata(path).num_rows != self.users:
-                    raise BenchError(f"{name}'s Parquet file does not hold {self.users} rows")
-            parquet_size = ours_file.stat().st_size
-            gzip_size = self.gzip_csv_size(base)
-        finally:
-            ours_file.unlink(missing_ok=True)
-            theirs_file.unlink(missing_ok=True)
-        ours, floor = self.median("exporter parquet"), self.median("parquet sqlite3 -csv")
-        adbc = self.median("adbc parquet")
-        row = self.rows["parquet"]
-        row.exporter, row.anchor = seconds(ours), f"`sqlite3 -csv`: {seconds(floor)}"
-        row.value = f"{ours / floor:.2f}x"
-        row.result = verdict(ours / floor <= 2.0)
-        row = self.rows["parquet_adbc"]
-        row.exporter, row.anchor = seconds(ours), f"ADBC + pyarrow: {seconds(adbc)}"
-        row.value = f"{ours / adbc:.2f}x"
-        row.result = verdict(ours / adbc <= 1.5)
-        row = self.rows["parquet_size"]
-        row.exporter = f"{parquet_size / MB:.1f} MiB"
-        row.anchor = f"gzip CSV: {gzip_size / MB:.1f} MiB"
-        row.value = f"{parquet_size / gzip_size:.2f} of it"
-        row.result = verdict(parquet_size * 3 <= gzip_size)
-
-    def gzip_csv_size(self, base: str) -> int:
-        done = subprocess.run(
-            ["curl", "-sS", "--noproxy", "*", "-H", "Accept-Encoding: gzip", "-o", "/dev/null",
-             "-w", "%{size_download}", f"{base}/exports/users.csv"],
-            capture_output=True, text=True, timeout=self.args.timeout)
-        if done.returncode != 0:
-            raise BenchError(f"gzip CSV: {done.stderr.strip()}")
-        return int(done.stdout)
-
-    def parquet_memory(self) -> None:
-        """As ``memory``, for Parquet: its row groups are held whole while written."""
-        self.say("memory: an all-users Parquet export on a fresh server")
-        for _ in range(self.args.runs):
-            with self.exporter_server("exporter-parquet-memory") as (base, proc):
-                curl(f"{base}/exports/users.parquet?limit=10", self.args.timeout)  # imports
-                time.sleep(0.5)
-                with RssSampler(proc.pid) as idle:
-                    time.sleep(1.0)
-                with RssSampler(proc.pid) as peak:
-                    curl(f"{base}/exports/users.parquet", self.args.timeout)
-            self.record("parquet rss idle mb", idle.peak_mb)
-            self.record("parquet rss full mb", peak.peak_mb)
-        idle_mb, full_mb = self.median("parquet rss idle mb"), self.median("parquet rss full mb")
-        row = self.rows["parquet_rss"]
-        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
-        row.value = f"+{full_mb - idle_mb:.1f} MB"
-        row.result = verdict(full_mb - idle_mb <= 64)
-
-    def ensure_adbc(self) -> Path:
-        return self.ensure_venv(ADBC_VENV, ADBC_REQUIREMENTS, "python")
 
     def pull(self, base: str) -> None:
         """The ingesting client (resume bookkeeping, .part file, fsync, rename) against curl
