@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, follow, health, memory, parquet, wide
+from bench import ROOT, downloads, follow, health, memory, parquet, wide
 from bench.health import CONCURRENT_EXPORTS
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
@@ -47,10 +47,8 @@ from bench.probes import (
     count_lines,
     curl,
     percentile,
-    process_cpu,
     rss_kb,
     timed,
-    timed_cpu,
 )
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
 from bench.rows import Row, plural, seconds, verdict
@@ -300,183 +298,17 @@ class Bench:
         self.stage(["storm"], lambda: memory.storm(self))
         self.stage(["parquet_rss"], lambda: parquet.memory(self))
         with self.exporter_server("exporter") as (base, proc):
-            self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
+            self.stage(["csv", "ndjson", "json"],
+                       lambda: downloads.every_format(self, base, proc.pid))
             self.stage(["wide_csv", "wide_ndjson", "wide_json"],
-                       lambda: self.downloads(base, proc.pid, wide.TABLE, "wide_"))
+                       lambda: downloads.every_format(self, base, proc.pid, wide.TABLE, "wide_"))
             self.stage(["parquet", "parquet_adbc", "parquet_size"],
                        lambda: parquet.download(self, base))
-            self.stage(["pull"], lambda: self.pull(base))
-            self.stage(["count"], lambda: self.count(base))
+            self.stage(["pull"], lambda: downloads.pull(self, base))
+            self.stage(["count"], lambda: downloads.count(self, base))
             self.stage(["health"], lambda: health.during_exports(self, base))
             self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
-            self.stage(["large_file"], lambda: self.large_file(base))
-
-    def downloads(self, base: str, pid: int, table: str = "users", key: str = "") -> None:
-        """Every format of ``table`` against the sqlite3 shell on the same file, interleaved;
-        ``key`` prefixes the rows' keys and the raw runs' names."""
-        db, timeout = str(self.db), self.args.timeout
-        label = "" if table == "users" else f"{table} "
-
-        def floor(name: str, *options: str) -> None:
-            wall, cpu = timed_cpu(["sqlite3", *options, db, f"select * from {table}"], timeout)
-            self.record(label + name, wall)
-            self.record(f"{label}{name} CPU", cpu)
-
-        def ours(fmt: str) -> None:
-            before = process_cpu(pid)
-            seconds_taken = curl(f"{base}/exports/{table}.{fmt}", timeout).seconds
-            self.record(f"exporter {label}{fmt}", seconds_taken)
-            self.record(f"exporter {label}{fmt} CPU", process_cpu(pid) - before)
-
-        for run in range(1, self.args.runs + 1):
-            self.say(f"downloads of {table}: run {run}/{self.args.runs}")
-            floor("sqlite3 -csv", "-csv", "-header")
-            ours("csv")
-            floor("sqlite3 -json", "-json")
-            ours("ndjson")
-            ours("json")
-        for fmt, anchor, limit in (("csv", "sqlite3 -csv", 1.5),
-                                   ("ndjson", "sqlite3 -json", 1.3),
-                                   ("json", "sqlite3 -json", 1.3)):
-            wall = self.median(f"exporter {label}{fmt}")
-            floor_wall = self.median(label + anchor)
-            cpu = self.median(f"exporter {label}{fmt} CPU")
-            floor_cpu = self.median(f"{label}{anchor} CPU")
-            row = self.rows[key + fmt]
-            row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
-            row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
-            row.result = verdict(wall / floor_wall <= limit)
-
-    def pull(self, base: str) -> None:
-        """The ingesting client (resume bookkeeping, .part file, fsync, rename) against curl
-        writing the same export to a file, interleaved; the files must be equal."""
-        url = f"{base}/exports/users.ndjson"
-        pulled, curled = self.data_dir / "pulled.ndjson", self.data_dir / "curled.ndjson"
-        command = [sys.executable, "-m", "exporter", "pull", "--quiet", "-o", str(pulled), url]
-        try:
-            for run in range(1, self.args.runs + 1):
-                self.say(f"exporter pull against curl -o: run {run}/{self.args.runs}")
-                pulled.unlink(missing_ok=True)
-                self.record("curl -o ndjson", curl(url, self.args.timeout, str(curled)).seconds)
-                self.record("exporter pull ndjson", timed(command, self.args.timeout))
-            if pulled.read_bytes() != curled.read_bytes():
-                raise BenchError("exporter pull's file differs from curl's")
-        finally:
-            pulled.unlink(missing_ok=True)
-            curled.unlink(missing_ok=True)
-        ours, anchor = self.median("exporter pull ndjson"), self.median("curl -o ndjson")
-        row = self.rows["pull"]
-        row.exporter, row.anchor = seconds(ours), f"`curl -o`: {seconds(anchor)}"
-        row.value = f"{ours / anchor:.2f}x (with Python's start)"
-        row.result = verdict(ours / anchor <= 1.2)
-
-    def count(self, base: str) -> None:
-        """What counting first costs a client: curl's time to the first byte, with and
-        without ``Prefer: count=exact``, interleaved."""
-        url = f"{base}/exports/users.csv"
-        for run in range(1, self.args.runs + 1):
-            self.say(f"time to first byte with and without a count: run {run}/{self.args.runs}")
-            for name, extra in (("plain", []), ("counted", ["-H", "Prefer: count=exact"])):
-                done = subprocess.run(
-                    ["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", *extra, "-w",
-                     "%{time_starttransfer}", url],
-                    capture_output=True, text=True, timeout=self.args.timeout)
-                if done.returncode != 0:
-                    raise BenchError(f"curl {url}: {done.stderr.strip()}")
-                self.record(f"first byte {name}", float(done.stdout))
-        plain, counted = self.median("first byte plain"), self.median("first byte counted")
-        row = self.rows["count"]
-        row.exporter = f"{counted * 1000:.0f} ms"
-        row.anchor = f"without: {plain * 1000:.0f} ms"
-        row.value = f"+{(counted - plain) * 1000:.0f} ms"
-        row.result = "info"
-
-    def large_file(self, base: str) -> None:
-        path = self.data_dir / "files" / "large-file.bin"
-        row = self.rows["large_file"]
-        if not path.exists():
-            row.result = f"n/a: no {path.name} in the data dir"
-            return
-        size = path.stat().st_size
-        timed(["cat", str(path)], self.args.timeout)  # page cache, for both servers
-        with httpx.Client(trust_env=False, timeout=30) as client, client.stream(
-            "GET", f"{base}/files/{path.name}"
-        ) as response:
-            status = response.status_code
-        nginx_mbps = self.nginx_throughput(path) if not self.args.no_nginx else None
-        if nginx_mbps is not None:
-            row.anchor = f"nginx {nginx_mbps:.0f} MB/s"
-        elif self.args.no_nginx:
-            row.anchor = "nginx skipped (--no-nginx)"
-        if status == 404:
-            row.result = "n/a: endpoint absent (404)"
-            return
-        if status != 200:
-            raise BenchError(f"GET /files/{path.name}: HTTP {status}")
-        for _ in range(self.args.runs):
-            got = curl(f"{base}/files/{path.name}", self.args.timeout)
-            if got.bytes != size:
-                raise BenchError(f"/files/{path.name} sent {got.bytes} of {size} bytes")
-            self.record("exporter large file MB/s", size / MB / got.seconds)
-        ours = self.median("exporter large file MB/s")
-        row.exporter = f"{ours:.0f} MB/s"
-        if nginx_mbps is None:
-            row.result = f"n/a: {row.anchor or 'nginx not available'}"
-            return
-        row.value = f"{ours / nginx_mbps:.0%}"
-        row.result = verdict(ours / nginx_mbps >= 0.5)
-
-    def nginx_throughput(self, path: Path) -> float | None:
-        nginx = find_tool("nginx")
-        if not nginx and self.apt_install("nginx-light"):
-            nginx = find_tool("nginx")
-        if not nginx:
-            self.rows["large_file"].anchor = "nginx not installable"
-            return None
-        self.versions["nginx"] = subprocess.run(
-            [nginx, "-v"], capture_output=True, text=True, timeout=30
-        ).stderr.strip().removeprefix("nginx version: ")
-        prefix = self.work / "nginx"
-        prefix.mkdir(exist_ok=True)
-        port = free_port()
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf = prefix / "nginx.conf"
-        conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen {LOOPBACK}:{port};
-        root {path.parent.resolve()};
-    }}
-}}
-""")
-        proc = self.procs.start("nginx", [nginx, "-p", str(prefix), "-c", str(conf)])
-        base = f"http://{LOOPBACK}:{port}"
-        try:
-            wait_for_http(f"{base}/{path.name}", proc, 30, "nginx", self.procs)
-            size = path.stat().st_size
-            for _ in range(self.args.runs):
-                got = curl(f"{base}/{path.name}", self.args.timeout)
-                if got.bytes != size:
-                    raise BenchError(f"nginx sent {got.bytes} of {size} bytes")
-                self.record("nginx large file MB/s", size / MB / got.seconds)
-        finally:
-            self.procs.stop(proc)
-        return self.median("nginx large file MB/s")
+            self.stage(["large_file"], lambda: downloads.large_file(self, base))
 
     # ---- peers: Datasette and the naive endpoint
 
