@@ -36,15 +36,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, downloads, follow, health, memory, parquet, wide
+from bench import ROOT, downloads, follow, health, memory, parquet, peers, wide
 from bench.health import CONCURRENT_EXPORTS
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
     MB,
     BenchError,
     RssSampler,
-    count_csv_records,
-    count_lines,
     curl,
     percentile,
     rss_kb,
@@ -62,8 +60,6 @@ DOCS_OUT = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
-DATASETTE_VENV = ROOT / "bench" / ".venv-datasette"
-DATASETTE_REQUIREMENT = "datasette==0.65.5"
 # The job-storage stage's table: every wide row twice, a JSON file above 1 GiB at 1M rows.
 JOB_VIEW = f"{wide.TABLE}_twice"
 S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
@@ -236,6 +232,25 @@ class Bench:
                 return False
         return True
 
+    def ensure_venv(self, venv: Path, requirements: Sequence[str], program: str) -> Path:
+        """A contender in a venv of its own (its dependencies never meet the service's):
+        ``program`` in it, installed on first use."""
+        path = venv / "bin" / program
+        if path.exists():
+            return path
+        self.say(f"installing {', '.join(requirements)} into {venv}")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
+                       check=True, timeout=300, capture_output=True)
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+             "--disable-pip-version-check", *requirements],
+            capture_output=True, text=True, timeout=900,
+        )
+        if done.returncode != 0 or not path.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            raise BenchError(f"could not install {', '.join(requirements)}: {done.stderr[-300:]}")
+        return path
+
     def existing_users(self) -> int | None:
         if not self.db.exists():
             return None
@@ -309,98 +324,6 @@ class Bench:
             self.stage(["health"], lambda: health.during_exports(self, base))
             self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
             self.stage(["large_file"], lambda: downloads.large_file(self, base))
-
-    # ---- peers: Datasette and the naive endpoint
-
-    def datasette_stage(self) -> None:
-        row = self.rows["datasette"]
-        if self.args.no_datasette:
-            row.result = "n/a: skipped (--no-datasette)"
-            return
-        datasette = self.ensure_datasette()
-        self.versions["datasette"] = subprocess.run(
-            [str(datasette), "--version"], capture_output=True, text=True, timeout=60
-        ).stdout.strip().removeprefix("datasette, version ")
-        port = free_port()
-        proc = self.procs.start("datasette", [
-            str(datasette), "serve", str(self.db), "--host", LOOPBACK, "--port", str(port),
-            "--setting", "max_csv_mb", "0", "--setting", "sql_time_limit_ms", "1000000",
-        ])
-        base = f"http://{LOOPBACK}:{port}"
-        url = f"{base}/{self.db.stem}/users.csv?_stream=on&_size=max"
-        try:
-            wait_for_http(f"{base}/-/versions.json", proc, 60, "datasette", self.procs)
-            self.peer_runs("datasette csv", "Datasette", url, self.args.runs,
-                           "datasette.csv", count_csv_records)
-        finally:
-            self.procs.stop(proc)
-        theirs, ours = self.median("datasette csv"), self.median("exporter csv")
-        row.exporter, row.anchor = seconds(ours), f"Datasette: {seconds(theirs)}"
-        row.value = f"{theirs / ours:.1f}x faster"
-        row.result = verdict(theirs / ours >= 5)
-
-    def peer_runs(self, key: str, who: str, url: str, runs: int, keep_as: str,
-                  count: Callable[[Path], int]) -> None:
-        """Time ``runs`` downloads of a peer's export under ``key``; the first run's body is
-        kept once, to check it holds every row."""
-        for run in range(1, runs + 1):
-            self.say(f"{who}: run {run}/{runs}")
-            if run == 1:
-                copy = self.work / keep_as
-                self.record(key, curl(url, self.args.timeout, str(copy)).seconds)
-                rows = count(copy)
-                copy.unlink()
-                if rows != self.users:
-                    raise BenchError(f"{who} sent {rows} rows, not {self.users}")
-            else:
-                self.record(key, curl(url, self.args.timeout).seconds)
-
-    def ensure_datasette(self) -> Path:
-        return self.ensure_venv(DATASETTE_VENV, (DATASETTE_REQUIREMENT,), "datasette")
-
-    def ensure_venv(self, venv: Path, requirements: Sequence[str], program: str) -> Path:
-        """A contender in a venv of its own (its dependencies never meet the service's):
-        ``program`` in it, installed on first use."""
-        path = venv / "bin" / program
-        if path.exists():
-            return path
-        self.say(f"installing {', '.join(requirements)} into {venv}")
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
-                       check=True, timeout=300, capture_output=True)
-        done = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", *requirements],
-            capture_output=True, text=True, timeout=900,
-        )
-        if done.returncode != 0 or not path.exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            raise BenchError(f"could not install {', '.join(requirements)}: {done.stderr[-300:]}")
-        return path
-
-    def naive_stage(self) -> None:
-        row = self.rows["naive"]
-        if self.args.no_naive:
-            row.result = "n/a: skipped (--no-naive)"
-            return
-        port = free_port()
-        env = {**os.environ, "NAIVE_DB": str(self.db.resolve())}
-        proc = self.procs.start("naive", [
-            sys.executable, "-m", "uvicorn", "naive_app:app", "--app-dir", str(ROOT / "bench"),
-            "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
-        ], env=env)
-        base = f"http://{LOOPBACK}:{port}"
-        try:
-            wait_for_http(f"{base}/health", proc, 60, "naive", self.procs)
-            self.peer_runs("naive ndjson", "the naive endpoint", f"{base}/users.ndjson",
-                           self.args.naive_runs, "naive.ndjson", count_lines)
-        finally:
-            self.procs.stop(proc)
-        theirs, ours = self.median("naive ndjson"), self.median("exporter ndjson")
-        floor = self.median("sqlite3 -json")
-        row.exporter, row.anchor = seconds(ours), f"naive: {seconds(theirs)}"
-        row.value = (f"{theirs / ours:.1f}x faster (naive is {theirs / floor:.0f}x the floor; "
-                     f"{plural(self.args.naive_runs, 'run')})")
-        row.result = "info"
 
     # ---- PostgreSQL
 
@@ -656,8 +579,8 @@ class Bench:
         self.collect_versions()
         self.warm_cache()
         self.sqlite_stage()
-        self.stage(["datasette"], self.datasette_stage)
-        self.stage(["naive"], self.naive_stage)
+        self.stage(["datasette"], lambda: peers.datasette(self))
+        self.stage(["naive"], lambda: peers.naive(self))
         self.stage(["postgres", "wide_postgres"], self.postgres_stage)
         self.stage(["seed"], self.seed_stage)
         self.stage(["job_bucket", "job_bucket_rss"], self.job_bucket_stage)
