@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib.metadata
 import os
 import platform
@@ -29,21 +28,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, downloads, follow, health, memory, parquet, peers, wide
+from bench import ROOT, downloads, follow, health, memory, parquet, peers, postgres, wide
 from bench.health import CONCURRENT_EXPORTS
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
     MB,
     BenchError,
     RssSampler,
-    curl,
     percentile,
     rss_kb,
     timed,
@@ -325,86 +322,6 @@ class Bench:
             self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
             self.stage(["large_file"], lambda: downloads.large_file(self, base))
 
-    # ---- PostgreSQL
-
-    def postgres_stage(self) -> None:
-        row = self.rows["postgres"]
-        url: str | None = self.args.postgres_url
-        if not url:
-            row.result = self.rows["wide_postgres"].result = "n/a: no --postgres-url given"
-            return
-        if not url.startswith("postgresql+asyncpg://"):
-            raise BenchError("--postgres-url must start with postgresql+asyncpg://")
-        libpq = "postgresql://" + url.removeprefix("postgresql+asyncpg://")
-        psql = find_tool("psql")
-        if not psql:
-            raise BenchError("psql is not installed")
-        try:
-            self.versions["postgresql"] = self.psql(psql, libpq, "show server_version")
-        except BenchError as exc:
-            if "does not exist" not in str(exc):
-                raise
-            self.create_database(psql, libpq)
-            self.versions["postgresql"] = self.psql(psql, libpq, "show server_version")
-        try:
-            existing: int | None = int(self.psql(psql, libpq, "select count(*) from users"))
-        except BenchError:
-            existing = None
-        if existing != self.users:
-            self.say(f"postgres: seeding {self.users} users (found {existing})")
-            scratch = Path(tempfile.mkdtemp(dir=self.work, prefix="pg-seed-"))
-            command = [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
-                       "--large-file-mb", "0"] + (["--reset"] if existing else [])
-            done = subprocess.run(command, env=self.exporter_env(url, scratch), cwd=ROOT,
-                                  capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
-                raise BenchError(f"seeding PostgreSQL failed: {done.stderr[-300:]}")
-        else:
-            self.migrate(self.exporter_env(url, Path(tempfile.mkdtemp(dir=self.work))))
-        try:
-            made: int | None = int(self.psql(psql, libpq, f"select count(*) from {wide.TABLE}"))
-        except BenchError:
-            made = None
-        if made != self.users:
-            self.say(f"postgres: making {wide.TABLE} ({self.users} rows)")
-            self.psql(psql, libpq, wide.postgres_script(self.users), timeout=self.args.timeout)
-        with self.exporter_server("exporter-pg", url) as (base, _proc):
-            for table, key in (("users", "postgres"), (wide.TABLE, "wide_postgres")):
-                self.stage([key], functools.partial(
-                    self.postgres_downloads, psql, libpq, base, table, key))
-
-    def postgres_downloads(self, psql: str, libpq: str, base: str, table: str, key: str) -> None:
-        copy = (rf"\copy (select * from {table} order by id) to stdout "
-                "with (format csv, header)")
-        floor_command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq, "-c", copy]
-        label = "" if table == "users" else f"{table} "
-        for run in range(1, self.args.runs + 1):
-            self.say(f"postgres {table}: run {run}/{self.args.runs}")
-            self.record(f"{label}psql \\copy", timed(floor_command, self.args.timeout))
-            self.record(f"exporter pg {label}csv",
-                        curl(f"{base}/exports/{table}.csv", self.args.timeout).seconds)
-        ours, theirs = self.median(f"exporter pg {label}csv"), self.median(f"{label}psql \\copy")
-        row = self.rows[key]
-        row.exporter, row.anchor = seconds(ours), f"`psql \\copy ... csv`: {seconds(theirs)}"
-        row.value = f"{ours / theirs:.2f}x"
-        row.result = verdict(ours / theirs <= 1.2)
-
-    def create_database(self, psql: str, libpq: str) -> None:
-        """The database named in --postgres-url is missing: create it from ``postgres``."""
-        parts = urllib.parse.urlsplit(libpq)
-        name = parts.path.lstrip("/")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise BenchError(f"database {name!r} does not exist; create it first")
-        self.say(f"postgres: creating database {name}")
-        self.psql(psql, parts._replace(path="/postgres").geturl(), f'CREATE DATABASE "{name}"')
-
-    def psql(self, psql: str, libpq: str, sql: str, timeout: float = 60) -> str:
-        done = subprocess.run([psql, "-X", "-tAq", "-v", "ON_ERROR_STOP=1", "-d", libpq,
-                               "-c", sql], capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise BenchError(f"psql: {done.stderr.strip()[:300]}")
-        return done.stdout.strip()
-
     # ---- seeding time
 
     def seed_stage(self) -> None:
@@ -581,7 +498,7 @@ class Bench:
         self.sqlite_stage()
         self.stage(["datasette"], lambda: peers.datasette(self))
         self.stage(["naive"], lambda: peers.naive(self))
-        self.stage(["postgres", "wide_postgres"], self.postgres_stage)
+        self.stage(["postgres", "wide_postgres"], lambda: postgres.downloads(self))
         self.stage(["seed"], self.seed_stage)
         self.stage(["job_bucket", "job_bucket_rss"], self.job_bucket_stage)
         self.stage(["follow_sqlite", "follow_health"], self.follow_sqlite_stage)
