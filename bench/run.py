@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import ROOT, downloads, follow, health, memory, parquet, peers, postgres, wide
 from bench.health import CONCURRENT_EXPORTS
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
@@ -47,11 +49,6 @@ from bench.probes import (
 )
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
 from bench.rows import Row, plural, seconds, verdict
-
-try:
-    import httpx
-except ImportError:  # pragma: no cover - a friendly message instead of a traceback
-    sys.exit("bench: httpx is missing; run ./scripts/bench (or .venv/bin/python -m bench.run)")
 
 DOCS_OUT = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
