@@ -52,7 +52,6 @@ from bench.memory import STORM_AT_ONCE, STORM_FILES_PER_CONNECTION, STORM_READ_B
 from bench.probes import (
     MB,
     BenchError,
-    percentile,
     timed,
 )
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
@@ -353,58 +352,6 @@ class Bench:
         row.value = f"{self.args.large_file_mb:g} MiB file included; 1 run"
         row.result = verdict(elapsed <= 30)
 
-    # ---- live streams (bench/follow.py)
-
-    def follow_sqlite_stage(self) -> None:
-        work = Path(tempfile.mkdtemp(dir=self.work, prefix="follow-"))
-        url = f"sqlite+aiosqlite:///{work / 'ticks.db'}"
-        follow.make_table(url)
-        self.migrate(self.exporter_env(url, work))
-        with self.exporter_server("exporter-follow", url, EXPORTER_DATA_DIR=str(work)) as (
-            base, _proc
-        ):
-            self.follow_latency("follow_sqlite", base, url, 1.0)
-            waits, seen = follow.health_while_followed(base)
-        self.raw["follow health ms"] = [wait * 1000 for wait in waits]
-        p99 = percentile(waits, 99) * 1000
-        row = self.rows["follow_health"]
-        row.exporter = follow.summary(waits, percentile)
-        row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
-        row.value = f"p99 {p99:.1f} ms"
-        row.result = verdict(p99 <= 25)
-
-    def follow_postgres_stage(self) -> None:
-        url: str | None = self.args.postgres_url
-        if not url:
-            for key in ("follow_notify", "follow_poll"):
-                self.rows[key].result = "n/a: no --postgres-url given"
-            return
-        work = Path(tempfile.mkdtemp(dir=self.work, prefix="follow-pg-"))
-        follow.make_table(url)
-        env = self.exporter_env(url, work)
-        self.migrate(env)
-        for action, key, goal in (("install", "follow_notify", 0.1),
-                                  ("uninstall", "follow_poll", 1.0)):
-            done = subprocess.run([sys.executable, "-m", "exporter", "follow", action,
-                                   follow.TABLE], env=env, cwd=ROOT, capture_output=True,
-                                  text=True, timeout=120)
-            if done.returncode != 0:
-                raise BenchError(f"exporter follow {action}: {done.stderr[-300:]}")
-            with self.exporter_server(f"exporter-{key}", url) as (base, _proc):
-                self.follow_latency(key, base, url, goal)
-
-    def follow_latency(self, key: str, base: str, url: str, goal: float) -> None:
-        self.say(f"{key}: {follow.WRITES} rows committed one by one while a follower reads")
-        waits = follow.latencies(base, url)
-        self.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
-        p99 = percentile(waits, 99)
-        row = self.rows[key]
-        row.exporter = follow.summary(waits, percentile)
-        row.anchor = (f"{follow.WRITES} rows, one commit each {follow.WRITE_EVERY_S * 1000:.0f}"
-                      " ms apart")
-        row.value = f"p99 {p99 * 1000:.1f} ms"
-        row.result = verdict(p99 < goal)
-
     # ---- everything
 
     def run(self) -> None:
@@ -421,8 +368,8 @@ class Bench:
         self.stage(["seed"], self.seed_stage)
         self.stage(["job_bucket", "job_bucket_rss"],
                    lambda: job_storage.bucket_against_local(self))
-        self.stage(["follow_sqlite", "follow_health"], self.follow_sqlite_stage)
-        self.stage(["follow_notify", "follow_poll"], self.follow_postgres_stage)
+        self.stage(["follow_sqlite", "follow_health"], lambda: follow.on_sqlite(self))
+        self.stage(["follow_notify", "follow_poll"], lambda: follow.on_postgres(self))
 
     def collect_versions(self) -> None:
         def first_line(command: Sequence[str]) -> str:
