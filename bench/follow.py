@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,7 +164,7 @@ def _metric(text_format: str, name: str) -> str:
     return "?"
 
 
-def summary(values: list[float], percentile: Callable[[list[float], float], float]) -> str:
+def summary(values: list[float]) -> str:
     return (f"p50 {percentile(values, 50) * 1000:.1f} ms, "
             f"p99 {percentile(values, 99) * 1000:.1f} ms")
 
@@ -183,7 +182,7 @@ def on_sqlite(bench: Bench) -> None:
     bench.raw["follow health ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99) * 1000
     row = bench.rows["follow_health"]
-    row.exporter = summary(waits, percentile)
+    row.exporter = summary(waits)
     row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
     row.value = f"p99 {p99:.1f} ms"
     row.result = verdict(p99 <= 25)
@@ -216,7 +215,7 @@ def commit_to_wire(bench: Bench, key: str, base: str, url: str, goal: float) -> 
     bench.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99)
     row = bench.rows[key]
-    row.exporter = summary(waits, percentile)
+    row.exporter = summary(waits)
     row.anchor = (f"{WRITES} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
                   " ms apart")
     row.value = f"p99 {p99 * 1000:.1f} ms"
