@@ -44,6 +44,7 @@ from bench import (
     parquet,
     peers,
     postgres,
+    seed_time,
     wide,
 )
 from bench.health import CONCURRENT_EXPORTS
@@ -55,7 +56,7 @@ from bench.probes import (
     timed,
 )
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
-from bench.rows import Row, plural, seconds, verdict
+from bench.rows import Row, plural
 
 DOCS_OUT = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
@@ -323,35 +324,6 @@ class Bench:
             self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
             self.stage(["large_file"], lambda: downloads.large_file(self, base))
 
-    # ---- seeding time
-
-    def seed_stage(self) -> None:
-        row = self.rows["seed"]
-        if self.args.no_seed_time:
-            row.result = "n/a: skipped (--no-seed-time)"
-            return
-        scratch = Path(tempfile.mkdtemp(dir=self.data_dir, prefix="seed-time-"))
-        self.say(f"seed time: {self.users} users into a fresh {scratch}")
-        try:
-            started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
-                 "--large-file-mb", str(self.args.large_file_mb)],
-                env=self.exporter_env(data_dir=scratch), cwd=ROOT, capture_output=True,
-                text=True, timeout=1800,
-            )
-            elapsed = time.perf_counter() - started
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if done.returncode != 0:
-            raise BenchError(f"exporter seed failed: {done.stderr[-300:]}")
-        self.record("seed wall s", elapsed)
-        own = re.search(r"seeded \d+ users in ([\d.]+) s", done.stderr)
-        row.exporter = seconds(elapsed)
-        row.anchor = (f"seeder's own count: {own.group(1)} s" if own else "")
-        row.value = f"{self.args.large_file_mb:g} MiB file included; 1 run"
-        row.result = verdict(elapsed <= 30)
-
     # ---- everything
 
     def run(self) -> None:
@@ -365,7 +337,7 @@ class Bench:
         self.stage(["datasette"], lambda: peers.datasette(self))
         self.stage(["naive"], lambda: peers.naive(self))
         self.stage(["postgres", "wide_postgres"], lambda: postgres.downloads(self))
-        self.stage(["seed"], self.seed_stage)
+        self.stage(["seed"], lambda: seed_time.in_fresh_data_dir(self))
         self.stage(["job_bucket", "job_bucket_rss"],
                    lambda: job_storage.bucket_against_local(self))
         self.stage(["follow_sqlite", "follow_health"], lambda: follow.on_sqlite(self))
