@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.probes import percentile
-from bench.run import ROW_LABELS, fresh_rows, render_table
+from bench.report import ROW_LABELS, fresh_rows, render_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
