@@ -6,6 +6,12 @@ Every measurement is the median of ``--runs`` runs, interleaved with its anchor 
 drift on the machine hits both alike. Every process started here runs in its own session
 and is ended (its process group) in a ``finally``; every address is loopback.
 
+This module is the runner: the run (``Bench``: its arguments, children, rows and raw runs),
+its preparation, the order of its stages, and the command line. Each stage's measurements
+are functions of the run in a module of their own (downloads, parquet, memory, health,
+peers, postgres, seed_time, job_storage, follow) and fill their rows; report.py renders
+the table and the page; rows.py, processes.py and probes.py are what the measurements use.
+
     ./scripts/bench                 # the full run: 1M users, 3 runs, writes docs/benchmarks.md
     ./scripts/bench --quick         # smoke test: 50k users, 1 run, its own data dir
     .venv/bin/python -m bench.run --help
@@ -57,6 +63,9 @@ from bench.rows import Row
 
 @dataclass
 class Bench:
+    """One run: its arguments, children, rows and raw runs; the measurements record into it
+    and start their servers through it."""
+
     args: argparse.Namespace
     procs: Processes
     work: Path
