@@ -28,7 +28,8 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--users", "2000", "--runs", "1",
          "--large-file-mb", "1", "--data-dir", str(tmp_path / "data"), "--out", str(out),
-         "--no-datasette", "--no-nginx", "--no-seed-time", "--no-install"],
+         "--storm-clients", "20", "--no-datasette", "--no-nginx", "--no-seed-time",
+         "--no-install"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
