@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,12 @@ from fastapi import FastAPI
 from sqlalchemy import insert, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from exporter import models
+from exporter import jobs, models
 from exporter.app import create_app
 from exporter.catalog import Table, reflect
 from exporter.config import Settings, load_settings
-from exporter.db import create_engine, downgrade_all
+from exporter.db import create_engine, downgrade_all, migrate
+from exporter.jobs import JobRequest
 from exporter.models import users
 from exporter.params import parse_query
 from exporter.queries import ExportQuery
@@ -209,6 +210,54 @@ async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://exporter") as c:
             yield c
+
+
+# Jobs' own database, for the tests of leases and of jobs' state (test_leases, test_jobs):
+# the service's state and the demo's tables, empty. It does not need the seeded
+# ``database``, whose users these tests never read: a mutant of leases.py then runs its
+# tests without seeding one.
+
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def empty_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Database:
+    """Migrated, with the demo's tables empty, once per test module and backend: its tests
+    fill and race it."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    data_dir = tmp_path_factory.mktemp(f"units-{request.param}")
+    if request.param == "postgresql":
+        url = await scratch_postgres_url(f"units_{module}")
+    else:
+        url = f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
+    empty = Database(request.param, url, data_dir)
+    engine = empty.engine()
+    await migrate(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(models.metadata.create_all)
+    await engine.dispose()
+    return empty
+
+
+@pytest.fixture
+async def engines(empty_database: Database) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two engines, as two worker processes would have, on an emptied database."""
+    first = empty_database.engine()
+    second = empty_database.engine()
+    await downgrade_all(first)
+    await migrate(first)
+    yield first, second
+    await first.dispose()
+    await second.dispose()
+
+
+async def queue(engine: AsyncEngine, count: int, now: datetime) -> list[str]:
+    """``count`` queued jobs, each created a microsecond after the one before; their ids."""
+    spec = JobRequest(format="csv").spec()
+    return [(await jobs.create_job(engine, spec, now + timedelta(microseconds=i))).id
+            for i in range(count)]
 
 
 async def clone_database(template: Database, data_dir: Path, suffix: str) -> Database:

@@ -1,5 +1,7 @@
-"""Jobs and schedules in-process: what a body may say, and the database's side of claiming,
-leases, ticks and retention, raced between workers on SQLite and PostgreSQL.
+"""Jobs and schedules in-process: what a body may say, the database's side of ticks and
+retention, raced between workers on SQLite and PostgreSQL, and the worker that runs jobs.
+
+Claiming, heartbeats and the other lease changes (leases.py) are in ``test_leases.py``.
 
 What needs a real server (files, Server-Sent Events, cancel, kill -9, replicas) is in
 ``test_jobs_server.py``."""
@@ -29,7 +31,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import exporter.schedules as schedules_module
-from exporter import jobs, leases, models, worker
+from exporter import jobs, leases, worker
 from exporter.app import create_app
 from exporter.catalog import Catalog
 from exporter.config import Settings, load_settings
@@ -37,7 +39,7 @@ from exporter.db import downgrade_all, driver_connection, migrate
 from exporter.errors import is_transient
 from exporter.job_storage import JobStorage, job_storage
 from exporter.jobs import JobRequest
-from exporter.leases import Beat, Counts
+from exporter.leases import Beat
 from exporter.params import parse_query
 from exporter.schedules import (
     ScheduleRequest,
@@ -52,16 +54,15 @@ from exporter.schedules import (
 from exporter.state import schedules
 from exporter.worker import Worker, utcnow
 from tests.conftest import (
+    LEASE,
     SEED,
     SEEDED_USERS,
     Database,
     app_client,
     build_database,
+    queue,
     reflected,
-    scratch_postgres_url,
 )
-
-LEASE = timedelta(seconds=30)
 
 
 def at(text: str) -> datetime:
@@ -379,183 +380,8 @@ def test_the_latest_time_counts_now_itself_and_is_read_in_the_schedule_time_zone
                        at("2026-01-01T01:00:00")) == at("2026-01-05T01:00:00")
 
 
-# The database's side, raced.
-
-@pytest.fixture(scope="module")
-async def empty_database(
-    database: Database, tmp_path_factory: pytest.TempPathFactory
-) -> Database:
-    """Migrated, with the demo's tables empty, of the same backend: these tests fill and
-    race it."""
-    if database.backend == "postgresql":
-        url = await scratch_postgres_url("units")
-        data_dir = tmp_path_factory.mktemp("units-pg")
-    else:
-        data_dir = tmp_path_factory.mktemp("units")
-        url = f"sqlite+aiosqlite:///{data_dir / 'exporter.db'}"
-    empty = Database(database.backend, url, data_dir)
-    engine = empty.engine()
-    await migrate(engine)
-    async with engine.begin() as conn:
-        await conn.run_sync(models.metadata.create_all)
-    await engine.dispose()
-    return empty
-
-
-@pytest.fixture
-async def engines(empty_database: Database) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
-    """Two engines, as two worker processes would have, on an emptied database."""
-    first = empty_database.engine()
-    second = empty_database.engine()
-    await downgrade_all(first)
-    await migrate(first)
-    yield first, second
-    await first.dispose()
-    await second.dispose()
-
-
-async def queue(engine: AsyncEngine, count: int, now: datetime) -> list[str]:
-    spec = JobRequest(format="csv").spec()
-    return [(await jobs.create_job(engine, spec, now + timedelta(microseconds=i))).id
-            for i in range(count)]
-
-
-async def test_two_workers_racing_never_claim_the_same_job(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    queued = await queue(engines[0], 30, now)
-
-    async def worker(engine: AsyncEngine, name: str) -> list[str]:
-        claimed = []
-        while (job := await leases.claim_job(engine, name, now, LEASE, 3)) is not None:
-            claimed.append(job.id)
-        return claimed
-
-    results = await asyncio.gather(*(
-        worker(engines[i % 2], f"worker-{i}") for i in range(6)
-    ))
-    claimed = [job_id for result in results for job_id in result]
-    assert sorted(claimed) == sorted(queued), "each job claimed exactly once"
-    assert sum(1 for result in results if result) >= 2, "the workers did race"
-    assert [job.attempts for job in await jobs.list_jobs(engines[0], 100)] == [1] * 30
-
-
-async def test_a_lapsed_lease_is_taken_over_and_the_old_worker_can_change_nothing(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    (job_id,) = await queue(engines[0], 1, now)
-    first = await leases.claim_job(engines[0], "dead", now, LEASE, 3)
-    assert first is not None and first.id == job_id
-    assert await leases.claim_job(engines[1], "alive", now + LEASE / 2, LEASE, 3) is None
-    later = now + LEASE + timedelta(seconds=1)
-    second = await leases.claim_job(engines[1], "alive", later, LEASE, 3)
-    assert second is not None and second.id == job_id and second.attempts == 2
-    counts = Counts(10, 100, 500)
-    assert await leases.beat(engines[0], job_id, "dead", counts, True, later, LEASE) is Beat.LOST
-    assert not await leases.finish(engines[0], job_id, "dead", jobs.SUCCEEDED, later)
-    assert await leases.beat(engines[1], job_id, "alive", counts, True, later, LEASE) \
-        is Beat.CONTINUE
-    job = await jobs.find_job(engines[1], job_id)
-    assert (job.lease_owner, job.rows_written, job.total_rows, job.percent) == (
-        "alive", 10, 100, 10.0
-    )
-
-
-async def test_a_run_handed_back_by_a_stopping_worker_starts_afresh_without_using_an_attempt(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    (job_id,) = await queue(engines[0], 1, now)
-    assert await leases.claim_job(engines[0], "stopping", now, LEASE, 3) is not None
-    await leases.beat(engines[0], job_id, "stopping", Counts(10, 100, 500), True, now, LEASE)
-    before = await jobs.find_job(engines[0], job_id)
-    assert not await leases.requeue(engines[0], job_id, "another")  # not its run
-    assert await leases.requeue(engines[0], job_id, "stopping")
-    assert not await leases.requeue(engines[0], job_id, "stopping")  # no longer its run
-    job = await jobs.find_job(engines[0], job_id)
-    assert (job.status, job.lease_owner, job.lease_expires_at, job.started_at) == (
-        jobs.QUEUED, None, None, None)
-    assert (job.rows_written, job.bytes_written, job.total_rows, job.attempts) == (0, 0, None, 0)
-    assert job.revision == before.revision + 1  # event streams see the change
-    again = await leases.claim_job(engines[1], "next", now, LEASE, 3)  # at once: no lease left
-    assert again is not None and again.id == job_id and again.attempts == 1
-
-
-async def test_the_runs_of_dead_workers_are_claimable_at_once_and_no_other_run_is(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    (ended,) = await queue(engines[0], 1, now - timedelta(seconds=1))
-    assert await leases.claim_job(engines[0], "dead-1", now, LEASE, 3) is not None
-    assert await leases.finish(engines[0], ended, "dead-1", jobs.SUCCEEDED, now)
-    queued = await queue(engines[0], 3, now)
-    for owner in ("dead-1", "alive", "dead-2"):
-        assert await leases.claim_job(engines[0], owner, now, LEASE, 3) is not None
-    assert sorted(await leases.running_owners(engines[0])) == ["alive", "dead-1", "dead-2"]
-    assert await leases.expire_lapsed_leases(engines[0], [], now) == 0
-    assert await leases.expire_lapsed_leases(engines[0], ["dead-1", "dead-2", "gone"], now) == 2
-    taken = [await leases.claim_job(engines[1], "new", now, LEASE, 3) for _ in range(3)]
-    assert [job and job.id for job in taken] == [queued[0], queued[2], None]
-    assert (await jobs.find_job(engines[0], queued[1])).lease_owner == "alive"
-
-
-async def test_a_run_that_failed_on_a_transient_error_alone_is_queued_again_unless_canceled(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    failed, other, canceled = await queue(engines[0], 3, now)
-    for owner in ("worker", "other", "canceled"):
-        assert await leases.claim_job(engines[0], owner, now, LEASE, 3) is not None
-    later = now + timedelta(seconds=2)
-    assert not await leases.retry_later(engines[0], failed, "other", "lost", later)  # not its run
-    assert await leases.retry_later(engines[0], failed, "worker", "connection lost", later)
-    job = await jobs.find_job(engines[0], failed)
-    assert (job.status, job.lease_owner, job.error, job.retry_at, job.attempts) == (
-        jobs.QUEUED, None, "connection lost", later, 1)
-    assert (await jobs.find_job(engines[0], other)).status == jobs.RUNNING
-    await jobs.cancel_job(engines[0], canceled, now)
-    assert not await leases.retry_later(engines[0], canceled, "canceled", "lost", later)
-    assert (await jobs.find_job(engines[0], canceled)).status == jobs.RUNNING  # to end canceled
-
-
-async def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    (job_id,) = await queue(engines[0], 1, now)
-    for attempt in range(3):
-        now += LEASE * 2
-        await leases.settle_lapsed(engines[0], now, 3)
-        claimed = await leases.claim_job(engines[0], f"mortal-{attempt}", now, LEASE, 3)
-        assert claimed is not None and claimed.attempts == attempt + 1
-    now += LEASE * 2
-    assert await leases.claim_job(engines[0], "next", now, LEASE, 3) is None
-    await leases.settle_lapsed(engines[0], now, 3)
-    job = await jobs.find_job(engines[0], job_id)
-    assert job.status == jobs.FAILED
-    assert job.error is not None and "3 times" in job.error
-
-
-async def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    first, second = await queue(engines[0], 2, now)
-    running = await leases.claim_job(engines[0], "worker", now, LEASE, 3)
-    assert running is not None and running.id == first
-    assert (await jobs.cancel_job(engines[0], second, now)).status == jobs.CANCELED
-    flagged = await jobs.cancel_job(engines[0], first, now)
-    assert flagged.status == jobs.RUNNING and flagged.cancel_requested
-    counts = Counts(0, None, 0)
-    assert await leases.beat(engines[0], first, "worker", counts, False, now, LEASE) is Beat.CANCEL
-    # A canceled job whose worker died ends canceled, not re-run.
-    later = now + LEASE * 2
-    assert await leases.claim_job(engines[1], "other", later, LEASE, 3) is None
-    await leases.settle_lapsed(engines[1], later, 3)
-    assert (await jobs.find_job(engines[1], first)).status == jobs.CANCELED
-
+# The database's side of schedules and retention, raced (``empty_database`` and
+# ``engines`` are conftest's).
 
 async def test_a_tick_fired_by_racing_workers_makes_one_job_and_a_missed_day_one_catch_up(
     engines: tuple[AsyncEngine, AsyncEngine],
@@ -778,20 +604,8 @@ async def test_the_sweep_expires_a_job_that_succeeded_as_its_schedule_was_delete
 
 
 # Cancel racing the end of a job: a cancel answered 202 ends the job canceled, never
-# succeeded; one that comes after the job has finished is a 409 (tested on a real server).
-
-async def test_a_finish_other_than_cancel_is_refused_once_a_cancel_was_asked(
-    engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    now = datetime.now(UTC)
-    (job_id,) = await queue(engines[0], 1, now)
-    assert await leases.claim_job(engines[0], "worker", now, LEASE, 3) is not None
-    assert (await jobs.cancel_job(engines[1], job_id, now)).status == jobs.RUNNING
-    assert not await leases.finish(engines[0], job_id, "worker", jobs.SUCCEEDED, now)
-    assert not await leases.finish(engines[0], job_id, "worker", jobs.FAILED, now)
-    assert await leases.finish(engines[0], job_id, "worker", jobs.CANCELED, now)
-    assert (await jobs.find_job(engines[0], job_id)).status == jobs.CANCELED
-
+# succeeded (a finish other than the cancel is refused: test_leases.py); one that comes
+# after the job has finished is a 409 (tested on a real server).
 
 async def test_a_cancel_flagged_after_the_file_is_complete_ends_the_job_canceled_without_it(
     empty_database: Database, engines: tuple[AsyncEngine, AsyncEngine], tmp_path: Path,
