@@ -188,6 +188,21 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
 - PostgreSQL (only with `--postgres-url`): the exporter's CSV against
   `psql -c "\\copy (select * from users order by id) to stdout with (format csv, header)"`.
 - Seeding: wall time of `exporter seed --users N` (with its large file) in a fresh data dir.
+- Wide table (`bench/wide.py`): 33 columns of mixed kinds made with plain SQL in the same
+  database, as a user's own table; its downloads are measured as the users' are, against
+  the same `sqlite3` commands on `wide` (and `psql \\copy` with `--postgres-url`).
+- Parquet: `curl` of `/exports/users.parquet` against `sqlite3 -csv`, and against ADBC's
+  SQLite driver and pyarrow writing the file without HTTP (`bench/adbc_parquet.py`, its own
+  venv `bench/.venv-adbc`), interleaved; the file's size against the gzip CSV body's; the
+  server's `VmRSS` peak while it writes one, on a fresh server.
+- Job storage: one job exporting a view of every wide row twice (a JSON file above 1 GiB at
+  1M rows) uploaded to a bucket served by `rclone serve s3`, against the same job written
+  to the local jobs directory, interleaved; the server's `VmRSS` peak above idle meanwhile.
+- Live streams (`bench/follow.py`): one follower of `/exports/ticks.ndjson?follow=true`
+  while one writer commits a row every 20 ms; the latency is from each COMMIT's return to
+  the row's line at the follower (one clock, this process's); on SQLite, and on PostgreSQL
+  with the trigger (`exporter follow install`) and polled without it. Then `/health` every
+  10 ms while 200 idle followers wait.
 
 {("## Notes" + chr(10) + chr(10) + notes + chr(10)) if notes else ""}## Raw runs
 
