@@ -6,13 +6,14 @@ database (``.ci/run`` creates one); the fixtures drop and rebuild its tables.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ from exporter.models import users
 from exporter.params import parse_query
 from exporter.queries import ExportQuery
 from exporter.state import STATE_FILE_NAME
+from exporter.worker import Worker
 
 PG_URL_VARIABLE = "EXPORTER_TEST_DATABASE_URL"
 SEEDED_USERS = 3000
@@ -212,10 +214,10 @@ async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-# Jobs' own database, for the tests of leases and of jobs' state (test_leases, test_jobs):
-# the service's state and the demo's tables, empty. It does not need the seeded
-# ``database``, whose users these tests never read: a mutant of leases.py then runs its
-# tests without seeding one.
+# Jobs' own database, for the tests of leases, schedules and the worker (test_leases,
+# test_schedules, test_worker): the service's state and the demo's tables, empty. It does
+# not need the seeded ``database``, whose users these tests never read: a mutant of leases.py
+# then runs its tests without seeding one.
 
 LEASE = timedelta(seconds=30)
 
@@ -258,6 +260,40 @@ async def queue(engine: AsyncEngine, count: int, now: datetime) -> list[str]:
     spec = JobRequest(format="csv").spec()
     return [(await jobs.create_job(engine, spec, now + timedelta(microseconds=i))).id
             for i in range(count)]
+
+
+# The worker in-process, on such a database, for the tests of the worker and of the schedules
+# it fires (test_worker, test_schedules).
+
+def worker_settings(database: Database, tmp_path: Path, **overrides: object) -> Settings:
+    return load_settings(**{
+        "database_url": database.url, "data_dir": tmp_path, "worker_poll_seconds": 0.05,
+        "job_progress_seconds": 0.05, **overrides,
+    })
+
+
+async def run_worker(
+    engine: AsyncEngine, settings: Settings, until: Callable[[Worker], Awaitable[bool]],
+    seconds: float = 20,
+) -> None:
+    """Run a worker until ``until`` holds (failing after ``seconds``)."""
+    worker = Worker(engine, settings)
+    await worker.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while not await until(worker):
+            assert time.monotonic() < deadline, "the worker never got there"
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+
+
+async def finished_by_worker(engine: AsyncEngine, settings: Settings, job_id: str) -> jobs.Job:
+    async def finished(_worker: Worker) -> bool:
+        return (await jobs.find_job(engine, job_id)).finished
+
+    await run_worker(engine, settings, finished)
+    return await jobs.find_job(engine, job_id)
 
 
 async def clone_database(template: Database, data_dir: Path, suffix: str) -> Database:

@@ -52,11 +52,16 @@ MODULES: dict[str, Module] = {
     # both backends in about 10 s, where test_jobs (its worker, its schedules, its servers)
     # took 20 to 30 s a mutant, hours in all; a narrower selection can only kill fewer.
     "leases": Module(("exporter.leases.*",), ("tests/test_leases.py",)),
-    # Only the claiming and firing: schedules' CRUD and retention decide neither bytes nor access.
-    "schedules": Module(tuple(f"exporter.schedules.{function}__mutmut_*" for function in (
-        "x_fire_due", "x__fire", "x__in_flight", "x_latest_time", "x_next_time",
-    )), tuple(f"tests/test_jobs.py::{words}" for words in (
-        "schedule", "cron", "tick", "missed_times", "conditional_claim"))),
+    # Only the claiming and firing, and the cron times they fire at (cron.py's, which were
+    # schedules.py's): schedules' CRUD and retention decide neither bytes nor access. Their
+    # own tests first (the cron times' in milliseconds), then the schedules API's tests and
+    # the worker's tests of jobs whose schedule went.
+    "schedules": Module((
+        *(f"exporter.schedules.{function}__mutmut_*"
+          for function in ("x_fire_due", "x__fire", "x__in_flight")),
+        *(f"exporter.cron.{function}__mutmut_*" for function in ("x_latest_time", "x_next_time")),
+    ), ("tests/test_cron.py", "tests/test_schedules.py", "tests/test_jobs.py::schedule",
+        "tests/test_worker.py::schedule")),
 }
 
 

@@ -6,7 +6,7 @@ test by ``engines``), with the clock passed in as the worker passes it.
 It is the only test file the mutation run gives leases.py's mutants (tests/mutation.py), so
 it checks, directly and in seconds, what each function does to a job as its API shows it
 (status, worker, attempts, revision, progress, error and times), and which job a claim
-takes, and from when. The worker that calls these functions is tested in test_jobs
+takes, and from when. The worker that calls these functions is tested in test_worker
 (in-process) and test_jobs_server (real servers, kill -9).
 """
 
@@ -170,7 +170,7 @@ async def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
 
 
 # Cancel racing the end of a job: a cancel answered 202 ends the job canceled, never
-# succeeded (the rest of the race, the worker's side, is in test_jobs).
+# succeeded (the rest of the race, the worker's side, is in test_worker).
 
 async def test_a_finish_other_than_cancel_is_refused_once_a_cancel_was_asked(
     engines: tuple[AsyncEngine, AsyncEngine],
