@@ -22,8 +22,8 @@ from exporter.errors import InvalidParameter, NotFound
 from exporter.formats import FORMATS, Format
 from exporter.job_files import write_file
 from exporter.params import parse_query
+from exporter.pipeline import open_export
 from exporter.storage import ChunkStream
-from exporter.streaming import open_export
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_USAGE = 2

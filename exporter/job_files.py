@@ -35,8 +35,8 @@ from exporter.config import Settings
 from exporter.errors import StorageUnavailable
 from exporter.jobs import Job, JobSpec
 from exporter.leases import Counts
+from exporter.pipeline import Progress, open_export
 from exporter.storage import ChunkStream
-from exporter.streaming import Progress, open_export
 
 if TYPE_CHECKING:  # job_storage.py builds on this module's writer
     from exporter.job_storage import JobStorage

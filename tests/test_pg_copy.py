@@ -24,8 +24,8 @@ from exporter.db import DriverStatement, create_engine, shared_snapshot, snapsho
 from exporter.formats import FORMATS
 from exporter.models import users
 from exporter.pg_copy import Block, copy_blocks, copy_ranges, copy_statement
+from exporter.pipeline import export_chunks, open_export
 from exporter.queries import ExportQuery
-from exporter.streaming import export_chunks, open_export
 from tests.conftest import (
     GOLDEN_AFTER_ID,
     SEED,

@@ -390,7 +390,7 @@ class Db:
         return await self.run(compiled.sql, compiled.arguments(**values))
 
     async def one(self, statement: Any) -> tuple[Any, ...]:
-        """Through SQLAlchemy, as streaming.py counts and parquet.py checks misfits."""
+        """Through SQLAlchemy, as pipeline.py counts and parquet.py checks misfits."""
         async with self.engine.connect() as conn:
             return tuple((await conn.execute(statement)).one())
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from exporter.errors import ExportsBusy
-from exporter.streaming import ExportResponse, ExportSlots, gzip_chunks, prime
+from exporter.pipeline import gzip_chunks
+from exporter.streaming import ExportResponse, ExportSlots, prime
 from tests.conftest import Database
 
 
@@ -156,7 +157,7 @@ async def test_counting_gives_the_number_of_rows_the_export_then_streams(
     from exporter.catalog import Catalog
     from exporter.formats import Ndjson
     from exporter.params import parse_query
-    from exporter.streaming import Progress, open_export
+    from exporter.pipeline import Progress, open_export
 
     engine = database.engine()
     progress = Progress()

@@ -30,18 +30,11 @@ from exporter.formats import BY_EXTENSION, FORMATS, Format
 from exporter.formats.ndjson import Ndjson
 from exporter.openapi import BAD_PARAMETER, EXPORT_MEDIA_TYPES, EXPORTS_BUSY, not_found
 from exporter.params import boolean, parse_query
+from exporter.pipeline import Progress, gzip_chunks, open_export
 from exporter.queries import ExportQuery
 from exporter.routes.deps import CatalogDep, EngineDep, MetricsDep, SettingsDep, SlotsDep
 from exporter.storage import ChunkStream
-from exporter.streaming import (
-    NO_BUFFERING,
-    ExportResponse,
-    Progress,
-    gzip_chunks,
-    observed,
-    open_export,
-    response_body,
-)
+from exporter.streaming import NO_BUFFERING, ExportResponse, observed, response_body
 
 router = APIRouter(tags=["exports"])
 
