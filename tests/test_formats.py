@@ -48,8 +48,8 @@ from exporter.formats import (
     Tsv,
 )
 from exporter.formats.base import DEFAULT_OPTIONS
+from exporter.pipeline import export_chunks
 from exporter.routes.exports import split_export_name
-from exporter.streaming import export_chunks
 from tests.conftest import postgres_url, query_for
 
 TEXT_FORMATS: list[type[Format]] = [Csv, Tsv, Ndjson, JsonArray]
