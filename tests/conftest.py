@@ -46,6 +46,8 @@ SEEDED_USERS = 3000
 SEED = 7
 GOLDEN_AFTER_ID = 900000
 
+API_KEYS = ("key-one-7Hq2xLp9", "key-two-Rv4mWz8c")  # two keys a test may set
+
 
 async def reflected(engine: AsyncEngine, name: str = "users") -> Table:
     """A table as the catalog reflects it from the database."""

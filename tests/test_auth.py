@@ -10,15 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import ValidationError
 
 from exporter import auth
 from exporter.app import create_app
 from exporter.auth import KeyRing, bearer_token, is_loopback
-from exporter.config import describe, load_settings
+from exporter.config import load_settings
+from tests.conftest import API_KEYS as KEYS
 from tests.conftest import GOLDEN_ROWS, TOTAL_ROWS, Database, running_server
 
-KEYS = ("key-one-7Hq2xLp9", "key-two-Rv4mWz8c")
 NO_JOB = "0" * 32
 GUARDED = [
     "/exports/users.csv", "/exports/users.ndjson?limit=5", "/exports/users.json",
@@ -294,53 +293,3 @@ async def test_a_service_with_keys_starts_and_stops_through_the_key_check(
 
     await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-
-
-# The setting itself.
-
-def test_api_keys_come_from_the_environment_separated_by_commas(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("EXPORTER_API_KEYS", ",".join(KEYS))
-    assert [key.get_secret_value() for key in load_settings().api_keys] == list(KEYS)
-    monkeypatch.setenv("EXPORTER_API_KEYS", "")
-    assert load_settings().api_keys == ()
-
-
-def test_api_keys_stay_out_of_the_settings_repr() -> None:
-    settings = load_settings(api_keys=",".join(KEYS))
-    assert len(settings.api_keys) == 2
-    for shown in (repr(settings), str(settings), repr(settings.api_keys)):
-        assert KEYS[0] not in shown and KEYS[1] not in shown
-
-
-@pytest.mark.parametrize(("value", "problem"), [
-    ("key-one-7Hq2xLp9,,key-two-Rv4mWz8c", "key 2 of 3 is empty"),
-    ("key-one-7Hq2xLp9,", "key 2 of 2 is empty"),
-    (",", "key 1 of 2 is empty"),
-    ("key-one-7Hq2xLp9, key-two-Rv4mWz8c", "key 2 of 2 contains whitespace"),
-    ("key-one-7Hq2xLp9\n", "key 1 of 1 contains whitespace"),
-    ("key\tone-7Hq2xLp9", "key 1 of 1 contains whitespace"),
-    ("kéy-one-7Hq2xLp9", "key 1 of 1 contains a character that is not visible ASCII"),
-])
-def test_a_bad_key_list_is_refused_naming_the_problem_never_the_key(
-    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
-) -> None:
-    monkeypatch.setenv("EXPORTER_API_KEYS", value)
-    with pytest.raises(ValidationError) as refused:
-        load_settings()
-    message = describe(refused.value)
-    assert message.startswith(f"EXPORTER_API_KEYS: {problem}")
-    for shown in (message, str(refused.value)):
-        assert "7Hq2xLp9" not in shown and "Rv4mWz8c" not in shown
-
-
-def test_other_settings_errors_still_quote_the_value_given(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("EXPORTER_MAX_CONCURRENT_EXPORTS", "0")
-    with pytest.raises(ValidationError) as refused:
-        load_settings()
-    assert describe(refused.value) == (
-        "EXPORTER_MAX_CONCURRENT_EXPORTS: Input should be greater than or equal to 1 (got '0')"
-    )
