@@ -1,4 +1,5 @@
-"""``GET /exports/{table}.{csv,ndjson,json}``: the streaming exports, of any exposed table."""
+"""``GET /exports/{table}.{format}`` (csv, ndjson, json, tsv, parquet): the streaming exports, of
+any exposed table, and their live form (``follow=true``)."""
 
 from __future__ import annotations
 
