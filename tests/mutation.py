@@ -36,10 +36,12 @@ class Module:
 # changed); formats/parquet.py and formats/arrow.py are left out of the run (pyproject).
 EXPORTS = ("tests/test_exports.py", "tests/test_foreign.py", "tests/test_tsv.py")
 MODULES: dict[str, Module] = {
-    # Its own tests first: every format's framing and COPY handling against Python's csv and
-    # json in a second, before the whole exports (tens of minutes for the formats' mutants).
-    "formats": Module(("exporter.formats.*",),
-                      ("tests/test_formats.py", *EXPORTS, "tests/test_pg_copy.py")),
+    # Its own tests alone: every format's framing and COPY handling against Python's csv and
+    # json, in a second. With the whole exports after them, mutmut's clean run of the
+    # selection took over 8 minutes (their fixtures rebuilt as it interleaves them) and did
+    # not finish under it. A narrower selection can only kill fewer: the score is not
+    # flattered.
+    "formats": Module(("exporter.formats.*",), ("tests/test_formats.py",)),
     "render": Module(("exporter.render.*",),
                      ("tests/test_render.py", *EXPORTS, "tests/test_pg_copy.py")),
     "params": Module(("exporter.params.*",), ("tests/test_params.py", *EXPORTS)),
