@@ -133,9 +133,14 @@ def _matching(statement: Select[Any], query: ExportQuery, dialect: str) -> Selec
     """``statement`` restricted to the rows ``query`` asks for."""
     for item in query.filters:
         statement = statement.where(_condition(query.table, item, dialect))
-    if query.null_key is not None:
+    null_key = query.null_key
+    if null_key is None and query.after is not None and nullable_key(query):
+        # after= names a whole key: the NULL-keyed rows came before it, even those a row
+        # comparison would let through ((2, NULL) > (1, 5) holds: the first column decides).
+        null_key = False
+    if null_key is not None:
         held = _null_key(query)
-        statement = statement.where(held if query.null_key else ~held)
+        statement = statement.where(held if null_key else ~held)
     if query.after is not None:
         # The key as ORDER BY sorts it (raw, so the key's index serves the seek), and the
         # values as the key stores them (``_key_bound``).
@@ -328,8 +333,12 @@ def build_misfits(query: ExportQuery) -> tuple[Select[Any], list[str]] | None:
     rows = _matching(select(*flags).select_from(table.sql), query, "sqlite")
     # Without a key to order by, a LIMIT might not pick the export's rows: all are checked.
     if query.limit is not None and order_key(query):
-        first = [_null_key(query).desc()] if nullable_key(query) else []  # as they are sent
-        rows = rows.order_by(*first, *order_key(query)).limit(literal(query.limit, BigInteger()))
+        # As they are sent: the NULL-keyed rows first (a lone key column sorts its NULLs first
+        # by itself, through its index; a composite key needs the flag), in rowid order.
+        first = [_null_key(query).desc()] if len(query.table.key) > 1 and nullable_key(
+            query) else []
+        order = order_key(replace(query, null_key=True) if nullable_key(query) else query)
+        rows = rows.order_by(*first, *order).limit(literal(query.limit, BigInteger()))
     found = rows.subquery()
     misfits = select(*(func.coalesce(func.max(column), 0) for column in found.c))
     return misfits, list(checked)

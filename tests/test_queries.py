@@ -1020,3 +1020,33 @@ async def test_misfits_with_a_limit_check_the_rows_a_nullable_key_sends_first(
         found = build_misfits(query_for(pairs, raw))
         assert found is not None and found[1] == ["n"]
         assert await sqlite_db.one(found[0]) == (flagged,), raw
+
+
+async def test_after_on_a_nullable_composite_key_leaves_the_null_keyed_rows_out_of_rows_and_count(
+    sqlite_db: Db,
+) -> None:
+    """(2, NULL) > (1, 5) holds in SQL (the first column decides), but a row whose key holds
+    a NULL was sent before every whole key: after= one, it is neither sent nor counted."""
+    table = await _made(sqlite_db, [
+        "CREATE TABLE half_keyed (a INTEGER, b INTEGER, label TEXT, PRIMARY KEY (a, b))",
+        "INSERT INTO half_keyed VALUES (1, 5, 'whole 1'), (2, NULL, 'half'), (3, 1, 'whole 3')",
+    ], "half_keyed")
+    query = query_for(table, "after=1,5")
+    assert [dict(pairs)["label"] for pairs in await sqlite_db.objects(query)] == ["whole 3"]
+    assert await sqlite_db.one(build_count(query, "sqlite")) == (1,)
+
+
+async def test_the_misfit_scan_of_a_limit_on_a_lone_nullable_key_reads_only_that_many(
+    sqlite_db: Db,
+) -> None:
+    """A lone key column sorts its NULLs first by itself: the scan walks the key's index and
+    stops at the limit, instead of sorting the whole table first."""
+    table = await _made(sqlite_db, [
+        "CREATE TABLE lone_keyed (code TEXT PRIMARY KEY, n INTEGER)",
+        "INSERT INTO lone_keyed VALUES ('b', 2), (NULL, 1), ('a', 3)"], "lone_keyed")
+    found = build_misfits(query_for(table, "limit=2"))
+    assert found is not None
+    sql = str(found[0].compile(sqlite_db.engine, compile_kwargs={"literal_binds": True}))
+    plan = " ".join(str(step) for step in await sqlite_db.run("EXPLAIN QUERY PLAN " + sql, []))
+    assert "TEMP B-TREE" not in plan, plan
+    assert await sqlite_db.one(found[0]) == (0,)
