@@ -180,8 +180,12 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
         )).all()
         keyed = sorted((pk, column) for column, _, _, pk in info if pk)
         # SQLite lets a primary key column hold NULL, unless it is declared NOT NULL or is the
-        # rowid (a lone INTEGER PRIMARY KEY of a table: NULL there makes SQLite number the row).
+        # rowid (a lone INTEGER PRIMARY KEY of a table: NULL there makes SQLite number the row;
+        # but not INTEGER PRIMARY KEY DESC, a quirk SQLite keeps: that key has an index of
+        # its own, as every other key does, and holds NULLs).
         rowid = keyed[0][1] if len(keyed) == 1 and kind == "table" else None
+        if rowid is not None and await _key_index(conn, name):
+            rowid = None
         columns = []
         for column, declared, notnull, _ in info:
             column_kind, scale, precision = sqlite_kind(declared or "")
@@ -199,6 +203,14 @@ async def _sqlite_tables(conn: AsyncConnection) -> list[Table]:
                             rows=stat if stat is not None else largest)
         tables.append(table)
     return tables
+
+
+async def _key_index(conn: AsyncConnection, name: str) -> bool:
+    """Whether SQLite made an index for the table's primary key (it makes none for a rowid)."""
+    found = (await conn.exec_driver_sql(
+        "SELECT 1 FROM pragma_index_list(?, 'main') WHERE origin = 'pk'", (name,)
+    )).first()
+    return found is not None
 
 
 async def _sqlite_stat(conn: AsyncConnection, name: str) -> int | None:

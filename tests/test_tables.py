@@ -339,6 +339,9 @@ async def test_rows_whose_sqlite_key_holds_null_come_first_and_none_is_left_out(
         "CREATE TABLE pairs (a TEXT, b TEXT, label TEXT, PRIMARY KEY (a, b))",
         "INSERT INTO pairs VALUES ('x', NULL, 'p1'), ('a', 'b', 'p2'), (NULL, 'y', 'p3'), "
         "('x', 'z', 'p4'), ('a', 'a', 'p5'), ('b', NULL, 'p6')",
+        # Not the rowid, for all its INTEGER PRIMARY KEY: DESC keeps NULL as NULL.
+        "CREATE TABLE descs (id INTEGER PRIMARY KEY DESC, label TEXT)",
+        "INSERT INTO descs VALUES (2, 'two'), (NULL, 'n1'), (1, 'one'), (NULL, 'n2')",
     )
     async with service(database, batch_rows=2, readers=readers) as client:
         async def labels(path: str) -> list[str]:
@@ -357,6 +360,7 @@ async def test_rows_whose_sqlite_key_holds_null_come_first_and_none_is_left_out(
         assert await labels("/exports/pairs.csv?after=a,a") == ["p2", "p4"]
         assert await labels("/exports/pairs.csv?label__gte=p2&limit=4") == ["p3", "p6", "p5", "p2"]
         assert (await client.get("/exports/pairs.ndjson")).text.count("\n") == 6
+        assert await labels("/exports/descs.csv") == ["n1", "n2", "one", "two"]
 
 
 async def test_a_sqlite_table_without_rowid_whose_key_is_hidden_still_exports(
