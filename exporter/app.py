@@ -145,8 +145,10 @@ def _said(error: Any) -> str:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExporterError)
     async def exporter_error(_request: Request, exc: ExporterError) -> JSONResponse:
-        if exc.status == 500:  # a broken export: ours to look into, not the client's
-            log.error("%s", exc.code, exc_info=exc)
+        if exc.status == 500:  # a broken export: ours to look into (logged where it broke);
+            # its message names keys and snapshots, which are not the client's to read
+            return JSONResponse({"error": exc.code, "message": f"{exc.code}; see the log"},
+                                status_code=500)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
