@@ -20,7 +20,11 @@ COPY alembic.ini ./
 COPY exporter ./exporter
 COPY migrations ./migrations
 COPY seed ./seed
+# The sources go once installed: `python -m exporter` run in /app would otherwise import
+# ./exporter, which has no exporter.migrations or exporter.seed (they install from
+# migrations/ and seed/), instead of the installed package.
 RUN pip install --no-cache-dir ".[s3]" \
+    && rm -rf exporter migrations seed build \
     && mkdir -p /data \
     && chown exporter:exporter /data
 
