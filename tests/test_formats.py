@@ -401,7 +401,7 @@ def sqlite_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_a_sqlite_export_through_export_chunks_gives_the_document(
     sqlite_path: Path, fmt: type[Format]
 ) -> None:
-    """The framing above as streaming.export_chunks really drives it, over SQLite's real
+    """The framing above as pipeline.export_chunks really drives it, over SQLite's real
     batches (one row each, so that blocks are framed after the first)."""
     engine = create_engine(f"sqlite+aiosqlite:///{sqlite_path}",
                            state_path=sqlite_path.with_suffix(".state"))
