@@ -115,12 +115,15 @@ def nullable_key(query: ExportQuery) -> bool:
     cannot reach such rows: they come first, as ORDER BY puts NULLs first, read apart by
     one statement (``null_key=True``), and the batches take the rest (``null_key=False``).
     A client cannot resume after such a row: its key names no place."""
-    return any(query.table.column(name).nullable for name in query.table.key)
+    return bool(_nullable_columns(query))
+
+
+def _nullable_columns(query: ExportQuery) -> list[str]:
+    return [name for name in query.table.key if query.table.column(name).nullable]
 
 
 def _null_key(query: ExportQuery) -> SQL:
-    return or_(*(query.table.sql.c[name].is_(None) for name in query.table.key
-                 if query.table.column(name).nullable))
+    return or_(*(query.table.sql.c[name].is_(None) for name in _nullable_columns(query)))
 
 
 def _key_values(key: Sequence[SQL], values: Sequence[Any]) -> tuple[SQL, SQL]:
