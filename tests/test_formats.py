@@ -265,12 +265,12 @@ async def test_an_export_of_no_rows_is_still_a_whole_document(fmt: type[Format])
 
 
 @pytest.mark.parametrize(("fields", "header"), [
-    (["id"], b"id\r\n"),
-    (["id", "email"], b"id,email\r\n"),
+    pytest.param(["id"], b"id\r\n", id="one"),
+    pytest.param(["id", "email"], b"id,email\r\n", id="two"),
     # Quoted only where RFC 4180 needs it: a comma, a quote (doubled), CR or LF; a space
     # or a non-ASCII letter needs none.
-    (["a,b", 'say "hi"', "cr\r", "lf\n", " spaced ", "Straße"],
-     '"a,b","say ""hi""","cr\r","lf\n", spaced ,Straße\r\n'.encode()),
+    pytest.param(["a,b", 'say "hi"', "cr\r", "lf\n", " spaced ", "Straße"],
+                 '"a,b","say ""hi""","cr\r","lf\n", spaced ,Straße\r\n'.encode(), id="awkward"),
 ])
 def test_the_csv_header_is_the_field_names_quoted_as_csv_requires(
     fields: list[str], header: bytes
@@ -307,21 +307,29 @@ async def test_each_json_array_export_frames_afresh() -> None:
 
 # --- COPY's output, one format at a time ----------------------------------------------------
 
+# Named ids: pytest writes a bytes value's \r and \n escaped in its id, and mutmut's clean
+# run, which names each test on the command line, could not find such a test again.
 @pytest.mark.parametrize(("fmt", "chunk", "rows", "final"), [
     # CSV: the lone-CR column and LF give way to CRLF; a quoted CRLF, LF or ',"\r"\n' stays.
-    (Csv, b'1,"a\r\nb","\r"\n', 1, b'1,"a\r\nb"\r\n'),
-    (Csv, b'1,x,"\r"\n2,",""\r""\n","\r"\n', 2, b'1,x\r\n2,",""\r""\n"\r\n'),
-    (Csv, b'"\r","\r"\n', 1, b'"\r"\r\n'),
-    (Csv, b'"","\r"\n', 1, b'""\r\n'),  # a lone '' (render.pg_csv_value), as csv.writer has it
-    (Csv, COPY_CSV, 3, expected_document(Csv, ROWS).split(b"\r\n", 1)[1]),
+    pytest.param(Csv, b'1,"a\r\nb","\r"\n', 1, b'1,"a\r\nb"\r\n', id="csv-quoted-crlf"),
+    pytest.param(Csv, b'1,x,"\r"\n2,",""\r""\n","\r"\n', 2, b'1,x\r\n2,",""\r""\n"\r\n',
+                 id="csv-two-rows-quoted-lf"),
+    pytest.param(Csv, b'"\r","\r"\n', 1, b'"\r"\r\n', id="csv-quoted-cr"),
+    # A lone '' (render.pg_csv_value), as csv.writer has it.
+    pytest.param(Csv, b'"","\r"\n', 1, b'""\r\n', id="csv-empty-text"),
+    pytest.param(Csv, COPY_CSV, 3, expected_document(Csv, ROWS).split(b"\r\n", 1)[1],
+                 id="csv-hostile-rows"),
     # NDJSON: every backslash COPY doubled is single again; the rows are the lines.
-    (Ndjson, rb'{"a":"x\\"y\\\\z\\n"}' + b"\n", 1, rb'{"a":"x\"y\\z\n"}' + b"\n"),
-    (Ndjson, b'{"a":1}\n{"a":2}\n', 2, b'{"a":1}\n{"a":2}\n'),
-    (Ndjson, COPY_JSON, 3, expected_document(Ndjson, ROWS)),
+    pytest.param(Ndjson, rb'{"a":"x\\"y\\\\z\\n"}' + b"\n", 1, rb'{"a":"x\"y\\z\n"}' + b"\n",
+                 id="ndjson-backslashes"),
+    pytest.param(Ndjson, b'{"a":1}\n{"a":2}\n', 2, b'{"a":1}\n{"a":2}\n', id="ndjson-two-rows"),
+    pytest.param(Ndjson, COPY_JSON, 3, expected_document(Ndjson, ROWS), id="ndjson-hostile-rows"),
     # TSV: COPY's text is TSV's; a line feed in a value is written \n, so lines are rows.
-    (Tsv, b"1\ta\\nb\t\\N\n2\t\\\\\t\n", 2, b"1\ta\\nb\t\\N\n2\t\\\\\t\n"),
-    (Tsv, COPY_TSV, 3, expected_document(Tsv, ROWS).split(b"\n", 1)[1]),
-], ids=lambda value: getattr(value, "name", None))
+    pytest.param(Tsv, b"1\ta\\nb\t\\N\n2\t\\\\\t\n", 2, b"1\ta\\nb\t\\N\n2\t\\\\\t\n",
+                 id="tsv-escapes"),
+    pytest.param(Tsv, COPY_TSV, 3, expected_document(Tsv, ROWS).split(b"\n", 1)[1],
+                 id="tsv-hostile-rows"),
+])
 def test_copy_rows_counts_a_chunks_rows_and_makes_its_bytes_final(
     fmt: type[Format], chunk: bytes, rows: int, final: bytes
 ) -> None:
