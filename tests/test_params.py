@@ -360,6 +360,32 @@ def test_each_refusal_names_its_parameter_and_the_value_given() -> None:
         (USERS, (("plan", "gold"),), "plan", "gold", "unknown value 'gold'"),
         (USERS, (("after", "1"), ("after_id", "2")), "after_id", "",
          "after_id is the demo's name for after; give one"),
+        (THINGS, (("limit", "x"),), "limit", "x",
+         f"expected a whole number from 0 to {MAX_INTEGER}"),
+        (THINGS, (("limit", "-1"),), "limit", "-1",
+         f"expected a whole number from 0 to {MAX_INTEGER}"),
+        (THINGS, (("fields", "id,"),), "fields", "id,",
+         "expected a comma-separated list with no empty items"),
+        (THINGS, (("nope", "1"),), "nope", "1",
+         "unknown parameter: 'things' has no column 'nope', and it is none of fields, limit, "
+         "after; a filter is a column name, alone or with one of the suffixes __exact, __gt, "
+         "__gte, __lt, __lte, __isnull"),
+        (THINGS, (("doc__gt", "1"),), "doc__gt", "1", "a json column cannot be filtered by gt"),
+        (THINGS, (("id__gt", "x"),), "id__gt", "x",
+         "column 'id' is integer: expected a whole number such as 42 or -7"),
+        (KEYLESS, (("after", "1"),), "after", "1",
+         "'log' has no primary key, so there is no key to resume after; export it whole, or "
+         "filter on a column that orders it"),
+        (PAIRS, (("after", "north"),), "after", "north",
+         "the key of 'pairs' has 2 columns (region, month): give 2 values, comma-separated "
+         "(only the last may hold a comma)"),
+        (USERS, (("after_id", "-1"),), "after_id", "-1",  # the demo's: from 0, as documented
+         f"expected a whole number from 0 to {MAX_INTEGER}"),
+        (USERS, (("is_active", "maybe"),), "is_active", "maybe", "expected a boolean"),
+        (USERS, (("created_from", "soon"),), "created_from", "soon",
+         "column 'created_at' is timestamp: expected an ISO 8601 date or time in UTC between "
+         "years 0001 and 9999, such as 2024-03-01 or 2024-03-01T12:00:00Z (no leap seconds: "
+         "use :59)"),
     ]
     for table, params, parameter, given, reason in cases:
         error = refused(table, *params).each()[-1]
