@@ -212,12 +212,27 @@ async def test_a_schedule_that_cannot_fire_stops_neither_the_others_nor_the_jobs
                            .values(timezone="Nowhere/Atlantis"))
     later = now + timedelta(minutes=2)
     failing: dict[str, str] = {}
+    caplog.set_level(logging.INFO, logger="exporter.schedules")
     made, next_due = await fire_due(engine, later, failing)
     assert [job.schedule_id for job in made] == [healthy.id]
     assert next_due == next_time("* * * * *", "UTC", later)
-    assert list(failing) == [broken.id] and "Atlantis" in failing[broken.id]
+    error = "ZoneInfoNotFoundError: 'No time zone found with key Nowhere/Atlantis'"
+    assert failing == {broken.id: error}
     await fire_due(engine, later + timedelta(minutes=1), failing)
-    assert sum("cannot fire" in r.message for r in caplog.records) == 1, "logged once"
+    # What an operator reads: the schedule, its cron and zone and the error, logged once
+    # however often it fails the same way; every job the others make; and when it recovers.
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"schedule {broken.id} ('* * * * *' in Nowhere/Atlantis) cannot fire: {error}; the "
+        "other schedules and the jobs go on"]
+    assert sum("fired job" in r.getMessage() for r in caplog.records) == 2
+    caplog.clear()
+    async with engine.begin() as conn:
+        await conn.execute(update(schedules).where(schedules.c.id == broken.id)
+                           .values(timezone="UTC"))
+    await fire_due(engine, later + timedelta(minutes=2), failing)
+    assert failing == {}
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+            and "fired job" not in r.getMessage()] == [f"schedule {broken.id} fires again"]
     # The worker fires schedules before it claims jobs: a one-off job still runs.
     (job_id,) = await queue(engine, 1, datetime.now(UTC))
     job = await finished_by_worker(engine, worker_settings(empty_database, tmp_path), job_id)
@@ -244,18 +259,23 @@ async def due_schedule(engine: AsyncEngine) -> tuple[str, datetime]:
 
 
 async def test_the_unique_tick_alone_refuses_a_second_job_when_the_claim_is_defeated(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    engines: tuple[AsyncEngine, AsyncEngine], caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine = engines[0]
     schedule_id, stored = await due_schedule(engine)
+    caplog.set_level(logging.INFO, logger="exporter.schedules")
     made, _ = await fire_due(engine, datetime.now(UTC))
     assert len(made) == 1
+    tick = made[0].scheduled_for
     async with engine.begin() as conn:  # as if a second worker's UPDATE still matched
         await conn.execute(update(schedules).where(schedules.c.id == schedule_id)
                            .values(next_run_at=stored))
     again, _ = await fire_due(engine, datetime.now(UTC))
     assert again == []
     assert len(await scheduled_jobs(engine, schedule_id)) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        f"schedule {schedule_id} fired job {made[0].id} for {tick}",
+        f"schedule {schedule_id}: the job for {tick} exists already"]
 
 
 async def test_the_conditional_claim_alone_makes_one_job_for_two_workers_that_read_alike(
