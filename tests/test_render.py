@@ -125,10 +125,15 @@ FITS: dict[str, list[tuple[Any, bool]]] = {
     "n": [(1, True), (None, True), (1.5, False), ("abc", False), (b"\x01", False)],
     "f": [(1.5, True), (7, True), ("abc", False), (b"\x01", False)],
     "m": [(3.5, True), (999.99, True), (-999.99, True), (1000.0, False), (12, True),
-          (INF, False), ("n/a", False), (b"\x02", False)],
+          (INF, False), ("n/a", False), (b"\x02", False),
+          # Around the largest decimal it holds: cleared by a comparison below 999.99, by
+          # printf's rounding above it (999.995 is 1000.00, too many digits).
+          (999.9899, True), (999.994, True), (-999.994, True), (999.995, False),
+          (-999.995, False), (999.999, False)],
     # The decimal point counts in the text's length only where there is one.
-    "m0": [(12345, True), (-12345, True), (123456, False)],
-    "m1": [(123.4, True), (-123.4, True), (1234.5, False)],
+    "m0": [(12345, True), (-12345, True), (123456, False), (99999.4, True), (99999.5, False),
+           (-99999.5, False)],
+    "m1": [(123.4, True), (-123.4, True), (1234.5, False), (999.94, True), (999.96, False)],
     "b": [(1, True), (0, True), (2, False), ("yes", False), (0.5, False)],
     "d": [("2024-03-01", True), (20240301, False), ("now", False), (b"\x03", False),
           (b"2024-03-01", False)],  # a BLOB whose bytes look like a date is no date
