@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.catalog import Column
-from exporter.cursors import sqlite_blocks
+from exporter.cursors import UTF8_SLICE, check_utf8, sqlite_blocks
 from exporter.db import shared_snapshot
 from exporter.formats import Ndjson
 from exporter.models import users
@@ -111,3 +111,26 @@ async def test_sqlite_threads_run_at_the_configured_niceness(sqlite_database: Da
 
 def columns_of(query: ExportQuery) -> list[Column]:
     return [query.table.column(name) for name in query.fields]
+
+
+# SQLite hands back whatever bytes a text holds; check_utf8 reads each block in slices.
+
+@pytest.mark.parametrize("cut", [1, 2, 3])  # a 4-byte character cut after 1, 2 or 3 bytes
+def test_a_character_cut_by_a_slices_end_is_still_utf8(cut: int) -> None:
+    block = b"x" * (UTF8_SLICE - cut) + "\U0001f600 Stra\u00dfe".encode() + b"\n"
+    check_utf8(block)  # no error
+    check_utf8(block * 3)
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(b"a\xffb", id="a-byte-no-utf8-has"),
+    pytest.param(b"\xc3(", id="a-broken-continuation"),
+    pytest.param(b"\xed\xa0\x80", id="a-surrogate"),
+    pytest.param(b"\xf0\x9f\x98", id="a-character-cut-short-at-the-end"),
+])
+@pytest.mark.parametrize("where", [0, UTF8_SLICE - 1, 2 * UTF8_SLICE + 5])
+def test_bytes_that_are_not_utf8_fail_the_block_wherever_they_are(bad: bytes, where: int
+                                                                  ) -> None:
+    block = "\u00e9".encode() + b"x" * where + bad
+    with pytest.raises(UnicodeDecodeError):
+        check_utf8(block)
