@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="exporter",
-        summary="Stream big tables out as CSV, NDJSON and JSON: fast, safe, resumable.",
+        summary=("Stream big tables out as CSV, TSV, NDJSON, JSON and Parquet: fast, safe, "
+                 "resumable."),
         version="0.1.0",
         lifespan=lifespan,
         docs_url=None,  # served by routes/pages.py, without a CDN

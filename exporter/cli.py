@@ -16,7 +16,7 @@ from exporter.client import API_KEY_VARIABLE, Retry  # httpx and the standard li
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="exporter", description="Stream big tables out as CSV, NDJSON and JSON."
+        prog="exporter", description="Stream big tables out as CSV, TSV, NDJSON, JSON and Parquet."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
