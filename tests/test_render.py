@@ -82,6 +82,8 @@ KINDS: dict[str, Column] = {
     "m0": Column("m0", "NUMERIC(5,0)", Kind.NUMERIC, True, 0, 5),
     "m1": Column("m1", "NUMERIC(4,1)", Kind.NUMERIC, True, 1, 4),
     "m2": Column("m2", "NUMERIC(2,2)", Kind.NUMERIC, True, 2, 2),
+    "m16": Column("m16", "NUMERIC(16,0)", Kind.NUMERIC, True, 0, 16),
+    "m400": Column("m400", "NUMERIC(400,2)", Kind.NUMERIC, True, 2, 400),
     "x": Column("x", "NUMERIC", Kind.NUMERIC, True),
     "b": Column("b", "BOOLEAN", Kind.BOOLEAN, True),
     "d": Column("d", "DATE", Kind.DATE, True),
@@ -137,6 +139,10 @@ FITS: dict[str, list[tuple[Any, bool]]] = {
     "m1": [(123.4, True), (-123.4, True), (1234.5, False), (999.94, True), (999.96, False)],
     # All digits after the point: the 0 before it is no digit of the precision.
     "m2": [(0.5, True), (-0.99, True), (0.994, True), (0.995, False), (1, False), (0, True)],
+    # printf reads an integer as a double: 9999999999999999 becomes 10000000000000000.
+    "m16": [(999999999999999, True), (9999999999999998, True), (9999999999999999, False),
+            (10**16, False)],
+    "m400": [(1.5, True), (-(10**18), True), (INF, False)],  # beyond any double's digits
     "b": [(1, True), (0, True), (2, False), ("yes", False), (0.5, False)],
     "d": [("2024-03-01", True), (20240301, False), ("now", False), (b"\x03", False),
           (b"2024-03-01", False)],  # a BLOB whose bytes look like a date is no date
