@@ -46,8 +46,8 @@ def fresh_rows() -> dict[str, Row]:
             "<= 1/3 of the gzip CSV"),
         Row("parquet_rss", "server RSS peak, all-users Parquet export, above idle",
             "<= 64 MB"),
-        Row("pull", "`exporter pull` of all users (NDJSON) to a file vs `curl -o`",
-            "<= 1.2x `curl -o`"),
+        Row("pull", "`exporter pull` of all users (NDJSON) to a file vs `curl -o` and an "
+            "fsync of its file", "<= 1.2x `curl -o` + fsync"),
         Row("count", "time to first byte of all users (CSV) with `Prefer: count=exact`",
             "none (reported)"),
         Row("datasette", "Datasette CSV stream vs exporter CSV", ">= 5x faster"),
@@ -162,9 +162,11 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
   column: the server process's user + system seconds (all threads) per download against
   `sqlite3`'s, which is steadier than wall time when the machine is shared.
 - Pull: `exporter pull --quiet -o <file>` of `/exports/users.ndjson` (a new Python process:
-  its start is included, about 0.15 s) against `curl -o <file>` of the same URL, interleaved;
-  the two files must be equal. Time to first byte: curl's `time_starttransfer` of the full
-  CSV export with and without `Prefer: count=exact` (the count runs before the first batch).
+  its start is included, about 0.15 s; it fsyncs the file before it exits) against `curl -o
+  <file>` of the same URL followed by an fsync of that file, so that both are as durable and
+  neither pays for the other's write-back, interleaved; the two files must be equal. Time
+  to first byte: curl's `time_starttransfer` of the full CSV export with and without
+  `Prefer: count=exact` (the count runs before the first batch).
 - Datasette: `datasette serve <db> --setting max_csv_mb 0 --setting sql_time_limit_ms 1000000`
   (its own venv, `bench/.venv-datasette`), `curl` of `/<db>/users.csv?_stream=on&_size=max`.
   The first run's body is written to a file and its CSV records counted (must equal the users).
