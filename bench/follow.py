@@ -29,7 +29,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import ROOT
 from bench.probes import BenchError, percentile
-from bench.rows import verdict
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -177,7 +176,7 @@ def on_sqlite(bench: Bench) -> None:
     with bench.exporter_server("exporter-follow", url, EXPORTER_DATA_DIR=str(work)) as (
         base, _proc
     ):
-        commit_to_wire(bench, "follow_sqlite", base, url, 1.0)
+        commit_to_wire(bench, "follow_sqlite", base, url)
         waits, seen = health_while_followed(base)
     bench.raw["follow health ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99) * 1000
@@ -185,7 +184,7 @@ def on_sqlite(bench: Bench) -> None:
     row.exporter = summary(waits)
     row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
     row.value = f"p99 {p99:.1f} ms"
-    row.result = verdict(p99 <= 25)
+    row.result = row.judge(p99)
 
 
 def on_postgres(bench: Bench) -> None:
@@ -198,18 +197,17 @@ def on_postgres(bench: Bench) -> None:
     make_table(url)
     env = bench.exporter_env(url, work)
     bench.migrate(env)
-    for action, key, goal in (("install", "follow_notify", 0.1),
-                              ("uninstall", "follow_poll", 1.0)):
+    for action, key in (("install", "follow_notify"), ("uninstall", "follow_poll")):
         done = subprocess.run([sys.executable, "-m", "exporter", "follow", action,
                                TABLE], env=env, cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         if done.returncode != 0:
             raise BenchError(f"exporter follow {action}: {done.stderr[-300:]}")
         with bench.exporter_server(f"exporter-{key}", url) as (base, _proc):
-            commit_to_wire(bench, key, base, url, goal)
+            commit_to_wire(bench, key, base, url)
 
 
-def commit_to_wire(bench: Bench, key: str, base: str, url: str, goal: float) -> None:
+def commit_to_wire(bench: Bench, key: str, base: str, url: str) -> None:
     bench.say(f"{key}: {WRITES} rows committed one by one while a follower reads")
     waits = latencies(base, url)
     bench.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
@@ -219,4 +217,4 @@ def commit_to_wire(bench: Bench, key: str, base: str, url: str, goal: float) -> 
     row.anchor = (f"{WRITES} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
                   " ms apart")
     row.value = f"p99 {p99 * 1000:.1f} ms"
-    row.result = verdict(p99 < goal)
+    row.result = row.judge(p99)

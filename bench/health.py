@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bench.probes import BenchError, percentile
-from bench.rows import verdict
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -42,7 +41,7 @@ def during_exports(bench: Bench, base: str, exports: int = CONCURRENT_EXPORTS,
     row.anchor = (f"{int(statistics.median(counts))} requests in "
                   f"{bench.median(f'{label} run s'):.0f} s, one per 10 ms at most")
     row.value = f"p99 {p99:.1f} ms"
-    row.result = verdict(p99 <= 25) if key == "health" else "info"
+    row.result = row.judge(p99) if row.goals else "info"
 
 
 def one_run(bench: Bench, base: str, concurrent: int = CONCURRENT_EXPORTS) -> list[float]:
