@@ -49,7 +49,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
         assert results[key].startswith(("PASS", "FAIL")), (key, results[key])
     assert results["count"] == "info |"
     assert results["naive"] == "info |"
-    assert results["health8"] == "info |"
+    assert results["health_more"] == "info |"
     assert "n/a: skipped (--no-datasette)" in results["datasette"]
     assert "./scripts/bench --quick --users 2000" in report
     assert "## Machine" in report and "nproc:" in report and "## Versions" in report
