@@ -98,7 +98,13 @@ class Bench:
         self.raw.setdefault(name, []).append(value)
 
     def median(self, name: str) -> float:
-        return statistics.median(self.raw[name])
+        """The median of a measurement's runs; some rows read another stage's (a peer's
+        anchor is the exporter's download), which may have failed or been skipped."""
+        runs = self.raw.get(name)
+        if not runs:
+            raise BenchError(f"no runs of {name!r}: the stage that measures it failed or "
+                             "was skipped")
+        return statistics.median(runs)
 
     def exporter_env(self, database_url: str | None = None, data_dir: Path | None = None
                      ) -> dict[str, str]:

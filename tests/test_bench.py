@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench.probes import percentile
+from bench.processes import Processes
 from bench.report import ROW_LABELS, fresh_rows, render_table
+from bench.run import Bench, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,3 +79,14 @@ def test_table_escapes_pipes() -> None:
     rows = fresh_rows()
     rows["csv"].anchor = "a | b"
     assert "a \\| b" in render_table(rows)
+
+
+def test_a_row_reading_a_measurement_never_taken_says_which(tmp_path: Path) -> None:
+    bench = Bench(parse_args(["--quick"]), Processes(tmp_path), tmp_path)
+
+    def datasette_against_a_failed_download() -> None:
+        bench.median("exporter csv")
+
+    bench.stage(["datasette"], datasette_against_a_failed_download)
+    assert bench.rows["datasette"].result == (
+        "error: no runs of 'exporter csv': the stage that measures it failed or was skipped")
