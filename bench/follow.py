@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,11 +35,31 @@ if TYPE_CHECKING:
     from bench.run import Bench
 
 TABLE = "ticks"
-WRITES = 200
 WRITE_EVERY_S = 0.02
-IDLE_FOLLOWERS = 200
-HEALTH_SAMPLES = 300
 HEALTH_EVERY_S = 0.010
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the stages do: rows committed one by one to a follower, idle followers
+    waiting, and ``/health`` requests among them."""
+
+    writes: int
+    idle_followers: int
+    health_samples: int
+
+
+FULL = Sizes(writes=200, idle_followers=200, health_samples=300)
+# --quick (tests/test_bench.py runs it) checks that the stages work, and at the full sizes
+# the SQLite stage took 13 s of its minute, mostly a commit or a request every 10-20 ms;
+# these take 8. 100 is the fewest latencies whose p99 (nearest rank) is not their largest,
+# and 100 commits still span four of PostgreSQL's 0.5 s polls; 50 idle followers still
+# show whether waiting streams hold connections or slow /health down.
+QUICK = Sizes(writes=100, idle_followers=50, health_samples=100)
+
+
+def sizes(quick: bool) -> Sizes:
+    return QUICK if quick else FULL
 SCHEMA = {
     "sqlite": f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, note TEXT)",
     "postgresql": f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, note text)",
@@ -57,7 +78,7 @@ def make_table(url: str) -> None:
     asyncio.run(make())
 
 
-def latencies(base: str, url: str, writes: int = WRITES) -> list[float]:
+def latencies(base: str, url: str, writes: int) -> list[float]:
     """Seconds from each row's COMMIT to its line at a follower, for ``writes`` rows."""
     start = _largest(url)
     arrived: dict[int, float] = {}
@@ -123,8 +144,8 @@ async def _write(url: str, writes: int) -> dict[int, float]:
     return committed
 
 
-def health_while_followed(base: str, followers: int = IDLE_FOLLOWERS,
-                          samples: int = HEALTH_SAMPLES) -> tuple[list[float], str]:
+def health_while_followed(base: str, followers: int, samples: int
+                          ) -> tuple[list[float], str]:
     """``/health`` latencies while ``followers`` live streams wait for rows; and the
     service's own count of them and of checked-out connections, from /metrics."""
     async def measure() -> tuple[list[float], str]:
@@ -177,7 +198,8 @@ def on_sqlite(bench: Bench) -> None:
         base, _proc
     ):
         commit_to_wire(bench, "follow_sqlite", base, url)
-        waits, seen = health_while_followed(base)
+        size = sizes(bench.args.quick)
+        waits, seen = health_while_followed(base, size.idle_followers, size.health_samples)
     bench.raw["follow health ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99) * 1000
     row = bench.rows["follow_health"]
@@ -208,13 +230,14 @@ def on_postgres(bench: Bench) -> None:
 
 
 def commit_to_wire(bench: Bench, key: str, base: str, url: str) -> None:
-    bench.say(f"{key}: {WRITES} rows committed one by one while a follower reads")
-    waits = latencies(base, url)
+    writes = sizes(bench.args.quick).writes
+    bench.say(f"{key}: {writes} rows committed one by one while a follower reads")
+    waits = latencies(base, url, writes)
     bench.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99)
     row = bench.rows[key]
     row.exporter = summary(waits)
-    row.anchor = (f"{WRITES} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
+    row.anchor = (f"{writes} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
                   " ms apart")
     row.value = f"p99 {p99 * 1000:.1f} ms"
     row.result = row.judge(p99)

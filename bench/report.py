@@ -85,7 +85,7 @@ def fresh_rows() -> dict[str, Row]:
             "`exporter follow install`", below(0.1, "{:g} ms", "p99", scale=1000)),
         Row("follow_poll", "live stream, commit to wire, PostgreSQL polled",
             below(1, "{:g} s", "p99")),
-        Row("follow_health", f"`/health` p99 while {follow.IDLE_FOLLOWERS} live streams wait",
+        Row("follow_health", f"`/health` p99 while {follow.FULL.idle_followers} live streams wait",
             at_most(25, "{:g} ms")),
     ]
     return {row.key: row for row in rows}
@@ -217,7 +217,7 @@ Produced by `bench/run.py` (issue 3); do not edit by hand, run the command below
   while one writer commits a row every 20 ms; the latency is from each COMMIT's return to
   the row's line at the follower (one clock, this process's); on SQLite, and on PostgreSQL
   with the trigger (`exporter follow install`) and polled without it. Then `/health` every
-  10 ms while 200 idle followers wait.
+  10 ms while {follow.sizes(args.quick).idle_followers} idle followers wait.
 
 {("## Notes" + chr(10) + chr(10) + notes + chr(10)) if notes else ""}## Raw runs
 
