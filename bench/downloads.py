@@ -15,7 +15,7 @@ import httpx
 
 from bench.probes import MB, BenchError, curl, process_cpu, timed, timed_cpu
 from bench.processes import LOOPBACK, find_tool, free_port, wait_for_http
-from bench.rows import seconds, verdict
+from bench.rows import seconds
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -45,9 +45,8 @@ def every_format(bench: Bench, base: str, pid: int, table: str = "users", key: s
         floor("sqlite3 -json", "-json")
         ours("ndjson")
         ours("json")
-    for fmt, anchor, limit in (("csv", "sqlite3 -csv", 1.5),
-                               ("ndjson", "sqlite3 -json", 1.3),
-                               ("json", "sqlite3 -json", 1.3)):
+    for fmt, anchor in (("csv", "sqlite3 -csv"), ("ndjson", "sqlite3 -json"),
+                        ("json", "sqlite3 -json")):
         wall = bench.median(f"exporter {label}{fmt}")
         floor_wall = bench.median(label + anchor)
         cpu = bench.median(f"exporter {label}{fmt} CPU")
@@ -55,7 +54,7 @@ def every_format(bench: Bench, base: str, pid: int, table: str = "users", key: s
         row = bench.rows[key + fmt]
         row.exporter, row.anchor = seconds(wall), f"`{anchor}`: {seconds(floor_wall)}"
         row.value = f"{wall / floor_wall:.2f}x (CPU {cpu / max(floor_cpu, 1e-3):.1f}x)"
-        row.result = verdict(wall / floor_wall <= limit)
+        row.result = row.judge(wall / floor_wall)
 
 
 def pull(bench: Bench, base: str) -> None:
@@ -86,7 +85,7 @@ def pull(bench: Bench, base: str) -> None:
     row = bench.rows["pull"]
     row.exporter, row.anchor = seconds(ours), f"`curl -o` + fsync: {seconds(anchor)}"
     row.value = f"{ours / anchor:.2f}x (with Python's start)"
-    row.result = verdict(ours / anchor <= 1.2)
+    row.result = row.judge(ours / anchor)
 
 
 def count(bench: Bench, base: str) -> None:
@@ -144,7 +143,7 @@ def large_file(bench: Bench, base: str) -> None:
         row.result = f"n/a: {row.anchor or 'nginx not available'}"
         return
     row.value = f"{ours / nginx_mbps:.0%}"
-    row.result = verdict(ours / nginx_mbps >= 0.5)
+    row.result = row.judge(ours / nginx_mbps)
 
 
 def nginx_throughput(bench: Bench, path: Path) -> float | None:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,17 +30,36 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import ROOT
 from bench.probes import BenchError, percentile
-from bench.rows import verdict
 
 if TYPE_CHECKING:
     from bench.run import Bench
 
 TABLE = "ticks"
-WRITES = 200
 WRITE_EVERY_S = 0.02
-IDLE_FOLLOWERS = 200
-HEALTH_SAMPLES = 300
 HEALTH_EVERY_S = 0.010
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the stages do: rows committed one by one to a follower, idle followers
+    waiting, and ``/health`` requests among them."""
+
+    writes: int
+    idle_followers: int
+    health_samples: int
+
+
+FULL = Sizes(writes=200, idle_followers=200, health_samples=300)
+# --quick (tests/test_bench.py runs it) checks that the stages work, and at the full sizes
+# the SQLite stage took 13 s of its minute, mostly a commit or a request every 10-20 ms;
+# these take 8. 100 is the fewest latencies whose p99 (nearest rank) is not their largest,
+# and 100 commits still span four of PostgreSQL's 0.5 s polls; 50 idle followers still
+# show whether waiting streams hold connections or slow /health down.
+QUICK = Sizes(writes=100, idle_followers=50, health_samples=100)
+
+
+def sizes(quick: bool) -> Sizes:
+    return QUICK if quick else FULL
 SCHEMA = {
     "sqlite": f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, note TEXT)",
     "postgresql": f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, note text)",
@@ -58,7 +78,7 @@ def make_table(url: str) -> None:
     asyncio.run(make())
 
 
-def latencies(base: str, url: str, writes: int = WRITES) -> list[float]:
+def latencies(base: str, url: str, writes: int) -> list[float]:
     """Seconds from each row's COMMIT to its line at a follower, for ``writes`` rows."""
     start = _largest(url)
     arrived: dict[int, float] = {}
@@ -124,8 +144,8 @@ async def _write(url: str, writes: int) -> dict[int, float]:
     return committed
 
 
-def health_while_followed(base: str, followers: int = IDLE_FOLLOWERS,
-                          samples: int = HEALTH_SAMPLES) -> tuple[list[float], str]:
+def health_while_followed(base: str, followers: int, samples: int
+                          ) -> tuple[list[float], str]:
     """``/health`` latencies while ``followers`` live streams wait for rows; and the
     service's own count of them and of checked-out connections, from /metrics."""
     async def measure() -> tuple[list[float], str]:
@@ -177,15 +197,16 @@ def on_sqlite(bench: Bench) -> None:
     with bench.exporter_server("exporter-follow", url, EXPORTER_DATA_DIR=str(work)) as (
         base, _proc
     ):
-        commit_to_wire(bench, "follow_sqlite", base, url, 1.0)
-        waits, seen = health_while_followed(base)
+        commit_to_wire(bench, "follow_sqlite", base, url)
+        size = sizes(bench.args.quick)
+        waits, seen = health_while_followed(base, size.idle_followers, size.health_samples)
     bench.raw["follow health ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99) * 1000
     row = bench.rows["follow_health"]
     row.exporter = summary(waits)
     row.anchor = f"{len(waits)} requests, one per 10 ms; /metrics: {seen}"
     row.value = f"p99 {p99:.1f} ms"
-    row.result = verdict(p99 <= 25)
+    row.result = row.judge(p99)
 
 
 def on_postgres(bench: Bench) -> None:
@@ -198,25 +219,25 @@ def on_postgres(bench: Bench) -> None:
     make_table(url)
     env = bench.exporter_env(url, work)
     bench.migrate(env)
-    for action, key, goal in (("install", "follow_notify", 0.1),
-                              ("uninstall", "follow_poll", 1.0)):
+    for action, key in (("install", "follow_notify"), ("uninstall", "follow_poll")):
         done = subprocess.run([sys.executable, "-m", "exporter", "follow", action,
                                TABLE], env=env, cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         if done.returncode != 0:
             raise BenchError(f"exporter follow {action}: {done.stderr[-300:]}")
         with bench.exporter_server(f"exporter-{key}", url) as (base, _proc):
-            commit_to_wire(bench, key, base, url, goal)
+            commit_to_wire(bench, key, base, url)
 
 
-def commit_to_wire(bench: Bench, key: str, base: str, url: str, goal: float) -> None:
-    bench.say(f"{key}: {WRITES} rows committed one by one while a follower reads")
-    waits = latencies(base, url)
+def commit_to_wire(bench: Bench, key: str, base: str, url: str) -> None:
+    writes = sizes(bench.args.quick).writes
+    bench.say(f"{key}: {writes} rows committed one by one while a follower reads")
+    waits = latencies(base, url, writes)
     bench.raw[f"{key} ms"] = [wait * 1000 for wait in waits]
     p99 = percentile(waits, 99)
     row = bench.rows[key]
     row.exporter = summary(waits)
-    row.anchor = (f"{WRITES} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
+    row.anchor = (f"{writes} rows, one commit each {WRITE_EVERY_S * 1000:.0f}"
                   " ms apart")
     row.value = f"p99 {p99 * 1000:.1f} ms"
-    row.result = verdict(p99 < goal)
+    row.result = row.judge(p99)

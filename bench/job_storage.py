@@ -18,7 +18,7 @@ import httpx
 from bench import wide
 from bench.probes import MB, BenchError, RssSampler, rss_kb
 from bench.processes import LOOPBACK, free_port, wait_for_answer
-from bench.rows import seconds, verdict
+from bench.rows import seconds
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -72,7 +72,7 @@ def bucket_against_local(bench: Bench) -> None:
     row = bench.rows["job_bucket_rss"]
     row.exporter, row.anchor = f"{peak:.0f} MB", f"idle {idle:.0f} MB"
     row.value = f"+{peak - idle:.1f} MB"
-    row.result = verdict(peak - idle <= 64)
+    row.result = row.judge(peak - idle)
 
 
 def one_job(bench: Bench, where: str, env: dict[str, str]) -> None:

@@ -10,7 +10,6 @@ import time
 from typing import TYPE_CHECKING
 
 from bench.probes import RssSampler, curl, rss_kb
-from bench.rows import verdict
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -18,10 +17,6 @@ if TYPE_CHECKING:
 MEMORY_SLICE_ROWS = 100_000
 STORM_AT_ONCE = 20
 STORM_READ_BYTES = 4096
-STORM_RSS_MB = 160
-# SQLite keeps a closed connection's descriptors of a file while the process holds locks on
-# it (POSIX locks are per process), and reuses them: the user's file and the state's.
-STORM_FILES_PER_CONNECTION = 2
 
 
 def peaks(bench: Bench) -> None:
@@ -50,11 +45,11 @@ def peaks(bench: Bench) -> None:
     row = bench.rows["mem_idle"]
     row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
     row.value = f"+{full_mb - idle_mb:.1f} MB"
-    row.result = verdict(full_mb - idle_mb <= 64)
+    row.result = row.judge(full_mb - idle_mb)
     row = bench.rows["mem_growth"]
     row.exporter, row.anchor = f"{full_mb:.0f} MB", f"{slice_rows} rows: {small_mb:.0f} MB"
     row.value = f"{full_mb - small_mb:+.1f} MB"
-    row.result = verdict(abs(full_mb - small_mb) <= 10)
+    row.result = row.judge(full_mb - small_mb)
 
 
 def storm(bench: Bench) -> None:
@@ -100,5 +95,4 @@ def storm(bench: Bench) -> None:
     row.anchor = (f"{clients} clients; idle {idle_kb / 1024:.0f} MB, {idle_files} files; "
                   f"{peak} connections")
     row.value = f"{files / peak:.1f} files a connection"
-    row.result = verdict(rss_mb <= STORM_RSS_MB
-                         and files <= STORM_FILES_PER_CONNECTION * peak)
+    row.result = row.judge(rss_mb, files / peak)

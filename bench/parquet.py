@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import ROOT
 from bench.probes import MB, BenchError, RssSampler, curl, timed
-from bench.rows import seconds, verdict
+from bench.rows import seconds
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -57,16 +58,16 @@ def download(bench: Bench, base: str) -> None:
     row = bench.rows["parquet"]
     row.exporter, row.anchor = seconds(ours), f"`sqlite3 -csv`: {seconds(floor)}"
     row.value = f"{ours / floor:.2f}x"
-    row.result = verdict(ours / floor <= 2.0)
+    row.result = row.judge(ours / floor)
     row = bench.rows["parquet_adbc"]
     row.exporter, row.anchor = seconds(ours), f"ADBC + pyarrow: {seconds(adbc)}"
     row.value = f"{ours / adbc:.2f}x"
-    row.result = verdict(ours / adbc <= 1.5)
+    row.result = row.judge(ours / adbc)
     row = bench.rows["parquet_size"]
     row.exporter = f"{parquet_size / MB:.1f} MiB"
     row.anchor = f"gzip CSV: {gzip_size / MB:.1f} MiB"
     row.value = f"{parquet_size / gzip_size:.2f} of it"
-    row.result = verdict(parquet_size * 3 <= gzip_size)
+    row.result = row.judge(Fraction(parquet_size, gzip_size))  # exact, as sizes are
 
 
 def gzip_csv_size(bench: Bench, base: str) -> int:
@@ -96,7 +97,7 @@ def memory(bench: Bench) -> None:
     row = bench.rows["parquet_rss"]
     row.exporter, row.anchor = f"{full_mb:.0f} MB", f"idle {idle_mb:.0f} MB"
     row.value = f"+{full_mb - idle_mb:.1f} MB"
-    row.result = verdict(full_mb - idle_mb <= 64)
+    row.result = row.judge(full_mb - idle_mb)
 
 
 def ensure_adbc(bench: Bench) -> Path:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from bench import ROOT
 from bench.probes import BenchError, count_csv_records, count_lines, curl
 from bench.processes import LOOPBACK, free_port, wait_for_http
-from bench.rows import plural, seconds, verdict
+from bench.rows import plural, seconds
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -47,7 +47,7 @@ def datasette(bench: Bench) -> None:
     theirs, ours = bench.median("datasette csv"), bench.median("exporter csv")
     row.exporter, row.anchor = seconds(ours), f"Datasette: {seconds(theirs)}"
     row.value = f"{theirs / ours:.1f}x faster"
-    row.result = verdict(theirs / ours >= 5)
+    row.result = row.judge(theirs / ours)
 
 
 def naive(bench: Bench) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from bench import ROOT, wide
 from bench.probes import BenchError, curl, timed
 from bench.processes import find_tool
-from bench.rows import seconds, verdict
+from bench.rows import seconds
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -82,7 +82,7 @@ def table_csv(bench: Bench, psql: str, libpq: str, base: str, table: str, key: s
     row = bench.rows[key]
     row.exporter, row.anchor = seconds(ours), f"`psql \\copy ... csv`: {seconds(theirs)}"
     row.value = f"{ours / theirs:.2f}x"
-    row.result = verdict(ours / theirs <= 1.2)
+    row.result = row.judge(ours / theirs)
 
 
 def create_database(bench: Bench, psql: str, libpq: str) -> None:

@@ -52,7 +52,7 @@ from bench import (
     seed_time,
     wide,
 )
-from bench.health import CONCURRENT_EXPORTS
+from bench.health import CONCURRENT_EXPORTS, MORE_CONCURRENT_EXPORTS
 from bench.probes import BenchError, timed
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
 from bench.report import DOCS_OUT, README, fresh_rows, render_markdown, render_table, update_readme
@@ -98,13 +98,21 @@ class Bench:
         self.raw.setdefault(name, []).append(value)
 
     def median(self, name: str) -> float:
-        return statistics.median(self.raw[name])
+        """The median of a measurement's runs; some rows read another stage's (a peer's
+        anchor is the exporter's download), which may have failed or been skipped."""
+        runs = self.raw.get(name)
+        if not runs:
+            raise BenchError(f"no runs of {name!r}: the stage that measures it failed or "
+                             "was skipped")
+        return statistics.median(runs)
 
     def exporter_env(self, database_url: str | None = None, data_dir: Path | None = None
                      ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
         env["EXPORTER_DATA_DIR"] = str(data_dir or self.data_dir)
-        env["EXPORTER_MAX_CONCURRENT_EXPORTS"] = str(max(8, CONCURRENT_EXPORTS))
+        # The service's default, or room for every export /health is measured under.
+        env["EXPORTER_MAX_CONCURRENT_EXPORTS"] = str(
+            max(8, CONCURRENT_EXPORTS, MORE_CONCURRENT_EXPORTS))
         if database_url:
             env["EXPORTER_DATABASE_URL"] = database_url
         return env
@@ -250,8 +258,10 @@ class Bench:
                        lambda: parquet.download(self, base))
             self.stage(["pull"], lambda: downloads.pull(self, base))
             self.stage(["count"], lambda: downloads.count(self, base))
-            self.stage(["health"], lambda: health.during_exports(self, base))
-            self.stage(["health8"], lambda: health.during_exports(self, base, 8, "health8"))
+            self.stage(["health"], lambda: health.during_exports(
+                self, base, "health", CONCURRENT_EXPORTS))
+            self.stage(["health_more"], lambda: health.during_exports(
+                self, base, "health_more", MORE_CONCURRENT_EXPORTS))
             self.stage(["large_file"], lambda: downloads.large_file(self, base))
 
     # ---- everything

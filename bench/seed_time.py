@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bench import ROOT
 from bench.probes import BenchError
-from bench.rows import seconds, verdict
+from bench.rows import seconds
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -45,4 +45,4 @@ def in_fresh_data_dir(bench: Bench) -> None:
     row.exporter = seconds(elapsed)
     row.anchor = (f"seeder's own count: {own.group(1)} s" if own else "")
     row.value = f"{bench.args.large_file_mb:g} MiB file included; 1 run"
-    row.result = verdict(elapsed <= 30)
+    row.result = row.judge(elapsed)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench.probes import percentile
+from bench.processes import Processes
 from bench.report import ROW_LABELS, fresh_rows, render_table
+from bench.run import Bench, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +51,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
         assert results[key].startswith(("PASS", "FAIL")), (key, results[key])
     assert results["count"] == "info |"
     assert results["naive"] == "info |"
-    assert results["health8"] == "info |"
+    assert results["health_more"] == "info |"
     assert "n/a: skipped (--no-datasette)" in results["datasette"]
     assert "./scripts/bench --quick --users 2000" in report
     assert "## Machine" in report and "nproc:" in report and "## Versions" in report
@@ -77,3 +79,14 @@ def test_table_escapes_pipes() -> None:
     rows = fresh_rows()
     rows["csv"].anchor = "a | b"
     assert "a \\| b" in render_table(rows)
+
+
+def test_a_row_reading_a_measurement_never_taken_says_which(tmp_path: Path) -> None:
+    bench = Bench(parse_args(["--quick"]), Processes(tmp_path), tmp_path)
+
+    def datasette_against_a_failed_download() -> None:
+        bench.median("exporter csv")
+
+    bench.stage(["datasette"], datasette_against_a_failed_download)
+    assert bench.rows["datasette"].result == (
+        "error: no runs of 'exporter csv': the stage that measures it failed or was skipped")
