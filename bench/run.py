@@ -57,6 +57,10 @@ from bench.probes import BenchError, timed
 from bench.processes import LOOPBACK, Processes, find_tool, free_port, wait_for_http
 from bench.report import DOCS_OUT, README, fresh_rows, render_markdown, render_table, update_readme
 from bench.rows import Row
+from exporter.config import Settings
+
+# The service's own cap on exports at once, which the bench's environment never lowers.
+DEFAULT_EXPORT_CAP: int = Settings.model_fields["max_concurrent_exports"].default
 
 # --------------------------------------------------------------------------- the bench
 
@@ -112,7 +116,7 @@ class Bench:
         env["EXPORTER_DATA_DIR"] = str(data_dir or self.data_dir)
         # The service's default, or room for every export /health is measured under.
         env["EXPORTER_MAX_CONCURRENT_EXPORTS"] = str(
-            max(8, CONCURRENT_EXPORTS, MORE_CONCURRENT_EXPORTS))
+            max(DEFAULT_EXPORT_CAP, CONCURRENT_EXPORTS, MORE_CONCURRENT_EXPORTS))
         if database_url:
             env["EXPORTER_DATABASE_URL"] = database_url
         return env
