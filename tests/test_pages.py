@@ -220,11 +220,14 @@ def test_a_direct_download_shows_a_real_progress_bar_then_saves_the_whole_export
         seen: list[tuple[float, float]] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            value, maximum = browser.evaluate(
+            # One evaluation reads the bar and the status together: read apart, the page
+            # could finish between the two and the last reading would predate "Saved".
+            value, maximum, status = browser.evaluate(
                 "[document.getElementById('download-progress').value,"
-                " document.getElementById('download-progress').max]")
+                " document.getElementById('download-progress').max,"
+                " document.getElementById('status').innerText]")
             seen.append((value, maximum))
-            if "Saved" in browser.text("#status"):
+            if "Saved" in status:
                 break
             time.sleep(0.05)
         begun = browser.wait_for_event("Browser.downloadWillBegin", lambda _params: True, mark)
