@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from exporter import render
+from exporter import sqlite_functions
 from exporter.config import make_directory
 from exporter.errors import BrokenExport
 from exporter.state import STATE_SCHEMA, alembic_options
@@ -70,7 +70,7 @@ def create_engine(
         state = _sqlite_state(parsed.database, state_path)
         if parsed.database and parsed.database != IN_MEMORY:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        uncount_sqlite_memory()
+        prepare_sqlite()
         engine = create_async_engine(url, **pool)
         _configure_sqlite(engine, state, sqlite_nice)
         return engine
@@ -109,6 +109,14 @@ def _state_file(state_path: Path) -> str:
 SQLITE_CONFIG_MEMSTATUS = 9  # sqlite3.h
 _memory_counting = threading.Lock()
 _memory_uncounted: bool | None = None  # None: not tried yet in this process
+
+
+def prepare_sqlite() -> None:
+    """What this process's SQLite needs before the service opens a connection: its memory
+    count off, then the C++ functions installed (in that order: turning the count off shuts
+    SQLite down, which forgets them)."""
+    uncount_sqlite_memory()
+    sqlite_functions.install_native()
 
 
 def uncount_sqlite_memory() -> bool:
@@ -170,17 +178,7 @@ def _configure_sqlite(engine: AsyncEngine, state: str, nice: int) -> None:
         if nice:
             _lower_priority(dbapi_connection.driver_connection, nice)
         dbapi_connection.isolation_level = None
-        # SQLite has no base64 of its own; bytes columns are rare, so a Python function will do.
-        dbapi_connection.create_function(
-            render.BASE64, 1, render.sqlite_base64, deterministic=True
-        )
-        # SQLite's own float text is not correctly rounded (render.py): Python's repr is.
-        dbapi_connection.create_function(
-            render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True
-        )
-        dbapi_connection.create_function(
-            render.FLOAT_REPR, 1, float.__repr__, deterministic=True
-        )
+        sqlite_functions.register(dbapi_connection)
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_CONNECTION_PRAGMAS:
             cursor.execute(pragma)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exporter import sqlite_functions
 from exporter.config import Settings
 from exporter.cursors import sqlite_blocks
 from exporter.db import backend_name, shared_snapshot
@@ -27,7 +28,6 @@ from exporter.formats import Block, Format, Options
 from exporter.formats.base import DEFAULT_OPTIONS, MiB
 from exporter.pg_copy import copy_blocks, copy_ranges, ends_idle_transactions
 from exporter.queries import ExportQuery, build_count, order_key
-from exporter.render import sqlite_calls_python
 from exporter.storage import ChunkStream
 
 GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's way of asking for a gzip header and trailer
@@ -116,7 +116,7 @@ async def _blocks(
     backend = backend_name(engine)
     if not order_key(query):
         readers = 1
-    if backend == "sqlite" and sqlite_calls_python(map(query.table.column, query.fields)):
+    if backend == "sqlite" and sqlite_functions.calls_python(map(query.table.column, query.fields)):
         readers = 1
     if readers > 1 and backend == "postgresql" and await ends_idle_transactions(engine):
         readers = 1

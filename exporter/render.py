@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -57,24 +57,12 @@ EXACT_DOUBLE_DIGITS = 15  # every whole number of this many digits is a double e
 PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 # A JSON string (kept) or whitespace between tokens (dropped), in PostgreSQL's regex syntax.
 JSON_WHITESPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
-FLOAT_TEXT = "exporter_float"  # a function each SQLite connection gets (db.py)
-# float.__repr__, for a REAL that is not whole and below POSITIONAL_BELOW: repr's text is
-# then PostgreSQL's (db.py gives each connection it too).
+FLOAT_TEXT = "exporter_float"  # SQLite functions each connection gets: sqlite_functions.py
+# repr(), for a REAL that is not whole and below POSITIONAL_BELOW: repr's text is then
+# PostgreSQL's.
 FLOAT_REPR = "exporter_float_repr"
 LARGEST_DOUBLE = 1.7976931348623157e308  # beyond: infinity, which JSON has no number for
-BASE64 = "exporter_base64"  # a function each SQLite connection gets (db.py): SQLite has none
-
-
-# Kinds whose every value SQLite renders by calling back into Python (exporter_float,
-# exporter_base64), taking the GIL each time: two readers then wait on each other for it
-# (a 33-column table with 5 floats and a BLOB: 300k CSV rows in 5.8 s with two readers,
-# 4.1 s with one), so such exports read on one.
-PYTHON_RENDERED = frozenset({Kind.FLOAT, Kind.BYTES})
-
-
-def sqlite_calls_python(columns: Iterable[Column]) -> bool:
-    """Whether SQLite renders any of these columns' values in Python."""
-    return any(column.kind in PYTHON_RENDERED for column in columns)
+BASE64 = "exporter_base64"  # SQLite has none of its own
 
 
 def sqlite_base64(value: bytes | None) -> str | None:

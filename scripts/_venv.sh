@@ -9,12 +9,12 @@ install_into_venv() {
     || { echo "exporter needs Python >= 3.11 (set PYTHON=...)" >&2; exit 1; }
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   # pip takes about 5 s even when nothing changed: install only when pyproject.toml (the
-  # dependencies, the entry points) differs from the last install with these extras. The
-  # install is editable, so changes to the code need none.
+  # dependencies, the entry points) or the C++ source it builds differs from the last
+  # install with these extras. The install is editable, so changes to Python need none.
   local extras="${1:-}"
   local stamp=".venv/.installed-${extras:-base}"
   local wanted
-  wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  wanted="$(cat pyproject.toml exporter/*.cpp | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] \
       && .venv/bin/python -c 'import exporter' 2>/dev/null; then
     return 0

@@ -208,6 +208,20 @@ def test_the_image_installs_the_s3_extra_that_compose_relies_on() -> None:
     assert pyproject["project"]["optional-dependencies"]["s3"]
 
 
+def test_the_image_builds_the_cpp_sqlite_functions_and_keeps_no_compiler() -> None:
+    """python:3.11-slim has no compiler: the C++ module is optional, so without one the
+    image would build and silently render floats and bytes in Python, on one reader."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [module] = pyproject["tool"]["setuptools"]["ext-modules"]
+    [install] = [args for args in instruction_args("RUN") if '".[s3]"' in args]
+    steps = [step.strip() for step in install.split("&&")]
+    build = steps.index('pip install --no-cache-dir ".[s3]"')
+    assert "g++" in steps[build - 1] and "libsqlite3-dev" in steps[build - 1]
+    assert steps[build + 1] == f'python -c "import {module["name"]}"'
+    assert steps[build + 2].startswith("apt-get purge") and "g++" in steps[build + 2]
+    assert "exporter/*.so" in (ROOT / ".dockerignore").read_text().split()  # not a host's
+
+
 def test_the_image_alone_does_not_serve_all_interfaces_without_keys(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import MetaData, select
 from sqlalchemy import Table as SATable
 from sqlalchemy.dialects import postgresql, sqlite
 
-from exporter import render
+from exporter import render, sqlite_functions
 from exporter.catalog import Column, Kind
 from tests.conftest import postgres_url
 from tests.test_foreign import random_doubles
@@ -101,9 +101,8 @@ def sqlite_values(values: dict[str, list[Any]], expression: Any) -> dict[str, li
     """Each column's values stored in a real SQLite table of those declared types, then
     read back through ``expression(column, sql_column)``."""
     connection = sqlite3.connect(":memory:")
-    connection.create_function(render.BASE64, 1, render.sqlite_base64, deterministic=True)
-    connection.create_function(render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True)
-    connection.create_function(render.FLOAT_REPR, 1, float.__repr__, deterministic=True)
+    sqlite_functions.register(connection)
+    sqlite_functions.register_python(connection)  # the C++ twins: test_sqlite_functions.py
     table = SATable("kinds", MetaData(), *(SAColumn(name) for name in values))
     answers: dict[str, list[Any]] = {}
     for name, stored in values.items():

@@ -1,0 +1,153 @@
+// Two of the SQL functions SQLite calls while it renders rows (exporter/render.py names
+// them), in C++ so that rendering never takes Python's GIL: with them in Python, two
+// readers of one export waited on each other for it, and a table with floats or bytes
+// was read by one (exporter/sqlite_functions.py registers these, or the Python ones
+// where this file did not build).
+//
+//   exporter_float_repr(REAL)  Python's repr() of the double, to the byte
+//   exporter_base64(BLOB)      base64 of the bytes, as Python's base64.b64encode; any
+//                              other value as it is
+//
+// Built by setuptools as the Python module exporter._sqlite_functions (optional: without
+// a C++17 compiler the package installs without it). The module itself holds nothing for
+// Python; exporter_sqlite_init is what SQLite calls, once for each connection it opens.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT1
+
+#include <charconv>
+#include <cstdlib>
+
+namespace {
+
+// repr()'s text of a finite double. std::to_chars gives the shortest digits that read
+// back to the same double, the closest to it among them (as repr's), in scientific
+// notation; they are laid out as repr lays them: positional when the decimal exponent
+// is from -4 up to 15 (with ".0" when whole), else d.ddde+XX, with two exponent digits
+// at least.
+int repr_double(double x, char *out) {
+    char scientific[48];
+    auto written = std::to_chars(scientific, scientific + sizeof scientific - 1, x,
+                                 std::chars_format::scientific);
+    *written.ptr = '\0';
+    const char *in = scientific;
+    char *o = out;
+    if (*in == '-') *o++ = *in++;
+    char digits[24];
+    int count = 0;
+    for (; *in && *in != 'e'; ++in) {
+        if (*in != '.') digits[count++] = *in;
+    }
+    const int exponent = std::atoi(in + 1);
+    if (-4 <= exponent && exponent < 16) {
+        if (exponent < 0) {
+            *o++ = '0';
+            *o++ = '.';
+            for (int zero = -1; zero > exponent; --zero) *o++ = '0';
+            for (int i = 0; i < count; ++i) *o++ = digits[i];
+        } else {
+            for (int i = 0; i <= exponent; ++i) *o++ = i < count ? digits[i] : '0';
+            *o++ = '.';
+            if (count > exponent + 1) {
+                for (int i = exponent + 1; i < count; ++i) *o++ = digits[i];
+            } else {
+                *o++ = '0';
+            }
+        }
+    } else {
+        *o++ = digits[0];
+        if (count > 1) {
+            *o++ = '.';
+            for (int i = 1; i < count; ++i) *o++ = digits[i];
+        }
+        *o++ = 'e';
+        *o++ = exponent < 0 ? '-' : '+';
+        int magnitude = exponent < 0 ? -exponent : exponent;
+        if (magnitude >= 100) {
+            *o++ = static_cast<char>('0' + magnitude / 100);
+            magnitude %= 100;
+        }
+        *o++ = static_cast<char>('0' + magnitude / 10);
+        *o++ = static_cast<char>('0' + magnitude % 10);
+    }
+    return static_cast<int>(o - out);
+}
+
+void float_repr(sqlite3_context *context, int, sqlite3_value **arguments) {
+    switch (sqlite3_value_type(arguments[0])) {
+    case SQLITE_NULL:
+        return;  // NULL, as the Python function (SQLite does not call it with NULL anyway)
+    case SQLITE_FLOAT: {
+        const double value = sqlite3_value_double(arguments[0]);
+        char text[48];
+        sqlite3_result_text(context, text, repr_double(value, text), SQLITE_TRANSIENT);
+        return;
+    }
+    default:  // float.__repr__ refuses anything else: so does this, failing the statement
+        sqlite3_result_error(context, "exporter_float_repr takes a REAL", -1);
+    }
+}
+
+const char BASE64_DIGITS[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+void base64(sqlite3_context *context, int, sqlite3_value **arguments) {
+    if (sqlite3_value_type(arguments[0]) != SQLITE_BLOB) {
+        sqlite3_result_value(context, arguments[0]);
+        return;
+    }
+    const auto *in = static_cast<const unsigned char *>(sqlite3_value_blob(arguments[0]));
+    const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
+    const sqlite3_int64 length = (size + 2) / 3 * 4;
+    auto *text = static_cast<char *>(sqlite3_malloc64(length + 1));
+    if (text == nullptr) {
+        sqlite3_result_error_nomem(context);
+        return;
+    }
+    char *o = text;
+    sqlite3_int64 i = 0;
+    for (; i + 2 < size; i += 3) {
+        const unsigned triple = in[i] << 16 | in[i + 1] << 8 | in[i + 2];
+        *o++ = BASE64_DIGITS[triple >> 18];
+        *o++ = BASE64_DIGITS[triple >> 12 & 63];
+        *o++ = BASE64_DIGITS[triple >> 6 & 63];
+        *o++ = BASE64_DIGITS[triple & 63];
+    }
+    if (i < size) {  // one or two bytes left: padded with "=" to four characters
+        const bool two = i + 1 < size;
+        const unsigned triple = in[i] << 16 | (two ? in[i + 1] << 8 : 0);
+        *o++ = BASE64_DIGITS[triple >> 18];
+        *o++ = BASE64_DIGITS[triple >> 12 & 63];
+        *o++ = two ? BASE64_DIGITS[triple >> 6 & 63] : '=';
+        *o++ = '=';
+    }
+    sqlite3_result_text64(context, text, static_cast<sqlite3_uint64>(length), sqlite3_free,
+                          SQLITE_UTF8);
+}
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sqlite_functions",
+                      "SQLite functions in C++: see exporter/sqlite_functions.py.", 0,
+                      nullptr, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+// SQLite's entry point for an extension, given to sqlite3_auto_extension: SQLite calls it
+// for every connection opened afterwards in the process, with its own API routines.
+extern "C" int exporter_sqlite_init(sqlite3 *db, char **, const sqlite3_api_routines *api) {
+    SQLITE_EXTENSION_INIT2(api);
+    // Deterministic: SQLite may compute a call once per statement; innocuous: no side
+    // effects, so allowed wherever SQLite's defences restrict what SQL may call.
+    const int flags = SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS;
+    int status = sqlite3_create_function(db, "exporter_float_repr", 1, flags, nullptr,
+                                         float_repr, nullptr, nullptr);
+    if (status == SQLITE_OK) {
+        status = sqlite3_create_function(db, "exporter_base64", 1, flags, nullptr, base64,
+                                         nullptr, nullptr);
+    }
+    return status;
+}
+
+PyMODINIT_FUNC PyInit__sqlite_functions() { return PyModule_Create(&module); }

@@ -1,0 +1,109 @@
+"""The SQL functions SQLite calls while it renders rows (``render.py`` names them), given to
+every SQLite connection the service opens.
+
+``exporter_float_repr`` and ``exporter_base64`` are called for every float and every BLOB:
+in C++ (``_sqlite_functions.cpp``, built with the package) they run without Python's GIL,
+so that two readers render one export on two cores. Python's ``sqlite3`` has no call to
+add a C function to a connection (and this Python's cannot load extensions), so the C++
+entry point goes to SQLite's own ``sqlite3_auto_extension``, through ``ctypes``, which
+SQLite then calls for every connection opened afterwards in the process. Where the module
+did not build (no C++17 compiler) or SQLite is not reachable that way, each connection
+gets the same functions in Python, whose every call takes the GIL: an export that renders
+floats or bytes then reads on one reader, as two would only take turns (a 33-column table
+with 5 floats and a BLOB: 300k CSV rows in 5.8 s with two readers, 4.1 s with one).
+
+``exporter_float`` (floats from 1e15 up, zero, infinity: rare values whose text follows
+PostgreSQL's rules, ``render.sqlite_float``) stays in Python on every connection.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from exporter import render
+from exporter.catalog import Column, Kind
+
+log = logging.getLogger("exporter.sqlite_functions")
+
+NATIVE_MODULE = "exporter._sqlite_functions"
+NATIVE_ENTRY_POINT = "exporter_sqlite_init"  # in _sqlite_functions.cpp
+# Kinds whose every value SQLite renders through these functions.
+CALLED_FOR_EVERY_VALUE = frozenset({Kind.FLOAT, Kind.BYTES})
+
+_installing = threading.Lock()
+_native: bool | None = None  # None: not tried yet in this process
+
+
+def install_native() -> bool:
+    """Give every SQLite connection opened from now on in this process the C++ functions,
+    once per process. Returns whether they are installed. ``db.prepare_sqlite`` calls it
+    after ``db.uncount_sqlite_memory``, which shuts SQLite down, forgetting them."""
+    global _native
+    with _installing:
+        if _native is None:
+            _native = _install_native()
+        return _native
+
+
+def _install_native() -> bool:
+    try:
+        module = importlib.import_module(NATIVE_MODULE)
+    except ImportError as error:
+        log.warning("SQLite renders floats and bytes in Python, on one reader: %s did not "
+                    "build (%s); a C++17 compiler and SQLite's headers at install build it",
+                    NATIVE_MODULE, error)
+        return False
+    try:
+        entry = getattr(ctypes.CDLL(module.__file__), NATIVE_ENTRY_POINT)
+        # The library Python's sqlite3 is linked to, whichever it is: its own handle finds
+        # the symbol in it (or in the module itself, where SQLite is built in and exported).
+        sqlite = ctypes.CDLL(importlib.import_module("_sqlite3").__file__)
+        register = sqlite.sqlite3_auto_extension
+    except (OSError, AttributeError) as error:
+        log.warning("SQLite renders floats and bytes in Python, on one reader: its "
+                    "sqlite3_auto_extension is out of reach (%s)", error)
+        return False
+    register.argtypes = [ctypes.c_void_p]
+    if register(ctypes.cast(entry, ctypes.c_void_p)) != 0:
+        log.warning("SQLite refused the C++ functions: floats and bytes render in Python")
+        return False
+    return True
+
+
+def native_installed() -> bool:
+    """Whether connections opened now get the C++ functions."""
+    return bool(_native)
+
+
+def register(dbapi_connection: Any) -> None:
+    """Give one connection what the C++ functions do not cover, or all of them in Python."""
+    dbapi_connection.create_function(
+        render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True
+    )
+    if not native_installed():
+        register_python(dbapi_connection)
+
+
+def register_python(dbapi_connection: sqlite3.Connection | Any) -> None:
+    """The C++ functions' Python twins (replacing them on this connection, where given)."""
+    dbapi_connection.create_function(
+        render.BASE64, 1, render.sqlite_base64, deterministic=True
+    )
+    # SQLite's own float text is not correctly rounded (render.py): Python's repr is.
+    dbapi_connection.create_function(
+        render.FLOAT_REPR, 1, float.__repr__, deterministic=True
+    )
+
+
+def calls_python(columns: Iterable[Column]) -> bool:
+    """Whether SQLite calls into Python for every value of one of these columns: two
+    readers would then take turns for the GIL."""
+    return not native_installed() and any(
+        column.kind in CALLED_FOR_EVERY_VALUE for column in columns
+    )

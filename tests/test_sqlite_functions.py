@@ -1,0 +1,104 @@
+"""The C++ SQLite functions (exporter/_sqlite_functions.cpp) against their Python twins,
+Python's own repr() and base64, on connections opened the way the service opens them.
+
+Every export in the suite renders through the C++ functions where they built; these tests
+hold them to the Python oracle value by value, on more doubles and bytes than any export
+carries, and say loudly when the module did not build where it could have."""
+
+from __future__ import annotations
+
+import base64
+import math
+import random
+import shutil
+import sqlite3
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from exporter import render, sqlite_functions
+from exporter.db import prepare_sqlite
+from tests.test_foreign import random_doubles
+
+
+@pytest.fixture(scope="module")
+def native() -> Iterator[sqlite3.Connection]:
+    """A connection with the C++ functions, as every connection of the service gets them."""
+    prepare_sqlite()
+    if not sqlite_functions.native_installed():
+        if shutil.which("g++") or shutil.which("c++"):
+            pytest.fail("a C++ compiler is here but exporter._sqlite_functions is not "
+                        "installed: reinstall the package (pip install -e .) and read its "
+                        "build output")
+        pytest.skip("no C++ compiler: exporter._sqlite_functions did not build, and SQLite "
+                    "renders floats and bytes in Python (slower, same bytes)")
+    connection = sqlite3.connect(":memory:")
+    yield connection
+    connection.close()
+
+
+def python_twins() -> sqlite3.Connection:
+    connection = sqlite3.connect(":memory:")
+    sqlite_functions.register_python(connection)
+    return connection
+
+
+def rendered(connection: sqlite3.Connection, function: str, values: list[Any]
+             ) -> tuple[list[Any], list[str]]:
+    """Each value through ``function`` in SQLite: its results and their SQLite types."""
+    connection.execute("DROP TABLE IF EXISTS v")
+    connection.execute("CREATE TABLE v (x)")  # no affinity: every value stays as given
+    connection.executemany("INSERT INTO v VALUES (?)", [(value,) for value in values])
+    rows = connection.execute(
+        f"SELECT {function}(x), typeof({function}(x)) FROM v ORDER BY rowid").fetchall()
+    return [row[0] for row in rows], [row[1] for row in rows]
+
+
+def doubles() -> list[float]:
+    """Random bit patterns, every decimal exponent, round decimals, the edges of repr's
+    notation (1e-4 and 1e16) and their neighbours."""
+    generator = random.Random(7)
+    values = random_doubles(20000, seed=7)
+    values += [struct.unpack("<d", generator.getrandbits(64).to_bytes(8, "little"))[0]
+               for _ in range(100000)]
+    values += [generator.uniform(1, 10) * 10.0 ** exponent for exponent in range(-325, 309)
+               for _ in range(20)]
+    for edge in (1e-4, 1e16, 1e-5, 1e15, 0.1, 1.0, 5e-324, 1.7976931348623157e308):
+        values += [edge, math.nextafter(edge, 0), math.nextafter(edge, math.inf)]
+    values += [-value for value in values[:1000]] + [-0.0, 0.0, 2.0**53, 2.0**53 + 2]
+    return [value for value in values if math.isfinite(value)]
+
+
+def test_the_cpp_float_is_pythons_repr_on_every_double(native: sqlite3.Connection) -> None:
+    values = doubles()
+    texts, types = rendered(native, render.FLOAT_REPR, values)
+    assert set(types) == {"text"}
+    mismatches = [(value, text) for value, text in zip(values, texts, strict=True)
+                  if text != repr(value)]
+    assert mismatches == [], f"{len(mismatches)} of {len(values)}: {mismatches[:5]}"
+    assert rendered(python_twins(), render.FLOAT_REPR, values[:5000])[0] == texts[:5000]
+
+
+def test_the_cpp_float_refuses_what_float_repr_refuses(native: sqlite3.Connection) -> None:
+    for value in (1, "1.5", b"\x00"):
+        for connection in (native, python_twins()):
+            with pytest.raises(sqlite3.OperationalError):
+                connection.execute(f"SELECT {render.FLOAT_REPR}(?)", (value,)).fetchall()
+    assert native.execute(f"SELECT {render.FLOAT_REPR}(NULL)").fetchall() == [(None,)]
+
+
+def test_the_cpp_base64_is_pythons_and_leaves_other_values_as_they_are(
+    native: sqlite3.Connection
+) -> None:
+    generator = random.Random(11)
+    blobs = [generator.randbytes(size) for size in range(0, 70) for _ in range(30)]
+    blobs += [generator.randbytes(generator.randrange(100_000, 300_000)) for _ in range(3)]
+    others: list[Any] = ["text", "", "é", 0, -7, 1.5, None]
+    values: list[Any] = [*blobs, *others]
+    texts, types = rendered(native, render.BASE64, values)
+    assert texts == [*(base64.b64encode(blob).decode("ascii") for blob in blobs), *others]
+    assert types[-len(others):] == ["text", "text", "text", "integer", "integer", "real",
+                                    "null"]
+    assert rendered(python_twins(), render.BASE64, values) == (texts, types)
