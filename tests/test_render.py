@@ -16,6 +16,7 @@ import sqlite3
 from typing import Any
 
 import asyncpg
+import pytest
 from sqlalchemy import Column as SAColumn
 from sqlalchemy import MetaData, select
 from sqlalchemy import Table as SATable
@@ -23,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from exporter import render, sqlite_functions
 from exporter.catalog import Column, Kind
+from exporter.db import prepare_sqlite
 from tests.conftest import postgres_url
 from tests.test_foreign import random_doubles
 
@@ -97,12 +99,21 @@ KINDS: dict[str, Column] = {
 }
 
 
-def sqlite_values(values: dict[str, list[Any]], expression: Any) -> dict[str, list[Any]]:
+def sqlite_values(values: dict[str, list[Any]], expression: Any, native: bool = False
+                  ) -> dict[str, list[Any]]:
     """Each column's values stored in a real SQLite table of those declared types, then
-    read back through ``expression(column, sql_column)``."""
+    read back through ``expression(column, sql_column)``, with the Python functions, or
+    with the C++ ones the service's connections get (``native``: test_sqlite_functions.py
+    holds them to their Python twins value by value)."""
+    if native:
+        prepare_sqlite()
+        if not sqlite_functions.native_installed():
+            pytest.skip("exporter._sqlite_functions did not build (test_sqlite_functions.py "
+                        "says why)")
     connection = sqlite3.connect(":memory:")
     sqlite_functions.register(connection)
-    sqlite_functions.register_python(connection)  # the C++ twins: test_sqlite_functions.py
+    if not native:
+        sqlite_functions.register_python(connection)
     table = SATable("kinds", MetaData(), *(SAColumn(name) for name in values))
     answers: dict[str, list[Any]] = {}
     for name, stored in values.items():
@@ -188,13 +199,17 @@ TEXTS: dict[str, list[tuple[Any, str | None]]] = {
           (b"\x04", "BA==")],
     "t": [("a,\"b\"\r\n", "a,\"b\"\r\n"), (b"\x05", "BQ=="), (1.5, "1.5")],
     "u": [("6f1c-x", "6f1c-x"), (5, "5"), (12.5, "12.5"), (b"\x06", "Bg==")],
-    "a": [(b"\x07", "Bw=="), (0.1 + 0.2, "0.30000000000000004"), ("q,r", "q,r"), (3, "3")],
+    "a": [(b"\x07", "Bw=="), (0.1 + 0.2, "0.30000000000000004"), ("q,r", "q,r"), (3, "3"),
+          (-0.0, "-0"), (0.0, "0"), (0, "0"), (-2.5, "-2.5")],  # no affinity: -0.0 stays
 }
 
 
-def test_sqlite_text_value_is_each_kinds_form_or_the_stored_value_unquoted() -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["python", "cpp"])
+def test_sqlite_text_value_is_each_kinds_form_or_the_stored_value_unquoted(
+    native: bool
+) -> None:
     found = sqlite_values({name: [v for v, _ in cases] for name, cases in TEXTS.items()},
-                          render.sqlite_text_value)
+                          render.sqlite_text_value, native)
     for name, cases in TEXTS.items():
         assert found[name] == [text for _, text in cases], name
 
