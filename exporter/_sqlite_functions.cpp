@@ -1,12 +1,13 @@
 // Two of the SQL functions SQLite calls while it renders rows (exporter/render.py names
 // them), in C++ so that rendering never takes Python's GIL: with them in Python, two
 // readers of one export waited on each other for it, and a table with floats or bytes
-// was read by one (exporter/sqlite_functions.py registers these, or the Python ones
-// where this file did not build).
+// was read by one (exporter/sqlite_functions.py installs these; where this file did not
+// build, render.py writes SQL that does without them).
 //
 //   exporter_float_repr(REAL)  Python's repr() of the double, to the byte
 //   exporter_base64(BLOB)      base64 of the bytes, as Python's base64.b64encode; any
 //                              other value as it is
+//   exporter_csv_field(TEXT)   the text as a CSV field, quoted where it must be
 //
 // Built by setuptools as the Python module exporter._sqlite_functions (optional: without
 // a C++17 compiler the package installs without it). The module itself holds nothing for
@@ -128,6 +129,48 @@ void base64(sqlite3_context *context, int, sqlite3_value **arguments) {
                           SQLITE_UTF8);
 }
 
+// A CSV field as Python's csv.writer writes it (QUOTE_MINIMAL): a text holding a quote,
+// a comma, CR or LF quoted, its quotes doubled; any other text, and any other value, as
+// it is. One pass, where SQL took four instr() and a replace().
+void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
+    if (sqlite3_value_type(arguments[0]) != SQLITE_TEXT) {
+        sqlite3_result_value(context, arguments[0]);
+        return;
+    }
+    const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[0]));
+    const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
+    sqlite3_int64 quotes = 0;
+    bool special = false;
+    for (sqlite3_int64 i = 0; i < size; ++i) {
+        const char c = in[i];
+        if (c == '"') {
+            ++quotes;
+            special = true;
+        } else if (c == ',' || c == '\r' || c == '\n') {
+            special = true;
+        }
+    }
+    if (!special) {
+        sqlite3_result_value(context, arguments[0]);
+        return;
+    }
+    const sqlite3_int64 length = size + quotes + 2;
+    auto *text = static_cast<char *>(sqlite3_malloc64(length + 1));
+    if (text == nullptr) {
+        sqlite3_result_error_nomem(context);
+        return;
+    }
+    char *o = text;
+    *o++ = '"';
+    for (sqlite3_int64 i = 0; i < size; ++i) {
+        if (in[i] == '"') *o++ = '"';
+        *o++ = in[i];
+    }
+    *o++ = '"';
+    sqlite3_result_text64(context, text, static_cast<sqlite3_uint64>(length), sqlite3_free,
+                          SQLITE_UTF8);
+}
+
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sqlite_functions",
                       "SQLite functions in C++: see exporter/sqlite_functions.py.", 0,
                       nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -145,6 +188,10 @@ extern "C" int exporter_sqlite_init(sqlite3 *db, char **, const sqlite3_api_rout
                                          float_repr, nullptr, nullptr);
     if (status == SQLITE_OK) {
         status = sqlite3_create_function(db, "exporter_base64", 1, flags, nullptr, base64,
+                                         nullptr, nullptr);
+    }
+    if (status == SQLITE_OK) {
+        status = sqlite3_create_function(db, "exporter_csv_field", 1, flags, nullptr, csv_field,
                                          nullptr, nullptr);
     }
     return status;

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from exporter import sqlite_functions
+from exporter import render, sqlite_functions
 from exporter.config import make_directory
 from exporter.errors import BrokenExport
 from exporter.state import STATE_SCHEMA, alembic_options
@@ -178,7 +178,7 @@ def _configure_sqlite(engine: AsyncEngine, state: str, nice: int) -> None:
         if nice:
             _lower_priority(dbapi_connection.driver_connection, nice)
         dbapi_connection.isolation_level = None
-        sqlite_functions.register(dbapi_connection)
+        render.register_functions(dbapi_connection)
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_CONNECTION_PRAGMAS:
             cursor.execute(pragma)

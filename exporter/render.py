@@ -48,7 +48,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSON
 
+from exporter import sqlite_functions
 from exporter.catalog import Column, Kind
+from exporter.sqlite_functions import BASE64, CSV_FIELD, FLOAT_REPR, FLOAT_TEXT
 
 SQL = ColumnElement[Any]
 CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
@@ -57,12 +59,24 @@ EXACT_DOUBLE_DIGITS = 15  # every whole number of this many digits is a double e
 PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 # A JSON string (kept) or whitespace between tokens (dropped), in PostgreSQL's regex syntax.
 JSON_WHITESPACE = r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+'
-FLOAT_TEXT = "exporter_float"  # SQLite functions each connection gets: sqlite_functions.py
-# repr(), for a REAL that is not whole and below POSITIONAL_BELOW: repr's text is then
-# PostgreSQL's.
-FLOAT_REPR = "exporter_float_repr"
 LARGEST_DOUBLE = 1.7976931348623157e308  # beyond: infinity, which JSON has no number for
-BASE64 = "exporter_base64"  # SQLite has none of its own
+
+
+def register_functions(dbapi_connection: Any) -> None:
+    """Give a SQLite connection the Python functions its rendering calls: ``sqlite_float``
+    always (its rare values), and, where the C++ functions are not installed, the Python
+    twins of the float and base64 ones (sqlite_functions.py)."""
+    dbapi_connection.create_function(FLOAT_TEXT, 1, sqlite_float, deterministic=True)
+    if not sqlite_functions.native_installed():
+        register_python_twins(dbapi_connection)
+
+
+def register_python_twins(dbapi_connection: Any) -> None:
+    """The C++ float and base64 functions in Python (replacing them where installed)."""
+    dbapi_connection.create_function(BASE64, 1, sqlite_base64, deterministic=True)
+    # repr(), for a REAL that is not whole and below POSITIONAL_BELOW: its text is then
+    # PostgreSQL's. SQLite's own float text is not correctly rounded.
+    dbapi_connection.create_function(FLOAT_REPR, 1, float.__repr__, deterministic=True)
 
 
 def sqlite_base64(value: bytes | None) -> str | None:
@@ -162,7 +176,11 @@ def _json_float(column: SQL) -> SQL:
 
 
 def _quoted(value: SQL) -> SQL:
-    """A CSV field as csv.writer writes it: quoted only when it holds a special."""
+    """A CSV field as csv.writer writes it: quoted only when it holds a special. In C++
+    where installed, one pass over the text: 1M users' six text fields in 0.57 s of SQLite's
+    CPU, against 1.24 s for these four instr and a replace (0.31 s as they are)."""
+    if sqlite_functions.native_installed():
+        return _text(getattr(func, CSV_FIELD)(value))
     needs = or_(*(type_coerce(func.instr(value, s), Boolean) for s in CSV_SPECIALS))
     quoted = literal('"') + func.replace(value, '"', '""') + literal('"')
     return _text(case((needs, quoted), else_=value))

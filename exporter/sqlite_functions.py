@@ -1,19 +1,21 @@
-"""The SQL functions SQLite calls while it renders rows (``render.py`` names them), given to
-every SQLite connection the service opens.
+"""The C++ SQL functions SQLite calls while it renders rows: their names, and their
+installation into every SQLite connection the process opens from then on.
 
-``exporter_float_repr`` and ``exporter_base64`` are called for every float and every BLOB:
-in C++ (``_sqlite_functions.cpp``, built with the package) they run without Python's GIL,
-so that two readers render one export on two cores. Python's ``sqlite3`` has no call to
-add a C function to a connection (and this Python's cannot load extensions), so the C++
-entry point goes to SQLite's own ``sqlite3_auto_extension``, through ``ctypes``, which
-SQLite then calls for every connection opened afterwards in the process. Where the module
-did not build (no C++17 compiler) or SQLite is not reachable that way, each connection
-gets the same functions in Python, whose every call takes the GIL: an export that renders
-floats or bytes then reads on one reader, as two would only take turns (a 33-column table
-with 5 floats and a BLOB: 300k CSV rows in 5.8 s with two readers, 4.1 s with one).
+``exporter_float_repr``, ``exporter_base64`` and ``exporter_csv_field`` run for every float,
+every BLOB and every CSV text field: in C++ (``_sqlite_functions.cpp``, built with the
+package) they run without Python's GIL, so that two readers render one export on two
+cores. Python's ``sqlite3`` has no call to add a C function to a connection (and this
+Python's cannot load extensions), so the C++ entry point goes to SQLite's own
+``sqlite3_auto_extension``, through ``ctypes``, which SQLite then calls for every connection
+opened afterwards in the process. Where the module did not build (no C++17 compiler) or
+SQLite is not reachable that way, ``render.py`` renders without them: the float and base64
+functions in Python (``render.register_functions``), whose every call takes the GIL, so an
+export that renders floats or bytes reads on one reader, as two would only take turns (a
+33-column table with 5 floats and a BLOB: 300k CSV rows in 5.8 s with two readers, 4.1 s
+with one); CSV's quoting in SQL (``instr`` and ``replace``), slower.
 
-``exporter_float`` (floats from 1e15 up, zero, infinity: rare values whose text follows
-PostgreSQL's rules, ``render.sqlite_float``) stays in Python on every connection.
+This module imports nothing of the service's, so that ``render.py`` can ask it which SQL
+to write.
 """
 
 from __future__ import annotations
@@ -21,19 +23,20 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterable
-from typing import Any
 
-from exporter import render
 from exporter.catalog import Column, Kind
 
 log = logging.getLogger("exporter.sqlite_functions")
 
+FLOAT_TEXT = "exporter_float"  # render.sqlite_float, in Python on every connection
+FLOAT_REPR = "exporter_float_repr"  # repr() of a REAL
+BASE64 = "exporter_base64"  # base64 of a BLOB, any other value as it is: SQLite has none
+CSV_FIELD = "exporter_csv_field"  # a text as csv.writer writes it; C++ only
 NATIVE_MODULE = "exporter._sqlite_functions"
 NATIVE_ENTRY_POINT = "exporter_sqlite_init"  # in _sqlite_functions.cpp
-# Kinds whose every value SQLite renders through these functions.
+# Kinds whose every value SQLite renders by a call of FLOAT_REPR or BASE64.
 CALLED_FOR_EVERY_VALUE = frozenset({Kind.FLOAT, Kind.BYTES})
 
 _installing = threading.Lock()
@@ -79,26 +82,6 @@ def _install_native() -> bool:
 def native_installed() -> bool:
     """Whether connections opened now get the C++ functions."""
     return bool(_native)
-
-
-def register(dbapi_connection: Any) -> None:
-    """Give one connection what the C++ functions do not cover, or all of them in Python."""
-    dbapi_connection.create_function(
-        render.FLOAT_TEXT, 1, render.sqlite_float, deterministic=True
-    )
-    if not native_installed():
-        register_python(dbapi_connection)
-
-
-def register_python(dbapi_connection: sqlite3.Connection | Any) -> None:
-    """The C++ functions' Python twins (replacing them on this connection, where given)."""
-    dbapi_connection.create_function(
-        render.BASE64, 1, render.sqlite_base64, deterministic=True
-    )
-    # SQLite's own float text is not correctly rounded (render.py): Python's repr is.
-    dbapi_connection.create_function(
-        render.FLOAT_REPR, 1, float.__repr__, deterministic=True
-    )
 
 
 def calls_python(columns: Iterable[Column]) -> bool:

@@ -10,6 +10,8 @@ the mutation run (tests/mutation.py) can check them too.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import math
 import sqlite3
@@ -111,9 +113,9 @@ def sqlite_values(values: dict[str, list[Any]], expression: Any, native: bool = 
             pytest.skip("exporter._sqlite_functions did not build (test_sqlite_functions.py "
                         "says why)")
     connection = sqlite3.connect(":memory:")
-    sqlite_functions.register(connection)
+    render.register_functions(connection)
     if not native:
-        sqlite_functions.register_python(connection)
+        render.register_python_twins(connection)
     table = SATable("kinds", MetaData(), *(SAColumn(name) for name in values))
     answers: dict[str, list[Any]] = {}
     for name, stored in values.items():
@@ -284,3 +286,32 @@ async def test_postgresql_text_values_of_arrays_json_bytes_and_moments() -> None
                        "2024-03-01T12:00:00Z", "2024-03-01T12:00:00Z", "Infinity",
                        "2024-03-01", "07:30:00")
     assert rows[1] == (None,) * 9
+
+
+CSV_TEXTS = ["plain", "a,b", 'say "hi"', "cr\r", "lf\n", "\r\n", " lead", "", "é,\"ü\"",
+             '"', ",", "tab\there", "x" * 5000 + ",", "Zoë \"Z\" Town"]
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["sql", "cpp"])
+def test_a_csv_text_field_is_what_pythons_csv_writer_writes(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quoted by SQL (instr, replace) where the C++ functions are not installed, by
+    exporter_csv_field where they are: the same fields either way."""
+    if native:
+        prepare_sqlite()
+    monkeypatch.setattr(sqlite_functions, "_native", native and sqlite_functions._native)
+    if native and not sqlite_functions.native_installed():
+        pytest.skip("exporter._sqlite_functions did not build (test_sqlite_functions.py "
+                    "says why)")
+    stored = [*CSV_TEXTS, None, 12, 2.5, b"\x01\x02"]
+    found = sqlite_values({"t": stored}, lambda c, v: render.sqlite_csv_field(c, v)[1],
+                          native)["t"]
+    expected = []
+    for value in CSV_TEXTS:
+        line = io.StringIO()
+        # A second field: alone, an empty field is written "" (not an empty line).
+        csv.writer(line).writerow([value, "."])  # its line ends in \r\n: CR and LF quote
+        expected.append(line.getvalue().removesuffix(",.\r\n"))
+    assert found[:len(CSV_TEXTS)] == expected
+    assert found[len(CSV_TEXTS):] == [None, "12", "2.5", "AQI="]

@@ -41,7 +41,7 @@ def native() -> Iterator[sqlite3.Connection]:
 
 def python_twins() -> sqlite3.Connection:
     connection = sqlite3.connect(":memory:")
-    sqlite_functions.register_python(connection)
+    render.register_python_twins(connection)
     return connection
 
 
@@ -73,20 +73,20 @@ def doubles() -> list[float]:
 
 def test_the_cpp_float_is_pythons_repr_on_every_double(native: sqlite3.Connection) -> None:
     values = doubles()
-    texts, types = rendered(native, render.FLOAT_REPR, values)
+    texts, types = rendered(native, sqlite_functions.FLOAT_REPR, values)
     assert set(types) == {"text"}
     mismatches = [(value, text) for value, text in zip(values, texts, strict=True)
                   if text != repr(value)]
     assert mismatches == [], f"{len(mismatches)} of {len(values)}: {mismatches[:5]}"
-    assert rendered(python_twins(), render.FLOAT_REPR, values[:5000])[0] == texts[:5000]
+    assert rendered(python_twins(), sqlite_functions.FLOAT_REPR, values[:5000])[0] == texts[:5000]
 
 
 def test_the_cpp_float_refuses_what_float_repr_refuses(native: sqlite3.Connection) -> None:
     for value in (1, "1.5", b"\x00"):
         for connection in (native, python_twins()):
             with pytest.raises(sqlite3.OperationalError):
-                connection.execute(f"SELECT {render.FLOAT_REPR}(?)", (value,)).fetchall()
-    assert native.execute(f"SELECT {render.FLOAT_REPR}(NULL)").fetchall() == [(None,)]
+                connection.execute(f"SELECT {sqlite_functions.FLOAT_REPR}(?)", (value,)).fetchall()
+    assert native.execute(f"SELECT {sqlite_functions.FLOAT_REPR}(NULL)").fetchall() == [(None,)]
 
 
 def test_the_cpp_base64_is_pythons_and_leaves_other_values_as_they_are(
@@ -97,8 +97,8 @@ def test_the_cpp_base64_is_pythons_and_leaves_other_values_as_they_are(
     blobs += [generator.randbytes(generator.randrange(100_000, 300_000)) for _ in range(3)]
     others: list[Any] = ["text", "", "é", 0, -7, 1.5, None]
     values: list[Any] = [*blobs, *others]
-    texts, types = rendered(native, render.BASE64, values)
+    texts, types = rendered(native, sqlite_functions.BASE64, values)
     assert texts == [*(base64.b64encode(blob).decode("ascii") for blob in blobs), *others]
     assert types[-len(others):] == ["text", "text", "text", "integer", "integer", "real",
                                     "null"]
-    assert rendered(python_twins(), render.BASE64, values) == (texts, types)
+    assert rendered(python_twins(), sqlite_functions.BASE64, values) == (texts, types)
