@@ -50,7 +50,15 @@ from sqlalchemy.dialects.postgresql import JSON
 
 from exporter import sqlite_functions
 from exporter.catalog import Column, Kind
-from exporter.sqlite_functions import BASE64, CSV_FIELD, FLOAT_REPR, FLOAT_TEXT
+from exporter.sqlite_functions import (
+    BASE64,
+    CSV_FIELD,
+    DATE_TEXT,
+    FLOAT_REPR,
+    FLOAT_TEXT,
+    TIME_TEXT,
+    TIMESTAMP_TEXT,
+)
 
 SQL = ColumnElement[Any]
 CSV_SPECIALS = ('"', ",", "\r", "\n")  # a field holding any of these is quoted (RFC 4180)
@@ -330,11 +338,17 @@ MOMENT_LOOKS = {Kind.TIMESTAMP: "____-__-__%", Kind.DATE: "____-__-__%", Kind.TI
 
 def _sqlite_moment(kind: Kind, value: SQL) -> SQL:
     if kind is Kind.TIMESTAMP:
-        rendered = func.strftime(TIMESTAMP_FORMAT, value)
+        rendered, plain = func.strftime(TIMESTAMP_FORMAT, value), TIMESTAMP_TEXT
     elif kind is Kind.DATE:
-        rendered = func.date(value)
+        rendered, plain = func.date(value), DATE_TEXT
     else:
-        rendered = func.time(value)
+        rendered, plain = func.time(value), TIME_TEXT
+    if sqlite_functions.native_installed():
+        # The plain forms in C++ (`exporter export` of 1M users, two timestamps: CSV 2.4 ->
+        # 2.2 s, Parquet 4.1 -> 3.4 s; of wide, with two dates, two timestamps and a time,
+        # CSV 4.9 -> 3.8 s); any other form gives NULL there, and coalesce only then calls
+        # SQLite's function.
+        rendered = func.coalesce(getattr(func, plain)(value), rendered)
     return case((value.like(MOMENT_LOOKS[kind]), rendered))
 
 

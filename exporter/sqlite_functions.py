@@ -1,21 +1,23 @@
 """The C++ SQL functions SQLite calls while it renders rows: their names, and their
 installation into every SQLite connection the process opens from then on.
 
-``exporter_float_repr``, ``exporter_base64`` and ``exporter_csv_field`` run for every float,
-every BLOB and every CSV text field: in C++ (``_sqlite_functions.cpp``, built with the
-package) they run without Python's GIL, so that two readers render one export on two
-cores. Python's ``sqlite3`` has no call to add a C function to a connection (and this
-Python's cannot load extensions), so the C++ entry point goes to SQLite's own
-``sqlite3_auto_extension``, through ``ctypes``, which SQLite then calls for every connection
-opened afterwards in the process. Where the module did not build (no C++17 compiler) or
-SQLite is not reachable that way, ``render.py`` renders without them: the float and base64
-functions in Python (``render.register_functions``), whose every call takes the GIL, so an
-export that renders floats or bytes reads on one reader, as two would only take turns (a
-33-column table with 5 floats and a BLOB: 300k CSV rows in 5.8 s with two readers, 4.1 s
-with one); CSV's quoting in SQL (``instr`` and ``replace``), slower.
+The functions run for every float, every BLOB, every CSV text field and every date or time
+(``exporter_float_repr``, ``exporter_base64``, ``exporter_csv_field``,
+``exporter_timestamp`` ...): in C++ (``_sqlite_functions.cpp``, built with the package) they
+run without Python's GIL, so that two readers render one export on two cores, and at a
+fraction of the CPU that SQL or Python spent on each value. Python's ``sqlite3`` has no call
+to add a C function to a connection (and this Python's cannot load extensions), so the C++
+entry point goes to SQLite's own ``sqlite3_auto_extension``, through ``ctypes``, which
+SQLite then calls for every connection opened afterwards in the process. Where the module
+did not build (no C++17 compiler) or SQLite is not reachable that way, ``render.py`` renders
+without them: the float and base64 functions in Python (``render.register_functions``),
+whose every call takes the GIL, so an export that renders floats or bytes reads on one
+reader, as two would only take turns (a 33-column table with 5 floats and a BLOB: 300k CSV
+rows in 5.8 s with two readers, 4.1 s with one); CSV's quoting in SQL (``instr`` and
+``replace``) and moments by SQLite's date functions alone, slower.
 
-This module imports nothing of the service's, so that ``render.py`` can ask it which SQL
-to write.
+This module imports nothing of the service's but the kinds, so that ``render.py`` can ask
+it which SQL to write.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ FLOAT_TEXT = "exporter_float"  # render.sqlite_float, in Python on every connect
 FLOAT_REPR = "exporter_float_repr"  # repr() of a REAL
 BASE64 = "exporter_base64"  # base64 of a BLOB, any other value as it is: SQLite has none
 CSV_FIELD = "exporter_csv_field"  # a text as csv.writer writes it; C++ only
+# The plain forms of a moment as strftime(TIMESTAMP_FORMAT), date() and time() write them,
+# NULL for any other form; C++ only.
+TIMESTAMP_TEXT = "exporter_timestamp"
+DATE_TEXT = "exporter_date"
+TIME_TEXT = "exporter_time"
 NATIVE_MODULE = "exporter._sqlite_functions"
 NATIVE_ENTRY_POINT = "exporter_sqlite_init"  # in _sqlite_functions.cpp
 # Kinds whose every value SQLite renders by a call of FLOAT_REPR or BASE64.

@@ -102,3 +102,60 @@ def test_the_cpp_base64_is_pythons_and_leaves_other_values_as_they_are(
     assert types[-len(others):] == ["text", "text", "text", "integer", "integer", "real",
                                     "null"]
     assert rendered(python_twins(), sqlite_functions.BASE64, values) == (texts, types)
+
+
+def moment_texts() -> list[str]:
+    """Plain forms (valid, and valid-looking but not: 02-29 of a common year, 24:00, :60),
+    forms only SQLite's functions read (zones, Julian days, 'now', spaces), and random
+    digits in the plain shapes."""
+    generator = random.Random(5)
+    texts = ["2024-02-29", "2023-02-29", "2024-02-30", "2023-12-31 23:59:59", "0001-01-01",
+             "0000-01-01", "9999-12-31T23:59:59", "2024-03-01 24:00:00", "2024-03-01 12:60",
+             "2024-03-01 12:00:60", "2024-03-01 12:00:59.9994", "2024-03-01 12:00:59.9995",
+             "2024-03-01 12:00:59.999", "2024-03-01 12:00:59.99999999", "2024-03-01 12:00:00.",
+             "2024-03-01 12:00:00.5Z", "2024-03-01T12:00:00+01:00", "2024-03-01  12:00",
+             "2024-03-01 12:00:00 ", " 2024-03-01", "2024-03-01x", "2460000.5", "now",
+             "12:00", "12:00:00", "23:59:59.999", "07:30:00.9996", "24:00", "9:00", "12:00 ",
+             "2024-3-01", "2024-03-1", "abcd-ef-gh", "", "2024-13-01", "2024-00-10",
+             "1900-02-29", "2000-02-29", "2100-02-29", "2024-04-31", "2024-06-30 00:00"]
+    for _ in range(20000):
+        year, month, day = generator.randrange(0, 10000), generator.randrange(0, 14), \
+            generator.randrange(0, 33)
+        hour, minute, second = generator.randrange(0, 26), generator.randrange(0, 62), \
+            generator.randrange(0, 62)
+        date = f"{year:04d}-{month:02d}-{day:02d}"
+        time = f"{hour:02d}:{minute:02d}"
+        fraction = "." + str(generator.randrange(10 ** 7)).zfill(generator.randrange(1, 8))
+        texts += [date, f"{date} {time}", f"{date}T{time}:{second:02d}",
+                  f"{date} {time}:{second:02d}{fraction}", time, f"{time}:{second:02d}",
+                  f"{time}:{second:02d}{fraction}"]
+    return texts
+
+
+@pytest.mark.parametrize(("function", "sqlites"), [
+    (sqlite_functions.TIMESTAMP_TEXT, f"strftime('{render.TIMESTAMP_FORMAT}', x)"),
+    (sqlite_functions.DATE_TEXT, "date(x)"),
+    (sqlite_functions.TIME_TEXT, "time(x)"),
+])
+def test_a_cpp_moment_is_sqlites_own_text_or_left_to_sqlite(
+    native: sqlite3.Connection, function: str, sqlites: str
+) -> None:
+    """What the C++ writes, SQLite's function writes for the same text; what it leaves
+    (NULL), SQLite's function reads (render.py calls it then)."""
+    texts = moment_texts()
+    native.execute("DROP TABLE IF EXISTS m")
+    native.execute("CREATE TABLE m (x TEXT)")
+    native.executemany("INSERT INTO m VALUES (?)", [(text,) for text in texts])
+    rows = native.execute(f"SELECT x, {function}(x), {sqlites} FROM m ORDER BY rowid").fetchall()
+    differ = [(text, ours, theirs) for text, ours, theirs in rows
+              if ours is not None and ours != theirs]
+    assert differ == []
+    taken = {text for text, ours, _ in rows if ours is not None}
+    plain = ({"12:00", "12:00:00", "23:59:59.999"} if function == sqlite_functions.TIME_TEXT
+             else {"2024-02-29", "2023-12-31 23:59:59", "9999-12-31T23:59:59", "0001-01-01",
+                   "2024-03-01 12:00:59.999", "2000-02-29", "2024-06-30 00:00"})
+    assert plain <= taken, sorted(plain - taken)
+    assert len(taken) > 10000  # the plain forms are the C++ function's, not SQLite's
+    for left in ("2023-02-29", "2024-03-01 24:00:00", "2024-03-01 12:00:59.9995",
+                 "2024-03-01T12:00:00+01:00", "now", "2024-02-30"):
+        assert left not in taken
