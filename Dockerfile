@@ -24,11 +24,12 @@ COPY seed ./seed
 # ./exporter, which has no exporter.migrations or exporter.seed (they install from
 # migrations/ and seed/), instead of the installed package.
 # g++ and SQLite's headers build SQLite's float and base64 functions in C++ (without them
-# the package installs all the same, slower on floats and bytes); removed once built.
+# the package installs all the same, slower on floats and bytes); removed once built. The
+# check imports the installed module (-P: not ./exporter, where no module was built).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ libsqlite3-dev \
     && pip install --no-cache-dir ".[s3]" \
-    && python -c "import exporter._sqlite_functions" \
+    && python -P -c "import exporter._sqlite_functions" \
     && apt-get purge -y --auto-remove g++ libsqlite3-dev \
     && rm -rf /var/lib/apt/lists/* exporter migrations seed build \
     && mkdir -p /data \

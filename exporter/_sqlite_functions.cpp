@@ -23,6 +23,7 @@
 SQLITE_EXTENSION_INIT1
 
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -34,6 +35,11 @@ namespace {
 // is from -4 up to 15 (with ".0" when whole), else d.ddde+XX, with two exponent digits
 // at least.
 int repr_double(double x, char *out) {
+    if (!std::isfinite(x)) {  // SQLite holds no NaN, but infinities: repr's 'inf', '-inf'
+        const char *text = std::isnan(x) ? "nan" : x < 0 ? "-inf" : "inf";
+        std::strcpy(out, text);
+        return static_cast<int>(std::strlen(text));
+    }
     char scientific[48];
     auto written = std::to_chars(scientific, scientific + sizeof scientific - 1, x,
                                  std::chars_format::scientific);
@@ -46,7 +52,7 @@ int repr_double(double x, char *out) {
     for (; *in && *in != 'e'; ++in) {
         if (*in != '.') digits[count++] = *in;
     }
-    const int exponent = std::atoi(in + 1);
+    const int exponent = *in == 'e' ? std::atoi(in + 1) : 0;  // scientific: always there
     if (-4 <= exponent && exponent < 16) {
         if (exponent < 0) {
             *o++ = '0';
@@ -206,6 +212,8 @@ bool valid_date(const char *p) {
     return day <= (month == 2 && leap ? 29 : DAYS[month - 1]);
 }
 
+const int MOST_FRACTION_DIGITS = 20;  // nanoseconds and more: no one stores longer ones
+
 // 'HH:MM', 'HH:MM:SS' or 'HH:MM:SS.f...' filling all of [p, end).
 bool valid_time(const char *p, const char *end, Moment &moment) {
     const auto size = end - p;
@@ -220,6 +228,9 @@ bool valid_time(const char *p, const char *end, Moment &moment) {
     moment.seconds = p + 6;
     if (size == 8) return true;
     if (p[8] != '.' || size == 9) return false;
+    // SQLite reads the fraction's digits into a double: past about 308 of them it is
+    // infinite, and SQLite's functions give NULL. Long fractions are SQLite's to read.
+    if (size > 9 + MOST_FRACTION_DIGITS) return false;
     for (const char *digit = p + 9; digit < end; ++digit) {
         if (*digit < '0' || *digit > '9') return false;
     }
@@ -283,6 +294,9 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sqlite_functions",
 // SQLite's entry point for an extension, given to sqlite3_auto_extension: SQLite calls it
 // for every connection opened afterwards in the process, with its own API routines.
 extern "C" int exporter_sqlite_init(sqlite3 *db, char **, const sqlite3_api_routines *api) {
+    // A SQLite built without extension loading passes no routines: nothing is added, and
+    // sqlite_functions.py, finding the functions missing, renders without them.
+    if (api == nullptr) return SQLITE_OK;
     SQLITE_EXTENSION_INIT2(api);
     // Deterministic: SQLite may compute a call once per statement; innocuous: no side
     // effects, so allowed wherever SQLite's defences restrict what SQL may call.

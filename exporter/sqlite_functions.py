@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterable
 
@@ -83,6 +84,19 @@ def _install_native() -> bool:
     if register(ctypes.cast(entry, ctypes.c_void_p)) != 0:
         log.warning("SQLite refused the C++ functions: floats and bytes render in Python")
         return False
+    # Seen from a connection of Python's own: the library reached may not be the one it
+    # uses, or may have no extension API (the entry point then adds nothing).
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute(f"SELECT {CSV_FIELD}('a'), {FLOAT_REPR}(0.5)").fetchall()
+    except sqlite3.OperationalError as error:
+        sqlite.sqlite3_cancel_auto_extension.argtypes = [ctypes.c_void_p]
+        sqlite.sqlite3_cancel_auto_extension(ctypes.cast(entry, ctypes.c_void_p))
+        log.warning("SQLite renders floats and bytes in Python, on one reader: the C++ "
+                    "functions did not reach Python's connections (%s)", error)
+        return False
+    finally:
+        probe.close()
     return True
 
 

@@ -101,17 +101,25 @@ KINDS: dict[str, Column] = {
 }
 
 
-def sqlite_values(values: dict[str, list[Any]], expression: Any, native: bool = False
-                  ) -> dict[str, list[Any]]:
-    """Each column's values stored in a real SQLite table of those declared types, then
-    read back through ``expression(column, sql_column)``, with the Python functions, or
-    with the C++ ones the service's connections get (``native``: test_sqlite_functions.py
-    holds them to their Python twins value by value)."""
-    if native:
+@pytest.fixture(params=[False, True], ids=["without-cpp", "cpp"])
+def native(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """render's SQL written as without the C++ functions (Python's, and SQL of SQLite's
+    own functions), or as with them where this process has them (test_sqlite_functions.py
+    holds the C++ to its Python twins and to SQLite's functions value by value)."""
+    if request.param:
         prepare_sqlite()
         if not sqlite_functions.native_installed():
             pytest.skip("exporter._sqlite_functions did not build (test_sqlite_functions.py "
                         "says why)")
+    monkeypatch.setattr(sqlite_functions, "_native", request.param)
+    return bool(request.param)
+
+
+def sqlite_values(values: dict[str, list[Any]], expression: Any, native: bool = False
+                  ) -> dict[str, list[Any]]:
+    """Each column's values stored in a real SQLite table of those declared types, then
+    read back through ``expression(column, sql_column)``, with the Python functions unless
+    ``native`` (the ``native`` fixture's value, which decides render's SQL too)."""
     connection = sqlite3.connect(":memory:")
     render.register_functions(connection)
     if not native:
@@ -206,7 +214,6 @@ TEXTS: dict[str, list[tuple[Any, str | None]]] = {
 }
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["python", "cpp"])
 def test_sqlite_text_value_is_each_kinds_form_or_the_stored_value_unquoted(
     native: bool
 ) -> None:
@@ -234,13 +241,13 @@ MEMBERS: dict[str, list[tuple[Any, Any]]] = {
 }
 
 
-def test_sqlite_json_value_is_each_kinds_json_or_the_stored_value() -> None:
+def test_sqlite_json_value_is_each_kinds_json_or_the_stored_value(native: bool) -> None:
     def member(column: Column, value: Any) -> Any:
         from sqlalchemy import func
         return func.json_object("v", render.sqlite_json_value(column, value))
 
     found = sqlite_values({name: [v for v, _ in cases] for name, cases in MEMBERS.items()},
-                          member)
+                          member, native)
     for name, cases in MEMBERS.items():
         assert [json.loads(text)["v"] for text in found[name]] == [m for _, m in cases], name
 
@@ -292,18 +299,9 @@ CSV_TEXTS = ["plain", "a,b", 'say "hi"', "cr\r", "lf\n", "\r\n", " lead", "", "Ã
              '"', ",", "tab\there", "x" * 5000 + ",", "ZoÃ« \"Z\" Town"]
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["sql", "cpp"])
-def test_a_csv_text_field_is_what_pythons_csv_writer_writes(
-    native: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_csv_text_field_is_what_pythons_csv_writer_writes(native: bool) -> None:
     """Quoted by SQL (instr, replace) where the C++ functions are not installed, by
     exporter_csv_field where they are: the same fields either way."""
-    if native:
-        prepare_sqlite()
-    monkeypatch.setattr(sqlite_functions, "_native", native and sqlite_functions._native)
-    if native and not sqlite_functions.native_installed():
-        pytest.skip("exporter._sqlite_functions did not build (test_sqlite_functions.py "
-                    "says why)")
     stored = [*CSV_TEXTS, None, 12, 2.5, b"\x01\x02"]
     found = sqlite_values({"t": stored}, lambda c, v: render.sqlite_csv_field(c, v)[1],
                           native)["t"]
