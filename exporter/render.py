@@ -56,8 +56,10 @@ from exporter.sqlite_functions import (
     DATE_TEXT,
     FLOAT_REPR,
     FLOAT_TEXT,
+    REFUSE_NUL,
     TIME_TEXT,
     TIMESTAMP_TEXT,
+    TSV_FIELD,
 )
 
 SQL = ColumnElement[Any]
@@ -80,11 +82,30 @@ def register_functions(dbapi_connection: Any) -> None:
 
 
 def register_python_twins(dbapi_connection: Any) -> None:
-    """The C++ float and base64 functions in Python (replacing them where installed)."""
+    """The C++ float and base64 functions in Python (replacing them where installed), and
+    what the SQL written without the C++ calls on a text holding a NUL."""
     dbapi_connection.create_function(BASE64, 1, sqlite_base64, deterministic=True)
+    dbapi_connection.create_function(REFUSE_NUL, 1, refuse_nul, deterministic=True)
     # repr(), for a REAL that is not whole and below POSITIONAL_BELOW: its text is then
     # PostgreSQL's. SQLite's own float text is not correctly rounded.
     dbapi_connection.create_function(FLOAT_REPR, 1, float.__repr__, deterministic=True)
+
+
+# SQLite keeps a NUL inside a text; its CSV and TSV lines are put together by printf's %s,
+# which would end the text there (and leave a quoted field open): such an export fails
+# instead (the C++ functions say the same).
+NUL_REFUSED = ("a text holds a NUL character, which CSV and TSV cannot carry here: export "
+               "it as NDJSON, JSON or Parquet, or leave that row out with a filter")
+
+
+def refuse_nul(_value: Any) -> None:
+    """SQLite's ``exporter_refuse_nul``: fails the statement (Python's sqlite3 reports it as
+    "user-defined function raised exception"; the C++ functions' message is this one)."""
+    raise ValueError(NUL_REFUSED)
+
+
+def _holds_nul(value: SQL) -> SQL:
+    return type_coerce(func.instr(value, func.char(0)), Boolean)
 
 
 def sqlite_base64(value: bytes | None) -> str | None:
@@ -191,7 +212,8 @@ def _quoted(value: SQL) -> SQL:
         return _text(getattr(func, CSV_FIELD)(value))
     needs = or_(*(type_coerce(func.instr(value, s), Boolean) for s in CSV_SPECIALS))
     quoted = literal('"') + func.replace(value, '"', '""') + literal('"')
-    return _text(case((needs, quoted), else_=value))
+    return _text(case((_holds_nul(value), getattr(func, REFUSE_NUL)(value)), (needs, quoted),
+                      else_=value))
 
 
 def _unquoted(value: SQL) -> SQL:
@@ -253,9 +275,12 @@ def tsv_escape(text: str) -> str:
 
 
 def _tsv_escaped(value: SQL) -> SQL:
-    for char, escaped in TSV_ESCAPES:
-        value = func.replace(value, char, escaped)
-    return value
+    if sqlite_functions.native_installed():  # one pass in C++, and a NUL refused there
+        return _text(getattr(func, TSV_FIELD)(value))
+    escaped = value
+    for char, spelled in TSV_ESCAPES:
+        escaped = func.replace(escaped, char, spelled)
+    return _text(case((_holds_nul(value), getattr(func, REFUSE_NUL)(value)), else_=escaped))
 
 
 def _bytea_hex(value: SQL) -> SQL:

@@ -37,6 +37,8 @@ FLOAT_TEXT = "exporter_float"  # render.sqlite_float, in Python on every connect
 FLOAT_REPR = "exporter_float_repr"  # repr() of a REAL
 BASE64 = "exporter_base64"  # base64 of a BLOB, any other value as it is: SQLite has none
 CSV_FIELD = "exporter_csv_field"  # a text as csv.writer writes it; C++ only
+TSV_FIELD = "exporter_tsv_field"  # a text as PostgreSQL's text COPY writes it; C++ only
+REFUSE_NUL = "exporter_refuse_nul"  # fails the statement: a text holds a NUL; Python only
 # The plain forms of a moment as strftime(TIMESTAMP_FORMAT), date() and time() write them,
 # NULL for any other form; C++ only.
 TIMESTAMP_TEXT = "exporter_timestamp"

@@ -77,6 +77,31 @@ def test_cli_export_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
     assert to_stdout.stdout.count(b"\r\n") > 5, "it failed midway, after the first batch"
 
 
+def test_a_text_holding_a_nul_fails_csv_and_tsv_and_goes_whole_in_ndjson(tmp_path: Path) -> None:
+    """SQLite keeps a NUL inside a text; CSV and TSV would have ended it there."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "own.db") as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.executemany("INSERT INTO notes VALUES (?, ?)",
+                         [(1, "fine"), (2, "before\x00, after"), (3, "fine too")])
+    env = {**Database("sqlite", "", tmp_path).env(),
+           "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"}
+    command = [sys.executable, "-m", "exporter", "export", "--table", "notes", "--format"]
+    for fmt in ("csv", "tsv"):
+        out = tmp_path / f"notes.{fmt}"
+        result = subprocess.run([*command, fmt, "--out", str(out)], env=env,
+                                capture_output=True, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert b"NUL character" in result.stderr and b"NDJSON" in result.stderr
+        assert not out.exists()
+    whole = subprocess.run([*command, "ndjson"], env=env, capture_output=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    assert [json.loads(line)["body"] for line in whole.stdout.splitlines()] == [
+        "fine", "before\x00, after", "fine too"]
+
+
 def test_cli_export_to_a_missing_directory_is_a_usage_error(
     database: Database, tmp_path: Path
 ) -> None:

@@ -313,3 +313,34 @@ def test_a_csv_text_field_is_what_pythons_csv_writer_writes(native: bool) -> Non
         expected.append(line.getvalue().removesuffix(",.\r\n"))
     assert found[:len(CSV_TEXTS)] == expected
     assert found[len(CSV_TEXTS):] == [None, "12", "2.5", "AQI="]
+
+
+TSV_TEXTS = ["plain", "back\\slash", "tab\there", "lf\nline", "cr\r", "bs\b", "ff\f",
+             "vt\v", "all\\\t\n\r\b\f\v", "", "é\\\\", '"quoted", comma']
+
+
+def test_a_tsv_text_field_is_what_postgresqls_copy_writes(native: bool) -> None:
+    """Escaped by seven replace() where the C++ functions are not installed, by
+    exporter_tsv_field where they are: the same fields either way."""
+    stored = [*TSV_TEXTS, None, 12, 2.5]
+    found = sqlite_values({"t": stored}, lambda c, v: render.sqlite_tsv_field(c, v), native)
+    assert found["t"] == [*(render.tsv_escape(text) for text in TSV_TEXTS), "\\N", "12", "2.5"]
+
+
+@pytest.mark.parametrize("field", [render.sqlite_csv_field, render.sqlite_tsv_field],
+                         ids=["csv", "tsv"])
+def test_a_text_holding_a_nul_fails_a_csv_or_tsv_field_rather_than_end_there(
+    native: bool, field: Any
+) -> None:
+    """printf's %s, which puts the line together, would end the text at the NUL (and leave a
+    quoted field open): the statement fails instead."""
+    def rendered(column: Column, value: Any) -> Any:
+        made = field(column, value)
+        return made[1] if isinstance(made, tuple) else made
+
+    for text in ("a\x00b", "a\x00,b", '"\x00', "\x00"):
+        with pytest.raises(sqlite3.OperationalError) as refused:
+            sqlite_values({"t": [text]}, rendered, native)
+        if native:
+            assert str(refused.value) == render.NUL_REFUSED
+    assert sqlite_values({"t": ["a,b"]}, rendered, native)["t"] in (['"a,b"'], ["a,b"])

@@ -8,12 +8,14 @@ carries, and say loudly when the module did not build where it could have."""
 from __future__ import annotations
 
 import base64
+import importlib
 import math
 import random
 import shutil
 import sqlite3
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +37,14 @@ def native() -> Iterator[sqlite3.Connection]:
                         "libsqlite3-dev)")
         pytest.skip("no C++ compiler: exporter._sqlite_functions did not build, and SQLite "
                     "renders floats and bytes in Python (slower, same bytes)")
+    # pip builds the module optionally: a C++ change that no longer compiles leaves the last
+    # build in place, which these tests would then check instead.
+    built = Path(importlib.import_module(sqlite_functions.NATIVE_MODULE).__file__ or "")
+    source = Path(render.__file__).with_name("_sqlite_functions.cpp")
+    if source.exists() and built.parent == source.parent:  # an editable install
+        assert built.stat().st_mtime >= source.stat().st_mtime, (
+            f"{built.name} is older than {source.name}: reinstall (pip install -e .); if it "
+            "stays older, the C++ does not compile (pip -v shows why)")
     connection = sqlite3.connect(":memory:")
     yield connection
     connection.close()
