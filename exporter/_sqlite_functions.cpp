@@ -156,6 +156,10 @@ void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
         return;
     }
     const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[0]));
+    if (in == nullptr) {  // out of memory converting it
+        sqlite3_result_error_nomem(context);
+        return;
+    }
     const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
     sqlite3_int64 quotes = 0;
     bool special = false;
@@ -202,6 +206,10 @@ void tsv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
         return;
     }
     const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[0]));
+    if (in == nullptr) {  // out of memory converting it
+        sqlite3_result_error_nomem(context);
+        return;
+    }
     const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
     auto spelled = [](char c) -> char {
         switch (c) {
@@ -306,6 +314,7 @@ bool valid_time(const char *p, const char *end, Moment &moment) {
 bool parse_moment(sqlite3_value *value, bool date_first, Moment &moment) {
     if (sqlite3_value_type(value) != SQLITE_TEXT) return false;
     const auto *text = reinterpret_cast<const char *>(sqlite3_value_text(value));
+    if (text == nullptr) return false;  // out of memory: SQLite's own function then
     const char *end = text + sqlite3_value_bytes(value);
     if (!date_first) return valid_time(text, end, moment);
     if (end - text < 10 || !valid_date(text)) return false;

@@ -44,6 +44,9 @@ REFUSE_NUL = "exporter_refuse_nul"  # fails the statement: a text holds a NUL; P
 TIMESTAMP_TEXT = "exporter_timestamp"
 DATE_TEXT = "exporter_date"
 TIME_TEXT = "exporter_time"
+# Every function _sqlite_functions.cpp gives a connection (its exporter_sqlite_init).
+NATIVE_FUNCTIONS = (FLOAT_REPR, BASE64, CSV_FIELD, TSV_FIELD, TIMESTAMP_TEXT, DATE_TEXT,
+                    TIME_TEXT)
 NATIVE_MODULE = "exporter._sqlite_functions"
 NATIVE_ENTRY_POINT = "exporter_sqlite_init"  # in _sqlite_functions.cpp
 # Kinds whose every value SQLite renders by a call of FLOAT_REPR or BASE64.
@@ -90,7 +93,9 @@ def _install_native() -> bool:
     # uses, or may have no extension API (the entry point then adds nothing).
     probe = sqlite3.connect(":memory:")
     try:
-        probe.execute(f"SELECT {CSV_FIELD}('a'), {FLOAT_REPR}(0.5)").fetchall()
+        # Each of them (a module built from an older source may lack one).
+        probe.execute(f"SELECT {', '.join(f'{name}(NULL)' for name in NATIVE_FUNCTIONS)}"
+                      ).fetchall()
     except sqlite3.OperationalError as error:
         sqlite.sqlite3_cancel_auto_extension.argtypes = [ctypes.c_void_p]
         sqlite.sqlite3_cancel_auto_extension(ctypes.cast(entry, ctypes.c_void_p))

@@ -83,9 +83,10 @@ def test_a_text_holding_a_nul_fails_csv_and_tsv_and_goes_whole_in_ndjson(tmp_pat
     import sqlite3
 
     with sqlite3.connect(tmp_path / "own.db") as conn:
-        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-        conn.executemany("INSERT INTO notes VALUES (?, ?)",
-                         [(1, "fine"), (2, "before\x00, after"), (3, "fine too")])
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, day DATE)")
+        conn.executemany("INSERT INTO notes VALUES (?, ?, ?)",
+                         [(1, "fine", "2024-01-01"), (2, "before\x00, after", None),
+                          (3, "fine too", "2024-01-02\x00garbage")])
     env = {**Database("sqlite", "", tmp_path).env(),
            "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"}
     command = [sys.executable, "-m", "exporter", "export", "--table", "notes", "--format"]
@@ -98,8 +99,11 @@ def test_a_text_holding_a_nul_fails_csv_and_tsv_and_goes_whole_in_ndjson(tmp_pat
         assert not out.exists()
     whole = subprocess.run([*command, "ndjson"], env=env, capture_output=True, timeout=120)
     assert whole.returncode == 0, whole.stderr
-    assert [json.loads(line)["body"] for line in whole.stdout.splitlines()] == [
-        "fine", "before\x00, after", "fine too"]
+    assert [(row["body"], row["day"]) for row in map(json.loads, whole.stdout.splitlines())
+            ] == [("fine", "2024-01-01"), ("before\x00, after", None),
+                  ("fine too", "2024-01-02\x00garbage")]  # as stored, not 2024-01-02
+    days = [*command, "csv", "--fields", "id,day"]
+    assert subprocess.run(days, env=env, capture_output=True, timeout=120).returncode == 1
 
 
 def test_cli_export_to_a_missing_directory_is_a_usage_error(
