@@ -23,8 +23,8 @@ COPY seed ./seed
 # The sources go once installed: `python -m exporter` run in /app would otherwise import
 # ./exporter, which has no exporter.migrations or exporter.seed (they install from
 # migrations/ and seed/), instead of the installed package.
-# g++ and SQLite's headers build SQLite's float and base64 functions in C++ (without them
-# the package installs all the same, slower on floats and bytes); removed once built. The
+# g++ and SQLite's headers build SQLite's rendering functions in C++ (without them the
+# package installs all the same and renders slower); removed once built. The
 # check imports the installed module (-P: not ./exporter, where no module was built).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ libsqlite3-dev \

@@ -1,8 +1,9 @@
-// Two of the SQL functions SQLite calls while it renders rows (exporter/render.py names
-// them), in C++ so that rendering never takes Python's GIL: with them in Python, two
-// readers of one export waited on each other for it, and a table with floats or bytes
-// was read by one (exporter/sqlite_functions.py installs these; where this file did not
-// build, render.py writes SQL that does without them).
+// The SQL functions SQLite calls for every float, BLOB, CSV or TSV text field and date or
+// time while it renders rows (exporter/render.py names them), in C++ so that rendering
+// never takes Python's GIL: with them in Python, two readers of one export waited on each
+// other for it, and a table with floats or bytes was read by one (exporter/sqlite_functions.py
+// installs these; where this file did not build, render.py writes SQL that does without
+// them).
 //
 //   exporter_float_repr(REAL)  Python's repr() of the double, to the byte
 //   exporter_base64(BLOB)      base64 of the bytes, as Python's base64.b64encode; any
@@ -103,6 +104,36 @@ void float_repr(sqlite3_context *context, int, sqlite3_value **arguments) {
     }
 }
 
+// Hands SQLite a text of ``length`` bytes, written by ``write`` into memory SQLite frees.
+template <class Write>
+void result_text(sqlite3_context *context, sqlite3_int64 length, Write write) {
+    auto *text = static_cast<char *>(sqlite3_malloc64(length + 1));
+    if (text == nullptr) {
+        sqlite3_result_error_nomem(context);
+        return;
+    }
+    write(text);
+    sqlite3_result_text64(context, text, static_cast<sqlite3_uint64>(length), sqlite3_free,
+                          SQLITE_UTF8);
+}
+
+// The text of a TEXT argument and its size in bytes; nullptr where the call is answered
+// already: any other value given back as it is, or out of memory converting it.
+const char *text_argument(sqlite3_context *context, sqlite3_value *value,
+                          sqlite3_int64 &size) {
+    if (sqlite3_value_type(value) != SQLITE_TEXT) {
+        sqlite3_result_value(context, value);
+        return nullptr;
+    }
+    const auto *text = reinterpret_cast<const char *>(sqlite3_value_text(value));
+    if (text == nullptr) {
+        sqlite3_result_error_nomem(context);
+        return nullptr;
+    }
+    size = sqlite3_value_bytes(value);
+    return text;
+}
+
 const char BASE64_DIGITS[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -113,31 +144,24 @@ void base64(sqlite3_context *context, int, sqlite3_value **arguments) {
     }
     const auto *in = static_cast<const unsigned char *>(sqlite3_value_blob(arguments[0]));
     const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
-    const sqlite3_int64 length = (size + 2) / 3 * 4;
-    auto *text = static_cast<char *>(sqlite3_malloc64(length + 1));
-    if (text == nullptr) {
-        sqlite3_result_error_nomem(context);
-        return;
-    }
-    char *o = text;
-    sqlite3_int64 i = 0;
-    for (; i + 2 < size; i += 3) {
-        const unsigned triple = in[i] << 16 | in[i + 1] << 8 | in[i + 2];
-        *o++ = BASE64_DIGITS[triple >> 18];
-        *o++ = BASE64_DIGITS[triple >> 12 & 63];
-        *o++ = BASE64_DIGITS[triple >> 6 & 63];
-        *o++ = BASE64_DIGITS[triple & 63];
-    }
-    if (i < size) {  // one or two bytes left: padded with "=" to four characters
-        const bool two = i + 1 < size;
-        const unsigned triple = in[i] << 16 | (two ? in[i + 1] << 8 : 0);
-        *o++ = BASE64_DIGITS[triple >> 18];
-        *o++ = BASE64_DIGITS[triple >> 12 & 63];
-        *o++ = two ? BASE64_DIGITS[triple >> 6 & 63] : '=';
-        *o++ = '=';
-    }
-    sqlite3_result_text64(context, text, static_cast<sqlite3_uint64>(length), sqlite3_free,
-                          SQLITE_UTF8);
+    result_text(context, (size + 2) / 3 * 4, [&](char *o) {
+        sqlite3_int64 i = 0;
+        for (; i + 2 < size; i += 3) {
+            const unsigned triple = in[i] << 16 | in[i + 1] << 8 | in[i + 2];
+            *o++ = BASE64_DIGITS[triple >> 18];
+            *o++ = BASE64_DIGITS[triple >> 12 & 63];
+            *o++ = BASE64_DIGITS[triple >> 6 & 63];
+            *o++ = BASE64_DIGITS[triple & 63];
+        }
+        if (i < size) {  // one or two bytes left: padded with "=" to four characters
+            const bool two = i + 1 < size;
+            const unsigned triple = in[i] << 16 | (two ? in[i + 1] << 8 : 0);
+            *o++ = BASE64_DIGITS[triple >> 18];
+            *o++ = BASE64_DIGITS[triple >> 12 & 63];
+            *o++ = two ? BASE64_DIGITS[triple >> 6 & 63] : '=';
+            *o++ = '=';
+        }
+    });
 }
 
 // SQLite keeps a NUL inside a text; the CSV and TSV lines are put together by printf's
@@ -151,16 +175,9 @@ const char NUL_REFUSED[] =
 // a comma, CR or LF quoted, its quotes doubled; any other text, and any other value, as
 // it is. One pass, where SQL took four instr() and a replace().
 void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
-    if (sqlite3_value_type(arguments[0]) != SQLITE_TEXT) {
-        sqlite3_result_value(context, arguments[0]);
-        return;
-    }
-    const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[0]));
-    if (in == nullptr) {  // out of memory converting it
-        sqlite3_result_error_nomem(context);
-        return;
-    }
-    const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
+    sqlite3_int64 size = 0;
+    const char *in = text_argument(context, arguments[0], size);
+    if (in == nullptr) return;
     sqlite3_int64 quotes = 0;
     bool special = false;
     for (sqlite3_int64 i = 0; i < size; ++i) {
@@ -179,21 +196,14 @@ void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
         sqlite3_result_value(context, arguments[0]);
         return;
     }
-    const sqlite3_int64 length = size + quotes + 2;
-    auto *text = static_cast<char *>(sqlite3_malloc64(length + 1));
-    if (text == nullptr) {
-        sqlite3_result_error_nomem(context);
-        return;
-    }
-    char *o = text;
-    *o++ = '"';
-    for (sqlite3_int64 i = 0; i < size; ++i) {
-        if (in[i] == '"') *o++ = '"';
-        *o++ = in[i];
-    }
-    *o++ = '"';
-    sqlite3_result_text64(context, text, static_cast<sqlite3_uint64>(length), sqlite3_free,
-                          SQLITE_UTF8);
+    result_text(context, size + quotes + 2, [&](char *o) {
+        *o++ = '"';
+        for (sqlite3_int64 i = 0; i < size; ++i) {
+            if (in[i] == '"') *o++ = '"';
+            *o++ = in[i];
+        }
+        *o = '"';
+    });
 }
 
 // A TSV field as PostgreSQL's text COPY writes it: a backslash and the six control
@@ -201,16 +211,9 @@ void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
 // character as it is; any value but a text as it is. One pass, where SQL took seven
 // replace().
 void tsv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
-    if (sqlite3_value_type(arguments[0]) != SQLITE_TEXT) {
-        sqlite3_result_value(context, arguments[0]);
-        return;
-    }
-    const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[0]));
-    if (in == nullptr) {  // out of memory converting it
-        sqlite3_result_error_nomem(context);
-        return;
-    }
-    const sqlite3_int64 size = sqlite3_value_bytes(arguments[0]);
+    sqlite3_int64 size = 0;
+    const char *in = text_argument(context, arguments[0], size);
+    if (in == nullptr) return;
     auto spelled = [](char c) -> char {
         switch (c) {
         case '\\': return '\\';
@@ -235,23 +238,16 @@ void tsv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
         sqlite3_result_value(context, arguments[0]);
         return;
     }
-    const sqlite3_int64 length = size + escapes;
-    auto *text = static_cast<char *>(sqlite3_malloc64(length + 1));
-    if (text == nullptr) {
-        sqlite3_result_error_nomem(context);
-        return;
-    }
-    char *o = text;
-    for (sqlite3_int64 i = 0; i < size; ++i) {
-        if (const char letter = spelled(in[i])) {
-            *o++ = '\\';
-            *o++ = letter;
-        } else {
-            *o++ = in[i];
+    result_text(context, size + escapes, [&](char *o) {
+        for (sqlite3_int64 i = 0; i < size; ++i) {
+            if (const char letter = spelled(in[i])) {
+                *o++ = '\\';
+                *o++ = letter;
+            } else {
+                *o++ = in[i];
+            }
         }
-    }
-    sqlite3_result_text64(context, text, static_cast<sqlite3_uint64>(length), sqlite3_free,
-                          SQLITE_UTF8);
+    });
 }
 
 // Dates and times: the text SQLite's date functions would give, for the forms that need no

@@ -13,8 +13,8 @@ did not build (no C++17 compiler) or SQLite is not reachable that way, ``render.
 without them: the float and base64 functions in Python (``render.register_functions``),
 whose every call takes the GIL, so an export that renders floats or bytes reads on one
 reader, as two would only take turns (a 33-column table with 5 floats and a BLOB: 300k CSV
-rows in 5.8 s with two readers, 4.1 s with one); CSV's quoting in SQL (``instr`` and
-``replace``) and moments by SQLite's date functions alone, slower.
+rows in 5.8 s with two readers, 4.1 s with one); CSV's quoting and TSV's escaping in SQL
+(``instr`` and ``replace``) and moments by SQLite's date functions alone, slower.
 
 This module imports nothing of the service's but the kinds, so that ``render.py`` can ask
 it which SQL to write.
