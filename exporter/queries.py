@@ -248,9 +248,11 @@ def _json_object(query: ExportQuery, dialect: str, texts: bool = False
     table = query.table
     if dialect == "sqlite":
         value = render.sqlite_text_value if texts else render.sqlite_json_value
-        pairs = [part for name in query.fields for part in (
-            literal(name), value(table.column(name), table.sql.c[name]))]
-        return type_coerce(func.json_object(*pairs), String), table.sql
+        objects = [
+            type_coerce(func.json_object(*(part for name in names for part in (
+                literal(name), value(table.column(name), table.sql.c[name])))), String)
+            for names in _calls(query.fields, SQLITE_ARGUMENTS // 2)]
+        return _merged(objects), table.sql
     pg_value = render.pg_text_value if texts else render.pg_json_value
     row = select(*(pg_value(table.column(name), table.sql.c[name]).label(name)
                    for name in query.fields))
@@ -263,6 +265,42 @@ def _json_object(query: ExportQuery, dialect: str, texts: bool = False
 
 ROW_ALIAS = "exporter_row"
 
+# SQLite refuses a call with more arguments than SQLITE_MAX_FUNCTION_ARG (127 unless built
+# otherwise): a row of more fields than this is put together by several calls, their texts
+# joined with ``||`` (which copies the line once for each: a few times, and only there).
+SQLITE_ARGUMENTS = 100
+
+
+def _calls(items: Sequence[Any], each: int) -> list[Sequence[Any]]:
+    """``items`` cut into runs of at most ``each``, one for each call."""
+    return [items[start:start + each] for start in range(0, len(items), each)]
+
+
+def _joined(parts: Sequence[SQL], separator: str) -> SQL:
+    line = parts[0]
+    for part in parts[1:]:
+        line = line + literal(separator) + part
+    return line
+
+
+def _printf(formats: Sequence[str], values: Sequence[SQL], separator: str) -> SQL:
+    """One line of ``values`` by printf, ``separator`` between them."""
+    each = SQLITE_ARGUMENTS - 1  # and the format
+    return _joined([
+        type_coerce(func.printf(separator.join(formats[start:start + each]),
+                                *values[start:start + each]), String)
+        for start in range(0, len(values), each)], separator)
+
+
+def _merged(objects: Sequence[SQL]) -> SQL:
+    """JSON objects as one: each one's members, between one pair of braces. (SQLite
+    computes an object again for each time it is named here: twice, on the widest rows.)"""
+    if len(objects) == 1:
+        return objects[0]
+    members = [type_coerce(func.substr(each, 2, func.length(each) - 2), String)
+               for each in objects]
+    return type_coerce(literal("{") + _joined(members, ",") + literal("}"), String)
+
 
 def _csv_line(query: ExportQuery) -> SQL:
     """The row as one CSV line, SQLite only (PostgreSQL's COPY writes CSV itself, see
@@ -273,7 +311,7 @@ def _csv_line(query: ExportQuery) -> SQL:
     table = query.table
     formats, values = zip(*(render.sqlite_csv_field(table.column(name), table.sql.c[name])
                             for name in query.fields), strict=True)
-    line = type_coerce(func.printf(",".join(formats), *values), String)
+    line = _printf(formats, values, ",")
     if len(query.fields) == 1:
         return case((line == "", '""'), else_=line)
     return line
@@ -287,7 +325,7 @@ def _tsv(query: ExportQuery, dialect: str) -> list[SQL]:
                 for name in query.fields]
     values = [render.sqlite_tsv_field(table.column(name), table.sql.c[name])
               for name in query.fields]
-    return [type_coerce(func.printf("\t".join(["%s"] * len(values)), *values), String)]
+    return [_printf(["%s"] * len(values), values, "\t")]
 
 
 def _csv_values(query: ExportQuery) -> list[SQL]:

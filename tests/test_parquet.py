@@ -78,7 +78,7 @@ async def described(foreign: Foreign, table: str) -> dict[str, Any]:
     return found
 
 
-TABLES = ["users", "kinds", "memberships", "log_lines", "Order Items", "active_users",
+TABLES = ["users", "kinds", "memberships", "log_lines", "Order Items", "active_users", "wide",
           "doubles", "pg_extras"]
 
 

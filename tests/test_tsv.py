@@ -16,6 +16,7 @@ import pytest
 
 from tests.test_foreign import (  # noqa: F401
     SHARED,
+    WIDE,
     Foreign,
     foreign,
     postgres_foreign,
@@ -25,7 +26,7 @@ from tests.test_foreign import (  # noqa: F401
 # The test's own spelling of PostgreSQL's text COPY escapes (not the service's table).
 ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\b": "\\b",
                          "\f": "\\f", "\v": "\\v"})
-TABLES = [spec.name for spec in SHARED]
+TABLES = [spec.name for spec in (*SHARED, WIDE)]
 
 
 def oracle_field(value: Any, kind: str) -> str:
