@@ -10,6 +10,8 @@
 //                              other value as it is
 //   exporter_csv_field(TEXT)   the text as a CSV field, quoted where it must be
 //   exporter_tsv_field(TEXT)   the text as a TSV field, escaped as PostgreSQL's COPY does
+//   exporter_csv_texts(...)    a row's values as a CSV line that tells '' from NULL
+//                              (Parquet's rows, read by Arrow)
 //   exporter_timestamp(TEXT)   strftime('%Y-%m-%dT%H:%M:%SZ', x), date(x), time(x), for
 //   exporter_date(TEXT)        the plain forms; NULL for the others, which SQLite's own
 //   exporter_time(TEXT)        functions then read
@@ -206,6 +208,55 @@ void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
     });
 }
 
+// A row's values as one line of CSV for Parquet (formats/parquet.py), which Arrow's CSV
+// reader reads as strings: each value's text, NULL as nothing, and quoted where it is empty
+// (so that it reads as '', not as NULL) or holds a quote, a comma, CR or LF, its quotes
+// doubled; a NUL kept. Any number of values, up to SQLite's limit on a call's arguments
+// (queries.py joins several calls' lines with commas for a wider row).
+void csv_texts(sqlite3_context *context, int count, sqlite3_value **arguments) {
+    sqlite3_int64 length = count > 0 ? count - 1 : 0;  // the commas
+    for (int a = 0; a < count; ++a) {
+        if (sqlite3_value_type(arguments[a]) == SQLITE_NULL) continue;
+        const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[a]));
+        if (in == nullptr) {
+            sqlite3_result_error_nomem(context);
+            return;
+        }
+        const sqlite3_int64 size = sqlite3_value_bytes(arguments[a]);
+        bool special = size == 0;
+        for (sqlite3_int64 i = 0; i < size; ++i) {
+            const char c = in[i];
+            if (c == '"') {
+                ++length;
+                special = true;
+            } else if (c == ',' || c == '\r' || c == '\n') {
+                special = true;
+            }
+        }
+        length += size + (special ? 2 : 0);
+    }
+    result_text(context, length, [&](char *o) {
+        for (int a = 0; a < count; ++a) {
+            if (a > 0) *o++ = ',';
+            if (sqlite3_value_type(arguments[a]) == SQLITE_NULL) continue;
+            // Converted above: the same text again, no conversion.
+            const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[a]));
+            const sqlite3_int64 size = sqlite3_value_bytes(arguments[a]);
+            bool special = size == 0;
+            for (sqlite3_int64 i = 0; i < size && !special; ++i) {
+                const char c = in[i];
+                special = c == '"' || c == ',' || c == '\r' || c == '\n';
+            }
+            if (special) *o++ = '"';
+            for (sqlite3_int64 i = 0; i < size; ++i) {
+                if (in[i] == '"') *o++ = '"';
+                *o++ = in[i];
+            }
+            if (special) *o++ = '"';
+        }
+    });
+}
+
 // A TSV field as PostgreSQL's text COPY writes it: a backslash and the six control
 // characters it spells (\t \n \r \b \f \v) escaped with a backslash, any other
 // character as it is; any value but a text as it is. One pass, where SQL took seven
@@ -388,6 +439,10 @@ extern "C" int exporter_sqlite_init(sqlite3 *db, char **, const sqlite3_api_rout
             status = sqlite3_create_function(db, each.name, 1, flags, nullptr, each.function,
                                              nullptr, nullptr);
         }
+    }
+    if (status == SQLITE_OK) {  // -1: any number of arguments
+        status = sqlite3_create_function(db, "exporter_csv_texts", -1, flags, nullptr,
+                                         csv_texts, nullptr, nullptr);
     }
     return status;
 }

@@ -40,7 +40,6 @@ from exporter.queries import (
     ExportQuery,
     Keyed,
     Planned,
-    Shape,
     batch_rows,
     build_plan,
     build_statement,
@@ -62,12 +61,12 @@ ROW_END_COLUMN: ColumnElement[str] = literal_column("E'\\r'")  # closes every CS
 
 def copy_statement(query: ExportQuery, fmt: type[Format]) -> Select[Any]:
     """The ``SELECT`` that COPY runs for this export: ``build_statement``'s, with the
-    row-end column CSV needs (formats/csv.py)."""
+    row-end column COPY's CSV needs (formats/csv.py)."""
     return _with_row_end(build_statement(query, "postgresql", fmt.copy_shape), fmt)
 
 
 def _with_row_end(statement: Select[Any], fmt: type[Format]) -> Select[Any]:
-    if fmt.copy_shape is not Shape.VALUES:
+    if fmt.copy_format != "csv":  # rows end at the first line feed: no column needed
         return statement
     columns: list[ColumnElement[Any]] = list(statement.selected_columns)
     with_end: Select[Any] = statement.with_only_columns(*columns, ROW_END_COLUMN)

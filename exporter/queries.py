@@ -89,7 +89,10 @@ class Shape(Enum):
     VALUES = "values"  # one column per field, as COPY should write them (PostgreSQL)
     JSON = "json"  # one column: the row as a JSON object, built by the database
     CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
-    TEXTS = "texts"  # one column: a JSON object of each value's text as CSV has it, or null
+    # Each value's text as CSV has it, NULL kept apart from '': SQLite, one column, the row
+    # as a CSV line quoting '' (render.sqlite_csv_texts); PostgreSQL, one column per field,
+    # for COPY's CSV, which writes them so
+    TEXTS = "texts"
     # SQLite: one column, the row as a TSV line; PostgreSQL: one column per field, each
     # value's TSV text, which the text COPY escapes
     TSV = "tsv"
@@ -239,22 +242,19 @@ def _condition(table: Table, item: Filter, dialect: str) -> SQL:
     return and_(*(compare(b) for b in bound))
 
 
-def _json_object(query: ExportQuery, dialect: str, texts: bool = False
-                 ) -> tuple[SQL, FromClause]:
+def _json_object(query: ExportQuery, dialect: str) -> tuple[SQL, FromClause]:
     """The row as compact JSON text, and what to select it from. SQLite's json_object and
     PostgreSQL's row_to_json escape exactly alike (checked for every ASCII character and
-    astral ones), so both backends give the same bytes. ``texts``: each value as a string,
-    its text as CSV has it (Shape.TEXTS)."""
+    astral ones), so both backends give the same bytes."""
     table = query.table
     if dialect == "sqlite":
-        value = render.sqlite_text_value if texts else render.sqlite_json_value
         objects = [
             type_coerce(func.json_object(*(part for name in names for part in (
-                literal(name), value(table.column(name), table.sql.c[name])))), String)
+                literal(name), render.sqlite_json_value(table.column(name),
+                                                        table.sql.c[name])))), String)
             for names in _calls(query.fields, SQLITE_ARGUMENTS // 2)]
         return _merged(objects), table.sql
-    pg_value = render.pg_text_value if texts else render.pg_json_value
-    row = select(*(pg_value(table.column(name), table.sql.c[name]).label(name)
+    row = select(*(render.pg_json_value(table.column(name), table.sql.c[name]).label(name)
                    for name in query.fields))
     # Only the asked fields, in their order, under a name no table's can clash with.
     lateral = row.correlate(table.sql).lateral(
@@ -317,6 +317,19 @@ def _csv_line(query: ExportQuery) -> SQL:
     return line
 
 
+def _texts(query: ExportQuery, dialect: str) -> list[SQL]:
+    """SQLite: the row's texts as one CSV line that tells '' from NULL; PostgreSQL: the
+    texts, which COPY's CSV writes so (NULL as nothing, '' as ``""``)."""
+    table = query.table
+    if dialect == "postgresql":
+        return [render.pg_text_value(table.column(name), table.sql.c[name]).label(name)
+                for name in query.fields]
+    texts = [render.sqlite_text_value(table.column(name), table.sql.c[name])
+             for name in query.fields]
+    return [_joined([render.sqlite_csv_texts(each)
+                     for each in _calls(texts, SQLITE_ARGUMENTS)], ",")]
+
+
 def _tsv(query: ExportQuery, dialect: str) -> list[SQL]:
     """SQLite: the row as one TSV line (one printf, as CSV's); PostgreSQL: its values."""
     table = query.table
@@ -336,9 +349,11 @@ def _csv_values(query: ExportQuery) -> list[SQL]:
 
 
 def build_statement(query: ExportQuery, dialect: str, shape: Shape) -> Select[Any]:
-    if shape is Shape.JSON or shape is Shape.TEXTS:
-        column, source = _json_object(query, dialect, texts=shape is Shape.TEXTS)
+    if shape is Shape.JSON:
+        column, source = _json_object(query, dialect)
         statement = select(column).select_from(source)
+    elif shape is Shape.TEXTS:
+        statement = select(*_texts(query, dialect)).select_from(query.table.sql)
     elif shape is Shape.CSV:
         statement = select(_csv_line(query)).select_from(query.table.sql)
     elif shape is Shape.TSV:

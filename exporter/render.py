@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -53,6 +53,7 @@ from exporter.catalog import Column, Kind
 from exporter.sqlite_functions import (
     BASE64,
     CSV_FIELD,
+    CSV_TEXTS,
     DATE_TEXT,
     FLOAT_REPR,
     FLOAT_TEXT,
@@ -85,6 +86,7 @@ def register_python_twins(dbapi_connection: Any) -> None:
     """The C++ float and base64 functions in Python (replacing them where installed), and
     what the SQL written without the C++ calls on a text holding a NUL."""
     dbapi_connection.create_function(BASE64, 1, sqlite_base64, deterministic=True)
+    dbapi_connection.create_function(CSV_TEXTS, -1, csv_texts, deterministic=True)
     dbapi_connection.create_function(REFUSE_NUL, 1, refuse_nul, deterministic=True)
     # repr(), for a REAL that is not whole and below POSITIONAL_BELOW: its text is then
     # PostgreSQL's. SQLite's own float text is not correctly rounded.
@@ -106,6 +108,18 @@ def refuse_nul(_value: Any) -> None:
 
 def _holds_nul(value: SQL) -> SQL:
     return type_coerce(func.instr(value, func.char(0)), Boolean)
+
+
+def csv_texts(*texts: str | None) -> str:
+    """SQLite's ``exporter_csv_texts``: a row's texts as one CSV line for Arrow's reader
+    (Parquet), NULL as nothing and an empty text quoted, so that the two read apart."""
+    return ",".join("" if text is None else _csv_text(str(text)) for text in texts)
+
+
+def _csv_text(text: str) -> str:
+    if text and not any(special in text for special in CSV_SPECIALS):
+        return text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def sqlite_base64(value: bytes | None) -> str | None:
@@ -250,6 +264,13 @@ def sqlite_csv_field(column: Column, value: SQL) -> tuple[str, SQL]:
 def sqlite_text_value(column: Column, value: SQL) -> SQL:
     """One value's text as CSV has it, unquoted; NULL stays NULL (Parquet reads it)."""
     return cast(_sqlite_text(column, value, _unquoted), Text)  # a number too: its text
+
+
+def sqlite_csv_texts(texts: Sequence[SQL]) -> SQL:
+    """Values' texts (``sqlite_text_value``) as one CSV line for Parquet's reading, which
+    tells an empty text (quoted) from NULL (nothing): in C++ where installed, else in
+    Python (``csv_texts``)."""
+    return _text(getattr(func, CSV_TEXTS)(*texts))
 
 
 def sqlite_tsv_field(column: Column, value: SQL) -> SQL:

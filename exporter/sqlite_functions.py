@@ -38,6 +38,7 @@ FLOAT_REPR = "exporter_float_repr"  # repr() of a REAL
 BASE64 = "exporter_base64"  # base64 of a BLOB, any other value as it is: SQLite has none
 CSV_FIELD = "exporter_csv_field"  # a text as csv.writer writes it; C++ only
 TSV_FIELD = "exporter_tsv_field"  # a text as PostgreSQL's text COPY writes it; C++ only
+CSV_TEXTS = "exporter_csv_texts"  # a row's texts as a CSV line that tells '' from NULL
 REFUSE_NUL = "exporter_refuse_nul"  # fails the statement: a text holds a NUL; Python only
 # The plain forms of a moment as strftime(TIMESTAMP_FORMAT), date() and time() write them,
 # NULL for any other form; C++ only.
@@ -45,8 +46,8 @@ TIMESTAMP_TEXT = "exporter_timestamp"
 DATE_TEXT = "exporter_date"
 TIME_TEXT = "exporter_time"
 # Every function _sqlite_functions.cpp gives a connection (its exporter_sqlite_init).
-NATIVE_FUNCTIONS = (FLOAT_REPR, BASE64, CSV_FIELD, TSV_FIELD, TIMESTAMP_TEXT, DATE_TEXT,
-                    TIME_TEXT)
+NATIVE_FUNCTIONS = (FLOAT_REPR, BASE64, CSV_FIELD, TSV_FIELD, CSV_TEXTS, TIMESTAMP_TEXT,
+                    DATE_TEXT, TIME_TEXT)
 NATIVE_MODULE = "exporter._sqlite_functions"
 NATIVE_ENTRY_POINT = "exporter_sqlite_init"  # in _sqlite_functions.cpp
 # Kinds whose every value SQLite renders by a call of FLOAT_REPR or BASE64.

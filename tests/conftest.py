@@ -443,3 +443,32 @@ async def foreign_database(request: pytest.FixtureRequest,
     return await build_foreign_database(
         request.param, tmp_path_factory.mktemp(f"foreign-{request.param}"), f"foreign_{module}"
     )
+
+
+def csv_records(text: str) -> list[list[str | None]]:
+    """CSV records as Arrow's reader reads Parquet's rows: a quoted field is its text, an
+    unquoted empty one None (Python's csv.reader reads both as '' before 3.12)."""
+    records: list[list[str | None]] = []
+    fields: list[str | None] = []
+    i = 0
+    while i < len(text):
+        if text[i] == '"':
+            end = text.index('"', i + 1)
+            while text.startswith('""', end):
+                end = text.index('"', end + 2)
+            fields.append(text[i + 1:end].replace('""', '"'))
+            i = end + 1
+        else:
+            ends = [at for at in (text.find(",", i), text.find("\n", i)) if at >= 0]
+            end = min(ends, default=len(text))
+            fields.append(text[i:end] or None)
+            i = end
+        if text.startswith(",", i):
+            i += 1
+            if i == len(text) or text[i] == "\n":
+                fields.append(None)
+        if i == len(text) or text[i] == "\n":
+            records.append(fields)
+            fields = []
+            i += 1
+    return records

@@ -22,6 +22,7 @@ import pytest
 
 from exporter import render, sqlite_functions
 from exporter.db import prepare_sqlite
+from tests.conftest import csv_records
 from tests.test_foreign import random_doubles
 
 
@@ -114,6 +115,40 @@ def test_the_cpp_base64_is_pythons_and_leaves_other_values_as_they_are(
     assert types[-len(others):] == ["text", "text", "text", "integer", "integer", "real",
                                     "null"]
     assert rendered(python_twins(), sqlite_functions.BASE64, values) == (texts, types)
+
+
+def test_csv_records_reads_quoted_empty_apart_from_null() -> None:
+    assert csv_records('a,"",\n,"x""y","1,\n2"\n\n') == [
+        ["a", "", None], [None, 'x"y', "1,\n2"], [None]]
+
+
+CSV_TEXTS = ["plain", "", "a,b", 'say "hi"', '"', '""', "cr\r", "lf\n", "\r\n", " lead ",
+             "nul\x00inside", "\x00", "é,ü 王伟 🚀", "\u2028", "\\.", ",", 'end"', "tab\t"]
+
+
+def test_the_cpp_csv_texts_line_reads_back_to_each_text_and_null_as_the_python_twins(
+    native: sqlite3.Connection
+) -> None:
+    """Parquet's rows: every text comes back from the line as it was (a NUL too), NULL as
+    NULL, a number as its text; rows of one value, of many, and of as many as a call
+    takes (queries.SQLITE_ARGUMENTS)."""
+    generator = random.Random(5)
+    values: list[Any] = [*CSV_TEXTS, None, 12, -7]
+    rows = [[value] for value in values] + [values]
+    rows += [[generator.choice(values) for _ in range(generator.randrange(2, 100))]
+             for _ in range(300)]
+    function = sqlite_functions.CSV_TEXTS
+    for connection in (native, python_twins()):
+        for row in rows:
+            [(line,)] = connection.execute(
+                f"SELECT {function}({', '.join('?' * len(row))})", row).fetchall()
+            assert csv_records(line + "\n") == [
+                [None if value is None else str(value) for value in row]], (row, line)
+    [(native_line,)] = native.execute(f"SELECT {function}({', '.join('?' * len(values))})",
+                                      values).fetchall()
+    [(twin_line,)] = python_twins().execute(
+        f"SELECT {function}({', '.join('?' * len(values))})", values).fetchall()
+    assert native_line == twin_line
 
 
 def moment_texts() -> list[str]:
