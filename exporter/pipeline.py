@@ -72,12 +72,12 @@ async def export_chunks(
     progress = progress or Progress()
     encoder = fmt([query.table.column(name) for name in query.fields], options)
     async with _blocks(engine, query, encoder, batch_rows, chunk_bytes, readers) as (
-        conn, blocks
+        conns, blocks
     ):
         if count:
             count_rows = build_count(query, backend_name(engine))
-            progress.total = (await conn.execute(count_rows)).scalar_one()
-        await encoder.prepare(conn, query)
+            progress.total = (await conns[0].execute(count_rows)).scalar_one()
+        await encoder.prepare(conns, query)
         pending = [encoder.begin()]
         pending_size = len(pending[0])
         first = True
@@ -109,10 +109,11 @@ async def _blocks(
     batch_rows: int,
     chunk_bytes: int,
     readers: int,
-) -> AsyncIterator[tuple[AsyncConnection, AsyncGenerator[Block, None]]]:
-    """The export's blocks, by each backend's fastest route, and a connection in the same
-    snapshot to count on: SQLite's parallel readers (cursors.py), PostgreSQL's COPY
-    (pg_copy.py). What has no key to cut ranges by is read by one statement."""
+) -> AsyncIterator[tuple[list[AsyncConnection], AsyncGenerator[Block, None]]]:
+    """The export's blocks, by each backend's fastest route, and its connections, all in
+    the same snapshot and idle until the blocks are read (the first plans, and counts):
+    SQLite's parallel readers (cursors.py), PostgreSQL's COPY (pg_copy.py). What has no key
+    to cut ranges by is read by one statement."""
     backend = backend_name(engine)
     if not order_key(query):
         readers = 1
@@ -126,16 +127,17 @@ async def _blocks(
         planner, *renderers
     ):
         fmt = type(encoder)
+        conns = [planner, *renderers]
         if backend == "sqlite":
             readers_ = renderers or [planner]
-            yield planner, sqlite_blocks(planner, readers_, query, encoder, batch_rows)
+            yield conns, sqlite_blocks(planner, readers_, query, encoder, batch_rows)
         elif renderers:
-            yield planner, copy_ranges(
+            yield conns, copy_ranges(
                 planner, renderers, query, fmt,
                 chunk_bytes=chunk_bytes, range_rows=batch_rows * PG_RANGE_BATCHES,
             )
         else:
-            yield planner, copy_blocks(planner, query, fmt, chunk_bytes=chunk_bytes)
+            yield conns, copy_blocks(planner, query, fmt, chunk_bytes=chunk_bytes)
 
 
 def open_export(

@@ -374,10 +374,23 @@ def build_count(query: ExportQuery, dialect: str) -> Select[Any]:
     return select(func.count()).select_from(rows.subquery())
 
 
-def build_misfits(query: ExportQuery) -> tuple[Select[Any], list[str]] | None:
+def build_rowids(query: ExportQuery) -> Select[Any] | None:
+    """SQLite: the table's smallest and largest rowid (two index lookups), for cutting a
+    scan of its rows in parts; None for a table without one."""
+    table = query.table
+    if not table.rowid or (alias := table.rowid_alias) is None:
+        return None
+    rowid: SQL = literal_column(alias)
+    return select(func.min(rowid), func.max(rowid)).select_from(table.sql)
+
+
+def build_misfits(query: ExportQuery, rowids: tuple[int, int] | None = None
+                  ) -> tuple[Select[Any], list[str]] | None:
     """SQLite: a row of 0s and 1s, one for each exported column whose kind has a typed
     form (render.sqlite_fits): 1 if a row of this export holds a value not of that form.
-    With the names it is for; None if no column has a typed form."""
+    With the names it is for; None if no column has a typed form. ``rowids``: only the rows
+    whose rowid is within these (a part of a scan cut by ``build_rowids``; not with a
+    limit, whose rows are the first ones in key order)."""
     table = query.table
     checked = {name: fits for name in query.fields
                if (fits := render.sqlite_fits(table.column(name), table.sql.c[name]))
@@ -387,6 +400,8 @@ def build_misfits(query: ExportQuery) -> tuple[Select[Any], list[str]] | None:
     flags = [case((fits, 0), else_=1).label(f"misfit_{i}")
              for i, fits in enumerate(checked.values())]
     rows = _matching(select(*flags).select_from(table.sql), query, "sqlite")
+    if rowids is not None and table.rowid_alias is not None:
+        rows = rows.where(literal_column(table.rowid_alias).between(*rowids))
     # Without a key to order by, a LIMIT might not pick the export's rows: all are checked.
     if query.limit is not None and order_key(query):
         # As they are sent: the NULL-keyed rows first (a lone key column sorts its NULLs first

@@ -245,7 +245,8 @@ async def sqlite_export(tmp_path: Path, script: str, path: str) -> httpx.Respons
 
 
 async def test_a_row_larger_than_arrows_read_blocks_is_written(tmp_path: Path) -> None:
-    """Arrow's JSON reader fails on a row over two of its blocks' ends: 5 MB in one row."""
+    """A row over the end of one of Arrow's read blocks is carried over to the next (Arrow's
+    JSON reader, which read the rows before its CSV reader did, failed on 5 MB in one row)."""
     big = "x" * (5 << 20)
     response = await sqlite_export(tmp_path, f"""
         CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT, raw BLOB);
@@ -256,6 +257,41 @@ async def test_a_row_larger_than_arrows_read_blocks_is_written(tmp_path: Path) -
     table = pq.read_table(io.BytesIO(response.content))
     assert table.column("body").to_pylist() == ["small", big, "after"]
     assert table.column("raw").to_pylist() == [b"\x00", bytes(3000000), None]
+
+
+@pytest.mark.parametrize("readers", [1, 2, 3])
+async def test_a_misfit_in_any_part_of_the_scan_makes_its_column_strings(
+    tmp_path: Path, readers: int
+) -> None:
+    """The scan before the first row is cut by rowid into a part for each reader: a value
+    of another kind in the first row, the last row of the dense ones or the only row at
+    the largest rowid a table can have, is found by whichever part reads it."""
+    rows = ", ".join(f"({i}, {i}, {i}, '2024-01-0{i % 9 + 1}', {i})" for i in range(2, 2000))
+    script = f"""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER, c DATE, d INTEGER);
+        INSERT INTO t VALUES (1, 'first', 1, '2024-01-01', 1), {rows},
+                             (2000, 2000, 'last', '2024-01-01', 2000),
+                             (9223372036854775807, 1, 1, 'largest', 1);
+    """
+    database = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'own.db'}", tmp_path)
+    with sqlite3.connect(tmp_path / "own.db") as conn:
+        conn.executescript(script)
+    exporter_migrate(database)
+    app = create_app(database.settings(run_worker=False, sqlite_readers=readers))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            whole = (await client.get("/exports/t.parquet")).content
+            dense = (await client.get("/exports/t.parquet", params={"id__lt": "2000"})).content
+    schema = pq.read_schema(io.BytesIO(whole))
+    assert [schema.field(name).type for name in "abcd"] == [pa.string()] * 3 + [pa.int64()]
+    table = pq.read_table(io.BytesIO(whole))
+    assert table.num_rows == 2001
+    assert table.column("c").to_pylist()[-1] == "largest"
+    assert table.column("b").to_pylist()[-2] == "last"
+    schema = pq.read_schema(io.BytesIO(dense))  # the filter leaves b's and c's misfits out
+    assert [schema.field(name).type for name in "abcd"] == [
+        pa.string(), pa.int64(), pa.date32(), pa.int64()]
 
 
 async def test_decimals_beyond_their_precision_and_text_that_is_no_json_become_strings(

@@ -58,9 +58,9 @@ class Format:
         self.fields = [column.name for column in self.columns]
         self.options = options
 
-    async def prepare(self, conn: AsyncConnection, query: ExportQuery) -> None:
-        """Read what the format must know of the rows before the first byte, in the
-        export's snapshot."""
+    async def prepare(self, conns: Sequence[AsyncConnection], query: ExportQuery) -> None:
+        """Read what the format must know of the rows before the first byte, on the export's
+        connections (all in its snapshot, idle until its rows are read)."""
 
     @staticmethod
     def copy_rows(chunk: bytes) -> Block:

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exporter.catalog import Column
 from exporter.formats.base import DEFAULT_OPTIONS, Block, Format, Options
 from exporter.formats.csv import COPY_ROW_END
-from exporter.queries import ExportQuery, Shape, build_misfits
+from exporter.queries import ExportQuery, Shape, build_misfits, build_rowids
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -84,16 +84,49 @@ class Parquet(Format):
     def copy_rows(chunk: bytes) -> Block:
         return chunk.count(COPY_ROW_END), chunk
 
-    async def prepare(self, conn: AsyncConnection, query: ExportQuery) -> None:
-        if conn.dialect.name != "sqlite":
+    async def prepare(self, conns: Sequence[AsyncConnection], query: ExportQuery) -> None:
+        if conns[0].dialect.name != "sqlite":
             self.row_end_column = True
             return  # PostgreSQL's columns hold their type's values only
         found = build_misfits(query)
         if found is None:
             return
         statement, names = found
-        flags = (await conn.execute(statement)).one()
-        self.misfits = {name for name, flag in zip(names, flags, strict=True) if flag}
+        parts = await self._parts(conns, query)
+        if parts is None:
+            found_flags = [(await conns[0].execute(statement)).one()]
+        else:
+            # The scan, cut by rowid into a part for each reader, runs on each at once:
+            # SQLite reads in C, outside the GIL (1M users: 0.45 s alone -> 0.25 s on two).
+            found_flags = await asyncio.gather(*(
+                self._scan(conn, query, part)
+                for conn, part in zip(conns[1:len(parts) + 1], parts, strict=True)))
+        self.misfits = {name for name, *flags in zip(names, *found_flags, strict=True)
+                        if any(flags)}
+
+    @staticmethod
+    async def _parts(conns: Sequence[AsyncConnection], query: ExportQuery
+                     ) -> list[tuple[int, int]] | None:
+        """Rowid ranges, one for each reader (the connections but the first), or None for
+        one scan on the first: one reader, a limit, or no rowid."""
+        bounds = build_rowids(query)
+        readers = len(conns) - 1
+        if readers < 2 or query.limit is not None or bounds is None:
+            return None
+        low, high = (await conns[0].execute(bounds)).one()
+        if low is None:
+            return None  # no rows
+        step = (high - low) // readers + 1
+        starts = [start for i in range(readers) if (start := low + i * step) <= high]
+        return [(start, min(high, start + step - 1)) for start in starts]
+
+    @staticmethod
+    async def _scan(conn: AsyncConnection, query: ExportQuery, part: tuple[int, int]
+                    ) -> Sequence[Any]:
+        found = build_misfits(query, part)
+        assert found is not None
+        flags: Sequence[Any] = (await conn.execute(found[0])).one()
+        return flags
 
     def schema(self) -> pa.Schema:
         schema: pa.Schema = _arrow().schema(self.columns, self.misfits)
