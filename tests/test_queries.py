@@ -58,6 +58,7 @@ from exporter.queries import (
     build_count,
     build_misfits,
     build_plan,
+    build_rowids,
     build_statement,
     key_arguments,
     plan_ranges,
@@ -852,6 +853,63 @@ async def test_misfits_flag_the_columns_holding_a_value_not_of_their_kind(
     assert checked_names == names
     flags = await sqlite_db.one(statement)
     assert flags == tuple(int(MISFIT_AT.get(name) in checked) for name in names)
+
+
+@pytest.mark.parametrize(("low", "high"), [(1, 5), (6, 7), (8, 8), (9, 10), (-5, 0),
+                                          (1, 10)])
+async def test_misfits_within_rowids_check_those_rows_alone(
+    sqlite_db: Db, low: int, high: int
+) -> None:
+    """Parquet cuts the scan by rowid into parts (``build_rowids``' bounds), one for each
+    reader: a part flags the misfits of its own rows, and of no other."""
+    mixed = sqlite_db.tables["mixed"]
+    assert await sqlite_db.one(build_rowids(query_for(mixed, ""))) == (1, 10)
+    found = build_misfits(query_for(mixed, "fields=n,d,id"), (low, high))
+    assert found is not None
+    flags = await sqlite_db.one(found[0])
+    assert flags == tuple(int(name in MISFIT_AT and low <= MISFIT_AT[name] <= high)
+                          for name in ("n", "d", "id"))
+
+
+async def test_only_a_table_with_a_rowid_has_rowid_bounds(sqlite_db: Db) -> None:
+    assert build_rowids(query_for(sqlite_db.tables["mixed_view"], "")) is None
+    keyed = await _made(sqlite_db, [
+        "CREATE TABLE keyed (k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID",
+        "INSERT INTO keyed VALUES ('a', 1)"], "keyed")
+    assert build_rowids(query_for(keyed, "")) is None  # SQLite has no rowid to cut by
+    pairs = sqlite_db.tables["pairs"]  # a composite key, and a rowid
+    assert await sqlite_db.one(build_rowids(query_for(pairs, ""))) == (1, len(PAIRS))
+    logs = sqlite_db.tables["logs"]  # no key: the rowid is its order
+    assert await sqlite_db.one(build_rowids(query_for(logs, ""))) == (1, len(LOGS))
+
+
+WIDE_COLUMNS = 130  # more than a SQLite call takes (127): two calls a line, three an object
+
+
+async def test_a_row_wider_than_a_sqlite_call_holds_every_value_in_every_shape(db: Db) -> None:
+    names = [f"c{i}" for i in range(WIDE_COLUMNS)]
+    values = [None if i % 7 == 3 else "" if i % 7 == 5 else f'v{i}, "q" {{}}' if i % 2
+              else f"é{i}}}" for i in range(WIDE_COLUMNS)]
+    literals = ", ".join("NULL" if v is None else "'" + v.replace("'", "''") + "'"
+                         for v in values)
+    wide = await _made(db, [
+        f"CREATE TABLE wide (id integer PRIMARY KEY, {', '.join(f'{n} text' for n in names)})",
+        f"INSERT INTO wide VALUES (1, {literals})"], "wide")
+    query = query_for(wide, "")
+    row = [1, *values]
+    assert await db.objects(query) == [list(zip(["id", *names], row, strict=True))]
+    if db.dialect == "sqlite":
+        [(line,)] = await db.fetch(build_statement(query, "sqlite", Shape.CSV))
+        assert line == csv_line(row)
+        [(line,)] = await db.fetch(build_statement(query, "sqlite", Shape.TSV))
+        assert line == tsv_line(row)
+        [(line,)] = await db.fetch(build_statement(query, "sqlite", Shape.TEXTS))
+        texts = line + "\n"
+    else:
+        data = await db.copy(query, Shape.TSV, "text")
+        assert data.decode() == tsv_line(row) + "\n"
+        texts = (await db.copy(query, Shape.TEXTS, "csv")).decode()
+    assert csv_records(texts) == [["1", *values]]
 
 
 async def test_misfits_need_a_column_whose_kind_has_a_typed_form(sqlite_db: Db) -> None:
