@@ -10,8 +10,8 @@
 //                              other value as it is
 //   exporter_csv_field(TEXT)   the text as a CSV field, quoted where it must be
 //   exporter_tsv_field(TEXT)   the text as a TSV field, escaped as PostgreSQL's COPY does
-//   exporter_csv_texts(...)    a row's values as a CSV line that tells '' from NULL
-//                              (Parquet's rows, read by Arrow)
+//   exporter_csv_texts(...)    a row's values as CSV fields, each after a comma, that
+//                              tell '' from NULL (Parquet's rows, read by Arrow)
 //   exporter_timestamp(TEXT)   strftime('%Y-%m-%dT%H:%M:%SZ', x), date(x), time(x), for
 //   exporter_date(TEXT)        the plain forms; NULL for the others, which SQLite's own
 //   exporter_time(TEXT)        functions then read
@@ -208,13 +208,15 @@ void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
     });
 }
 
-// A row's values as one line of CSV for Parquet (formats/parquet.py), which Arrow's CSV
-// reader reads as strings: each value's text, NULL as nothing, and quoted where it is empty
-// (so that it reads as '', not as NULL) or holds a quote, a comma, CR or LF, its quotes
-// doubled; a NUL kept. Any number of values, up to SQLite's limit on a call's arguments
-// (queries.py joins several calls' lines with commas for a wider row).
+// A row's values as CSV fields for Parquet (formats/parquet.py), which Arrow's CSV reader
+// reads as strings: each value after a comma (so that the line starts with an empty field
+// of no value, and is never empty nor starts with a value's text, whose leading U+FEFF the
+// reader would take for a byte-order mark), its text, NULL as nothing, and quoted where it
+// is empty (so that it reads as '', not as NULL) or holds a quote, a comma, CR or LF, its
+// quotes doubled; a NUL kept. Any number of values, up to SQLite's limit on a call's
+// arguments (queries.py joins several calls' fields for a wider row).
 void csv_texts(sqlite3_context *context, int count, sqlite3_value **arguments) {
-    sqlite3_int64 length = count > 0 ? count - 1 : 0;  // the commas
+    sqlite3_int64 length = count;  // the commas
     for (int a = 0; a < count; ++a) {
         if (sqlite3_value_type(arguments[a]) == SQLITE_NULL) continue;
         const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[a]));
@@ -237,7 +239,7 @@ void csv_texts(sqlite3_context *context, int count, sqlite3_value **arguments) {
     }
     result_text(context, length, [&](char *o) {
         for (int a = 0; a < count; ++a) {
-            if (a > 0) *o++ = ',';
+            *o++ = ',';
             if (sqlite3_value_type(arguments[a]) == SQLITE_NULL) continue;
             // Converted above: the same text again, no conversion.
             const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[a]));

@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    null,
     or_,
     select,
     true,
@@ -89,9 +90,10 @@ class Shape(Enum):
     VALUES = "values"  # one column per field, as COPY should write them (PostgreSQL)
     JSON = "json"  # one column: the row as a JSON object, built by the database
     CSV = "csv"  # one column: the row as a CSV line without its CRLF (SQLite)
-    # Each value's text as CSV has it, NULL kept apart from '': SQLite, one column, the row
-    # as a CSV line quoting '' (render.sqlite_csv_texts); PostgreSQL, one column per field,
-    # for COPY's CSV, which writes them so
+    # Each value's text as CSV has it, NULL kept apart from '', after a first field of no
+    # value (formats/parquet.py): SQLite, one column, the row as a CSV line quoting ''
+    # (render.sqlite_csv_texts); PostgreSQL, a NULL column and one per field, for COPY's
+    # CSV, which writes them so
     TEXTS = "texts"
     # SQLite: one column, the row as a TSV line; PostgreSQL: one column per field, each
     # value's TSV text, which the text COPY escapes
@@ -279,7 +281,7 @@ def _calls(items: Sequence[Any], each: int) -> list[Sequence[Any]]:
 def _joined(parts: Sequence[SQL], separator: str) -> SQL:
     line = parts[0]
     for part in parts[1:]:
-        line = line + literal(separator) + part
+        line = (line + literal(separator) if separator else line) + part
     return line
 
 
@@ -318,16 +320,18 @@ def _csv_line(query: ExportQuery) -> SQL:
 
 
 def _texts(query: ExportQuery, dialect: str) -> list[SQL]:
-    """SQLite: the row's texts as one CSV line that tells '' from NULL; PostgreSQL: the
-    texts, which COPY's CSV writes so (NULL as nothing, '' as ``""``)."""
+    """SQLite: the row's texts as one CSV line that tells '' from NULL, each after a comma;
+    PostgreSQL: NULL, then the texts, which COPY's CSV writes so (NULL as nothing, '' as
+    ``""``). Each line starts with an empty field."""
     table = query.table
     if dialect == "postgresql":
-        return [render.pg_text_value(table.column(name), table.sql.c[name]).label(name)
-                for name in query.fields]
+        return [null(), *(
+            render.pg_text_value(table.column(name), table.sql.c[name]).label(name)
+            for name in query.fields)]
     texts = [render.sqlite_text_value(table.column(name), table.sql.c[name])
              for name in query.fields]
     return [_joined([render.sqlite_csv_texts(each)
-                     for each in _calls(texts, SQLITE_ARGUMENTS)], ",")]
+                     for each in _calls(texts, SQLITE_ARGUMENTS)], "")]
 
 
 def _tsv(query: ExportQuery, dialect: str) -> list[SQL]:

@@ -111,9 +111,10 @@ def _holds_nul(value: SQL) -> SQL:
 
 
 def csv_texts(*texts: str | None) -> str:
-    """SQLite's ``exporter_csv_texts``: a row's texts as one CSV line for Arrow's reader
-    (Parquet), NULL as nothing and an empty text quoted, so that the two read apart."""
-    return ",".join("" if text is None else _csv_text(str(text)) for text in texts)
+    """SQLite's ``exporter_csv_texts``: a row's texts as CSV fields for Arrow's reader
+    (Parquet), each after a comma, NULL as nothing and an empty text quoted, so that the
+    two read apart (_sqlite_functions.cpp says why the comma comes first)."""
+    return "".join("," if text is None else "," + _csv_text(str(text)) for text in texts)
 
 
 def _csv_text(text: str) -> str:
@@ -267,9 +268,9 @@ def sqlite_text_value(column: Column, value: SQL) -> SQL:
 
 
 def sqlite_csv_texts(texts: Sequence[SQL]) -> SQL:
-    """Values' texts (``sqlite_text_value``) as one CSV line for Parquet's reading, which
-    tells an empty text (quoted) from NULL (nothing): in C++ where installed, else in
-    Python (``csv_texts``)."""
+    """Values' texts (``sqlite_text_value``) as CSV fields for Parquet's reading, each after
+    a comma, an empty text (quoted) apart from NULL (nothing): in C++ where installed, else
+    in Python (``csv_texts``)."""
     return _text(getattr(func, CSV_TEXTS)(*texts))
 
 

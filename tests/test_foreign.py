@@ -105,7 +105,7 @@ HOSTILE_TEXT = [
 def kinds_rows() -> tuple[tuple[Any, ...], ...]:
     """Hand-made rows first, then generated ones; one row holds NULL in every column."""
     rows: list[tuple[Any, ...]] = [
-        (1, 0, 2**63 - 1, 39.81, Decimal("12.30"), "王伟 🚀", True, date(2024, 3, 1),
+        (1, 0, 2**63 - 1, 39.81, Decimal("12.30"), "\ufeff王伟 🚀", True, date(2024, 3, 1),
          datetime(2024, 3, 1, 13, 0, 0, tzinfo=PLUS_ONE), datetime(2024, 3, 1, 12, 0, 0),
          time(12, 0, 0), uuid.UUID("123e4567-e89b-12d3-a456-426614174000"), stored_json(0),
          b"\xff\x00\xfe not utf-8"),

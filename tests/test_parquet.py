@@ -97,15 +97,38 @@ async def test_every_table_is_typed_by_kind_and_holds_the_ndjson_exports_values(
     assert parquet.schema.names == [column["name"] for column in columns]
     for column in columns:
         assert parquet.schema.field(column["name"]).type == expected_type(column), column
-    expected = ndjson_rows(await foreign.body(f"/exports/{quote(table)}.ndjson"))
+    ndjson = await foreign.body(f"/exports/{quote(table)}.ndjson")
+    assert_same_values(parquet, ndjson, columns)
+
+
+def assert_same_values(parquet: pa.Table, ndjson: bytes, columns: list[dict[str, Any]]
+                       ) -> None:
+    """The Parquet file's rows are the NDJSON export's, value for value."""
     json_columns = {c["name"] for c in columns if c["kind"] in ("json", "array")}
     float_columns = {c["name"] for c in columns if c["kind"] == "float"}
     got = [{name: json.loads(value, parse_float=Decimal)
             if name in json_columns and value is not None else as_ndjson(value)
             for name, value in row.items()} for row in parquet.to_pylist()]
     expected = [{name: as_float(value) if name in float_columns else value
-                 for name, value in row.items()} for row in expected]
+                 for name, value in row.items()} for row in ndjson_rows(ndjson)]
     assert got == expected
+
+
+async def test_every_column_alone_holds_the_ndjson_exports_values(foreign: Foreign) -> None:
+    """A lone field is where a line of texts is most fragile: a row whose only value is
+    NULL was an empty line, which Arrow's reader skipped (the row lost), and a text that
+    starts with U+FEFF (kinds' first label) lost it at the start of a row group."""
+    for spec in exported_specs(foreign.backend):
+        if spec.name in ("active_users", "wide"):  # the view's and wide's columns: elsewhere
+            continue
+        columns = (await described(foreign, spec.name))["columns"]
+        for column in columns:
+            path, fields = f"/exports/{quote(spec.name)}", column["name"]
+            parquet = pq.read_table(io.BytesIO(await foreign.body(f"{path}.parquet",
+                                                                  fields=fields)))
+            assert parquet.num_rows == len(spec.rows), (spec.name, fields)
+            assert_same_values(parquet, await foreign.body(f"{path}.ndjson", fields=fields),
+                               [column])
 
 
 @pytest.mark.parametrize("table", TABLES)

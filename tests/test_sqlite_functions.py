@@ -122,16 +122,17 @@ def test_csv_records_reads_quoted_empty_apart_from_null() -> None:
         ["a", "", None], [None, 'x"y', "1,\n2"], [None]]
 
 
-CSV_TEXTS = ["plain", "", "a,b", 'say "hi"', '"', '""', "cr\r", "lf\n", "\r\n", " lead ",
-             "nul\x00inside", "\x00", "é,ü 王伟 🚀", "\u2028", "\\.", ",", 'end"', "tab\t"]
+CSV_TEXTS = ["plain", "", "\ufeffbom", "a,b", 'say "hi"', '"', '""', "cr\r", "lf\n", "\r\n",
+             " lead ", "nul\x00inside", "\x00", "é,ü 王伟 🚀", "\u2028", "\\.", ",", 'end"',
+             "tab\t"]
 
 
 def test_the_cpp_csv_texts_line_reads_back_to_each_text_and_null_as_the_python_twins(
     native: sqlite3.Connection
 ) -> None:
     """Parquet's rows: every text comes back from the line as it was (a NUL too), NULL as
-    NULL, a number as its text; rows of one value, of many, and of as many as a call
-    takes (queries.SQLITE_ARGUMENTS)."""
+    NULL, a number as its text, after an empty first field (a lone NULL is no empty line);
+    rows of one value, of many, and of as many as a call takes (queries.SQLITE_ARGUMENTS)."""
     generator = random.Random(5)
     values: list[Any] = [*CSV_TEXTS, None, 12, -7]
     rows = [[value] for value in values] + [values]
@@ -142,8 +143,8 @@ def test_the_cpp_csv_texts_line_reads_back_to_each_text_and_null_as_the_python_t
         for row in rows:
             [(line,)] = connection.execute(
                 f"SELECT {function}({', '.join('?' * len(row))})", row).fetchall()
-            assert csv_records(line + "\n") == [
-                [None if value is None else str(value) for value in row]], (row, line)
+            assert csv_records(line + "\n") == [  # after an empty first field
+                [None, *(None if value is None else str(value) for value in row)]], (row, line)
     [(native_line,)] = native.execute(f"SELECT {function}({', '.join('?' * len(values))})",
                                       values).fetchall()
     [(twin_line,)] = python_twins().execute(

@@ -158,10 +158,13 @@ def writer(out: Drain, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
 
 
 def table(rows: Rows, schema: pa.Schema, row_end_column: bool = False) -> pa.Table:
-    """A row group's rows (CSV lines of texts, an empty one quoted, NULL as nothing) as a
-    table of ``schema``; ``row_end_column``: each line ends in one column more (COPY's)."""
+    """A row group's rows (CSV lines of texts, an empty one quoted, NULL as nothing, after
+    an empty first field) as a table of ``schema``; ``row_end_column``: each line ends in
+    one column more (COPY's). The first field keeps a line from being empty (a lone NULL),
+    which the reader would skip, and from starting with a value's text, whose leading
+    U+FEFF it would take for a byte-order mark at the start of its input."""
     # Named by position: a table's own names may be anything, even alike in CSV.
-    names = [f"c{i}" for i in range(len(schema) + row_end_column)]
+    names = [f"c{i}" for i in range(1 + len(schema) + row_end_column)]
     read = pa_csv.read_csv(
         rows,
         # Each read ends at a block's end or gives a whole block: with blocks no larger
@@ -172,7 +175,7 @@ def table(rows: Rows, schema: pa.Schema, row_end_column: bool = False) -> pa.Tab
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
             column_types={name: pa.string() for name in names},
-            include_columns=names[:len(schema)],
+            include_columns=names[1:1 + len(schema)],
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
         ),
     )
