@@ -344,3 +344,48 @@ def test_a_text_holding_a_nul_fails_a_csv_or_tsv_field_rather_than_end_there(
         if native:
             assert str(refused.value) == render.NUL_REFUSED
     assert sqlite_values({"t": ["a,b"]}, rendered, native)["t"] in (['"a,b"'], ["a,b"])
+
+
+def test_refuse_nul_fails_naming_the_formats_that_carry_a_nul() -> None:
+    with pytest.raises(ValueError, match="a NUL character.*NDJSON, JSON or Parquet"):
+        render.refuse_nul("a\x00b")
+
+
+def test_the_python_twins_replace_the_cpp_functions_of_a_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a process without the C++ gives every connection: SQLite then calls Python for
+    each function, with one argument (a value; any number for a row's texts), even where
+    the C++ would answer."""
+    calls: list[Any] = []
+    twin = render.sqlite_base64
+
+    def counted(value: Any) -> Any:
+        calls.append(value)
+        return twin(value)
+
+    monkeypatch.setattr(render, "sqlite_base64", counted)
+    connection = sqlite3.connect(":memory:")
+    render.register_python_twins(connection)
+    assert connection.execute(f"SELECT {sqlite_functions.BASE64}(x'00ff')").fetchone() == (
+        "AP8=",)
+    assert calls == [b"\x00\xff"]
+    # float.__repr__ refuses an integer, and exporter_refuse_nul always raises: Python's
+    # sqlite3 says so in its own words (the C++ float says it takes a REAL).
+    for sql in (f"SELECT {sqlite_functions.FLOAT_REPR}(1)",
+                f"SELECT {sqlite_functions.REFUSE_NUL}('a')"):
+        with pytest.raises(sqlite3.OperationalError, match="user-defined function raised"):
+            connection.execute(sql).fetchone()
+    assert connection.execute(f"SELECT {sqlite_functions.CSV_TEXTS}(NULL, '', 'a')"
+                              ).fetchone() == (',,"",a',)
+
+
+def test_where_the_cpp_is_installed_a_connection_keeps_it() -> None:
+    prepare_sqlite()
+    if not sqlite_functions.native_installed():
+        pytest.skip("exporter._sqlite_functions did not build (test_sqlite_functions.py "
+                    "says why)")
+    connection = sqlite3.connect(":memory:")
+    render.register_functions(connection)
+    with pytest.raises(sqlite3.OperationalError, match="takes a REAL"):
+        connection.execute(f"SELECT {sqlite_functions.FLOAT_REPR}(1)").fetchone()
