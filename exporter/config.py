@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         8, ge=1, description="Streams running at once; the next one gets 503 with Retry-After."
     )
     parquet_row_group_mb: float = Field(
-        8, gt=0,
+        3, gt=0,
         description=(
             "Parquet: a row group is written once its rows' rendered texts reach this many "
             "MiB (or 65,536 rows); two are in memory at a time. Larger: fewer, better "

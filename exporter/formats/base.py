@@ -29,7 +29,7 @@ class Options:
     compresses inside offers a choice: ``Format.compressions``) and the settings."""
 
     compression: str | None = None  # None: the format's first
-    row_group_bytes: int = 8 * MiB  # Parquet (Settings.parquet_row_group_mb)
+    row_group_bytes: int = 3 * MiB  # Parquet (Settings.parquet_row_group_mb)
 
 
 DEFAULT_OPTIONS = Options()
