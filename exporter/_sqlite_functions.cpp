@@ -173,6 +173,41 @@ const char NUL_REFUSED[] =
     "a text holds a NUL character, which CSV and TSV cannot carry here: export it as "
     "NDJSON, JSON or Parquet, or leave that row out with a filter";
 
+// What a text holds that CSV minds: a quote, a comma, CR or LF (then it is quoted, each
+// of its quotes doubled), or a NUL.
+struct CsvScan {
+    bool special = false;
+    sqlite3_int64 quotes = 0;
+    bool nul = false;
+};
+
+CsvScan scan_csv(const char *in, sqlite3_int64 size) {
+    CsvScan scan;
+    for (sqlite3_int64 i = 0; i < size; ++i) {
+        const char c = in[i];
+        if (c == '"') {
+            ++scan.quotes;
+            scan.special = true;
+        } else if (c == ',' || c == '\r' || c == '\n') {
+            scan.special = true;
+        } else if (c == '\0') {
+            scan.nul = true;
+        }
+    }
+    return scan;
+}
+
+// Writes the text quoted, its quotes doubled (size + quotes + 2 bytes); returns the end.
+char *write_quoted(char *o, const char *in, sqlite3_int64 size) {
+    *o++ = '"';
+    for (sqlite3_int64 i = 0; i < size; ++i) {
+        if (in[i] == '"') *o++ = '"';
+        *o++ = in[i];
+    }
+    *o++ = '"';
+    return o;
+}
+
 // A CSV field as Python's csv.writer writes it (QUOTE_MINIMAL): a text holding a quote,
 // a comma, CR or LF quoted, its quotes doubled; any other text, and any other value, as
 // it is. One pass, where SQL took four instr() and a replace().
@@ -180,32 +215,17 @@ void csv_field(sqlite3_context *context, int, sqlite3_value **arguments) {
     sqlite3_int64 size = 0;
     const char *in = text_argument(context, arguments[0], size);
     if (in == nullptr) return;
-    sqlite3_int64 quotes = 0;
-    bool special = false;
-    for (sqlite3_int64 i = 0; i < size; ++i) {
-        const char c = in[i];
-        if (c == '"') {
-            ++quotes;
-            special = true;
-        } else if (c == ',' || c == '\r' || c == '\n') {
-            special = true;
-        } else if (c == '\0') {
-            sqlite3_result_error(context, NUL_REFUSED, -1);
-            return;
-        }
+    const CsvScan scan = scan_csv(in, size);
+    if (scan.nul) {
+        sqlite3_result_error(context, NUL_REFUSED, -1);
+        return;
     }
-    if (!special) {
+    if (!scan.special) {
         sqlite3_result_value(context, arguments[0]);
         return;
     }
-    result_text(context, size + quotes + 2, [&](char *o) {
-        *o++ = '"';
-        for (sqlite3_int64 i = 0; i < size; ++i) {
-            if (in[i] == '"') *o++ = '"';
-            *o++ = in[i];
-        }
-        *o = '"';
-    });
+    result_text(context, size + scan.quotes + 2,
+                [&](char *o) { write_quoted(o, in, size); });
 }
 
 // A row's values as CSV fields for Parquet (formats/parquet.py), which Arrow's CSV reader
@@ -225,17 +245,8 @@ void csv_texts(sqlite3_context *context, int count, sqlite3_value **arguments) {
             return;
         }
         const sqlite3_int64 size = sqlite3_value_bytes(arguments[a]);
-        bool special = size == 0;
-        for (sqlite3_int64 i = 0; i < size; ++i) {
-            const char c = in[i];
-            if (c == '"') {
-                ++length;
-                special = true;
-            } else if (c == ',' || c == '\r' || c == '\n') {
-                special = true;
-            }
-        }
-        length += size + (special ? 2 : 0);
+        const CsvScan scan = scan_csv(in, size);
+        length += size + (scan.special || size == 0 ? scan.quotes + 2 : 0);
     }
     result_text(context, length, [&](char *o) {
         for (int a = 0; a < count; ++a) {
@@ -244,17 +255,12 @@ void csv_texts(sqlite3_context *context, int count, sqlite3_value **arguments) {
             // Converted above: the same text again, no conversion.
             const auto *in = reinterpret_cast<const char *>(sqlite3_value_text(arguments[a]));
             const sqlite3_int64 size = sqlite3_value_bytes(arguments[a]);
-            bool special = size == 0;
-            for (sqlite3_int64 i = 0; i < size && !special; ++i) {
-                const char c = in[i];
-                special = c == '"' || c == ',' || c == '\r' || c == '\n';
+            if (size == 0 || scan_csv(in, size).special) {
+                o = write_quoted(o, in, size);
+            } else {
+                std::memcpy(o, in, static_cast<size_t>(size));
+                o += size;
             }
-            if (special) *o++ = '"';
-            for (sqlite3_int64 i = 0; i < size; ++i) {
-                if (in[i] == '"') *o++ = '"';
-                *o++ = in[i];
-            }
-            if (special) *o++ = '"';
         }
     });
 }
