@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import Column as SAColumn
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, literal, select
 from sqlalchemy import Table as SATable
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -376,8 +376,18 @@ def test_the_python_twins_replace_the_cpp_functions_of_a_connection(
                 f"SELECT {sqlite_functions.REFUSE_NUL}('a')"):
         with pytest.raises(sqlite3.OperationalError, match="user-defined function raised"):
             connection.execute(sql).fetchone()
-    assert connection.execute(f"SELECT {sqlite_functions.CSV_TEXTS}(NULL, '', 'a')"
-                              ).fetchone() == (',,"",a',)
+    assert connection.execute(
+        f"SELECT {sqlite_functions.CSV_TEXTS}(NULL, '', 'a', 'say \"hi\", then', 7)"
+    ).fetchone() == (',,"",a,"say ""hi"", then",7',)
+
+
+def test_sqlite_csv_texts_writes_each_value_after_a_comma(native: bool) -> None:
+    """Parquet's line of texts, as render's SQL asks for it (the C++ or its twin)."""
+    found = sqlite_values({"t": ['a "quoted", text', None, ""]}, lambda c, v: (
+        render.sqlite_csv_texts([literal("plain"), literal(None), v, literal("line\nbreak")])
+    ), native)["t"]
+    assert found == [',plain,,"a ""quoted"", text","line\nbreak"',
+                     ',plain,,,"line\nbreak"', ',plain,,"","line\nbreak"']
 
 
 def test_where_the_cpp_is_installed_a_connection_keeps_it() -> None:
