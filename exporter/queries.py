@@ -289,9 +289,9 @@ def _printf(formats: Sequence[str], values: Sequence[SQL], separator: str) -> SQ
     """One line of ``values`` by printf, ``separator`` between them."""
     each = SQLITE_ARGUMENTS - 1  # and the format
     return _joined([
-        type_coerce(func.printf(separator.join(formats[start:start + each]),
-                                *values[start:start + each]), String)
-        for start in range(0, len(values), each)], separator)
+        type_coerce(func.printf(separator.join(some_formats), *some_values), String)
+        for some_formats, some_values in zip(_calls(formats, each), _calls(values, each),
+                                             strict=True)], separator)
 
 
 def _merged(objects: Sequence[SQL]) -> SQL:

@@ -256,15 +256,23 @@ async def test_row_groups_follow_the_setting(sqlite_foreign: Foreign) -> None:
 
 async def sqlite_export(tmp_path: Path, script: str, path: str) -> httpx.Response:
     """An export of an SQLite file made by ``script``, by a service of its own."""
+    [response] = await sqlite_exports(tmp_path, script, [path])
+    return response
+
+
+async def sqlite_exports(tmp_path: Path, script: str, paths: list[str], **settings: object
+                         ) -> list[httpx.Response]:
+    """Exports of an SQLite file made by ``script``, by a service of its own with these
+    settings."""
     database = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'own.db'}", tmp_path)
     with sqlite3.connect(tmp_path / "own.db") as conn:
         conn.executescript(script)
     exporter_migrate(database)
-    app = create_app(database.settings(run_worker=False))
+    app = create_app(database.settings(run_worker=False, **settings))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
-            return await client.get(path)
+            return [await client.get(path) for path in paths]
 
 
 async def test_a_row_larger_than_arrows_read_blocks_is_written(tmp_path: Path) -> None:
@@ -296,16 +304,9 @@ async def test_a_misfit_in_any_part_of_the_scan_makes_its_column_strings(
                              (2000, 2000, 'last', '2024-01-01', 2000),
                              (9223372036854775807, 1, 1, 'largest', 1);
     """
-    database = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'own.db'}", tmp_path)
-    with sqlite3.connect(tmp_path / "own.db") as conn:
-        conn.executescript(script)
-    exporter_migrate(database)
-    app = create_app(database.settings(run_worker=False, sqlite_readers=readers))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
-            whole = (await client.get("/exports/t.parquet")).content
-            dense = (await client.get("/exports/t.parquet", params={"id__lt": "2000"})).content
+    whole, dense = (response.content for response in await sqlite_exports(
+        tmp_path, script, ["/exports/t.parquet", "/exports/t.parquet?id__lt=2000"],
+        sqlite_readers=readers))
     schema = pq.read_schema(io.BytesIO(whole))
     assert [schema.field(name).type for name in "abcd"] == [pa.string()] * 3 + [pa.int64()]
     table = pq.read_table(io.BytesIO(whole))
